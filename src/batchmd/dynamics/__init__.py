@@ -1,0 +1,49 @@
+"""Dynamics: FIRE, NVE, NVTLangevin, the FusedStage loop, sampler, hooks and sinks.
+
+Example
+-------
+>>> from batchmd.dynamics import FIRE, NVTLangevin, NVE, FusedStage, ConvergenceHook, SizeAwareSampler
+
+See ``examples/plot_inflight_batching.py``.
+"""
+
+from batchmd.dynamics.base import Dynamics
+from batchmd.dynamics.convergence import ConvergenceHook
+from batchmd.dynamics.fused import FusedStage
+from batchmd.dynamics.hooks import ConvergedSnapshotHook, Hook, HookContext, HookStage, RunStats, TrajectoryHook
+from batchmd.dynamics.sampler import SizeAwareSampler
+from batchmd.dynamics.status import SystemStatus
+
+__all__ = [
+    "Dynamics",
+    "ConvergenceHook",
+    "FusedStage",
+    "SizeAwareSampler",
+    "SystemStatus",
+    "Hook",
+    "HookStage",
+    "HookContext",
+    "RunStats",
+    "ConvergedSnapshotHook",
+    "TrajectoryHook",
+    "FIRE",
+    "NVE",
+    "NVTLangevin",
+]
+
+
+def __getattr__(name):
+    # The method classes load lazily so that importing the loop does not compile their kernels.
+    if name == "FIRE":
+        from batchmd.dynamics.fire import FIRE
+
+        return FIRE
+    if name == "NVE":
+        from batchmd.dynamics.verlet import NVE
+
+        return NVE
+    if name == "NVTLangevin":
+        from batchmd.dynamics.langevin import NVTLangevin
+
+        return NVTLangevin
+    raise AttributeError(f"module 'batchmd.dynamics' has no attribute {name!r}")

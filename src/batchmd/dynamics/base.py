@@ -1,0 +1,109 @@
+"""The base class every dynamics method (FIRE, NVE, NVTLangevin) derives from.
+
+A method is a *stage*: it owns its per-system state (kept in batch fields so that it
+follows each system through refills) and two Warp-kernel halves of a step, one before
+and one after the single model evaluation of the step. The loop that drives stages,
+checks convergence and graduates systems is :class:`~batchmd.dynamics.fused.FusedStage`;
+a lone method's :meth:`Dynamics.run` is a one-stage FusedStage.
+
+Example
+-------
+>>> from batchmd.dynamics import FIRE, NVTLangevin, ConvergenceHook
+>>> # relax = FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05))
+>>> # relaxed = relax.run(batch, n_steps=500)
+>>> # pipeline = relax + NVTLangevin(model, dt=2.0, temperature=300.0, friction=0.01, n_steps=100)
+
+See ``examples/plot_relaxation.py`` and ``examples/plot_inflight_batching.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Dynamics"]
+
+
+class Dynamics:
+    """A dynamics method usable alone or as a stage of a :class:`FusedStage`.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(batch) -> {"energy": [B,1] eV, "forces": [N,3] eV/Å, ...}``.
+    n_steps : int, optional
+        Per-system step budget in this stage. For a stage with a convergence criterion,
+        running out of steps graduates the system as OUT_OF_STEPS; for a stage without
+        one (MD), it is the normal end of the stage.
+    convergence_hook : ConvergenceHook, optional
+        Per-system criterion ending the stage (converged systems stop moving).
+    hooks : list of Hook, optional
+        Hooks of this stage (see :mod:`batchmd.dynamics.hooks`).
+
+    Subclasses implement :meth:`init_state`, :meth:`pre_force` and :meth:`post_force`.
+    """
+
+    #: Short name used in messages and in the prefix of state fields.
+    name = "dynamics"
+
+    def __init__(self, model, n_steps: int | None = None, convergence_hook=None, hooks=None) -> None:
+        if n_steps is not None:
+            if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 0:
+                raise ValueError(f"{type(self).__name__}: n_steps must be a non-negative integer or None, got {n_steps!r}")
+            n_steps = int(n_steps)
+        if model is None:
+            raise ValueError(f"{type(self).__name__}: a model is required")
+        self.model = model
+        self.n_steps = n_steps
+        self.convergence_hook = convergence_hook
+        self.hooks = list(hooks) if hooks is not None else []
+        self._solo = None
+
+    # ----------------------------------------------------------------- stage protocol
+    def init_state(self, batch, mask: torch.Tensor) -> None:
+        """Create (if missing) and reset this method's state for systems where ``mask`` [B] is True."""
+
+    def pre_force(self, batch, stage_index: int) -> None:
+        """First half of a step for systems in stage ``stage_index`` (before the model call)."""
+
+    def post_force(self, batch, stage_index: int) -> None:
+        """Second half of a step for systems in stage ``stage_index`` (after the model call)."""
+
+    # ----------------------------------------------------------------- running alone
+    def _solo_loop(self):
+        if self._solo is None:
+            from batchmd.dynamics.fused import FusedStage
+
+            self._solo = FusedStage(sub_stages=[(0, self)])
+        return self._solo
+
+    def run(self, batch, n_steps: int | None = None, check_frequency: int = 10):
+        """Advance every system of ``batch`` until all have graduated or ``n_steps`` is spent.
+
+        Forces are computed before the first step. Per-system step counters, ``status``
+        and ``converged`` are left in the batch, which is returned.
+
+        Parameters
+        ----------
+        batch : Batch
+            The systems to advance (modified in place where possible; use the return value).
+        n_steps : int, optional
+            Loop iterations at most (default: until every system graduates; a method with
+            neither a convergence criterion nor ``n_steps`` needs this).
+        check_frequency : int
+            Steps between host checks for "all graduated" (the only host synchronisation).
+        """
+        loop = self._solo_loop()
+        loop.refill_frequency = int(check_frequency)
+        return loop.run(batch, n_steps=n_steps)
+
+    def step(self, batch):
+        """Advance ``batch`` by one step (priming forces and state on first use); returns the batch."""
+        return self._solo_loop().step(batch)
+
+    def __add__(self, other):
+        from batchmd.dynamics.fused import FusedStage
+
+        return FusedStage(sub_stages=[(0, self)]) + other
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_steps={self.n_steps}, convergence_hook={self.convergence_hook!r})"

@@ -1,0 +1,461 @@
+"""FusedStage: several dynamics stages over one live batch, with inflight refills.
+
+Every system is in exactly one stage (its ``stage`` field). Each step::
+
+    BEFORE_STEP hooks
+    stage.pre_force(batch, k)   for every stage k   (Warp kernels; only stage-k ACTIVE systems move)
+    model(batch)                one evaluation serves every stage
+    force statistics            per-system fmax (eV/Å) and NaN/inf guard, one kernel
+    AFTER_FORCES hooks
+    stage.post_force(batch, k)  for every stage k
+    advance_status              counters, convergence, budgets, transitions (one kernel)
+    init_state of stage k+1     for systems that just entered it (device-side masks)
+    AFTER_STEP hooks
+
+Nothing above synchronises with the host. Every ``refill_frequency`` steps (a *refill
+point*) the loop reads the per-system status once: graduated systems leave the batch,
+their graduation hooks and sinks fire, and -- in inflight mode -- the sampler refills the
+freed capacity with device-side slot replacement. Refilled systems get forces, fresh
+stage-0 state and a fresh neighbor list before their first step.
+
+``n_steps`` on graduated systems counts the steps taken in total, over all stages
+(``stage_steps`` counts steps in the last stage).
+
+Example
+-------
+See ``examples/plot_inflight_batching.py`` (the seed tutorial)::
+
+    fused = FusedStage(sub_stages=[(0, fire), (1, nvt)], sampler=sampler,
+                       sinks=[HostMemory(capacity=30)], refill_frequency=5)
+    fused.run(batch=None, n_steps=500)     # None once the dataset is exhausted
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
+from batchmd.dynamics.status import SystemStatus
+from batchmd.kernels import bookkeeping as bk
+from batchmd.runtime import launch, to_warp
+
+__all__ = ["FusedStage"]
+
+log = logging.getLogger(__name__)
+
+
+def _normalise_stages(sub_stages) -> list:
+    stages = []
+    for position, item in enumerate(sub_stages):
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise ValueError(f"FusedStage: sub_stages entries are (index, stage) pairs, got {item!r}")
+            index, stage = item
+            if index != position:
+                raise ValueError(
+                    f"FusedStage: stage indices must be 0, 1, 2, ... in order; entry {position} has index {index}"
+                )
+        else:
+            stage = item
+        if not all(hasattr(stage, name) for name in ("init_state", "pre_force", "post_force", "model")):
+            raise TypeError(f"FusedStage: {stage!r} is not a dynamics stage (FIRE, NVE, NVTLangevin, ...)")
+        stages.append(stage)
+    if not stages:
+        raise ValueError("FusedStage: at least one stage is required")
+    return stages
+
+
+class FusedStage:
+    """Chain dynamics stages over one live batch; optionally refill it from a sampler.
+
+    Parameters
+    ----------
+    sub_stages : list of (int, Dynamics) or Dynamics
+        The stages in order; indices must be 0, 1, 2, ...
+    sampler : SizeAwareSampler, optional
+        Inflight mode: ``run(batch=None)`` builds the live batch from the sampler and
+        refills freed slots with its samples.
+    sinks : list, optional
+        Every graduated system is written once to each sink (objects with ``write(batch)``).
+    hooks : list of Hook, optional
+        Run-level hooks (see :mod:`batchmd.dynamics.hooks`).
+    refill_frequency : int
+        Steps between refill points (graduation, sinks, refills, termination check).
+    device, dtype : optional
+        Device and floating dtype of the live batch in inflight mode (default: those of
+        the samples; CPU and float32 for the seed tutorial).
+    model : callable, optional
+        The model; by default the stages' shared model (all stages must share one model,
+        since one evaluation per step serves every stage).
+    """
+
+    def __init__(
+        self,
+        sub_stages,
+        sampler=None,
+        sinks=None,
+        hooks=None,
+        refill_frequency: int = 10,
+        device=None,
+        dtype=None,
+        model=None,
+    ) -> None:
+        self.stages = _normalise_stages(sub_stages)
+        models = {id(stage.model): stage.model for stage in self.stages}
+        if model is None:
+            if len(models) != 1:
+                raise ValueError("FusedStage: all stages must share the same model object (one evaluation per step)")
+            model = next(iter(models.values()))
+        self.model = model
+        self.sampler = sampler
+        self.sinks = list(sinks) if sinks is not None else []
+        self.hooks = list(hooks) if hooks is not None else []
+        if int(refill_frequency) < 1:
+            raise ValueError(f"FusedStage: refill_frequency must be >= 1, got {refill_frequency}")
+        self.refill_frequency = int(refill_frequency)
+        self.device = torch.device(device) if device is not None else None
+        self.dtype = dtype
+        self.stats = RunStats()
+        self._step_index = 0
+        self._tables = None
+        self._reported = None
+
+    # ----------------------------------------------------------------- composition
+    def __add__(self, other) -> "FusedStage":
+        other_stages = other.stages if isinstance(other, FusedStage) else [other]
+        return FusedStage(
+            sub_stages=self.stages + list(other_stages),
+            sampler=self.sampler,
+            sinks=self.sinks,
+            hooks=self.hooks,
+            refill_frequency=self.refill_frequency,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    @property
+    def num_stages(self) -> int:
+        """Number of chained stages."""
+        return len(self.stages)
+
+    # ----------------------------------------------------------------- device tables
+    def _stage_tables(self, device) -> dict:
+        if self._tables is None or self._tables["device"] != device:
+            budget = torch.tensor(
+                [-1 if s.n_steps is None else s.n_steps for s in self.stages], dtype=torch.int32, device=device
+            )
+            crit = torch.tensor(
+                [0 if s.convergence_hook is None else 1 for s in self.stages], dtype=torch.int32, device=device
+            )
+            self._tables = {
+                "device": device,
+                "budget": budget,
+                "criterion": crit,
+                "w_budget": to_warp(budget),
+                "w_criterion": to_warp(crit),
+            }
+        return self._tables
+
+    def _active_atom_steps(self, device) -> torch.Tensor:
+        counter = getattr(self, "_atom_step_counter", None)
+        if counter is None or counter.device != torch.device(device):
+            counter = torch.zeros(1, dtype=torch.int64, device=device)
+            self._atom_step_counter = counter
+        return counter
+
+    # ----------------------------------------------------------------- priming
+    def _ensure_loop_fields(self, batch) -> bool:
+        """Create the loop's system fields if missing; returns True if they were created."""
+        if batch.has_field("status"):
+            return False
+        b, dev = batch.num_graphs, batch.device
+        for name in ("stage", "status", "stage_steps", "n_steps"):
+            batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
+        return True
+
+    def _evaluate(self, batch) -> None:
+        """One model evaluation; results written into the batch; per-system fmax and finite flags."""
+        out = self.model(batch)
+        forces = out["forces"]
+        energy = out["energy"]
+        if forces.dtype != batch.dtype or energy.dtype != batch.dtype:
+            raise TypeError(
+                f"FusedStage: the model returned {forces.dtype} forces for a {batch.dtype} batch; "
+                "models must compute in the batch's dtype"
+            )
+        batch.set_field("forces", forces.detach().contiguous(), "atom")
+        batch.set_field("energies", energy.detach().reshape(batch.num_graphs, 1).contiguous(), "system")
+        if out.get("stress") is not None:
+            batch.set_field("stress", out["stress"].detach().reshape(batch.num_graphs, 3, 3).contiguous(), "system")
+        b = batch.num_graphs
+        if not batch.has_field("fmax") or batch["fmax"].dtype != batch.dtype:
+            batch.set_field("fmax", torch.zeros(b, dtype=batch.dtype, device=batch.device), "system")
+            batch.set_field("_finite", torch.ones(b, dtype=torch.int32, device=batch.device), "system")
+        launch(
+            bk.system_force_stats,
+            b,
+            [
+                to_warp(batch.forces, vector=True),
+                to_warp(batch.energies.reshape(-1)),
+                to_warp(batch.ptr),
+                to_warp(batch["fmax"]),
+                to_warp(batch["_finite"]),
+            ],
+            batch.device,
+        )
+
+    def _advance(self, batch, increment: bool) -> None:
+        """Counters, convergence and transitions on the device; init state of entered stages."""
+        b, dev = batch.num_graphs, batch.device
+        if b == 0:
+            return
+        stage_field = batch["stage"]
+        converged = torch.zeros(b, dtype=torch.bool, device=dev)
+        for k, stage in enumerate(self.stages):
+            if stage.convergence_hook is not None:
+                hit = stage.convergence_hook(batch)
+                converged |= hit if self.num_stages == 1 else (hit & (stage_field == k))
+        entered = torch.zeros(b, dtype=torch.bool, device=dev)
+        tables = self._stage_tables(dev)
+        launch(
+            bk.advance_status,
+            b,
+            [
+                1 if increment else 0,
+                to_warp(converged),
+                to_warp(batch["_finite"]),
+                tables["w_budget"],
+                tables["w_criterion"],
+                self.num_stages,
+                to_warp(stage_field),
+                to_warp(batch["status"]),
+                to_warp(batch["stage_steps"]),
+                to_warp(batch["n_steps"]),
+                to_warp(entered),
+                to_warp(batch.ptr),
+                to_warp(self._active_atom_steps(dev)),
+            ],
+            dev,
+        )
+        for k in range(1, self.num_stages):
+            self.stages[k].init_state(batch, entered & (stage_field == k))
+
+    def prime(self, batch):
+        """Prepare a batch for stepping: loop fields, stage-0 state, forces, convergence check.
+
+        Called automatically by :meth:`run` and :meth:`step`; a batch that already
+        carries loop fields (e.g. returned by an earlier run) continues where it stopped.
+        """
+        if self._ensure_loop_fields(batch):
+            all_systems = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
+            self.stages[0].init_state(batch, all_systems)
+            self._evaluate(batch)
+            self._advance(batch, increment=False)
+        elif not batch.has_field("fmax"):
+            self._evaluate(batch)
+        return batch
+
+    # ----------------------------------------------------------------- one step
+    def _call_hooks(self, batch, point: HookStage) -> None:
+        step = self._step_index
+        for stage_index, stage in enumerate(self.stages):
+            for hook in stage.hooks:
+                if hook.stage == point and step % max(1, getattr(hook, "frequency", 1)) == 0:
+                    hook(batch, HookContext(step, stage_index, self.stats))
+        for hook in self.hooks:
+            if hook.stage == point and step % max(1, getattr(hook, "frequency", 1)) == 0:
+                hook(batch, HookContext(step, None, self.stats))
+
+    def step(self, batch):
+        """Advance every active system by one step; returns the batch."""
+        self.prime(batch)
+        if batch.num_graphs == 0:
+            return batch
+        self._call_hooks(batch, HookStage.BEFORE_STEP)
+        for k, stage in enumerate(self.stages):
+            stage.pre_force(batch, k)
+        self._evaluate(batch)
+        self._call_hooks(batch, HookStage.AFTER_FORCES)
+        for k, stage in enumerate(self.stages):
+            stage.post_force(batch, k)
+        self._advance(batch, increment=True)
+        self._step_index += 1
+        self.stats.steps += 1
+        self._call_hooks(batch, HookStage.AFTER_STEP)
+        return batch
+
+    # ----------------------------------------------------------------- graduation
+    def _graduate(self, batch, indices: torch.Tensor) -> None:
+        """Fire graduation hooks and sinks for systems ``indices`` (each sink once per system)."""
+        if indices.numel() == 0:
+            return
+        graduated = batch.index_select(indices.to(batch.device)).to("cpu")
+        status = graduated["status"]
+        graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
+        self.stats.systems_graduated += int(status.numel())
+        self.stats.systems_converged += int((status == int(SystemStatus.CONVERGED)).sum())
+        self.stats.systems_out_of_steps += int((status == int(SystemStatus.OUT_OF_STEPS)).sum())
+        self.stats.systems_failed += int((status == int(SystemStatus.FAILED)).sum())
+        written: set[int] = set()
+        last_stage = graduated["stage"]
+        for stage_index, stage in enumerate(self.stages):
+            hooks = [h for h in stage.hooks if h.stage == HookStage.ON_GRADUATION]
+            if not hooks:
+                continue
+            mine = torch.nonzero(last_stage == stage_index).reshape(-1)
+            if mine.numel() == 0:
+                continue
+            subset = graduated if mine.numel() == graduated.num_graphs else graduated.index_select(mine)
+            for hook in hooks:
+                hook(subset, HookContext(self._step_index, stage_index, self.stats))
+                if hasattr(hook, "sink"):
+                    written.add(id(hook.sink))
+        for hook in self.hooks:
+            if hook.stage == HookStage.ON_GRADUATION:
+                hook(graduated, HookContext(self._step_index, None, self.stats))
+                if hasattr(hook, "sink"):
+                    written.add(id(hook.sink))
+        for sink in self.sinks:
+            if id(sink) not in written:
+                sink.write(graduated)
+                written.add(id(sink))
+
+    def _new_systems(self, free_atoms: int, free_edges: int | None, free_slots: int):
+        """Ask the sampler for samples that fit; returns a primed Batch or None."""
+        from batchmd.data import Batch
+
+        samples = []
+        while free_slots > 0:
+            data = self.sampler.request_replacement(free_atoms, free_edges)
+            if data is None:
+                break
+            samples.append(data)
+            free_atoms -= data.num_nodes
+            if free_edges is not None:
+                free_edges -= int(data.sample_num_edges.reshape(-1)[0])
+            free_slots -= 1
+        if not samples:
+            return None
+        new = Batch.from_data_list(samples)
+        new = self._to_run_device(new)
+        self.prime(new)
+        return new
+
+    def _to_run_device(self, batch):
+        if self.device is not None or self.dtype is not None:
+            batch = batch.to(self.device if self.device is not None else batch.device, self.dtype)
+        return batch
+
+    def _refill_point(self, batch):
+        """Graduate finished systems and (inflight) refill; returns the new live batch."""
+        # The host synchronisations of a refill point: status, sizes, throughput counter.
+        status = batch["status"].cpu()
+        self._account(batch)
+        done = torch.nonzero(status != int(SystemStatus.ACTIVE)).reshape(-1)
+        if self.sampler is None:
+            if self._reported is None or self._reported.numel() != batch.num_graphs:
+                self._reported = torch.zeros(batch.num_graphs, dtype=torch.bool)
+            fresh = done[~self._reported[done]]
+            self._graduate(batch, fresh)
+            self._reported[fresh] = True
+            return batch
+        self._graduate(batch, done)
+        sizes = (batch.ptr[1:] - batch.ptr[:-1]).cpu()
+        keep = torch.ones(batch.num_graphs, dtype=torch.bool)
+        keep[done] = False
+        free_atoms = self.sampler.max_atoms - int(sizes[keep].sum())
+        free_slots = self.sampler.max_batch_size - int(keep.sum())
+        free_edges = None
+        if self.sampler.max_edges is not None:
+            edges = batch["sample_num_edges"].reshape(-1).cpu()
+            free_edges = self.sampler.max_edges - int(edges[keep].sum())
+        new = self._new_systems(free_atoms, free_edges, free_slots)
+        slots = done.to(batch.device)
+        m = 0 if new is None else new.num_graphs
+        g = slots.numel()
+        if g == 0 and m == 0:
+            return batch
+        if m == 0:
+            return batch.remove(slots)
+        if g == 0:
+            return batch.append(new)
+        if m <= g:
+            batch = batch.replace_slots(slots[:m], new)
+            return batch.remove(slots[m:]) if m < g else batch
+        head = new.index_select(torch.arange(g, device=new.device))
+        tail = new.index_select(torch.arange(g, m, device=new.device))
+        return batch.replace_slots(slots, head).append(tail)
+
+    # ----------------------------------------------------------------- the run
+    def run(self, batch=None, n_steps: int | None = None):
+        """Run the stages.
+
+        Parameters
+        ----------
+        batch : Batch or None
+            ``None`` (inflight mode, needs a sampler): the live batch is built with
+            ``sampler.build_initial_batch()`` and refilled until the dataset is exhausted.
+            A Batch without a sampler: those systems are run through the stages.
+        n_steps : int, optional
+            Total step budget (loop iterations).
+
+        Returns
+        -------
+        Batch or None
+            Inflight mode: ``None`` when every sample has graduated, otherwise the batch of
+            systems still live when the budget ran out. Batch mode: the batch, with
+            ``status``, ``converged``, ``n_steps`` and ``stage_steps`` per system.
+        """
+        if n_steps is not None and (int(n_steps) != n_steps or n_steps < 0):
+            raise ValueError(f"FusedStage.run: n_steps must be a non-negative integer, got {n_steps!r}")
+        if batch is None:
+            if self.sampler is None:
+                raise ValueError("FusedStage.run(batch=None) needs a sampler (inflight mode)")
+            batch = self._to_run_device(self.sampler.build_initial_batch())
+            self.stats = RunStats(systems_total=len(self.sampler), max_atoms=self.sampler.max_atoms)
+        else:
+            self.stats = RunStats()
+        self._reported = None
+        self._step_index = 0
+        self._accounted_steps = 0
+        self._active_atom_steps(batch.device).zero_()
+        self.prime(batch)
+        limit = n_steps
+        taken = 0
+        while True:
+            if batch.num_graphs == 0 and (self.sampler is None or self.sampler.exhausted):
+                break
+            batch = self._refill_point(batch)
+            if batch.num_graphs == 0:
+                if self.sampler is None or self.sampler.exhausted:
+                    break
+                continue
+            if self.sampler is None and self._reported is not None and bool(self._reported.all()):
+                break
+            if limit is not None and taken >= limit:
+                break
+            chunk = self.refill_frequency if limit is None else min(self.refill_frequency, limit - taken)
+            for _ in range(chunk):
+                self.step(batch)
+            taken += chunk
+        if self.sampler is None:
+            batch = self._refill_point(batch)
+            batch.set_field("converged", (batch["status"] == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
+            return batch
+        batch = self._refill_point(batch) if batch.num_graphs else batch
+        if batch.num_graphs == 0 and self.sampler.exhausted:
+            return None
+        return batch
+
+    def _account(self, batch) -> None:
+        """Update throughput counters at a refill point from the device-side atom-step counter."""
+        counter = self._active_atom_steps(batch.device)
+        total = int(counter.item())
+        new = total - self.stats.atom_steps
+        steps = self.stats.steps - getattr(self, "_accounted_steps", 0)
+        self._accounted_steps = self.stats.steps
+        self.stats.atom_steps = total
+        if self.stats.max_atoms and steps > 0:
+            self.stats.occupancy_sum += new / self.stats.max_atoms

@@ -1,0 +1,231 @@
+"""Hooks: user code called at named points of a dynamics step.
+
+A hook is any object with a ``stage`` (a :class:`HookStage`), a ``frequency`` (call
+every ``frequency`` steps; graduation hooks are called at every graduation event) and
+``__call__(batch, context)``. Subclass :class:`Hook` for the defaults.
+
+Stages of one step, in order::
+
+    BEFORE_STEP -> (integrator, first half) -> model -> AFTER_FORCES
+                -> (integrator, second half; convergence) -> AFTER_STEP
+    ON_GRADUATION   when systems leave the run (at refill points and at the end)
+
+``ON_CONVERGE`` is an alias of ``ON_GRADUATION`` (the name used by the seed tutorial).
+
+For BEFORE_STEP / AFTER_FORCES / AFTER_STEP the hook receives the live batch (on the
+device; avoid host synchronisation there unless ``frequency`` is large). For
+ON_GRADUATION it receives a Batch of the graduated systems, on the CPU, carrying
+``system_id``, ``status``, ``converged``, ``n_steps``, ``energies`` and ``forces``.
+
+Example
+-------
+>>> from batchmd.dynamics.hooks import Hook, HookStage
+>>> class PrintEnergies(Hook):
+...     stage = HookStage.AFTER_STEP
+...     frequency = 10
+...     def __call__(self, batch, context):
+...         print(context.step, batch.energies.sum().item())
+
+See ``examples/plot_custom_hook.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+__all__ = ["HookStage", "Hook", "HookContext", "RunStats", "ConvergedSnapshotHook", "TrajectoryHook"]
+
+
+class HookStage(Enum):
+    """Named points of a dynamics step at which hooks run."""
+
+    BEFORE_STEP = "before_step"
+    AFTER_FORCES = "after_forces"
+    AFTER_STEP = "after_step"
+    ON_GRADUATION = "on_graduation"
+    ON_CONVERGE = "on_graduation"  # alias used by the seed tutorial
+
+
+@dataclass
+class RunStats:
+    """Throughput counters of a run, readable by hooks through ``context.stats``.
+
+    Attributes
+    ----------
+    steps : int
+        Loop iterations so far.
+    atom_steps : int
+        Sum over steps of the atoms of active systems (counted at refill points).
+    systems_graduated, systems_converged, systems_out_of_steps, systems_failed : int
+        Graduation counts by outcome.
+    systems_total : int or None
+        Dataset size when a sampler drives the run.
+    occupancy_sum : float
+        Sum of live-batch occupancy (atoms in use / max_atoms) over steps.
+    max_atoms : int or None
+        The live batch's atom budget.
+    start_time : float
+        ``time.perf_counter()`` at the start of the run.
+    """
+
+    steps: int = 0
+    atom_steps: int = 0
+    systems_graduated: int = 0
+    systems_converged: int = 0
+    systems_out_of_steps: int = 0
+    systems_failed: int = 0
+    systems_total: int | None = None
+    occupancy_sum: float = 0.0
+    max_atoms: int | None = None
+    start_time: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.start_time
+
+    @property
+    def atom_steps_per_second(self) -> float:
+        """Atom-steps per second of wall time (atoms of active systems only)."""
+        elapsed = self.elapsed
+        return self.atom_steps / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def mean_occupancy(self) -> float:
+        """Mean live-batch occupancy (atoms in use / max_atoms) over steps; 1.0 without a budget."""
+        return self.occupancy_sum / self.steps if self.steps else 0.0
+
+    def as_dict(self) -> dict:
+        """The counters as a plain dict (for logging or JSON)."""
+        return {
+            "steps": self.steps,
+            "atom_steps": self.atom_steps,
+            "atom_steps_per_second": self.atom_steps_per_second,
+            "mean_occupancy": self.mean_occupancy,
+            "systems_graduated": self.systems_graduated,
+            "systems_converged": self.systems_converged,
+            "systems_out_of_steps": self.systems_out_of_steps,
+            "systems_failed": self.systems_failed,
+            "systems_total": self.systems_total,
+            "elapsed_s": self.elapsed,
+        }
+
+
+@dataclass
+class HookContext:
+    """What a hook is told besides the batch.
+
+    Attributes
+    ----------
+    step : int
+        Loop iteration (0 before the first step).
+    stage_index : int or None
+        Index of the stage whose hook this is (None for run-level hooks).
+    stats : RunStats
+        Throughput counters of the run.
+    """
+
+    step: int
+    stage_index: int | None
+    stats: RunStats
+
+
+class Hook:
+    """Base class for hooks: override ``__call__(batch, context)``.
+
+    Class attributes ``stage`` (default AFTER_STEP) and ``frequency`` (default 1) may be
+    overridden per class or per instance.
+    """
+
+    stage: HookStage = HookStage.AFTER_STEP
+    frequency: int = 1
+
+    def __call__(self, batch, context: HookContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ConvergedSnapshotHook(Hook):
+    """Write each graduated system to a sink, exactly once.
+
+    Parameters
+    ----------
+    sink : object with ``write(batch)``
+        E.g. :class:`~batchmd.dynamics.sinks.HostMemory` or a durable file sink.
+    statuses : iterable of SystemStatus, optional
+        Only write systems whose final status is one of these (default: every graduated
+        system, whatever its outcome).
+
+    Attached to a stage (``NVTLangevin(..., hooks=[hook])``) it sees the systems that
+    graduate from that stage; given to a :class:`FusedStage` (``hooks=[...]``) it sees all.
+    A sink reached both through a hook and through ``FusedStage(sinks=[...])`` still
+    receives each system once.
+
+    Example: see ``examples/plot_inflight_batching.py``.
+    """
+
+    stage = HookStage.ON_GRADUATION
+
+    def __init__(self, sink, statuses=None) -> None:
+        self.sink = sink
+        self.statuses = None if statuses is None else tuple(int(s) for s in statuses)
+
+    def select(self, graduated) -> torch.Tensor | None:
+        """Indices of the graduated systems this hook writes (None = all)."""
+        if self.statuses is None:
+            return None
+        status = graduated["status"]
+        keep = torch.zeros_like(status, dtype=torch.bool)
+        for code in self.statuses:
+            keep |= status == code
+        return torch.nonzero(keep).reshape(-1)
+
+    def __call__(self, batch, context: HookContext) -> None:
+        idx = self.select(batch)
+        self.sink.write(batch if idx is None else batch.index_select(idx))
+
+
+class TrajectoryHook(Hook):
+    """Record per-system scalars (energy in eV, fmax in eV/Å, temperature in K) every few steps.
+
+    Parameters
+    ----------
+    frequency : int
+        Record every ``frequency`` steps (each record is one host synchronisation).
+    fields : tuple of str
+        System-level fields to record; ``"temperature"`` is the instantaneous kinetic
+        temperature from ``velocities`` and ``atomic_masses`` (3N degrees of freedom).
+
+    After the run, ``hook.records`` is a list of dicts ``{"step", "system_id", <field>...}``
+    with one tensor [num_graphs] per field. Example: ``examples/plot_relaxation.py``.
+    """
+
+    stage = HookStage.AFTER_STEP
+
+    def __init__(self, frequency: int = 1, fields=("energies", "fmax")) -> None:
+        if frequency < 1:
+            raise ValueError(f"TrajectoryHook: frequency must be >= 1, got {frequency}")
+        self.frequency = int(frequency)
+        self.fields = tuple(fields)
+        self.records: list[dict] = []
+
+    def __call__(self, batch, context: HookContext) -> None:
+        from ase.units import kB
+
+        record = {"step": context.step}
+        if batch.has_field("system_id"):
+            record["system_id"] = batch.system_id.reshape(-1).cpu().clone()
+        for name in self.fields:
+            if name == "temperature":
+                v = batch.velocities
+                ke = 0.5 * (batch.atomic_masses[:, None] * v * v).sum(dim=1)
+                per_sys = torch.zeros(batch.num_graphs, dtype=ke.dtype, device=ke.device)
+                per_sys.index_add_(0, batch.batch_idx.long(), ke)
+                n = (batch.ptr[1:] - batch.ptr[:-1]).to(ke.dtype)
+                record[name] = (2.0 * per_sys / (3.0 * n * kB)).cpu()
+            else:
+                record[name] = batch[name].reshape(batch.num_graphs, -1)[:, 0].detach().cpu().clone()
+        self.records.append(record)

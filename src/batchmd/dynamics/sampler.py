@@ -1,0 +1,201 @@
+"""SizeAwareSampler: serves dataset samples that fit the free capacity of a live batch.
+
+The dataset protocol (three methods)::
+
+    len(dataset)                      number of samples
+    dataset[i] -> (AtomicData, dict)  load one sample
+    dataset.get_metadata(i) -> (num_atoms, num_edges)   cheap, no loading
+
+The sampler calls ``get_metadata`` once per sample at construction (it never loads a
+sample to size it), groups samples in bins by atom count, and serves them in a fixed
+*serving order*: dataset order, or a permutation drawn from ``seed`` when
+``shuffle=True``. :meth:`request_replacement` returns the earliest sample in serving
+order that fits the free atoms (and edges), so the order is deterministic for a given
+seed and a given sequence of requests. Each sample handed out is stamped with a
+monotonically increasing ``system_id`` (0, 1, 2, ...), its dataset index
+``sample_index`` and its ``sample_num_edges``, all int64 system properties.
+
+Example
+-------
+See ``examples/plot_inflight_batching.py``::
+
+    sampler = SizeAwareSampler(dataset, max_atoms=24, max_edges=None, max_batch_size=6)
+    batch = sampler.build_initial_batch()
+    data = sampler.request_replacement(num_atoms=6, num_edges=0)   # or None
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+__all__ = ["SizeAwareSampler"]
+
+
+class SizeAwareSampler:
+    """Size-aware, deterministic sampler for inflight batching.
+
+    Parameters
+    ----------
+    dataset : object
+        Implements ``__len__``, ``__getitem__(i) -> (AtomicData, dict)`` and
+        ``get_metadata(i) -> (num_atoms, num_edges)``.
+    max_atoms : int
+        Atom budget of the live batch.
+    max_edges : int or None
+        Edge budget of the live batch (None: no edge limit).
+    max_batch_size : int or None
+        Most systems in the live batch (None: limited by atoms only).
+    shuffle : bool
+        Serve samples in a permutation drawn from ``seed`` instead of dataset order.
+    seed : int
+        Seed of that permutation.
+
+    Raises
+    ------
+    ValueError
+        If a sample has no atoms, or is larger than the whole atom or edge budget (the
+        message names the sample index), or the budgets are not positive.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        max_atoms: int,
+        max_edges: int | None = None,
+        max_batch_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
+        for attr in ("__len__", "__getitem__", "get_metadata"):
+            if not hasattr(dataset, attr):
+                raise TypeError(f"SizeAwareSampler: the dataset must implement {attr} (see the module docstring)")
+        if int(max_atoms) <= 0:
+            raise ValueError(f"SizeAwareSampler: max_atoms must be > 0, got {max_atoms}")
+        if max_edges is not None and int(max_edges) < 0:
+            raise ValueError(f"SizeAwareSampler: max_edges must be >= 0 or None, got {max_edges}")
+        if max_batch_size is not None and int(max_batch_size) <= 0:
+            raise ValueError(f"SizeAwareSampler: max_batch_size must be > 0 or None, got {max_batch_size}")
+        self.dataset = dataset
+        self.max_atoms = int(max_atoms)
+        self.max_edges = None if max_edges is None else int(max_edges)
+        self.max_batch_size = int(max_batch_size) if max_batch_size is not None else self.max_atoms
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        n = len(dataset)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        self._atoms: list[int] = [0] * n
+        self._edges: list[int] = [0] * n
+        self._bins: dict[int, deque] = {}
+        for rank, index in enumerate(order):
+            num_atoms, num_edges = dataset.get_metadata(index)
+            num_atoms, num_edges = int(num_atoms), int(num_edges or 0)
+            if num_atoms <= 0:
+                raise ValueError(f"SizeAwareSampler: sample {index} has {num_atoms} atoms; every sample needs at least one")
+            if num_atoms > self.max_atoms:
+                raise ValueError(
+                    f"SizeAwareSampler: sample {index} has {num_atoms} atoms, more than the whole budget "
+                    f"max_atoms={self.max_atoms}; raise max_atoms or remove the sample"
+                )
+            if self.max_edges is not None and num_edges > self.max_edges:
+                raise ValueError(
+                    f"SizeAwareSampler: sample {index} has {num_edges} edges, more than the whole budget "
+                    f"max_edges={self.max_edges}"
+                )
+            self._atoms[index] = num_atoms
+            self._edges[index] = num_edges
+            self._bins.setdefault(num_atoms, deque()).append((rank, index))
+        self._remaining = n
+        self._next_system_id = 0
+
+    # ----------------------------------------------------------------- state
+    def __len__(self) -> int:
+        """Number of samples in the dataset."""
+        return len(self._atoms)
+
+    @property
+    def remaining(self) -> int:
+        """Samples not yet handed out."""
+        return self._remaining
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every sample has been handed out."""
+        return self._remaining == 0
+
+    # ----------------------------------------------------------------- serving
+    def _pick(self, num_atoms: int, num_edges: int | None):
+        best = None
+        for size, queue in self._bins.items():
+            if size > num_atoms or not queue:
+                continue
+            if num_edges is None or self.max_edges is None:
+                candidate = queue[0]
+            else:
+                candidate = next((item for item in queue if self._edges[item[1]] <= num_edges), None)
+                if candidate is None:
+                    continue
+            if best is None or candidate[0] < best[1][0]:
+                best = (size, candidate)
+        return best
+
+    def request_replacement(self, num_atoms: int, num_edges: int | None = None):
+        """Return the next unconsumed sample with at most ``num_atoms`` atoms (and edges), or None.
+
+        The sample is an :class:`~batchmd.data.AtomicData` stamped with ``system_id``,
+        ``sample_index`` and ``sample_num_edges``; the dict from the dataset is kept in
+        ``data.info`` under ``"metadata"`` when not empty.
+        """
+        picked = self._pick(int(num_atoms), None if num_edges is None else int(num_edges))
+        if picked is None:
+            return None
+        size, item = picked
+        self._bins[size].remove(item)
+        if not self._bins[size]:
+            del self._bins[size]
+        self._remaining -= 1
+        return self._load(item[1])
+
+    def _load(self, index: int):
+        data, meta = self.dataset[index]
+        if data.num_nodes != self._atoms[index]:
+            raise ValueError(
+                f"SizeAwareSampler: sample {index} has {data.num_nodes} atoms but get_metadata said {self._atoms[index]}"
+            )
+        system_id = self._next_system_id
+        self._next_system_id += 1
+        data.add_system_property("system_id", torch.tensor([[system_id]], dtype=torch.int64))
+        data.add_system_property("sample_index", torch.tensor([[index]], dtype=torch.int64))
+        data.add_system_property("sample_num_edges", torch.tensor([[self._edges[index]]], dtype=torch.int64))
+        if meta:
+            data.info.setdefault("metadata", meta)
+        return data
+
+    def build_initial_batch(self):
+        """Fill the budget (atoms, edges, batch size) with samples in serving order; returns a Batch."""
+        from batchmd.data import Batch
+
+        free_atoms, free_edges = self.max_atoms, self.max_edges
+        samples = []
+        while len(samples) < self.max_batch_size:
+            data = self.request_replacement(free_atoms, free_edges)
+            if data is None:
+                break
+            samples.append(data)
+            free_atoms -= data.num_nodes
+            if free_edges is not None:
+                free_edges -= int(data.sample_num_edges.reshape(-1)[0])
+        if not samples:
+            raise ValueError("SizeAwareSampler.build_initial_batch: the dataset is empty or already exhausted")
+        return Batch.from_data_list(samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"SizeAwareSampler(samples={len(self)}, remaining={self.remaining}, max_atoms={self.max_atoms}, "
+            f"max_edges={self.max_edges}, max_batch_size={self.max_batch_size}, bins={sorted(self._bins)})"
+        )

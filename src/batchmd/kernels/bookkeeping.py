@@ -1,0 +1,114 @@
+"""Warp kernels for the dynamics loop's per-system bookkeeping.
+
+``system_force_stats``
+    One thread per system: the maximum per-atom force norm (eV/Å) and whether the
+    system's energy and forces are all finite. Sums and maxima run over the system's own
+    atoms in order, so the result never depends on the other systems of the batch.
+``advance_status``
+    One thread per system: step counters, convergence and step-budget checks, and stage
+    transitions, all on the device (no host synchronisation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import warp as wp
+
+wp.set_module_options({"enable_backward": False})
+
+ACTIVE = wp.constant(0)
+CONVERGED = wp.constant(1)
+OUT_OF_STEPS = wp.constant(2)
+FAILED = wp.constant(3)
+
+
+@wp.kernel
+def system_force_stats(
+    forces: wp.array(dtype=Any),
+    energies: wp.array(dtype=Any),
+    ptr: wp.array(dtype=wp.int32),
+    fmax: wp.array(dtype=Any),
+    finite: wp.array(dtype=wp.int32),
+):
+    s = wp.tid()
+    e = energies[s]
+    ok = int(wp.isfinite(e))
+    m2 = e * e * type(e)(0.0)
+    for i in range(ptr[s], ptr[s + 1]):
+        f = forces[i]
+        n2 = wp.dot(f, f)
+        if not wp.isfinite(n2):
+            ok = 0
+        m2 = wp.max(m2, n2)
+    fmax[s] = wp.sqrt(m2)
+    finite[s] = ok
+
+
+for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
+    wp.overload(
+        system_force_stats,
+        {
+            "forces": wp.array(dtype=_vec),
+            "energies": wp.array(dtype=_scalar),
+            "ptr": wp.array(dtype=wp.int32),
+            "fmax": wp.array(dtype=_scalar),
+            "finite": wp.array(dtype=wp.int32),
+        },
+    )
+
+
+@wp.kernel
+def advance_status(
+    increment: wp.int32,
+    converged: wp.array(dtype=wp.bool),
+    finite: wp.array(dtype=wp.int32),
+    stage_budget: wp.array(dtype=wp.int32),
+    stage_has_criterion: wp.array(dtype=wp.int32),
+    num_stages: wp.int32,
+    stage: wp.array(dtype=wp.int32),
+    status: wp.array(dtype=wp.int32),
+    stage_steps: wp.array(dtype=wp.int32),
+    n_steps: wp.array(dtype=wp.int32),
+    entered: wp.array(dtype=wp.bool),
+    ptr: wp.array(dtype=wp.int32),
+    active_atom_steps: wp.array(dtype=wp.int64),
+):
+    """Advance one system's counters and decide its next stage or graduation.
+
+    ``stage_budget[k] < 0`` means stage k has no step budget. A stage with a criterion
+    ends when the criterion holds (then the next stage, or CONVERGED after the last) or
+    when its budget runs out (OUT_OF_STEPS, graduates at once). A stage without a
+    criterion ends when its budget runs out (then the next stage, or CONVERGED).
+    ``active_atom_steps[0]`` accumulates the atoms of systems that took this step
+    (an integer sum, so its order does not matter).
+    """
+    s = wp.tid()
+    entered[s] = False
+    if status[s] != ACTIVE:
+        return
+    if increment != 0:
+        stage_steps[s] = stage_steps[s] + 1
+        n_steps[s] = n_steps[s] + 1
+        wp.atomic_add(active_atom_steps, 0, wp.int64(ptr[s + 1] - ptr[s]))
+    if finite[s] == 0:
+        status[s] = FAILED
+        return
+    k = stage[s]
+    budget = stage_budget[k]
+    done = False
+    if stage_has_criterion[k] != 0:
+        if converged[s]:
+            done = True
+        elif budget >= 0 and stage_steps[s] >= budget:
+            status[s] = OUT_OF_STEPS
+            return
+    elif budget >= 0 and stage_steps[s] >= budget:
+        done = True
+    if done:
+        if k + 1 < num_stages:
+            stage[s] = k + 1
+            stage_steps[s] = 0
+            entered[s] = True
+        else:
+            status[s] = CONVERGED
