@@ -1,0 +1,134 @@
+"""Conversion between ``ase.Atoms`` and :class:`~batchmd.data.AtomicData`.
+
+Used by :meth:`AtomicData.from_ase` / :meth:`AtomicData.to_ase` (see those for
+the mapping). ASE units are batchmd units: Å, amu, eV, and velocities in Å per
+ASE time unit (ASE stores momenta; velocities = momenta / masses).
+
+Example
+-------
+>>> from ase.build import bulk
+>>> from batchmd.data import AtomicData
+>>> atoms = bulk("Cu", "fcc", a=3.6)
+>>> bool(AtomicData.from_ase(atoms).to_ase() == atoms)
+True
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+
+from batchmd.data.fields import KNOWN_FIELDS
+
+__all__ = ["atoms_to_kwargs", "data_to_atoms"]
+
+_ASE_ATOM_ARRAYS = frozenset({"numbers", "positions", "momenta", "masses"})
+
+
+def _info_scalar(value: Any) -> bool | int | float | None:
+    """The value as a python bool/int/float when it is a numeric scalar, else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
+def atoms_to_kwargs(atoms: Atoms) -> tuple[dict, dict, dict]:
+    """Split an ``ase.Atoms`` into AtomicData keyword arguments and user fields.
+
+    Returns
+    -------
+    kwargs : dict
+        Arguments of :class:`AtomicData` (numpy float64 arrays, ``info`` dict).
+    node_props : dict
+        Extra per-atom arrays (``atoms.arrays`` beyond numbers/positions/momenta/masses).
+    system_props : dict
+        Numeric scalars of ``atoms.info`` (python bool/int/float).
+    """
+    kwargs: dict[str, Any] = {
+        "positions": atoms.get_positions(),
+        "atomic_numbers": atoms.get_atomic_numbers(),
+        "atomic_masses": atoms.get_masses(),
+        "cell": atoms.cell.array.copy(),
+        "pbc": atoms.pbc.copy(),
+    }
+    if "momenta" in atoms.arrays:
+        kwargs["velocities"] = atoms.get_velocities()
+    results = getattr(atoms.calc, "results", None) or {}
+    if results.get("energy") is not None:
+        kwargs["energies"] = np.array([[float(results["energy"])]])
+    if results.get("forces") is not None:
+        kwargs["forces"] = np.asarray(results["forces"], dtype=np.float64)
+    if results.get("stress") is not None:
+        stress = np.asarray(results["stress"], dtype=np.float64)
+        kwargs["stress"] = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
+    info: dict[str, Any] = {}
+    system_props: dict[str, Any] = {}
+    for key, value in atoms.info.items():
+        scalar = _info_scalar(value)
+        if key == "system_id" and isinstance(scalar, int) and not isinstance(scalar, bool):
+            kwargs["system_id"] = np.array([[scalar]], dtype=np.int64)
+        elif scalar is not None and key not in KNOWN_FIELDS and str(key).isidentifier():
+            system_props[key] = scalar
+        else:
+            info[key] = value
+    kwargs["info"] = info
+    node_props = {}
+    for key, value in atoms.arrays.items():
+        if key in _ASE_ATOM_ARRAYS or key in KNOWN_FIELDS or not key.isidentifier():
+            continue
+        if np.asarray(value).dtype.kind in "biuf":
+            node_props[key] = np.array(value)
+    return kwargs, node_props, system_props
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.double() if t.is_floating_point() else t).numpy().copy()
+
+
+def data_to_atoms(data) -> Atoms:
+    """Build an ``ase.Atoms`` from an :class:`AtomicData` (see :meth:`AtomicData.to_ase`)."""
+    atoms = Atoms(
+        numbers=_numpy(data.atomic_numbers),
+        positions=_numpy(data.positions),
+        cell=_numpy(data.cell),
+        pbc=_numpy(data.pbc),
+        masses=_numpy(data.atomic_masses),
+    )
+    if data.velocities is not None:
+        atoms.set_velocities(_numpy(data.velocities))
+    info = dict(data.info)
+    for name, spec in data.specs.items():
+        if name in KNOWN_FIELDS or name.startswith("_"):
+            continue
+        value = data[name]
+        if spec.level == "system":
+            if value.dim() == 0:
+                info[name] = bool(value) if value.dtype == torch.bool else value.item()
+            else:
+                info[name] = _numpy(value)
+        elif spec.level == "atom":
+            atoms.new_array(name, _numpy(value))
+    if data.system_id is not None:
+        info["system_id"] = int(data.system_id.reshape(()).item())
+    atoms.info.update(info)
+    results = {}
+    if data.energies is not None:
+        results["energy"] = float(data.energies.reshape(()).item())
+    if data.forces is not None:
+        results["forces"] = _numpy(data.forces)
+    if data.stress is not None:
+        results["stress"] = full_3x3_to_voigt_6_stress(_numpy(data.stress))
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms

@@ -1,0 +1,166 @@
+"""Field registry: every field's level (atom, system, edge, global) declared once.
+
+A *field* is a named tensor carried by :class:`~batchmd.data.AtomicData` and
+:class:`~batchmd.data.Batch`. Its *level* says which axis of the batch it
+follows through selection, concatenation and slot replacement:
+
+``"atom"``
+    one row per atom; Batch shape ``[N, ...]``.
+``"system"``
+    one row per system; Batch shape ``[B, ...]`` (AtomicData stores the
+    per-system shape, e.g. ``cell`` ``[3, 3]``).
+``"edge"``
+    one row per edge; edges are stored system by system, Batch shape ``[E, ...]``
+    (``edge_index`` is ``[2, E]``: its edge axis is dimension 1).
+``"global"``
+    shared by all systems of a Batch; never sliced.
+
+Known fields (:data:`KNOWN_FIELDS`) carry their level, dtype kind and shape;
+a user field declares its level when it is added. A field may be flagged
+``atom_index``: its non-negative values are global atom indices (in a Batch)
+and are re-offset whenever atoms move (``edge_index`` is such a field;
+negative values are padding and never shifted).
+
+Example
+-------
+>>> from batchmd.data.fields import field_spec
+>>> field_spec("cell").level, field_spec("cell").item_shape
+('system', (3, 3))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LEVELS", "FieldSpec", "KNOWN_FIELDS", "field_spec", "user_field_spec", "default_fill", "coerce_dtype"]
+
+LEVELS = ("atom", "system", "edge", "global")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one field is stored and how it follows systems through slot operations.
+
+    Parameters
+    ----------
+    level : str
+        One of :data:`LEVELS`.
+    kind : str
+        ``"float"`` (cast to the batch floating dtype), ``"int"`` (stored as
+        ``int64``), ``"bool"``, or ``"any"`` (user fields: dtype kept as given,
+        except that floating tensors follow the batch dtype).
+    item_shape : tuple of int or None
+        Shape of one row (one atom / system / edge), ``None`` for "any".
+    single_shape : tuple of int or None
+        Shape in :class:`AtomicData` for system fields (``energies`` is
+        ``(1, 1)`` while its row shape is ``(1,)``); ``None`` means ``item_shape``.
+    dim : int
+        Axis that indexes rows (``1`` for ``edge_index`` ``[2, E]``, else ``0``).
+    atom_index : bool
+        Values are atom indices, re-offset by slot operations.
+    unit : str
+        Physical unit, for documentation.
+    """
+
+    level: str
+    kind: str = "any"
+    item_shape: tuple[int, ...] | None = None
+    single_shape: tuple[int, ...] | None = None
+    dim: int = 0
+    atom_index: bool = False
+    unit: str = ""
+
+    @property
+    def atomic_data_shape(self) -> tuple[int, ...] | None:
+        """Shape of this field in a single-system :class:`AtomicData` (system level)."""
+        return self.single_shape if self.single_shape is not None else self.item_shape
+
+
+KNOWN_FIELDS: dict[str, FieldSpec] = {
+    "positions": FieldSpec("atom", "float", (3,), unit="Å"),
+    "atomic_numbers": FieldSpec("atom", "int", ()),
+    "atomic_masses": FieldSpec("atom", "float", (), unit="amu"),
+    "velocities": FieldSpec("atom", "float", (3,), unit="Å / ASE time unit"),
+    "forces": FieldSpec("atom", "float", (3,), unit="eV/Å"),
+    "energies": FieldSpec("system", "float", (1,), single_shape=(1, 1), unit="eV"),
+    "stress": FieldSpec("system", "float", (3, 3), unit="eV/Å^3"),
+    "cell": FieldSpec("system", "float", (3, 3), unit="Å"),
+    "pbc": FieldSpec("system", "bool", (3,)),
+    "system_id": FieldSpec("system", "int", (1,), single_shape=(1, 1)),
+    "edge_index": FieldSpec("edge", "int", (2,), dim=1, atom_index=True),
+}
+"""Registry of the fields every layer may rely on (see ``docs/design_contracts.md``)."""
+
+
+def field_spec(name: str) -> FieldSpec | None:
+    """Spec of a known field, or ``None`` for a user field."""
+    return KNOWN_FIELDS.get(name)
+
+
+def user_field_spec(level: str, atom_index: bool = False) -> FieldSpec:
+    """Spec for a user field of the given level (any dtype, any row shape).
+
+    Raises
+    ------
+    ValueError
+        If ``level`` is not one of :data:`LEVELS`.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"batchmd: field level must be one of {LEVELS}, got {level!r}")
+    return FieldSpec(level, "any", None, atom_index=atom_index)
+
+
+def coerce_dtype(name: str, tensor: torch.Tensor, spec: FieldSpec, float_dtype: torch.dtype) -> torch.Tensor:
+    """Cast ``tensor`` to the dtype its spec requires (no copy when it already has it).
+
+    Floating tensors (any kind) take ``float_dtype``; ``"int"`` fields become
+    ``int64``; ``"bool"`` fields ``bool``. Integer and bool user fields keep
+    their dtype.
+
+    Raises
+    ------
+    ValueError
+        If a ``"float"`` field is given as bool, or an ``"int"`` field holds
+        non-integral floating values.
+    """
+    if spec.kind == "float":
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise ValueError(f"batchmd: field {name!r} must be real floating, got dtype {tensor.dtype}")
+        return tensor.to(float_dtype)
+    if spec.kind == "int":
+        if tensor.is_floating_point():
+            if not bool(torch.all(tensor == torch.round(tensor))):
+                raise ValueError(f"batchmd: field {name!r} must hold integers, got non-integral values")
+        return tensor.to(torch.int64)
+    if spec.kind == "bool":
+        return tensor.to(torch.bool)
+    if tensor.is_floating_point():
+        return tensor.to(float_dtype)
+    return tensor
+
+
+def default_fill(name: str, like: torch.Tensor, dim: int, rows: int) -> torch.Tensor:
+    """Default value for a field absent from some systems (used by concat and slot ops).
+
+    Policy: floating fields whose name starts with ``_`` (caches) are NaN so an
+    absent cache is recognisably invalid; every other field is zero (``False``
+    for bool).
+
+    Parameters
+    ----------
+    name : str
+        Field name (decides the cache policy).
+    like : torch.Tensor
+        A tensor of the field from another source: gives dtype, device and row shape.
+    dim : int
+        Row axis of the field.
+    rows : int
+        Number of rows to create.
+    """
+    shape = list(like.shape)
+    shape[dim] = rows
+    if name.startswith("_") and like.is_floating_point():
+        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
+    return torch.zeros(shape, dtype=like.dtype, device=like.device)

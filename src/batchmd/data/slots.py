@@ -1,0 +1,272 @@
+"""Generic system selection, concatenation and slot replacement for :class:`Batch`.
+
+One implementation serves every field, user fields and ``_`` caches included:
+a field moves by its level (atom rows by the atom gather index, system rows by
+the system index, edge rows by the edge gather index, global fields unchanged),
+and a field flagged ``atom_index`` has its non-negative values re-offset to the
+new atom numbering. Everything is done with device-side torch ops
+(``repeat_interleave``, ``cumsum``, ``index_select``); the only host syncs read
+the new atom/edge totals (one per operation) and, when systems carry a
+non-empty ``info`` dict, the selected indices.
+
+Default policy for a field present in only some of the concatenated sources
+(:func:`~batchmd.data.fields.default_fill`): zeros (``False`` for bool) for
+the systems lacking it, NaN for floating fields whose name starts with ``_``.
+This applies in both directions (the live batch lacking a field of the
+incoming systems, and the reverse). Exception: an ``atom_index`` edge field
+(``edge_index``) cannot be invented for systems that have edges; that raises.
+
+Example
+-------
+>>> import torch
+>>> from ase.build import molecule
+>>> from batchmd.data import Batch
+>>> live = Batch.from_ase([molecule("H2O"), molecule("CH4"), molecule("NH3")])
+>>> new = live.replace_slots(torch.tensor([1]), Batch.from_ase([molecule("C6H6")]))
+>>> new.num_atoms_per_system.tolist()
+[3, 12, 4]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from batchmd.data.fields import FieldSpec, default_fill
+
+__all__ = ["concat_parts", "concat_batches", "select_systems", "remove_systems", "replace_slots"]
+
+
+def _shift_index(t: torch.Tensor, shift: torch.Tensor | int, dim: int, subtract: bool) -> torch.Tensor:
+    """Add (or subtract) a per-row shift to the non-negative entries of an atom-index field."""
+    if isinstance(shift, torch.Tensor):
+        shape = [1] * t.dim()
+        shape[dim] = -1
+        shift = shift.reshape(shape).to(t.dtype)
+    moved = t - shift if subtract else t + shift
+    return torch.where(t >= 0, moved, t)
+
+
+def concat_parts(parts: list[dict[str, torch.Tensor]], specs: list[dict[str, FieldSpec]],
+                 rows: list[dict[str, int]]) -> tuple[dict[str, torch.Tensor], dict[str, FieldSpec]]:
+    """Concatenate field dictionaries of several sources, level by level.
+
+    Parameters
+    ----------
+    parts : list of dict
+        Per source, field name -> tensor (system fields with a leading row axis).
+    specs : list of dict
+        Per source, field name -> FieldSpec (levels must agree across sources).
+    rows : list of dict
+        Per source, ``{"atom": n, "system": b, "edge": e}`` row counts.
+
+    Returns
+    -------
+    fields, specs : dict, dict
+        Concatenated fields (``atom_index`` fields re-offset by each source's
+        atom offset) and merged specs; missing fields get :func:`default_fill`.
+
+    Raises
+    ------
+    ValueError
+        On a level, dtype or row-shape conflict, or a missing ``atom_index``
+        edge field for a source that has edges.
+    """
+    merged: dict[str, FieldSpec] = {}
+    for source_specs in specs:
+        for name, spec in source_specs.items():
+            if name in merged and (merged[name].level, merged[name].dim) != (spec.level, spec.dim):
+                raise ValueError(f"batchmd: field {name!r} is {merged[name].level}-level in one batch "
+                                 f"and {spec.level}-level in another")
+            merged.setdefault(name, spec)
+    atom_offsets = [0]
+    for r in rows:
+        atom_offsets.append(atom_offsets[-1] + r["atom"])
+    fields: dict[str, torch.Tensor] = {}
+    for name, spec in merged.items():
+        present = [p[name] for p in parts if name in p]
+        like = present[0]
+        if spec.level == "global":
+            fields[name] = like
+            continue
+        pieces = []
+        for p, r, offset in zip(parts, rows, atom_offsets):
+            t = p.get(name)
+            if t is None:
+                if spec.atom_index and r[spec.level] > 0:
+                    raise ValueError(f"batchmd: field {name!r} (atom indices) is missing from a batch "
+                                     f"with {r[spec.level]} {spec.level} rows; it cannot be filled by default")
+                t = default_fill(name, like, spec.dim, r[spec.level])
+            else:
+                if t.dtype != like.dtype:
+                    raise ValueError(f"batchmd: field {name!r} has dtype {like.dtype} in one batch and {t.dtype} "
+                                     f"in another")
+                if spec.atom_index and offset:
+                    t = _shift_index(t, offset, spec.dim, subtract=False)
+            pieces.append(t)
+        try:
+            fields[name] = torch.cat(pieces, dim=spec.dim) if len(pieces) > 1 else pieces[0]
+        except RuntimeError as err:
+            raise ValueError(f"batchmd: field {name!r} has different row shapes across batches: "
+                             f"{[list(t.shape) for t in pieces]}") from err
+    return fields, merged
+
+
+def concat_batches(batches: Sequence) -> "Batch":  # noqa: F821 (Batch imported lazily)
+    """Concatenate Batches (systems of ``batches[0]`` first); no host sync.
+
+    Later batches are moved to the first one's device and floating dtype.
+    See the module docstring for the default policy of missing fields.
+    """
+    from batchmd.data.batch import Batch
+
+    first = batches[0]
+    batches = [first] + [b.to(first.device, first.dtype) for b in batches[1:]]
+    rows = [{"atom": b.num_nodes, "system": b.num_graphs, "edge": b.num_edges} for b in batches]
+    fields, specs = concat_parts([b._fields for b in batches], [b._specs for b in batches], rows)
+    ptrs, eptrs, bidx = [], [], []
+    atom_off = edge_off = graph_off = 0
+    for b in batches:
+        ptrs.append(b.ptr[:-1].long() + atom_off)
+        eptrs.append(b.edge_ptr[:-1].long() + edge_off)
+        bidx.append(b.batch_idx + graph_off)
+        atom_off += b.num_nodes
+        edge_off += b.num_edges
+        graph_off += b.num_graphs
+    end = torch.tensor([atom_off, edge_off], dtype=torch.int64, device=first.device)
+    ptr = torch.cat(ptrs + [end[:1]])
+    edge_ptr = torch.cat(eptrs + [end[1:]])
+    infos = None
+    if any(b._infos for b in batches):
+        infos = [info for b in batches for info in b.infos]
+    return Batch(fields, specs, ptr, edge_ptr, torch.cat(bidx), infos)
+
+
+def _layout(ptr: torch.Tensor, idx: torch.Tensor, total: int):
+    """Gather plan for one axis (atoms or edges) when keeping systems ``idx``.
+
+    Returns the new offsets [k+1], the source row of every new row [total],
+    the new owner system of every new row [total] and, per selected system,
+    ``old_start - new_start`` [k].
+    """
+    counts = (ptr[1:] - ptr[:-1]).long().index_select(0, idx)
+    new_ptr = torch.zeros(idx.shape[0] + 1, dtype=torch.int64, device=ptr.device)
+    torch.cumsum(counts, 0, out=new_ptr[1:])
+    shift = ptr[:-1].long().index_select(0, idx) - new_ptr[:-1]
+    owner = torch.repeat_interleave(torch.arange(idx.shape[0], device=ptr.device), counts, output_size=total)
+    source = torch.arange(total, device=ptr.device) + shift.index_select(0, owner)
+    return new_ptr, source, owner, shift
+
+
+def _take(batch, idx: torch.Tensor, num_nodes: int, num_edges: int, host_idx: list[int] | None = None):
+    """Gather systems ``idx`` (valid, on device) given the new atom and edge totals (no sync)."""
+    from batchmd.data.batch import Batch
+
+    new_ptr, atom_src, batch_idx, atom_shift = _layout(batch.ptr, idx, num_nodes)
+    new_eptr, edge_src, edge_owner, _ = _layout(batch.edge_ptr, idx, num_edges)
+    gather = {"atom": atom_src, "system": idx, "edge": edge_src}
+    owners = {"atom": batch_idx, "system": None, "edge": edge_owner}
+    fields = {}
+    for name, spec in batch._specs.items():
+        t = batch._fields[name]
+        if spec.level == "global":
+            fields[name] = t
+            continue
+        t = t.index_select(spec.dim, gather[spec.level])
+        if spec.atom_index:
+            owner = owners[spec.level]
+            row_shift = atom_shift if owner is None else atom_shift.index_select(0, owner)
+            t = _shift_index(t, row_shift, spec.dim, subtract=True)
+        fields[name] = t
+    infos = None
+    if batch._infos is not None:
+        host_idx = idx.tolist() if host_idx is None else host_idx
+        infos = [dict(batch._infos[i]) for i in host_idx]
+    return Batch(fields, batch._specs, new_ptr, new_eptr, batch_idx, infos)
+
+
+def _as_index(batch, indices, name: str) -> torch.Tensor:
+    idx = torch.as_tensor(indices, device=batch.device)
+    if idx.dtype == torch.bool:
+        if idx.shape != (batch.num_graphs,):
+            raise ValueError(f"batchmd: {name} bool mask must have shape [{batch.num_graphs}], got {list(idx.shape)}")
+        return idx
+    if idx.is_floating_point() or idx.dim() != 1:
+        raise ValueError(f"batchmd: {name} must be a 1-D integer tensor or a bool mask [B]")
+    return idx.long()
+
+
+def _sizes_and_check(batch, keep_counts: torch.Tensor, keep_edges: torch.Tensor, extra: list[torch.Tensor]):
+    """One host sync: totals of selected atoms/edges plus extra scalars."""
+    values = torch.stack([keep_counts.sum(), keep_edges.sum()] + [e.long() for e in extra]).tolist()
+    return values[0], values[1], values[2:]
+
+
+def _select_mask(batch, keep: torch.Tensor, valid: torch.Tensor | None, what: str):
+    counts = (batch.ptr[1:] - batch.ptr[:-1]).long()
+    ecounts = (batch.edge_ptr[1:] - batch.edge_ptr[:-1]).long()
+    extra = [keep.sum()] + ([valid] if valid is not None else [])
+    n, e, rest = _sizes_and_check(batch, counts * keep, ecounts * keep, extra)
+    if valid is not None and not rest[1]:
+        raise ValueError(f"batchmd: {what}: system indices out of range for a batch of {batch.num_graphs}")
+    idx = torch.argsort((~keep).to(torch.int8), stable=True)[: rest[0]]
+    return _take(batch, idx, n, e)
+
+
+def select_systems(batch, indices) -> "Batch":  # noqa: F821
+    """Implementation of :meth:`Batch.index_select` (see there)."""
+    idx = _as_index(batch, indices, "index_select")
+    if idx.dtype == torch.bool:
+        return _select_mask(batch, idx, None, "index_select")
+    b = batch.num_graphs
+    valid = ((idx >= -b) & (idx < b)).all()
+    idx = torch.where(idx < 0, idx + b, idx).clamp(0, max(b - 1, 0))
+    counts = (batch.ptr[1:] - batch.ptr[:-1]).long()
+    ecounts = (batch.edge_ptr[1:] - batch.edge_ptr[:-1]).long()
+    if b == 0:
+        counts, ecounts = counts.new_zeros(1), ecounts.new_zeros(1)
+    n, e, rest = _sizes_and_check(batch, counts[idx], ecounts[idx], [valid])
+    if not rest[0] or (b == 0 and idx.numel()):
+        raise ValueError(f"batchmd: index_select: system indices out of range for a batch of {b}")
+    return _take(batch, idx, n, e)
+
+
+def remove_systems(batch, indices) -> "Batch":  # noqa: F821
+    """Implementation of :meth:`Batch.remove` (see there)."""
+    idx = _as_index(batch, indices, "remove")
+    if idx.dtype == torch.bool:
+        return _select_mask(batch, ~idx, None, "remove")
+    b = batch.num_graphs
+    valid = ((idx >= -b) & (idx < b)).all()
+    keep = torch.ones(b, dtype=torch.bool, device=batch.device)
+    if b:
+        keep[torch.where(idx < 0, idx + b, idx).clamp(0, b - 1)] = False
+    return _select_mask(batch, keep, valid, "remove")
+
+
+def replace_slots(batch, slots, other) -> "Batch":  # noqa: F821
+    """Implementation of :meth:`Batch.replace_slots` (see there)."""
+    slots = _as_index(batch, slots, "replace_slots slots")
+    if slots.dtype == torch.bool:
+        raise ValueError("batchmd: replace_slots needs slot indices (LongTensor [k]), not a bool mask")
+    b, k = batch.num_graphs, slots.shape[0]
+    if other.num_graphs != k:
+        raise ValueError(f"batchmd: replace_slots got {k} slots but the incoming batch has {other.num_graphs} systems")
+    if k == 0:
+        return batch
+    if b == 0:
+        raise ValueError("batchmd: replace_slots on an empty batch: no slots to replace")
+    valid = ((slots >= -b) & (slots < b)).all()
+    slots = torch.where(slots < 0, slots + b, slots).clamp(0, b - 1)
+    hits = torch.zeros(b, dtype=torch.int64, device=batch.device).index_add_(0, slots, torch.ones_like(slots))
+    valid = valid & (hits <= 1).all()
+    order = torch.arange(b, device=batch.device).index_put((slots,), b + torch.arange(k, device=batch.device))
+    merged = concat_batches([batch, other])
+    counts = (merged.ptr[1:] - merged.ptr[:-1]).long().index_select(0, order)
+    ecounts = (merged.edge_ptr[1:] - merged.edge_ptr[:-1]).long().index_select(0, order)
+    n, e, rest = _sizes_and_check(merged, counts, ecounts, [valid])
+    if not rest[0]:
+        raise ValueError(f"batchmd: replace_slots: slots must be distinct and within 0..{b - 1}")
+    host_order = order.tolist() if merged._infos is not None else None
+    return _take(merged, order, n, e, host_order)
