@@ -77,7 +77,7 @@ def test_set_field_and_attribute_access(water, copper):
     assert batch.velocities is v  # stored without copy
     batch.fire_dt = torch.full((2,), 0.2, dtype=torch.float64)
     assert batch.fire_dt.tolist() == [0.2, 0.2]
-    batch["fire_dt"] = torch.full((2,), 0.3)
+    batch["fire_dt"] = torch.full((2,), 0.3, dtype=torch.float64)
     assert batch["fire_dt"][0].item() == 0.3
     with pytest.raises(ValueError, match="needs a level"):
         batch.set_field("new", torch.zeros(2))
