@@ -1,0 +1,183 @@
+"""FusedStage: inflight invariants (exactly once, batch invariance), status semantics, hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batchmd.data import AtomicData, Batch
+from batchmd.dynamics import FIRE, ConvergenceHook, FusedStage, SizeAwareSampler, SystemStatus
+from batchmd.dynamics.hooks import ConvergedSnapshotHook, Hook, HookStage, TrajectoryHook
+from batchmd.dynamics.sinks import HostMemory
+from batchmd.models.demo import DemoModelWrapper
+
+
+class RandomClusters:
+    """Random clusters of the given sizes (float64), the sampler's dataset protocol."""
+
+    def __init__(self, sizes, seed=0, spread=1.2):
+        self.sizes = list(sizes)
+        self.seed = seed
+        self.spread = spread
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def get_metadata(self, idx):
+        return self.sizes[idx], 0
+
+    def __getitem__(self, idx):
+        g = torch.Generator().manual_seed(self.seed + idx)
+        n = self.sizes[idx]
+        data = AtomicData(
+            positions=self.spread * torch.randn(n, 3, generator=g, dtype=torch.float64),
+            atomic_numbers=torch.randint(1, 10, (n,), generator=g),
+        )
+        return data, {}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(3)
+    return DemoModelWrapper().double()
+
+
+def _fire(model, threshold=0.05, n_steps=None, hooks=None):
+    return FIRE(model, convergence_hook=ConvergenceHook.from_forces(threshold), n_steps=n_steps, hooks=hooks)
+
+
+@pytest.mark.parametrize(
+    "sizes,refill,max_atoms,budget",
+    [
+        ([4, 5, 6] * 7, 1, 20, None),
+        ([3, 9, 2, 7, 5, 4, 8, 6] * 3, 3, 24, 40),
+        ([5] * 15, 7, 15, 25),  # same-size refills
+        ([2, 11, 3, 12, 4], 2, 14, 7),  # tiny budget: many OUT_OF_STEPS
+    ],
+)
+def test_every_sample_graduates_exactly_once(model, sizes, refill, max_atoms, budget):
+    dataset = RandomClusters(sizes, seed=11)
+    sink = HostMemory(capacity=len(sizes))
+    fused = FusedStage(
+        [(0, _fire(model, n_steps=budget))],
+        sampler=SizeAwareSampler(dataset, max_atoms=max_atoms, max_batch_size=5),
+        sinks=[sink],
+        refill_frequency=refill,
+    )
+    assert fused.run(batch=None) is None
+    out = sink.drain()
+    assert sorted(out.system_id.reshape(-1).tolist()) == list(range(len(sizes)))
+    assert sorted(out["sample_index"].reshape(-1).tolist()) == list(range(len(sizes)))
+    status = out["status"]
+    assert bool(((status == SystemStatus.CONVERGED) | (status == SystemStatus.OUT_OF_STEPS)).all())
+    assert torch.equal(out.converged.reshape(-1), status == SystemStatus.CONVERGED)
+    if budget is not None:
+        assert int(out["n_steps"].max()) <= budget
+    assert fused.stats.systems_graduated == len(sizes)
+    # energies and forces are those of the final positions
+    fresh = model(out)
+    assert torch.allclose(fresh["energy"], out.energies, rtol=0, atol=1e-12)
+    assert torch.allclose(fresh["forces"], out.forces, rtol=0, atol=1e-12)
+
+
+def test_inflight_result_equals_running_alone(model):
+    sizes = [4, 7, 3, 6, 5, 4, 8, 3, 5, 5]
+    dataset = RandomClusters(sizes, seed=5)
+    sink = HostMemory(capacity=len(sizes))
+    fused = FusedStage(
+        [(0, _fire(model, n_steps=200))],
+        sampler=SizeAwareSampler(dataset, max_atoms=16, max_batch_size=4),
+        sinks=[sink],
+        refill_frequency=4,
+    )
+    fused.run(batch=None)
+    out = sink.drain()
+    for k in range(out.num_graphs):
+        index = int(out["sample_index"][k])
+        alone = Batch.from_data_list([dataset[index][0]])
+        alone = _fire(model, n_steps=200).run(alone)
+        got = out.index_select(torch.tensor([k]))
+        assert int(got["n_steps"]) == int(alone["n_steps"])
+        assert torch.allclose(got.positions, alone.positions, rtol=0, atol=1e-10)
+        assert torch.allclose(got.energies, alone.energies, rtol=0, atol=1e-10)
+
+
+def test_status_failed_for_non_finite_forces_without_stopping_others(model):
+    def poisoned(batch):
+        out = model(batch)
+        bad = batch.batch_idx == 1
+        out["forces"] = torch.where(bad[:, None], torch.full_like(out["forces"], float("nan")), out["forces"])
+        return out
+
+    batch = Batch.from_data_list([RandomClusters([4, 5, 6], seed=1)[i][0] for i in range(3)])
+    out = FIRE(poisoned, convergence_hook=ConvergenceHook.from_forces(0.05), n_steps=300).run(batch)
+    assert out["status"].tolist() == [SystemStatus.CONVERGED, SystemStatus.FAILED, SystemStatus.CONVERGED]
+    assert int(out["n_steps"][1]) == 0
+
+
+def test_batch_mode_hooks_fire_once_per_system(model):
+    sink = HostMemory(capacity=10)
+    seen = []
+
+    class CountSteps(Hook):
+        stage = HookStage.AFTER_STEP
+        frequency = 2
+
+        def __call__(self, batch, context):
+            seen.append(context.step)
+
+    trace = TrajectoryHook(frequency=5)
+    fire = _fire(model, n_steps=60, hooks=[ConvergedSnapshotHook(sink)])
+    batch = Batch.from_data_list([RandomClusters([4, 5, 6], seed=2)[i][0] for i in range(3)])
+    batch.set_field("system_id", torch.arange(3, dtype=torch.int64).reshape(-1, 1), "system")
+    fused = FusedStage([fire], hooks=[CountSteps(), trace], refill_frequency=3)
+    out = fused.run(batch)
+    assert len(sink) == 3
+    assert sorted(sink.drain().system_id.reshape(-1).tolist()) == [0, 1, 2]
+    assert seen and all(step % 2 == 0 for step in seen)
+    assert trace.records and set(trace.records[0]) >= {"step", "system_id", "energies", "fmax"}
+    assert out.num_graphs == 3
+
+
+def test_step_budget_returns_live_batch(model):
+    dataset = RandomClusters([5] * 10, seed=3, spread=2.0)
+    sink = HostMemory(capacity=10)
+    fused = FusedStage(
+        [_fire(model, threshold=1e-6)],
+        sampler=SizeAwareSampler(dataset, max_atoms=10),
+        sinks=[sink],
+        refill_frequency=5,
+    )
+    live = fused.run(batch=None, n_steps=10)
+    assert live is not None and live.num_graphs >= 1
+    ids = set(sink.drain().system_id.reshape(-1).tolist()) if len(sink) else set()
+    assert ids.isdisjoint(set(live.system_id.reshape(-1).tolist()))
+
+
+def test_invalid_configuration_errors(model):
+    fire = _fire(model)
+    with pytest.raises(ValueError, match="indices must be 0, 1, 2"):
+        FusedStage([(1, fire)])
+    with pytest.raises(ValueError, match="same model"):
+        FusedStage([fire, _fire(DemoModelWrapper())])
+    with pytest.raises(ValueError, match="needs a sampler"):
+        FusedStage([fire]).run(batch=None)
+    with pytest.raises(ValueError, match="refill_frequency"):
+        FusedStage([fire], refill_frequency=0)
+    with pytest.raises(ValueError, match="n_steps"):
+        FIRE(model, n_steps=-1)
+
+
+def test_throughput_counters(model):
+    dataset = RandomClusters([4, 6] * 5, seed=9)
+    fused = FusedStage(
+        [_fire(model, n_steps=30)],
+        sampler=SizeAwareSampler(dataset, max_atoms=20),
+        sinks=[HostMemory(capacity=10)],
+        refill_frequency=5,
+    )
+    fused.run(batch=None)
+    stats = fused.stats.as_dict()
+    assert stats["systems_graduated"] == 10 and stats["systems_total"] == 10
+    assert stats["atom_steps"] > 0 and stats["atom_steps_per_second"] > 0
+    assert 0.0 < stats["mean_occupancy"] <= 1.0
