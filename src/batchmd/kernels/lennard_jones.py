@@ -1,0 +1,198 @@
+"""Warp kernels for the (optionally shifted) 12-6 Lennard-Jones pair potential.
+
+Pair energy, with ``r_c`` the cutoff and ``shift`` the energy at the cutoff
+(zero when unshifted)::
+
+    u(r) = 4 eps [(sigma/r)^12 - (sigma/r)^6] - shift      for r <= r_c
+
+``lj_atoms`` runs one thread per atom over that atom's *full* neighbor list (every pair
+is seen from both atoms), so each thread accumulates only its own force, half of each
+pair energy and half of each pair virial, in the order of its neighbor row. There are no
+floating-point atomics, so results are deterministic and a system's numbers do not depend
+on the other systems of the batch. An atom whose neighbor count exceeds the list capacity
+walks its system's bins instead (same candidates, same order as the build, see
+:mod:`batchmd.kernels.neighbor_list`), so overflow is never a silent truncation and gives
+bitwise the same result as a large enough list.
+
+``lj_systems`` runs one thread per system and sums its atoms' energies and virials in atom
+order. The stress follows ASE's convention (``atoms.get_stress(voigt=False)`` of
+``ase.calculators.lj.LennardJones``): ``stress = (1/V) sum_pairs f_ij (x) r_ij`` with
+``r_ij = r_j - r_i`` and ``f_ij = -du/dr r_ij / r`` the force on ``i``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import warp as wp
+
+from batchmd.kernels.neighbor_list import bin_cell, bin_image, image_shift
+
+wp.set_module_options({"enable_backward": False})
+
+
+@wp.func
+def lj_pair(r2: Any, sigma_sq: Any, eps4: Any, eps24: Any, e_shift: Any):
+    """Pair energy ``u`` (eV) and ``du/dr / r`` (eV/Å^2) for squared distance ``r2``."""
+    c2 = sigma_sq / r2
+    c6 = c2 * c2 * c2
+    c12 = c6 * c6
+    u = eps4 * (c12 - c6) - e_shift
+    g = -eps24 * (c12 + c12 - c6) / r2
+    return u, g
+
+
+@wp.kernel
+def lj_atoms(
+    x: wp.array(dtype=Any),
+    batch_idx: wp.array(dtype=wp.int32),
+    ptr: wp.array(dtype=wp.int32),
+    neighbors: wp.array2d(dtype=wp.int32),
+    shifts: wp.array2d(dtype=Any),
+    count: wp.array(dtype=wp.int32),
+    cutoff_sq: Any,
+    sigma_sq: Any,
+    eps4: Any,
+    eps24: Any,
+    e_shift: Any,
+    want_virial: int,
+    # bin walk for atoms whose list overflowed
+    cell: wp.array(dtype=Any),
+    pbc: wp.array2d(dtype=wp.bool),
+    nbins: wp.array(dtype=wp.vec3i),
+    bin_offset: wp.array(dtype=wp.int32),
+    search: wp.array(dtype=wp.vec3i),
+    atom_bin: wp.array(dtype=wp.vec3i),
+    atom_wrap: wp.array(dtype=wp.vec3i),
+    bin_start: wp.array(dtype=wp.int32),
+    bin_count: wp.array(dtype=wp.int32),
+    bin_atoms: wp.array(dtype=wp.int32),
+    ref_x: wp.array(dtype=Any),
+    r_list_sq: Any,
+    # outputs
+    forces: wp.array(dtype=Any),
+    atom_energy: wp.array(dtype=Any),
+    atom_virial: wp.array(dtype=Any),
+):
+    i = wp.tid()
+    s = batch_idx[i]
+    base = ptr[s]
+    xi = x[i]
+    n = count[i]
+    f = xi - xi
+    e = sigma_sq - sigma_sq
+    vir = wp.outer(f, f)
+    if n <= neighbors.shape[1]:
+        for t in range(n):
+            d = x[base + neighbors[i, t]] - xi + shifts[i, t]
+            r2 = wp.dot(d, d)
+            if r2 <= cutoff_sq:
+                u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
+                e += u
+                f += g * d
+                if want_virial != 0:
+                    vir += wp.outer(d, d) * g
+    else:
+        h = cell[s]
+        nb = nbins[s]
+        sr = search[s]
+        bi = atom_bin[i]
+        wi = atom_wrap[i]
+        xr = ref_x[i]
+        offset = bin_offset[s]
+        p0 = int(pbc[s, 0])
+        p1 = int(pbc[s, 1])
+        p2 = int(pbc[s, 2])
+        for o0 in range(-sr[0], sr[0] + 1):
+            c0 = bin_image(bi[0] + o0, nb[0], p0)
+            if c0[2] == 0:
+                continue
+            for o1 in range(-sr[1], sr[1] + 1):
+                c1 = bin_image(bi[1] + o1, nb[1], p1)
+                if c1[2] == 0:
+                    continue
+                for o2 in range(-sr[2], sr[2] + 1):
+                    c2 = bin_image(bi[2] + o2, nb[2], p2)
+                    if c2[2] == 0:
+                        continue
+                    c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
+                    start = bin_start[c]
+                    for q in range(start, start + bin_count[c]):
+                        j = bin_atoms[q]
+                        k = wp.vec3i(c0[1], c1[1], c2[1]) + wi - atom_wrap[j]
+                        if j == i and k[0] == 0 and k[1] == 0 and k[2] == 0:
+                            continue
+                        sh = image_shift(k, h)
+                        dr = ref_x[j] - xr + sh
+                        if wp.dot(dr, dr) < r_list_sq:
+                            d = x[j] - xi + sh
+                            r2 = wp.dot(d, d)
+                            if r2 <= cutoff_sq:
+                                u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
+                                e += u
+                                f += g * d
+                                if want_virial != 0:
+                                    vir += wp.outer(d, d) * g
+    half = sigma_sq / (sigma_sq + sigma_sq)
+    forces[i] = f
+    atom_energy[i] = e * half
+    atom_virial[i] = vir * half
+
+
+@wp.kernel
+def lj_systems(
+    ptr: wp.array(dtype=wp.int32),
+    cell: wp.array(dtype=Any),
+    atom_energy: wp.array(dtype=Any),
+    atom_virial: wp.array(dtype=Any),
+    want_virial: int,
+    energy: wp.array(dtype=Any),
+    stress: wp.array(dtype=Any),
+):
+    s = wp.tid()
+    start = ptr[s]
+    e = atom_energy.dtype(0.0)
+    for i in range(start, ptr[s + 1]):
+        e += atom_energy[i]
+    energy[s] = e
+    if want_virial != 0:
+        h = cell[s]
+        vir = h - h
+        for i in range(start, ptr[s + 1]):
+            vir += atom_virial[i]
+        volume = wp.abs(wp.determinant(h))
+        if volume > e - e:
+            stress[s] = vir / volume
+        else:
+            stress[s] = h - h
+
+
+for _scalar, _vec, _mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.vec3d, wp.mat33d)):
+    wp.overload(
+        lj_atoms,
+        {
+            "x": wp.array(dtype=_vec),
+            "shifts": wp.array2d(dtype=_vec),
+            "cutoff_sq": _scalar,
+            "sigma_sq": _scalar,
+            "eps4": _scalar,
+            "eps24": _scalar,
+            "e_shift": _scalar,
+            "cell": wp.array(dtype=_mat),
+            "ref_x": wp.array(dtype=_vec),
+            "r_list_sq": _scalar,
+            "forces": wp.array(dtype=_vec),
+            "atom_energy": wp.array(dtype=_scalar),
+            "atom_virial": wp.array(dtype=_mat),
+        },
+    )
+    wp.overload(
+        lj_systems,
+        {
+            "cell": wp.array(dtype=_mat),
+            "atom_energy": wp.array(dtype=_scalar),
+            "atom_virial": wp.array(dtype=_mat),
+            "energy": wp.array(dtype=_scalar),
+            "stress": wp.array(dtype=_mat),
+        },
+    )

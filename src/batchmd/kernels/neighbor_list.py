@@ -1,0 +1,389 @@
+"""Warp kernels for a batched Verlet neighbor list built from per-system cell lists.
+
+Algorithm
+---------
+Every system ``s`` (atoms ``ptr[s] .. ptr[s+1]-1``) gets its own *binning frame*: a
+3x3 matrix whose rows are the periodic cell vectors and, for each non-periodic
+direction, a unit vector orthogonal to the periodic ones (for an isolated cluster the
+frame is the identity). ``frac = G @ r`` with ``G = inverse(frame)^T`` gives frame
+coordinates; periodic coordinates are wrapped to ``[0, 1)`` and non-periodic ones
+(in Å) are measured from the system's lowest atom. Bins along direction ``d`` have a
+perpendicular thickness ``w_d``; the bin counts ``nbins[s]`` are chosen on the host
+when the batch structure changes, everything else (frame, bin widths and the search
+range ``search[s][d] = ceil(r_list / w_d)``) is recomputed on the device at every
+rebuild, so a changed cell never needs the host. Searching ``-search .. +search`` bins
+in each direction (wrapping periodic ones, each wrap being one lattice image) finds
+every image of every atom within ``r_list``, including an atom's own images and several
+images of the same atom when the cell is smaller than twice the cutoff. One bin per
+direction is the O(N^2)-with-images path that small systems get automatically.
+
+Kernels, in launch order (``rebuild[s]`` is decided on the device, every later kernel
+early-exits for systems that are not flagged, so a step never synchronises the host):
+
+``nl_flag_systems``   one thread per system: flag if the cell or list cutoff differs from
+                      the reference (NaN reference = refilled slot) or ``force`` is set.
+``nl_flag_atoms``     one thread per atom: flag its system if it moved more than half the
+                      skin (or its reference is NaN, or it overflowed and ``check_overflow``).
+``nl_frame``          one thread per flagged system: frame, bin widths, search ranges.
+``nl_bin_atoms``      one thread per atom: its bin and own lattice wrap; stores the
+                      reference position.
+``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
+                      into bins, ascending atom index inside a bin (deterministic).
+``nl_build``          one thread per atom: writes up to ``K`` neighbors (system-local
+                      index and Cartesian image shift, in a fixed bin/atom order that depends
+                      only on the system's own atoms) and the true neighbor count, which may
+                      exceed ``K`` (overflow is reported, never truncated silently).
+
+The pair kernels re-walk the bins with :func:`bin_cell` / :func:`bin_image` for an atom
+whose count exceeds ``K``, visiting candidates in exactly the build's order, so results
+stay bitwise identical to the list path (see :mod:`batchmd.kernels.lennard_jones`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import warp as wp
+
+wp.set_module_options({"enable_backward": False})
+
+# Relative margin on bin search ranges (guards against round-off at exact ties).
+SEARCH_MARGIN = wp.constant(1.0e-6)
+
+
+@wp.func
+def floor_div(c: int, n: int):
+    """Floor division of integers (Python semantics) for a positive ``n``."""
+    q = c / n
+    if c < 0 and q * n != c:
+        q = q - 1
+    return q
+
+
+@wp.func
+def bin_image(c: int, n: int, periodic: int):
+    """Map an unwrapped bin coordinate to ``(bin, image, valid)`` along one direction."""
+    if periodic != 0:
+        k = floor_div(c, n)
+        return wp.vec3i(c - k * n, k, 1)
+    if c < 0 or c >= n:
+        return wp.vec3i(0, 0, 0)
+    return wp.vec3i(c, 0, 1)
+
+
+@wp.func
+def bin_cell(b: wp.vec3i, nb: wp.vec3i):
+    """Linear index of a bin triple inside one system's bin grid."""
+    return (b[0] * nb[1] + b[1]) * nb[2] + b[2]
+
+
+@wp.func
+def image_shift(k: wp.vec3i, h: Any):
+    """Cartesian lattice translation ``k0*a + k1*b + k2*c`` (rows of ``h``)."""
+    return h[0] * h.dtype(k[0]) + h[1] * h.dtype(k[1]) + h[2] * h.dtype(k[2])
+
+
+@wp.kernel
+def nl_flag_systems(
+    cell: wp.array(dtype=Any),
+    ref_cell: wp.array(dtype=Any),
+    ref_cutoff: wp.array(dtype=Any),
+    r_list: Any,
+    force: int,
+    rebuild: wp.array(dtype=wp.int32),
+):
+    s = wp.tid()
+    flag = force
+    if ref_cutoff[s] != r_list:  # also true for NaN (refilled slot)
+        flag = 1
+    h = cell[s]
+    r = ref_cell[s]
+    for a in range(3):
+        for b in range(3):
+            if h[a, b] != r[a, b]:
+                flag = 1
+    rebuild[s] = flag
+
+
+@wp.kernel
+def nl_flag_atoms(
+    x: wp.array(dtype=Any),
+    ref_x: wp.array(dtype=Any),
+    count: wp.array(dtype=wp.int32),
+    batch_idx: wp.array(dtype=wp.int32),
+    half_skin_sq: Any,
+    capacity: int,
+    check_overflow: int,
+    rebuild: wp.array(dtype=wp.int32),
+):
+    i = wp.tid()
+    d = x[i] - ref_x[i]
+    d2 = wp.dot(d, d)
+    flag = 0
+    if not (d2 <= half_skin_sq):  # NaN reference -> rebuild
+        flag = 1
+    if check_overflow != 0 and count[i] > capacity:
+        flag = 1
+    if flag != 0:
+        wp.atomic_max(rebuild, batch_idx[i], 1)
+
+
+@wp.kernel
+def nl_frame(
+    x: wp.array(dtype=Any),
+    cell: wp.array(dtype=Any),
+    pbc: wp.array2d(dtype=wp.bool),
+    ptr: wp.array(dtype=wp.int32),
+    nbins: wp.array(dtype=wp.vec3i),
+    r_list: Any,
+    rebuild: wp.array(dtype=wp.int32),
+    frame: wp.array(dtype=Any),
+    lower: wp.array(dtype=Any),
+    width: wp.array(dtype=Any),
+    search: wp.array(dtype=wp.vec3i),
+    ref_cell: wp.array(dtype=Any),
+    ref_cutoff: wp.array(dtype=Any),
+):
+    s = wp.tid()
+    if rebuild[s] == 0:
+        return
+    h = cell[s]
+    one = r_list / r_list
+    zero = r_list - r_list
+    r0 = h[0]
+    r1 = h[1]
+    r2 = h[2]
+    p0 = pbc[s, 0]
+    p1 = pbc[s, 1]
+    p2 = pbc[s, 2]
+    n_periodic = int(p0) + int(p1) + int(p2)
+    if n_periodic == 0:
+        r0 = wp.vector(one, zero, zero)
+        r1 = wp.vector(zero, one, zero)
+        r2 = wp.vector(zero, zero, one)
+    elif n_periodic == 1:
+        a = r0
+        if p1:
+            a = r1
+        if p2:
+            a = r2
+        e = wp.vector(one, zero, zero)
+        if wp.abs(a[1]) <= wp.abs(a[0]) and wp.abs(a[1]) <= wp.abs(a[2]):
+            e = wp.vector(zero, one, zero)
+        elif wp.abs(a[2]) <= wp.abs(a[0]) and wp.abs(a[2]) <= wp.abs(a[1]):
+            e = wp.vector(zero, zero, one)
+        u = wp.normalize(wp.cross(a, e))
+        v = wp.normalize(wp.cross(a, u))
+        if p0:
+            r1 = u
+            r2 = v
+        elif p1:
+            r0 = u
+            r2 = v
+        else:
+            r0 = u
+            r1 = v
+    elif n_periodic == 2:
+        if not p0:
+            r0 = wp.normalize(wp.cross(r1, r2))
+        elif not p1:
+            r1 = wp.normalize(wp.cross(r2, r0))
+        else:
+            r2 = wp.normalize(wp.cross(r0, r1))
+    g = wp.transpose(wp.inverse(wp.matrix_from_rows(r0, r1, r2)))
+    frame[s] = g
+    nb = nbins[s]
+    lo = wp.vector(zero, zero, zero)
+    hi = wp.vector(zero, zero, zero)
+    if n_periodic < 3:
+        start = ptr[s]
+        for i in range(start, ptr[s + 1]):
+            f = g * x[i]
+            if i == start:
+                lo = f
+                hi = f
+            lo = wp.min(lo, f)
+            hi = wp.max(hi, f)
+    w = wp.vector(zero, zero, zero)
+    sr = wp.vec3i(0, 0, 0)
+    for d in range(3):
+        grad = wp.length(g[d])  # 1 / (plane spacing per unit frame coordinate)
+        need = r_list * grad  # the list cutoff in frame units
+        if pbc[s, d]:
+            w[d] = one / h.dtype(nb[d])
+            lo[d] = zero
+        else:
+            w[d] = wp.max((hi[d] - lo[d]) / h.dtype(nb[d]), need * (one + h.dtype(SEARCH_MARGIN)))
+        sr[d] = int(wp.ceil(need / w[d] * (one + h.dtype(SEARCH_MARGIN))))
+    lower[s] = lo
+    width[s] = w
+    search[s] = sr
+    ref_cell[s] = h
+    ref_cutoff[s] = r_list
+
+
+@wp.kernel
+def nl_bin_atoms(
+    x: wp.array(dtype=Any),
+    batch_idx: wp.array(dtype=wp.int32),
+    pbc: wp.array2d(dtype=wp.bool),
+    nbins: wp.array(dtype=wp.vec3i),
+    bin_offset: wp.array(dtype=wp.int32),
+    frame: wp.array(dtype=Any),
+    lower: wp.array(dtype=Any),
+    width: wp.array(dtype=Any),
+    rebuild: wp.array(dtype=wp.int32),
+    atom_bin: wp.array(dtype=wp.vec3i),
+    atom_wrap: wp.array(dtype=wp.vec3i),
+    atom_cell: wp.array(dtype=wp.int32),
+    ref_x: wp.array(dtype=Any),
+):
+    i = wp.tid()
+    s = batch_idx[i]
+    if rebuild[s] == 0:
+        return
+    xi = x[i]
+    f = frame[s] * xi
+    nb = nbins[s]
+    lo = lower[s]
+    w = width[s]
+    b = wp.vec3i(0, 0, 0)
+    k = wp.vec3i(0, 0, 0)
+    for d in range(3):
+        if pbc[s, d]:
+            fl = wp.floor(f[d])
+            k[d] = int(fl)
+            b[d] = int((f[d] - fl) / w[d])
+        else:
+            b[d] = int(wp.floor((f[d] - lo[d]) / w[d]))
+        b[d] = wp.clamp(b[d], 0, nb[d] - 1)
+    atom_bin[i] = b
+    atom_wrap[i] = k
+    atom_cell[i] = bin_offset[s] + bin_cell(b, nb)
+    ref_x[i] = xi
+
+
+@wp.kernel
+def nl_sort_bins(
+    ptr: wp.array(dtype=wp.int32),
+    nbins: wp.array(dtype=wp.vec3i),
+    bin_offset: wp.array(dtype=wp.int32),
+    atom_cell: wp.array(dtype=wp.int32),
+    rebuild: wp.array(dtype=wp.int32),
+    bin_start: wp.array(dtype=wp.int32),
+    bin_count: wp.array(dtype=wp.int32),
+    bin_atoms: wp.array(dtype=wp.int32),
+):
+    s = wp.tid()
+    if rebuild[s] == 0:
+        return
+    nb = nbins[s]
+    b0 = bin_offset[s]
+    b1 = b0 + nb[0] * nb[1] * nb[2]
+    for b in range(b0, b1):
+        bin_count[b] = 0
+    for i in range(ptr[s], ptr[s + 1]):
+        bin_count[atom_cell[i]] += 1
+    run = ptr[s]
+    for b in range(b0, b1):
+        bin_start[b] = run
+        run += bin_count[b]
+        bin_count[b] = 0
+    for i in range(ptr[s], ptr[s + 1]):
+        c = atom_cell[i]
+        bin_atoms[bin_start[c] + bin_count[c]] = i
+        bin_count[c] += 1
+
+
+@wp.kernel
+def nl_build(
+    batch_idx: wp.array(dtype=wp.int32),
+    ptr: wp.array(dtype=wp.int32),
+    cell: wp.array(dtype=Any),
+    pbc: wp.array2d(dtype=wp.bool),
+    nbins: wp.array(dtype=wp.vec3i),
+    bin_offset: wp.array(dtype=wp.int32),
+    search: wp.array(dtype=wp.vec3i),
+    atom_bin: wp.array(dtype=wp.vec3i),
+    atom_wrap: wp.array(dtype=wp.vec3i),
+    bin_start: wp.array(dtype=wp.int32),
+    bin_count: wp.array(dtype=wp.int32),
+    bin_atoms: wp.array(dtype=wp.int32),
+    ref_x: wp.array(dtype=Any),
+    r_list_sq: Any,
+    rebuild: wp.array(dtype=wp.int32),
+    neighbors: wp.array2d(dtype=wp.int32),
+    shifts: wp.array2d(dtype=Any),
+    count: wp.array(dtype=wp.int32),
+    max_count: wp.array(dtype=wp.int32),
+):
+    i = wp.tid()
+    s = batch_idx[i]
+    if rebuild[s] == 0:
+        return
+    capacity = neighbors.shape[1]
+    base = ptr[s]
+    h = cell[s]
+    nb = nbins[s]
+    sr = search[s]
+    bi = atom_bin[i]
+    wi = atom_wrap[i]
+    xi = ref_x[i]
+    offset = bin_offset[s]
+    p0 = int(pbc[s, 0])
+    p1 = int(pbc[s, 1])
+    p2 = int(pbc[s, 2])
+    n = int(0)
+    for o0 in range(-sr[0], sr[0] + 1):
+        c0 = bin_image(bi[0] + o0, nb[0], p0)
+        if c0[2] == 0:
+            continue
+        for o1 in range(-sr[1], sr[1] + 1):
+            c1 = bin_image(bi[1] + o1, nb[1], p1)
+            if c1[2] == 0:
+                continue
+            for o2 in range(-sr[2], sr[2] + 1):
+                c2 = bin_image(bi[2] + o2, nb[2], p2)
+                if c2[2] == 0:
+                    continue
+                c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
+                start = bin_start[c]
+                for t in range(start, start + bin_count[c]):
+                    j = bin_atoms[t]
+                    k = wp.vec3i(c0[1], c1[1], c2[1]) + wi - atom_wrap[j]
+                    if j == i and k[0] == 0 and k[1] == 0 and k[2] == 0:
+                        continue
+                    sh = image_shift(k, h)
+                    d = ref_x[j] - xi + sh
+                    if wp.dot(d, d) < r_list_sq:
+                        if n < capacity:
+                            neighbors[i, n] = j - base
+                            shifts[i, n] = sh
+                        n += 1
+    count[i] = n
+    wp.atomic_max(max_count, 0, n)
+
+
+def _overload_all() -> None:
+    for scalar, vec, mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.vec3d, wp.mat33d)):
+        vec_a, mat_a, sc_a = wp.array(dtype=vec), wp.array(dtype=mat), wp.array(dtype=scalar)
+        wp.overload(nl_flag_systems, {"cell": mat_a, "ref_cell": mat_a, "ref_cutoff": sc_a, "r_list": scalar})
+        wp.overload(nl_flag_atoms, {"x": vec_a, "ref_x": vec_a, "half_skin_sq": scalar})
+        wp.overload(
+            nl_frame,
+            {
+                "x": vec_a,
+                "cell": mat_a,
+                "r_list": scalar,
+                "frame": mat_a,
+                "lower": vec_a,
+                "width": vec_a,
+                "ref_cell": mat_a,
+                "ref_cutoff": sc_a,
+            },
+        )
+        wp.overload(nl_bin_atoms, {"x": vec_a, "frame": mat_a, "lower": vec_a, "width": vec_a, "ref_x": vec_a})
+        wp.overload(nl_build, {"cell": mat_a, "ref_x": vec_a, "r_list_sq": scalar, "shifts": wp.array2d(dtype=vec)})
+
+
+_overload_all()

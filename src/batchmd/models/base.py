@@ -1,0 +1,54 @@
+"""The model contract: ``model(batch) -> {"energy", "forces"[, "stress"]}``.
+
+Every potential in batchmd is a :class:`Model`: a ``torch.nn.Module`` that maps a
+:class:`~batchmd.data.Batch` to per-system energies and per-atom forces (and, where it
+can, per-system stress). A model that needs neighbors maintains them itself from the
+batch (see :mod:`batchmd.models.neighbors`), so callers never wire a neighbor list.
+
+Example
+-------
+>>> import torch
+>>> class Harmonic(Model):
+...     cutoff, needs_neighbors, computes_stress = None, False, False
+...     def forward(self, batch):
+...         x = batch.positions
+...         e = torch.zeros(batch.num_graphs, 1, dtype=x.dtype).index_add_(
+...             0, batch.batch_idx.long(), 0.5 * (x * x).sum(1, keepdim=True))
+...         return {"energy": e, "forces": -x}
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Model"]
+
+
+class Model(torch.nn.Module):
+    """Base class of batchmd potentials.
+
+    Subclasses implement ``forward(batch)`` returning a dict with
+
+    ``"energy"``  [num_graphs, 1] eV
+    ``"forces"``  [num_nodes, 3] eV/Å
+    ``"stress"``  [num_graphs, 3, 3] eV/Å^3, only when :attr:`computes_stress`; ASE's
+                  sign convention, i.e. what ``atoms.get_stress(voigt=False)`` reports.
+
+    All tensors are on ``batch.device`` with dtype ``batch.dtype``.
+
+    Attributes
+    ----------
+    cutoff : float or None
+        Interaction range (Å); None for models without one.
+    needs_neighbors : bool
+        Whether the model uses a neighbor list (which it maintains itself).
+    computes_stress : bool
+        Whether ``"stress"`` is returned.
+    """
+
+    cutoff: float | None = None
+    needs_neighbors: bool = False
+    computes_stress: bool = False
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch)")

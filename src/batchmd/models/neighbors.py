@@ -1,0 +1,344 @@
+"""Batched Verlet neighbor list that keeps its state in the batch and rebuilds on the device.
+
+Storage (why in the batch)
+--------------------------
+The per-atom list lives in ``_``-prefixed batch fields, so it travels with each system
+through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refills:
+
+=========================  ==============  ==========================================
+``_nl_ref_positions``      [N, 3] float    positions at the last build (Å)
+``_nl_ref_cell``           [B, 3, 3] float cell at the last build (Å)
+``_nl_cutoff``             [B] float       list cutoff ``cutoff + skin`` of the build (Å)
+``_nl_neighbors``          [N, K] int32    neighbor indices, *system-local*
+``_nl_shifts``             [N, K, 3] float Cartesian image shift of each neighbor (Å)
+``_nl_count``              [N] int32       true neighbor count (may exceed K)
+=========================  ==============  ==========================================
+
+A system newly inserted in a slot arrives with NaN reference positions/cell/cutoff, so it
+is rebuilt on its first evaluation; the other systems keep their lists.
+
+Rebuild policy (no host synchronisation per step)
+-------------------------------------------------
+Each call launches a fixed sequence of kernels (see :mod:`batchmd.kernels.neighbor_list`):
+a per-system flag is raised on the device when the cell or the list cutoff changed, when
+any atom moved more than ``skin / 2`` since the build, or when the reference is NaN; the
+build kernels early-exit for systems that are not flagged. The host only works when the
+*batch structure* changes, detected by identity of the ``ptr``/``cell`` tensors (slot
+operations return a new Batch with new tensors): it then validates the cells, chooses bin
+counts from each cell (bins of at least ``cutoff + skin``; one bin, i.e. the O(N^2) path
+with images, for small cells) and allocates buffers. A cell changed in place (e.g. by a
+barostat) needs no host work: widths and search ranges are recomputed on the device.
+
+Overflow policy (never a missed pair)
+-------------------------------------
+The list has a fixed capacity ``K`` per atom, but the build always records the true count.
+An atom whose count exceeds ``K`` is evaluated by walking its system's bins in the build's
+order (slower, bitwise the same result). The host reads the device-side maximum count:
+right after the build when the structure changed (a sync is allowed there), otherwise
+*deferred*: the value is copied asynchronously after each build and inspected at the next
+call once its CUDA event has completed (on CPU it is simply read). When it exceeds ``K``,
+``K`` grows to ``1.25 * max + 8`` and every system is rebuilt once. The trade-off: steady
+steps never wait for the device, at the price of some slow atoms for a step or two after
+an unexpected density increase.
+
+Example
+-------
+>>> import torch
+>>> from ase.build import bulk
+>>> from batchmd.data import Batch
+>>> from batchmd.models.neighbors import NeighborList
+>>> batch = Batch.from_ase([bulk("Ar", "fcc", a=5.26, cubic=True)], dtype=torch.float64)
+>>> nl = NeighborList(cutoff=8.5, skin=1.0)
+>>> nl.update(batch)
+>>> int(batch["_nl_count"][0])   # all images within 9.5 Å
+78
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import warp as wp
+
+from batchmd.kernels import neighbor_list as nlk
+from batchmd.runtime import launch, to_warp, warp_scalar
+
+__all__ = ["NeighborList", "FIELDS"]
+
+FIELDS = ("_nl_ref_positions", "_nl_ref_cell", "_nl_cutoff", "_nl_neighbors", "_nl_shifts", "_nl_count")
+
+
+def frame_widths(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Perpendicular width (Å) of each periodic cell direction; NaN for non-periodic ones.
+
+    Raises ``ValueError`` when a periodic cell vector is zero or the periodic vectors are
+    linearly dependent.
+
+    Example
+    -------
+    >>> frame_widths(np.eye(3) * 4.0, np.array([True, True, False]))
+    array([ 4.,  4., nan])
+    """
+    widths = np.full(3, np.nan)
+    rows = cell.astype(np.float64).copy()
+    per = [d for d in range(3) if pbc[d]]
+    for d in per:
+        if not np.linalg.norm(rows[d]) > 0.0:
+            raise ValueError(f"batchmd: periodic direction {d} has a zero cell vector")
+    if len(per) == 3:
+        frame = rows
+    else:
+        frame = np.eye(3)
+        if len(per) == 2:
+            n = np.cross(rows[per[0]], rows[per[1]])
+            frame[per] = rows[per]
+            frame[3 - sum(per)] = n / max(np.linalg.norm(n), 1e-300)
+        elif len(per) == 1:
+            a = rows[per[0]]
+            u = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
+            u /= np.linalg.norm(u)
+            v = np.cross(a, u)
+            v /= np.linalg.norm(v)
+            others = [d for d in range(3) if d != per[0]]
+            frame[per[0]], frame[others[0]], frame[others[1]] = a, u, v
+    det = abs(np.linalg.det(frame))
+    scale = np.prod([np.linalg.norm(frame[d]) for d in range(3)])
+    if not det > 1e-10 * scale:
+        raise ValueError("batchmd: the periodic cell vectors are linearly dependent (degenerate cell)")
+    g = np.linalg.inv(frame).T
+    for d in per:
+        widths[d] = 1.0 / np.linalg.norm(g[d])
+    return widths
+
+
+class NeighborList:
+    """Batched Verlet neighbor list with a device-side skin check (state in ``_nl_*`` fields).
+
+    Parameters
+    ----------
+    cutoff : float
+        Interaction cutoff (Å); every pair with distance ``<= cutoff`` is listed.
+    skin : float
+        Verlet skin (Å); the list holds pairs within ``cutoff + skin`` and a system is
+        rebuilt when one of its atoms moved more than ``skin / 2``. 0 rebuilds on any move.
+    capacity : int, optional
+        Initial neighbors per atom ``K`` (default: estimated from the densest periodic
+        system). Grows automatically; a too small value is slower, never wrong.
+
+    Attributes
+    ----------
+    rebuild : torch.Tensor
+        [B] int32, 1 for systems rebuilt by the last :meth:`update` (device tensor).
+    capacity : int
+        Current ``K``.
+
+    Example
+    -------
+    >>> nl = NeighborList(cutoff=8.5125, skin=1.0)
+    >>> nl.update(batch)                     # doctest: +SKIP
+    >>> batch["_nl_neighbors"].shape         # doctest: +SKIP
+    torch.Size([N, K])
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0, capacity: int | None = None) -> None:
+        if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
+            raise ValueError(f"batchmd: neighbor-list cutoff must be a positive number (Å), got {cutoff!r}")
+        if not (isinstance(skin, (int, float)) and math.isfinite(skin) and skin >= 0):
+            raise ValueError(f"batchmd: neighbor-list skin must be >= 0 (Å), got {skin!r}")
+        if capacity is not None and int(capacity) < 1:
+            raise ValueError(f"batchmd: neighbor-list capacity must be >= 1, got {capacity!r}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.r_list = self.cutoff + self.skin
+        self._initial_capacity = None if capacity is None else int(capacity)
+        self.capacity = 0
+        self._key = None
+        self._views: dict[str, tuple[torch.Tensor, wp.array]] = {}
+        self._pending_event = None
+
+    # ------------------------------------------------------------------ host setup
+    def _setup(self, batch) -> None:
+        """Validate cells, choose bin grids and allocate buffers (structure changed)."""
+        device, dtype = batch.device, batch.dtype
+        warp_scalar(dtype)
+        n, b = batch.num_nodes, batch.num_graphs
+        cell = batch.cell.detach().cpu().double().numpy()
+        pbc = batch.pbc.detach().cpu().numpy().astype(bool)
+        ptr = batch.ptr.detach().cpu().numpy().astype(np.int64)
+        pos = batch.positions.detach().cpu().double().numpy()
+        if not np.isfinite(pos).all() or not np.isfinite(cell).all():
+            raise ValueError("batchmd: positions and cell must be finite")
+        nbins = np.ones((b, 3), dtype=np.int32)
+        densest = 0.0
+        for s in range(b):
+            widths = frame_widths(cell[s], pbc[s])
+            natoms = int(ptr[s + 1] - ptr[s])
+            for d in range(3):
+                if pbc[s, d]:
+                    nbins[s, d] = max(1, int(widths[d] // self.r_list))
+                elif natoms > 1:
+                    extent = np.ptp(pos[ptr[s] : ptr[s + 1]] @ _frame_axis(cell[s], pbc[s], d))
+                    nbins[s, d] = max(1, int(extent // self.r_list))
+            while nbins[s].prod() > max(8, 2 * natoms):  # never (many) more bins than atoms
+                nbins[s, int(np.argmax(nbins[s]))] //= 2
+            if pbc[s].all():
+                densest = max(densest, natoms / abs(np.linalg.det(cell[s])))
+        counts = nbins.prod(axis=1)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+        total_bins = int(counts.sum())
+
+        i32 = dict(dtype=torch.int32, device=device)
+        flt = dict(dtype=dtype, device=device)
+        self._buf = {
+            "rebuild": torch.zeros(b, **i32),
+            "nbins": torch.as_tensor(nbins, **i32).contiguous(),
+            "bin_offset": torch.as_tensor(offsets, **i32),
+            "frame": torch.zeros(b, 3, 3, **flt),
+            "lower": torch.zeros(b, 3, **flt),
+            "width": torch.ones(b, 3, **flt),
+            "search": torch.zeros(b, 3, **i32),
+            "atom_bin": torch.zeros(n, 3, **i32),
+            "atom_wrap": torch.zeros(n, 3, **i32),
+            "atom_cell": torch.zeros(n, **i32),
+            "bin_start": torch.zeros(max(total_bins, 1), **i32),
+            "bin_count": torch.zeros(max(total_bins, 1), **i32),
+            "bin_atoms": torch.zeros(max(n, 1), **i32),
+            "max_count": torch.zeros(1, **i32),
+        }
+        self.rebuild = self._buf["rebuild"]
+        self._w = {k: to_warp(t, vector=k in ("lower", "width"), matrix=k == "frame") for k, t in self._buf.items()}
+        for k in ("nbins", "search", "atom_bin", "atom_wrap"):
+            self._w[k] = wp.from_torch(self._buf[k], dtype=wp.vec3i)
+        self._host_count = torch.zeros(1, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self._pending_event = None
+
+        # Neighbor state fields: keep valid ones (they follow systems), create missing ones.
+        existing = batch["_nl_neighbors"] if batch.has_field("_nl_neighbors") else None
+        if existing is not None and existing.dtype == torch.int32 and all(batch.has_field(f) for f in FIELDS):
+            capacity = existing.shape[1]
+        else:
+            estimate = densest * 4.0 / 3.0 * math.pi * self.r_list**3
+            capacity = self._initial_capacity or max(16, int(1.25 * estimate) + 8)
+            self._allocate_fields(batch, capacity)
+        self.capacity = capacity
+        self._key = (batch.ptr, batch.cell, batch.pbc, n, b, dtype, device)
+
+    def _allocate_fields(self, batch, capacity: int) -> None:
+        """(Re)create the ``_nl_*`` fields with capacity ``K``; every system must then rebuild."""
+        n, b, device, dtype = batch.num_nodes, batch.num_graphs, batch.device, batch.dtype
+        nan = float("nan")
+        batch.set_field("_nl_ref_positions", torch.full((n, 3), nan, dtype=dtype, device=device), "atom")
+        batch.set_field("_nl_ref_cell", torch.full((b, 3, 3), nan, dtype=dtype, device=device), "system")
+        batch.set_field("_nl_cutoff", torch.full((b,), nan, dtype=dtype, device=device), "system")
+        batch.set_field("_nl_neighbors", torch.zeros((n, capacity), dtype=torch.int32, device=device), "atom")
+        batch.set_field("_nl_shifts", torch.zeros((n, capacity, 3), dtype=dtype, device=device), "atom")
+        batch.set_field("_nl_count", torch.zeros((n,), dtype=torch.int32, device=device), "atom")
+        self.capacity = capacity
+
+    def _view(self, name: str, tensor: torch.Tensor, **kw) -> wp.array:
+        """Warp view of ``tensor``, cached while the tensor object stays the same."""
+        hit = self._views.get(name)
+        if hit is not None and hit[0] is tensor:
+            return hit[1]
+        view = to_warp(tensor, **kw)
+        self._views[name] = (tensor, view)
+        return view
+
+    def views(self, batch) -> dict[str, wp.array]:
+        """Warp views of the batch tensors and neighbor fields used by the kernels."""
+        v = dict(self._w)
+        v["x"] = self._view("x", batch.positions, vector=True)
+        v["cell"] = self._view("cell", batch.cell, matrix=True)
+        v["pbc"] = self._view("pbc", batch.pbc)
+        v["ptr"] = self._view("ptr", batch.ptr)
+        v["batch_idx"] = self._view("batch_idx", batch.batch_idx)
+        v["ref_x"] = self._view("ref_x", batch["_nl_ref_positions"], vector=True)
+        v["ref_cell"] = self._view("ref_cell", batch["_nl_ref_cell"], matrix=True)
+        v["ref_cutoff"] = self._view("ref_cutoff", batch["_nl_cutoff"])
+        v["neighbors"] = self._view("neighbors", batch["_nl_neighbors"])
+        v["shifts"] = self._view("shifts", batch["_nl_shifts"], vector=True)
+        v["count"] = self._view("count", batch["_nl_count"])
+        return v
+
+    # ------------------------------------------------------------------ per step
+    def update(self, batch) -> dict[str, wp.array]:
+        """Bring the list up to date for ``batch``; rebuild only flagged systems (on device).
+
+        Parameters
+        ----------
+        batch : batchmd.data.Batch
+            Positions (Å), cell, pbc; the ``_nl_*`` fields are created or updated in place.
+
+        Returns
+        -------
+        dict of str -> warp.array
+            Views used by pair kernels (``neighbors``, ``shifts``, ``count``, bin tables).
+
+        Example
+        -------
+        >>> views = NeighborList(8.5, 1.0).update(batch)   # doctest: +SKIP
+        """
+        key = self._key
+        fresh = not (
+            key is not None and batch.ptr is key[0] and batch.cell is key[1] and batch.pbc is key[2]
+            and batch.num_nodes == key[3] and batch.dtype == key[5]
+        )
+        if fresh:
+            self._setup(batch)
+        elif self._overflowed():
+            self._allocate_fields(batch, self._grown())
+        v = self.views(batch)
+        self._build(batch, v, force=False, check_overflow=fresh)
+        if fresh and int(self._buf["max_count"][0]) > self.capacity:
+            self._allocate_fields(batch, self._grown())
+            v = self.views(batch)
+            self._build(batch, v, force=True, check_overflow=False)
+        return v
+
+    def _grown(self) -> int:
+        return int(1.25 * int(self._buf["max_count"][0])) + 8
+
+    def _overflowed(self) -> bool:
+        """Deferred overflow check: max count of earlier builds, read without waiting."""
+        if self._buf["max_count"].device.type == "cpu":
+            return int(self._buf["max_count"][0]) > self.capacity
+        event = self._pending_event
+        if event is None or not event.query():
+            return False
+        self._pending_event = None
+        return int(self._host_count[0]) > self.capacity
+
+    def _build(self, batch, v: dict, force: bool, check_overflow: bool) -> None:
+        device, T = batch.device, warp_scalar(batch.dtype)
+        n, b = batch.num_nodes, batch.num_graphs
+        r_list = T(self.r_list)
+        launch(nlk.nl_flag_systems, b, [v["cell"], v["ref_cell"], v["ref_cutoff"], r_list, int(force), v["rebuild"]],
+               device)
+        launch(nlk.nl_flag_atoms, n, [v["x"], v["ref_x"], v["count"], v["batch_idx"], T((0.5 * self.skin) ** 2),
+                                      self.capacity, int(check_overflow), v["rebuild"]], device)
+        launch(nlk.nl_frame, b, [v["x"], v["cell"], v["pbc"], v["ptr"], v["nbins"], r_list, v["rebuild"], v["frame"],
+                                 v["lower"], v["width"], v["search"], v["ref_cell"], v["ref_cutoff"]], device)
+        launch(nlk.nl_bin_atoms, n, [v["x"], v["batch_idx"], v["pbc"], v["nbins"], v["bin_offset"], v["frame"],
+                                     v["lower"], v["width"], v["rebuild"], v["atom_bin"], v["atom_wrap"],
+                                     v["atom_cell"], v["ref_x"]], device)
+        launch(nlk.nl_sort_bins, b, [v["ptr"], v["nbins"], v["bin_offset"], v["atom_cell"], v["rebuild"],
+                                     v["bin_start"], v["bin_count"], v["bin_atoms"]], device)
+        launch(nlk.nl_build, n, [v["batch_idx"], v["ptr"], v["cell"], v["pbc"], v["nbins"], v["bin_offset"],
+                                 v["search"], v["atom_bin"], v["atom_wrap"], v["bin_start"], v["bin_count"],
+                                 v["bin_atoms"], v["ref_x"], T(self.r_list**2), v["rebuild"], v["neighbors"],
+                                 v["shifts"], v["count"], v["max_count"]], device)
+        if device.type == "cuda":
+            self._host_count.copy_(self._buf["max_count"], non_blocking=True)
+            self._pending_event = torch.cuda.Event()
+            self._pending_event.record()
+
+
+def _frame_axis(cell: np.ndarray, pbc: np.ndarray, d: int) -> np.ndarray:
+    """Unit axis used for non-periodic direction ``d`` (host estimate of the extent)."""
+    per = [k for k in range(3) if pbc[k]]
+    if len(per) == 2:
+        n = np.cross(cell[per[0]], cell[per[1]])
+        return n / np.linalg.norm(n)
+    return np.eye(3)[d]
