@@ -132,3 +132,156 @@ def test_from_data_list_errors(water):
     b.add_system_property("charges", torch.zeros(()))
     with pytest.raises(ValueError, match="'charges' is atom-level in one batch and system-level"):
         Batch.from_data_list([a, b])
+
+
+# ---------------------------------------------------------------------------- slot operations
+def make_system(seed: int, n_atoms: int, with_info: bool = True) -> AtomicData:
+    """Random system with every kind of field: user atom/system/edge fields, caches and edges."""
+    g = torch.Generator().manual_seed(seed)
+    data = AtomicData(torch.rand(n_atoms, 3, generator=g, dtype=torch.float64) * 5,
+                      torch.randint(1, 30, (n_atoms,), generator=g), cell=torch.eye(3) * (5 + seed),
+                      pbc=[True, seed % 2 == 0, True], velocities=torch.randn(n_atoms, 3, generator=g),
+                      forces=torch.randn(n_atoms, 3, generator=g), energies=float(seed), stress=torch.eye(3) * seed,
+                      system_id=seed, info={"name": f"sys{seed}"} if with_info else None)
+    n_edges = int(torch.randint(0, 2 * n_atoms + 1, (1,), generator=g))
+    data.add_edge_property("edge_index", torch.randint(0, n_atoms, (2, n_edges), generator=g))
+    data.add_edge_property("bond_w", torch.rand(n_edges, generator=g))
+    data.add_node_property("charges", torch.randn(n_atoms, generator=g))
+    data.add_node_property("_nl_count", torch.randint(0, 9, (n_atoms,), generator=g, dtype=torch.int32))
+    data.add_system_property("temperature", torch.tensor(300.0 + seed))
+    data.add_system_property("_cache", torch.randn(2, generator=g))
+    data.add_system_property("stage", torch.tensor(seed % 3, dtype=torch.int32))
+    return data
+
+
+def local_neighbours(data: AtomicData) -> torch.Tensor:
+    """Deterministic per-system neighbour matrix [n, 3] of local atom indices, -1 padded."""
+    n = data.num_nodes
+    nbrs = (torch.arange(n).unsqueeze(1) + torch.arange(1, 4)) % n
+    nbrs[:, 2] = -1
+    return nbrs
+
+
+def build_expected(systems: list[AtomicData]) -> Batch:
+    """Reference Batch built from scratch, with a global atom-index field ``_nbrs``."""
+    batch = Batch.from_data_list(systems)
+    local = torch.cat([local_neighbours(d) for d in systems])
+    offsets = batch.ptr[:-1].long()[batch.batch_idx.long()].unsqueeze(1)
+    batch.set_field("_nbrs", torch.where(local >= 0, local + offsets, local), "atom", atom_index=True)
+    return batch
+
+
+POOL = [make_system(seed, n) for seed, n in enumerate([1, 3, 7, 2, 5, 4, 6, 1, 3])]
+
+
+def test_append_remove_replace_match_from_scratch():
+    live = build_expected(POOL[:4])
+    new = build_expected(POOL[4:7])
+    assert_batches_equal(live.append(new), build_expected(POOL[:7]))
+    assert_batches_equal(live.remove(torch.tensor([1, 3])), build_expected([POOL[0], POOL[2]]))
+    assert_batches_equal(live.remove(torch.tensor([True, False, False, True])), build_expected(POOL[1:3]))
+    assert_batches_equal(live.remove(torch.tensor([], dtype=torch.long)), live)
+    replaced = live.replace_slots(torch.tensor([3, 0, 2]), new)
+    assert_batches_equal(replaced, build_expected([POOL[5], POOL[1], POOL[6], POOL[4]]))
+    # the live batch itself is untouched
+    assert_batches_equal(live, build_expected(POOL[:4]))
+
+
+def test_edge_index_is_global_and_reoffset():
+    batch = build_expected(POOL[:4])
+    ptr = batch.ptr.long()
+    eptr = batch.edge_ptr.long()
+    assert batch.edge_ptr.tolist() == [0, *np.cumsum([d.num_edges for d in POOL[:4]]).tolist()]
+    for i, d in enumerate(POOL[:4]):
+        assert torch.equal(batch.edge_index[:, eptr[i]:eptr[i + 1]], d.edge_index + ptr[i])
+    sub = batch.index_select(torch.tensor([2]))
+    assert torch.equal(sub.edge_index, POOL[2].edge_index)
+    for d, back in zip(POOL[:4], batch.to_data_list()):
+        assert torch.equal(back.edge_index, d.edge_index) and torch.equal(back.bond_w, d.bond_w)
+
+
+def test_empty_batch_and_refill():
+    live = build_expected(POOL[:3])
+    empty = live.remove(torch.arange(3))
+    assert empty.num_graphs == 0 and empty.num_nodes == 0 and empty.ptr.tolist() == [0]
+    assert empty.cell.shape == (0, 3, 3) and empty.edge_index.shape == (2, 0)
+    assert_batches_equal(empty.append(build_expected(POOL[3:5])), build_expected(POOL[3:5]))
+    assert live.replace_slots(torch.tensor([], dtype=torch.long), empty) is live
+
+
+def test_missing_fields_get_documented_defaults():
+    live = build_expected(POOL[:3])
+    live.set_field("fire_dt", torch.full((3,), 0.1, dtype=torch.float64), "system")
+    live.set_field("_fire_v", torch.ones(live.num_nodes, 3), "atom")
+    live.set_field("active", torch.ones(3, dtype=torch.bool), "system")
+    plain = Batch.from_data_list([AtomicData.from_ase(molecule("CH4"))])  # no velocities, caches, edges...
+    out = live.replace_slots(torch.tensor([1]), plain)
+    assert out.num_atoms_per_system.tolist() == [1, 5, 7]
+    assert out.fire_dt.tolist() == [0.1, 0.0, 0.1]
+    assert out.active.tolist() == [True, False, True]
+    rows = out.batch_idx == 1
+    assert torch.isnan(out._fire_v[rows]).all() and not torch.isnan(out._fire_v[~rows]).any()
+    assert torch.isnan(out._cache[1]).all() and (out.velocities[rows] == 0).all()
+    assert out.stage.dtype == torch.int32 and out.stage[1] == 0 and out._nbrs[rows].eq(-1).all()
+    assert out.infos == [{"name": "sys0"}, {}, {"name": "sys2"}]
+    # the reverse direction: fields only the incoming systems have are added with defaults
+    grown = Batch.from_data_list([AtomicData.from_ase(molecule("H2O"))]).append(live)
+    assert grown.has_field("fire_dt") and grown.fire_dt.tolist() == [0.0, 0.1, 0.1, 0.1]
+    assert torch.isnan(grown._fire_v[:3]).all() and grown.edge_ptr.tolist()[:2] == [0, 0]
+
+
+def test_slot_op_errors():
+    live = build_expected(POOL[:3])
+    new = build_expected(POOL[3:5])
+    with pytest.raises(ValueError, match="2 slots but the incoming batch has 1"):
+        live.replace_slots(torch.tensor([0, 1]), new.index_select(torch.tensor([0])))
+    with pytest.raises(ValueError, match="distinct"):
+        live.replace_slots(torch.tensor([1, 1]), new)
+    with pytest.raises(ValueError, match="distinct"):
+        live.replace_slots(torch.tensor([0, 3]), new)
+    with pytest.raises(ValueError, match="bool mask"):
+        live.replace_slots(torch.tensor([True, False, True]), new)
+    with pytest.raises(ValueError, match="out of range"):
+        live.remove(torch.tensor([5]))
+    with pytest.raises(ValueError, match="bool mask must have shape"):
+        live.remove(torch.tensor([True]))
+    wide = _with_field(Batch.from_data_list([AtomicData.from_ase(molecule("H2O"))]), "charges", torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="'charges' has different row shapes"):
+        live.append(wide)
+    edgy = Batch.from_data_list([AtomicData.from_ase(molecule("H2O"))])
+    edgy.set_edges(torch.tensor([[0, 1], [1, 0]]), torch.tensor([0, 2]))
+    edgy.set_field("bond_w", torch.zeros(2), "edge")
+    del edgy._fields["edge_index"], edgy._specs["edge_index"]  # simulate a source without edge_index
+    with pytest.raises(ValueError, match="'edge_index' .* is missing from a batch with 2 edges"):
+        live.append(edgy)
+    int_charges = _with_field(Batch.from_data_list([AtomicData.from_ase(molecule("H2O"))]), "charges",
+                              torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="'charges' has dtype"):
+        live.append(int_charges)
+
+
+def _with_field(batch: Batch, name: str, tensor: torch.Tensor) -> Batch:
+    batch.set_field(name, tensor, "atom")
+    return batch
+
+
+def test_append_converts_other_dtype():
+    live = build_expected(POOL[:2])
+    low = build_expected(POOL[2:4]).to(dtype=torch.float32)
+    out = live.append(low)
+    assert out.dtype == torch.float64 and out.charges.dtype == torch.float64
+    torch.testing.assert_close(out.positions[out.batch_idx >= 2], low.positions.double())
+
+
+def test_set_edges(water, copper):
+    batch = Batch.from_ase([water, copper])
+    batch.set_field("bond_w", torch.zeros(0), "edge")
+    batch.set_edges(torch.tensor([[0, 1, 3, 4], [1, 0, 4, 3]]), torch.tensor([0, 2, 4]))
+    assert batch.num_edges == 4 and "bond_w" not in batch.fields and batch.edge_ptr.dtype == torch.int32
+    batch.set_field("bond_w", torch.arange(4.0), "edge")
+    second = batch.index_select(torch.tensor([1]))
+    assert second.edge_index.tolist() == [[0, 1], [1, 0]] and second.bond_w.tolist() == [2.0, 3.0]
+    with pytest.raises(ValueError, match="edge_ptr must run from 0 to E=4"):
+        batch.set_edges(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 1, 3]))
+    with pytest.raises(ValueError, match="'edge_index' must have shape"):
+        batch.set_edges(torch.zeros(3, 4, dtype=torch.long), torch.tensor([0, 1, 4]))

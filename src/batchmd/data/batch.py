@@ -328,6 +328,33 @@ class Batch:
         self._fields[name] = tensor.contiguous()
         self._specs[name] = spec
 
+    def set_edges(self, edge_index: torch.Tensor, edge_ptr: torch.Tensor) -> None:
+        """Replace the edge set in place: ``edge_index`` [2, E] and its per-system offsets.
+
+        Edges must be grouped system by system: edges of system i are
+        ``edge_ptr[i]:edge_ptr[i+1]``, and ``edge_index`` holds global atom
+        indices (atoms of the same system). Other edge-level fields are dropped
+        (their row count no longer matches); add new ones with :meth:`set_field`.
+        One host sync (checks ``edge_ptr[-1] == E``).
+
+        Example
+        -------
+        >>> batch.set_edges(torch.tensor([[0, 1], [1, 0]]), torch.tensor([0, 2, 2]))  # doctest: +SKIP
+        """
+        edge_index = torch.as_tensor(edge_index, device=self.device).to(torch.int64)
+        edge_ptr = torch.as_tensor(edge_ptr, device=self.device).to(torch.int32)
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"batchmd: field 'edge_index' must have shape [2, E], got {list(edge_index.shape)}")
+        if edge_ptr.shape != (self.num_graphs + 1,):
+            raise ValueError(f"batchmd: edge_ptr must have shape [{self.num_graphs + 1}], got {list(edge_ptr.shape)}")
+        if int(edge_ptr[-1]) != edge_index.shape[1] or (self.num_graphs and int(edge_ptr[0]) != 0):
+            raise ValueError(f"batchmd: edge_ptr must run from 0 to E={edge_index.shape[1]}")
+        for name in [n for n, s in self._specs.items() if s.level == "edge"]:
+            del self._fields[name], self._specs[name]
+        object.__setattr__(self, "_edge_ptr", edge_ptr.contiguous())
+        self._fields["edge_index"] = edge_index.contiguous()
+        self._specs["edge_index"] = KNOWN_FIELDS["edge_index"]
+
     def __getitem__(self, name: str) -> torch.Tensor:
         if name in _STRUCTURE:
             return getattr(self, name)

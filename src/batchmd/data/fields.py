@@ -141,12 +141,12 @@ def coerce_dtype(name: str, tensor: torch.Tensor, spec: FieldSpec, float_dtype: 
     return tensor
 
 
-def default_fill(name: str, like: torch.Tensor, dim: int, rows: int) -> torch.Tensor:
+def default_fill(name: str, like: torch.Tensor, dim: int, rows: int, atom_index: bool = False) -> torch.Tensor:
     """Default value for a field absent from some systems (used by concat and slot ops).
 
     Policy: floating fields whose name starts with ``_`` (caches) are NaN so an
-    absent cache is recognisably invalid; every other field is zero (``False``
-    for bool).
+    absent cache is recognisably invalid; ``atom_index`` fields are -1 (padding,
+    "no atom"); every other field is zero (``False`` for bool).
 
     Parameters
     ----------
@@ -158,9 +158,13 @@ def default_fill(name: str, like: torch.Tensor, dim: int, rows: int) -> torch.Te
         Row axis of the field.
     rows : int
         Number of rows to create.
+    atom_index : bool
+        The field holds atom indices (filled with -1).
     """
     shape = list(like.shape)
     shape[dim] = rows
+    if atom_index:
+        return torch.full(shape, -1, dtype=like.dtype, device=like.device)
     if name.startswith("_") and like.is_floating_point():
         return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
     return torch.zeros(shape, dtype=like.dtype, device=like.device)

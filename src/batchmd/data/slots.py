@@ -11,10 +11,12 @@ non-empty ``info`` dict, the selected indices.
 
 Default policy for a field present in only some of the concatenated sources
 (:func:`~batchmd.data.fields.default_fill`): zeros (``False`` for bool) for
-the systems lacking it, NaN for floating fields whose name starts with ``_``.
-This applies in both directions (the live batch lacking a field of the
-incoming systems, and the reverse). Exception: an ``atom_index`` edge field
-(``edge_index``) cannot be invented for systems that have edges; that raises.
+the systems lacking it, NaN for floating fields whose name starts with ``_``,
+-1 ("no atom", padding) for ``atom_index`` fields. This applies in both
+directions: the live batch lacking a field of the incoming systems (the field
+is added, the live systems get the default) and the reverse. Exception: an
+``atom_index`` edge field (``edge_index``) cannot be invented for systems that
+have edges; that raises ``ValueError``.
 
 Example
 -------
@@ -94,10 +96,10 @@ def concat_parts(parts: list[dict[str, torch.Tensor]], specs: list[dict[str, Fie
         for p, r, offset in zip(parts, rows, atom_offsets):
             t = p.get(name)
             if t is None:
-                if spec.atom_index and r[spec.level] > 0:
-                    raise ValueError(f"batchmd: field {name!r} (atom indices) is missing from a batch "
-                                     f"with {r[spec.level]} {spec.level} rows; it cannot be filled by default")
-                t = default_fill(name, like, spec.dim, r[spec.level])
+                if spec.atom_index and spec.level == "edge" and r["edge"] > 0:
+                    raise ValueError(f"batchmd: edge field {name!r} (atom indices) is missing from a batch "
+                                     f"with {r['edge']} edges; edges cannot be invented")
+                t = default_fill(name, like, spec.dim, r[spec.level], spec.atom_index)
             else:
                 if t.dtype != like.dtype:
                     raise ValueError(f"batchmd: field {name!r} has dtype {like.dtype} in one batch and {t.dtype} "
