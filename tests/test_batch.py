@@ -285,3 +285,47 @@ def test_set_edges(water, copper):
         batch.set_edges(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 1, 3]))
     with pytest.raises(ValueError, match="'edge_index' must have shape"):
         batch.set_edges(torch.zeros(3, 4, dtype=torch.long), torch.tensor([0, 1, 4]))
+
+
+# ---------------------------------------------------------------------------- property-based
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_op = st.one_of(
+    st.tuples(st.just("remove"), st.lists(st.integers(0, 20), max_size=4)),
+    st.tuples(st.just("append"), st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=3)),
+    st.tuples(st.just("replace"), st.lists(st.tuples(st.integers(0, 20), st.integers(0, len(POOL) - 1)), max_size=4)),
+    st.tuples(st.just("select"), st.lists(st.integers(0, 20), max_size=5)),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(start=st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=5), ops=st.lists(_op, max_size=6))
+def test_random_slot_sequences_match_from_scratch(start, ops):
+    systems = list(start)
+    batch = build_expected([POOL[i] for i in systems])
+    for kind, args in ops:
+        if kind == "remove":
+            idx = sorted({i % len(systems) for i in args}) if systems else []
+            batch = batch.remove(torch.tensor(idx, dtype=torch.long))
+            systems = [s for i, s in enumerate(systems) if i not in idx]
+        elif kind == "append":
+            batch = batch.append(build_expected([POOL[i] for i in args]))
+            systems += args
+        elif kind == "replace" and systems:
+            slots = {}
+            for slot, pool_index in args:
+                slots.setdefault(slot % len(systems), pool_index)
+            if not slots:
+                continue
+            batch = batch.replace_slots(torch.tensor(list(slots)), build_expected([POOL[p] for p in slots.values()]))
+            for slot, pool_index in slots.items():
+                systems[slot] = pool_index
+        elif kind == "select" and systems:
+            idx = [i % len(systems) for i in args]
+            batch = batch.index_select(torch.tensor(idx, dtype=torch.long))
+            systems = [systems[i] for i in idx]
+        if systems:
+            assert_batches_equal(batch, build_expected([POOL[i] for i in systems]))
+        else:
+            assert batch.num_graphs == 0 and batch.num_nodes == 0 and batch.num_edges == 0
