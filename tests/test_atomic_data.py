@@ -26,8 +26,7 @@ def test_defaults():
     data = AtomicData(positions=np.zeros((2, 3)), atomic_numbers=[1, 8])
     assert data.dtype == torch.float64
     assert data.atomic_numbers.dtype == torch.int64
-    torch.testing.assert_close(data.atomic_masses, torch.tensor([atomic_masses[1], atomic_masses[8]],
-                                                                dtype=torch.float64))
+    assert data.atomic_masses.tolist() == [atomic_masses[1], atomic_masses[8]]
     assert torch.equal(data.cell, torch.zeros(3, 3, dtype=torch.float64))
     assert data.pbc.dtype == torch.bool and not data.pbc.any()
     assert data.velocities is None and data.forces is None and data.energies is None and data.stress is None
