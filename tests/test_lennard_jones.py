@@ -1,0 +1,162 @@
+"""LennardJones against ase.calculators.lj.LennardJones; batch invariance; dtypes; validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.lj import LennardJones as AseLJ
+
+from batchmd.data import Batch
+from batchmd.models.lj import LennardJones
+
+SIGMA, EPSILON, CUTOFF = 3.405, 0.0104, 8.5125
+
+
+def _rattle(atoms: Atoms, seed: int, scale: float = 0.1) -> Atoms:
+    atoms = atoms.copy()
+    atoms.positions += np.random.default_rng(seed).normal(0.0, scale, atoms.positions.shape)
+    return atoms
+
+
+def structures() -> dict[str, Atoms]:
+    """Named test systems covering the boundary/cell cases of the issue."""
+    fcc = bulk("Ar", "fcc", a=5.26, cubic=True)
+    rng = np.random.default_rng(7)
+    cluster = Atoms("Ar13", positions=rng.uniform(0.0, 9.0, (13, 3)))
+    cluster.positions += 0.0  # no cell, no pbc
+    tri = _rattle(bulk("Ar", "fcc", a=5.26).repeat((3, 2, 2)), 3)  # primitive cell: triclinic
+    tri.set_cell(tri.cell[:] + np.array([[0, 0, 0], [0.4, 0, 0], [0.3, -0.2, 0]]), scale_atoms=False)
+    slab = _rattle(fcc.repeat((2, 2, 2)), 4)
+    slab.pbc = (True, True, False)
+    slab.cell[2] = [0.0, 0.0, 30.0]
+    wire = _rattle(fcc.repeat((1, 1, 3)), 5)
+    wire.pbc = (False, False, True)
+    one = Atoms("Ar", positions=[[0.1, 0.2, 0.3]], cell=[[3.0, 0, 0], [0.5, 3.2, 0], [0.2, 0.4, 3.5]], pbc=True)
+    four = _rattle(fcc, 6, 0.2)
+    return {
+        "cluster": cluster,
+        "fcc222": _rattle(fcc.repeat((2, 2, 2)), 1),
+        "fcc234": _rattle(fcc.repeat((2, 3, 4)), 2),
+        "triclinic": tri,
+        "slab": slab,
+        "wire": wire,
+        "one_atom": one,
+        "four_atoms": four,
+    }
+
+
+def ase_reference(atoms: Atoms) -> dict:
+    atoms = atoms.copy()
+    atoms.calc = AseLJ(sigma=SIGMA, epsilon=EPSILON, rc=CUTOFF, smooth=False)
+    ref = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.cell.rank == 3:
+        ref["stress"] = atoms.get_stress(voigt=False)
+    return ref
+
+
+def model(**kw) -> LennardJones:
+    return LennardJones(sigma=SIGMA, epsilon=EPSILON, cutoff=CUTOFF, **kw)
+
+
+@pytest.mark.parametrize("name", list(structures()))
+def test_matches_ase(name):
+    atoms = structures()[name]
+    ref = ase_reference(atoms)
+    out = model()(Batch.from_ase([atoms], dtype=torch.float64))
+    np.testing.assert_allclose(out["energy"].item(), ref["energy"], rtol=1e-10, atol=1e-13)
+    scale = np.abs(ref["forces"]).max()
+    np.testing.assert_allclose(out["forces"].numpy(), ref["forces"], rtol=1e-10, atol=max(1e-10 * scale, 1e-13))
+    if "stress" in ref:
+        s = np.abs(ref["stress"]).max()
+        np.testing.assert_allclose(out["stress"][0].numpy(), ref["stress"], rtol=1e-10, atol=1e-10 * s)
+
+
+def test_batch_equals_each_alone_bitwise():
+    systems = list(structures().values())
+    lj = model()
+    alone = [lj(Batch.from_ase([a], dtype=torch.float64)) for a in systems]
+    for order in (list(range(len(systems))), list(reversed(range(len(systems))))):
+        batch = Batch.from_ase([systems[i] for i in order], dtype=torch.float64)
+        out = model()(batch)
+        ptr = batch.ptr.tolist()
+        for slot, i in enumerate(order):
+            assert torch.equal(out["energy"][slot], alone[i]["energy"][0])
+            assert torch.equal(out["forces"][ptr[slot] : ptr[slot + 1]], alone[i]["forces"])
+            assert torch.equal(out["stress"][slot], alone[i]["stress"][0])
+
+
+def test_float32_agrees_with_float64():
+    systems = [structures()[k] for k in ("fcc222", "triclinic", "slab", "cluster")]
+    out64 = model()(Batch.from_ase(systems, dtype=torch.float64))
+    out32 = model()(Batch.from_ase(systems, dtype=torch.float32))
+    assert out32["forces"].dtype == torch.float32
+    np.testing.assert_allclose(out32["energy"].double().numpy(), out64["energy"].numpy(), rtol=1e-5)
+    fscale = out64["forces"].abs().max().item()
+    np.testing.assert_allclose(out32["forces"].double().numpy(), out64["forces"].numpy(), rtol=1e-5,
+                               atol=1e-5 * fscale)
+    sscale = out64["stress"].abs().max().item()
+    np.testing.assert_allclose(out32["stress"].double().numpy(), out64["stress"].numpy(), atol=1e-5 * sscale)
+
+
+def test_unshifted_energy_differs_by_pair_count_times_shift():
+    atoms = structures()["cluster"]
+    batch = Batch.from_ase([atoms], dtype=torch.float64)
+    shifted, plain = model()(batch), model(shift=False)(batch)
+    d = atoms.get_all_distances()
+    npairs = int((d[np.triu_indices(len(atoms), 1)] <= CUTOFF).sum())
+    c6 = (SIGMA / CUTOFF) ** 6
+    expected = npairs * 4 * EPSILON * (c6 * c6 - c6)
+    np.testing.assert_allclose((plain["energy"] - shifted["energy"]).item(), expected, rtol=1e-9)
+    assert torch.equal(plain["forces"], shifted["forces"])
+
+
+def test_dynamics_like_reuse_matches_fresh_model():
+    atoms = structures()["fcc234"]
+    batch = Batch.from_ase([atoms, structures()["triclinic"]], dtype=torch.float64)
+    lj = model(skin=0.5)
+    lj(batch)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        batch.positions.add_(0.08 * torch.randn(batch.positions.shape, generator=gen, dtype=torch.float64))
+        out = lj(batch)
+        fresh = model(skin=0.5)(Batch.from_ase(batch.to_ase(), dtype=torch.float64))
+        # same pairs; only the summation order may differ (list built at older positions)
+        torch.testing.assert_close(out["forces"], fresh["forces"], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(out["energy"], fresh["energy"], rtol=1e-12, atol=0.0)
+
+
+def test_no_stress_option():
+    out = model(compute_stress=False)(Batch.from_ase([structures()["fcc222"]], dtype=torch.float64))
+    assert set(out) == {"energy", "forces"}
+
+
+def test_contract_attributes():
+    lj = model()
+    assert lj.cutoff == CUTOFF and lj.needs_neighbors and lj.computes_stress
+    assert isinstance(lj, torch.nn.Module)
+
+
+@pytest.mark.parametrize("kw", [dict(cutoff=0.0), dict(cutoff=-1.0), dict(sigma=0.0), dict(epsilon=-1.0),
+                                dict(skin=-0.1), dict(sigma=float("nan"))])
+def test_invalid_parameters(kw):
+    args = dict(sigma=SIGMA, epsilon=EPSILON, cutoff=CUTOFF)
+    args.update(kw)
+    with pytest.raises(ValueError):
+        LennardJones(**args)
+
+
+def test_zero_periodic_cell_vector_rejected():
+    atoms = Atoms("Ar2", positions=[[0, 0, 0], [3.8, 0, 0]], cell=[[10, 0, 0], [0, 10, 0], [0, 0, 0]],
+                  pbc=(True, True, True))
+    with pytest.raises(ValueError, match="zero"):
+        model()(Batch.from_ase([atoms], dtype=torch.float64))
+
+
+def test_degenerate_periodic_cell_rejected():
+    atoms = Atoms("Ar2", positions=[[0, 0, 0], [3.8, 0, 0]], cell=[[10, 0, 0], [5, 0, 0], [0, 0, 10]],
+                  pbc=True)
+    with pytest.raises(ValueError, match="linearly dependent"):
+        model()(Batch.from_ase([atoms], dtype=torch.float64))
