@@ -1,0 +1,196 @@
+"""batchmd through its public API (skipped with a message until FIRE and LJ land).
+
+The API this runner expects:
+
+    from batchmd.data import Batch
+    from batchmd.models.lj import LennardJones
+    from batchmd.dynamics import FIRE, NVE, NVTLangevin, ConvergenceHook
+
+    batch = Batch.from_ase(atoms_list, dtype=torch.float32)
+    model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    out = FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=500).run(batch)
+    out.energies [B,1], out.n_steps [B], out.status [B] (0 active, 1 converged, 2 out of steps)
+    NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=0, n_steps=200).run(batch)
+    NVE(model, dt=2.0, n_steps=1000).run(batch)
+
+W4's inflight mode is wired in ``_inflight`` below: the one place to adapt when batchmd's
+sampler API lands.
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks import workloads as wl
+from benchmarks.common import PeerUnavailable, Result, Timer, require
+
+NAME = "batchmd"
+DTYPE = os.environ.get("BENCH_BATCHMD_DTYPE", "float32")
+DEVICE = os.environ.get("BENCH_BATCHMD_DEVICE", "cpu")
+
+
+def setup() -> None:
+    require("batchmd", "-e /work/main")
+    try:
+        from batchmd.data import Batch  # noqa: F401
+        from batchmd.dynamics import FIRE, NVE, ConvergenceHook, NVTLangevin  # noqa: F401
+        from batchmd.models.lj import LennardJones  # noqa: F401
+    except Exception as exc:
+        raise PeerUnavailable(
+            f"batchmd's public API is not there yet ({type(exc).__name__}: {exc}); "
+            "needs batchmd.data.Batch, batchmd.models.lj.LennardJones and "
+            "batchmd.dynamics.{FIRE, NVE, NVTLangevin, ConvergenceHook}"
+        ) from exc
+
+
+def _torch_dtype():
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[DTYPE]
+
+
+def _batch(structures):
+    from batchmd.data import Batch
+
+    batch = Batch.from_ase(structures, dtype=_torch_dtype())
+    return batch.to(DEVICE) if DEVICE != "cpu" and hasattr(batch, "to") else batch
+
+
+def _model():
+    from batchmd.models.lj import LennardJones
+
+    return LennardJones(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF)
+
+
+def _sync():
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _fire(n_steps: int = wl.FIRE_MAX_STEPS):
+    from batchmd.dynamics import FIRE, ConvergenceHook
+
+    return FIRE(_model(), convergence_hook=ConvergenceHook.from_forces(wl.FMAX), n_steps=n_steps)
+
+
+def relax(structures) -> tuple[Result, object]:
+    """One batched FIRE over ``structures``; returns the Result and the final batch."""
+    setup()
+    batch = _batch(structures)
+    fire = _fire()
+    _sync()
+    with Timer() as t:
+        out = fire.run(batch)
+        _sync()
+    energies = out.energies.reshape(-1).double().cpu().tolist()
+    steps = out.n_steps.reshape(-1).cpu().tolist()
+    status = out.status.reshape(-1).cpu().tolist()
+    n_loop = max(steps) + 1  # one priming evaluation, then one per step
+    atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
+    res = Result(NAME, "W1", t.elapsed, atom_evals, n_loop, energies, [int(s) for s in steps],
+                 [st == 1 for st in status], variant=f"FIRE, one batch ({DTYPE}, {DEVICE})")
+    return res, out
+
+
+def run_w1(structures) -> Result:
+    return relax(structures)[0]
+
+
+def run_w2(structures) -> Result:
+    setup()
+    from batchmd.dynamics import NVTLangevin
+
+    batch = _batch(structures)
+    dyn = NVTLangevin(_model(), dt=wl.W2_DT, temperature=wl.W2_TEMPERATURE,
+                      friction=wl.W2_FRICTION, random_seed=0, n_steps=wl.W2_STEPS)
+    _sync()
+    with Timer() as t:
+        dyn.run(batch)
+        _sync()
+    return Result(NAME, "W2", t.elapsed, wl.n_atoms(structures) * wl.W2_STEPS, wl.W2_STEPS + 1,
+                  variant=f"NVTLangevin, one batch ({DTYPE}, {DEVICE})")
+
+
+def run_w3(atoms, n_steps: int) -> Result:
+    setup()
+    from batchmd.dynamics import NVE
+
+    batch = _batch([atoms])
+    dyn = NVE(_model(), dt=wl.W3_DT, n_steps=n_steps)
+    _sync()
+    with Timer() as t:
+        dyn.run(batch)
+        _sync()
+    return Result(NAME, "W3", t.elapsed, len(atoms) * n_steps, n_steps + 1,
+                  variant=f"NVE ({DTYPE}, {DEVICE})")
+
+
+def md_rate(structures, n_steps: int = 50) -> float:
+    """NVE atom-steps per second on one batch of ``structures`` (for the sweeps)."""
+    setup()
+    from batchmd.dynamics import NVE
+
+    batch = _batch(structures)
+    NVE(_model(), dt=wl.W3_DT, n_steps=2).run(_batch(structures))  # warm kernels
+    dyn = NVE(_model(), dt=wl.W3_DT, n_steps=n_steps)
+    _sync()
+    with Timer() as t:
+        dyn.run(batch)
+        _sync()
+    return wl.n_atoms(structures) * n_steps / t.elapsed
+
+
+# ---- W4: static vs inflight batching --------------------------------------------------------
+
+def run_w4_static(structures, batch_size: int) -> Result:
+    """Fixed batches of ``batch_size``; each waits for its slowest member."""
+    setup()
+    fire = _fire()
+    energies, steps, occupied, slots = [], [], 0, 0
+    with Timer() as t:
+        for i in range(0, len(structures), batch_size):
+            chunk = structures[i:i + batch_size]
+            out = fire.run(_batch(chunk))
+            _sync()
+            s = [int(x) for x in out.n_steps.reshape(-1).cpu().tolist()]
+            energies += out.energies.reshape(-1).double().cpu().tolist()
+            steps += s
+            occupied += sum(s)
+            slots += batch_size * max(s)
+    atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
+    return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
+                  variant=f"static, batch {batch_size}",
+                  extra={"mean_occupancy": occupied / slots if slots else float("nan")})
+
+
+def _inflight(structures, batch_size: int):
+    """Run FIRE with inflight refill; returns (final energies, n_steps, mean occupancy).
+
+    Adapt here once batchmd's sampler lands. Expected (contract in docs/design_contracts.md):
+    a ``FusedStage``/method ``run`` that takes a sampler of structures and a slot count and
+    refills converged slots device-side.
+    """
+    import batchmd.dynamics as dyn
+
+    fire = _fire()
+    sampler_cls = getattr(dyn, "Sampler", None) or getattr(dyn, "SizeAwareSampler", None)
+    if sampler_cls is None or not hasattr(fire, "run_inflight"):
+        raise PeerUnavailable("batchmd has no inflight API yet (batchmd.dynamics.Sampler + "
+                              "FIRE.run_inflight); wire it in benchmarks/peers/batchmd_peer.py:_inflight")
+    sampler = sampler_cls(structures, dtype=_torch_dtype())
+    return fire.run_inflight(sampler, batch_size=batch_size, model=_model())
+
+
+def run_w4_inflight(structures, batch_size: int) -> Result:
+    setup()
+    with Timer() as t:
+        out = _inflight(structures, batch_size)
+        _sync()
+    energies = [float(e) for e in out["energies"]]
+    steps = [int(s) for s in out["n_steps"]]
+    atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
+    return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
+                  variant=f"inflight, {batch_size} slots",
+                  extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan")))})

@@ -1,0 +1,196 @@
+"""TorchSim 0.3.0 (torch-sim-atomistic) through its public API.
+
+Fairness notes (shared/PEERS.md):
+- Its ``LennardJonesModel`` returns forces of exactly 2x -dE/dx (full neighbor list, both
+  directions added); ``HalvedForcesLJ`` halves them, after which ``ts.fire`` (ASE flavour)
+  follows ASE's FIRE step for step. Its LJ loops over systems in Python.
+- Its LJ energy is unshifted: ASE's shift is added outside the timed region.
+- W1 is run two ways and the report keeps both:
+  "batch": one fixed batch of all structures driven by ``ts.fire``'s (init, step) pair,
+  each system's energy taken at the step it first meets fmax (converged systems keep
+  moving, as they do in a fixed batch);
+  "inflight": ``ts.optimize`` with an ``InFlightAutoBatcher`` given an explicit atom budget
+  (``memory_scales_with="n_atoms"``; its memory estimator refuses to run on CPU), which
+  checks convergence every ``steps_between_swaps`` steps.
+- W2 uses ``ts.nvt_langevin`` (BAOAB) on one batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks import workloads as wl
+from benchmarks.common import Result, Timer, require
+from benchmarks.peers.shift import shift_energy
+
+NAME = "torchsim"
+DTYPE = os.environ.get("BENCH_TORCHSIM_DTYPE", "float64")
+INFLIGHT_ATOMS = int(os.environ.get("BENCH_TORCHSIM_INFLIGHT_ATOMS", "2048"))
+STEPS_BETWEEN_SWAPS = int(os.environ.get("BENCH_TORCHSIM_SWAP_EVERY", "1"))
+
+_model_cls = None
+
+
+def setup() -> None:
+    require("torch_sim", "torch-sim-atomistic==0.3.0")
+
+
+def _dtype():
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[DTYPE]
+
+
+def _model():
+    global _model_cls
+    if _model_cls is None:
+        from torch_sim.models.lennard_jones import LennardJonesModel
+
+        class HalvedForcesLJ(LennardJonesModel):
+            """TorchSim 0.3.0's LJ with its doubled forces halved."""
+
+            def forward(self, state):
+                out = super().forward(state)
+                out["forces"] = 0.5 * out["forces"]
+                return out
+
+        _model_cls = HalvedForcesLJ
+    import torch
+
+    return _model_cls(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF,
+                      device=torch.device("cpu"), dtype=_dtype())
+
+
+def _state(structures, model):
+    import torch_sim as ts
+
+    return ts.initialize_state(list(structures), model.device, model.dtype)
+
+
+def _shifted(structures, positions, ptr, energies):
+    return [shift_energy(a, positions[ptr[i]:ptr[i + 1]], e)
+            for i, (a, e) in enumerate(zip(structures, energies))]
+
+
+def run_w1_batch(structures) -> Result:
+    setup()
+    import torch
+    import torch_sim as ts
+    from torch_sim.optimizers import fire
+    from torch_sim.quantities import systemwise_max_force
+
+    model = _model()
+    state = _state(structures, model)
+    init_fn, step_fn = fire(model=model, md_flavor="ase_fire")
+    B = len(structures)
+    with Timer() as t:
+        state = init_fn(state)
+        done = systemwise_max_force(state) <= wl.FMAX
+        energy = state.energy.detach().clone()
+        positions = state.positions.detach().clone()
+        n_steps = torch.zeros(B, dtype=torch.long)
+        evals = 1
+        for step in range(1, wl.FIRE_MAX_STEPS + 1):
+            if bool(done.all()):
+                break
+            state = step_fn(state)
+            evals += 1
+            active = ~done
+            n_steps[active] = step
+            now = (systemwise_max_force(state) <= wl.FMAX) & active
+            if bool(now.any()):
+                energy[now] = state.energy.detach()[now]
+                atom_now = now[state.system_idx]
+                positions[atom_now] = state.positions.detach()[atom_now]
+                done |= now
+        left = ~done  # out of steps: keep their last state
+        if bool(left.any()):
+            energy[left] = state.energy.detach()[left]
+            positions[left[state.system_idx]] = state.positions.detach()[left[state.system_idx]]
+    counts = [len(a) for a in structures]
+    ptr = [0]
+    for c in counts:
+        ptr.append(ptr[-1] + c)
+    energies = _shifted(structures, positions.double().numpy(), ptr, energy.double().tolist())
+    steps = [int(s) for s in n_steps.tolist()]
+    atom_evals = wl.n_atoms(structures) * evals  # a fixed batch evaluates every atom each step
+    return Result(NAME, "W1", t.elapsed, atom_evals, evals, energies, steps,
+                  [bool(d) for d in done.tolist()],
+                  variant=f"fire(ase_fire), one fixed batch ({DTYPE})",
+                  notes=["forces halved", "LJ energy shift-corrected outside the timing"])
+
+
+def run_w1_inflight(structures, max_atoms: int = INFLIGHT_ATOMS) -> Result:
+    setup()
+    import torch_sim as ts
+    from torch_sim.optimizers import fire
+
+    model = _model()
+    state = _state(structures, model)
+    batcher = ts.InFlightAutoBatcher(model=model, memory_scales_with="n_atoms",
+                                     max_memory_scaler=float(max_atoms))
+    convergence = ts.generate_force_convergence_fn(force_tol=wl.FMAX, include_cell_forces=False)
+    with Timer() as t:
+        final = ts.optimize(state, model, optimizer=fire, convergence_fn=convergence,
+                            autobatcher=batcher, max_steps=wl.FIRE_MAX_STEPS,
+                            steps_between_swaps=STEPS_BETWEEN_SWAPS, md_flavor="ase_fire")
+    ptr = [0]
+    for a in structures:
+        ptr.append(ptr[-1] + len(a))
+    energies = _shifted(structures, final.positions.detach().double().numpy(), ptr,
+                        final.energy.detach().double().tolist())
+    return Result(NAME, "W1", t.elapsed, float("nan"), None, energies, None, None,
+                  variant=f"optimize + InFlightAutoBatcher({max_atoms} atoms, swap every "
+                          f"{STEPS_BETWEEN_SWAPS}) ({DTYPE})",
+                  notes=["forces halved", "LJ energy shift-corrected outside the timing"])
+
+
+def run_w1(structures) -> Result:
+    return run_w1_batch(structures)
+
+
+VARIANTS_W1 = {"batch": run_w1_batch, "inflight": run_w1_inflight}
+
+
+def _md(structures, integrator, n_steps, **kwargs) -> float:
+    model = _model()
+    state = _state(structures, model)
+    init_fn, step_fn = integrator(model=model, **kwargs)
+    with Timer() as t:
+        state = init_fn(state)
+        for _ in range(n_steps):
+            state = step_fn(state)
+    return t.elapsed
+
+
+def run_w2(structures) -> Result:
+    setup()
+    import torch
+    import torch_sim as ts
+    from ase import units
+
+    d = dict(dtype=_dtype())
+    wall = _md(structures, ts.nvt_langevin, wl.W2_STEPS,
+               dt=torch.tensor(wl.W2_DT * units.fs, **d),
+               kT=torch.tensor(wl.W2_TEMPERATURE * units.kB, **d),
+               gamma=torch.tensor(wl.W2_FRICTION / units.fs, **d), seed=0)
+    return Result(NAME, "W2", wall, wl.n_atoms(structures) * wl.W2_STEPS, wl.W2_STEPS + 1,
+                  variant=f"nvt_langevin, one batch ({DTYPE})", notes=["forces halved"])
+
+
+W3_MAX_STEPS = 10
+
+
+def run_w3(atoms, n_steps: int) -> Result:
+    setup()
+    import torch
+    import torch_sim as ts
+    from ase import units
+
+    run_steps = min(n_steps, W3_MAX_STEPS)
+    d = dict(dtype=_dtype())
+    wall = _md([atoms], ts.nve, run_steps, dt=torch.tensor(wl.W3_DT * units.fs, **d),
+               kT=torch.tensor(wl.W3_TEMPERATURE * units.kB, **d))
+    return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps,
+                  extrapolated_from=run_steps if run_steps < n_steps else None,
+                  variant=f"nve ({DTYPE})", notes=["forces halved"])
