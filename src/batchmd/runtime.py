@@ -32,6 +32,7 @@ __all__ = [
     "to_warp",
     "launch",
     "warp_stream",
+    "WarpViewCache",
 ]
 
 _INITIALISED = False
@@ -155,3 +156,37 @@ def launch(kernel, dim, inputs, device: torch.device | str | None, outputs=None)
         wp.launch(kernel, dim=dim, inputs=inputs, outputs=outputs or [], device=wdev, stream=stream)
     else:
         wp.launch(kernel, dim=dim, inputs=inputs, outputs=outputs or [], device=wdev)
+
+
+class WarpViewCache:
+    """Warp views of torch tensors, rebuilt only when a tensor's storage, shape or dtype changes.
+
+    Creating a view with ``wp.from_torch`` costs ~10-20 µs of Python; a dynamics step
+    launches several kernels on the same persistent buffers, so stages and the loop keep
+    one cache each and call ``views(name, tensor, vector=..., matrix=...)``. The cached
+    view holds a reference to its tensor, so a storage address is never reused while cached.
+
+    Example
+    -------
+    >>> import torch
+    >>> views = WarpViewCache()
+    >>> x = torch.zeros(5, 3)
+    >>> views("x", x, vector=True) is views("x", x, vector=True)
+    True
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict = {}
+
+    def __call__(self, name: str, tensor: torch.Tensor, vector: bool = False, matrix: bool = False) -> wp.array:
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, vector, matrix)
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        view = to_warp(tensor, vector=vector, matrix=matrix)
+        self._cache[name] = (key, view)
+        return view
+
+    def clear(self) -> None:
+        """Drop every cached view."""
+        self._cache.clear()

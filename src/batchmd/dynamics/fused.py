@@ -39,7 +39,7 @@ import torch
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.status import SystemStatus
 from batchmd.kernels import bookkeeping as bk
-from batchmd.runtime import launch, to_warp
+from batchmd.runtime import WarpViewCache, launch, to_warp
 
 __all__ = ["FusedStage"]
 
@@ -120,6 +120,7 @@ class FusedStage:
         self.stats = RunStats()
         self._step_index = 0
         self._tables = None
+        self._buf = None
         self._reported = None
 
     # ----------------------------------------------------------------- composition
@@ -143,27 +144,49 @@ class FusedStage:
     # ----------------------------------------------------------------- device tables
     def _stage_tables(self, device) -> dict:
         if self._tables is None or self._tables["device"] != device:
-            budget = torch.tensor(
-                [-1 if s.n_steps is None else s.n_steps for s in self.stages], dtype=torch.int32, device=device
-            )
-            crit = torch.tensor(
-                [0 if s.convergence_hook is None else 1 for s in self.stages], dtype=torch.int32, device=device
-            )
+            budget = [-1 if s.n_steps is None else s.n_steps for s in self.stages]
+            crit = [0 if s.convergence_hook is None else 1 for s in self.stages]
+            fmax = []
+            custom = []
+            for k, stage in enumerate(self.stages):
+                hook = stage.convergence_hook
+                if hook is not None and getattr(hook, "field", None) == "fmax" and getattr(hook, "predicate", 1) is None:
+                    fmax.append(float(hook.threshold))  # folded into the force-statistics kernel
+                else:
+                    fmax.append(-1.0)
+                    if hook is not None:
+                        custom.append((k, hook))
+            budget_t = torch.tensor(budget, dtype=torch.int32, device=device)
+            crit_t = torch.tensor(crit, dtype=torch.int32, device=device)
+            fmax_t = torch.tensor(fmax, dtype=torch.float64, device=device)
             self._tables = {
                 "device": device,
-                "budget": budget,
-                "criterion": crit,
-                "w_budget": to_warp(budget),
-                "w_criterion": to_warp(crit),
+                "custom": custom,
+                "tensors": (budget_t, crit_t, fmax_t),
+                "w_budget": to_warp(budget_t),
+                "w_criterion": to_warp(crit_t),
+                "w_fmax": to_warp(fmax_t),
             }
         return self._tables
 
-    def _active_atom_steps(self, device) -> torch.Tensor:
-        counter = getattr(self, "_atom_step_counter", None)
-        if counter is None or counter.device != torch.device(device):
-            counter = torch.zeros(1, dtype=torch.int64, device=device)
-            self._atom_step_counter = counter
-        return counter
+    def _buffers(self, batch) -> dict:
+        """Per-batch-structure buffers and Warp views (rebuilt only when the batch object changes)."""
+        buf = self._buf
+        if buf is not None and buf["batch"] is batch and buf["shape"] == (batch.num_graphs, batch.num_nodes):
+            return buf
+        b, dev = batch.num_graphs, batch.device
+        if not batch.has_field("fmax") or batch["fmax"].dtype != batch.dtype or batch["fmax"].shape != (b,):
+            batch.set_field("fmax", torch.zeros(b, dtype=batch.dtype, device=dev), "system")
+        buf = {
+            "batch": batch,
+            "shape": (b, batch.num_nodes),
+            "finite": torch.ones(b, dtype=torch.int32, device=dev),
+            "converged": torch.zeros(b, dtype=torch.bool, device=dev),
+            "entered": torch.zeros(b, dtype=torch.bool, device=dev),
+            "views": WarpViewCache(),
+        }
+        self._buf = buf
+        return buf
 
     # ----------------------------------------------------------------- priming
     def _ensure_loop_fields(self, batch) -> bool:
@@ -175,8 +198,19 @@ class FusedStage:
             batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
         return True
 
+    @staticmethod
+    def _store(batch, name: str, value: torch.Tensor, level: str) -> None:
+        """Point a batch field at a model output (no copy; nothing to do if it already is that tensor).
+
+        A model that returns the same preallocated output tensors every call keeps the
+        step free of allocations, and the loop's cached Warp views stay valid.
+        """
+        if batch.has_field(name) and batch[name] is value:
+            return
+        batch.set_field(name, value.detach().contiguous(), level)
+
     def _evaluate(self, batch) -> None:
-        """One model evaluation; results written into the batch; per-system fmax and finite flags."""
+        """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
         out = self.model(batch)
         forces = out["forces"]
         energy = out["energy"]
@@ -185,60 +219,71 @@ class FusedStage:
                 f"FusedStage: the model returned {forces.dtype} forces for a {batch.dtype} batch; "
                 "models must compute in the batch's dtype"
             )
-        batch.set_field("forces", forces.detach().contiguous(), "atom")
-        batch.set_field("energies", energy.detach().reshape(batch.num_graphs, 1).contiguous(), "system")
-        if out.get("stress") is not None:
-            batch.set_field("stress", out["stress"].detach().reshape(batch.num_graphs, 3, 3).contiguous(), "system")
         b = batch.num_graphs
-        if not batch.has_field("fmax") or batch["fmax"].dtype != batch.dtype:
-            batch.set_field("fmax", torch.zeros(b, dtype=batch.dtype, device=batch.device), "system")
-            batch.set_field("_finite", torch.ones(b, dtype=torch.int32, device=batch.device), "system")
+        self._store(batch, "forces", forces, "atom")
+        self._store(batch, "energies", energy.reshape(b, 1), "system")
+        if out.get("stress") is not None:
+            self._store(batch, "stress", out["stress"].reshape(b, 3, 3), "system")
+        buf = self._buffers(batch)
+        views = buf["views"]
+        tables = self._stage_tables(batch.device)
         launch(
             bk.system_force_stats,
             b,
             [
-                to_warp(batch.forces, vector=True),
-                to_warp(batch.energies.reshape(-1)),
-                to_warp(batch.ptr),
-                to_warp(batch["fmax"]),
-                to_warp(batch["_finite"]),
+                views("forces", batch.forces, vector=True),
+                views("energies", batch.energies.view(-1)),
+                views("ptr", batch.ptr),
+                views("stage", batch["stage"]),
+                tables["w_fmax"],
+                views("fmax", batch["fmax"]),
+                views("finite", buf["finite"]),
+                views("converged", buf["converged"]),
             ],
             batch.device,
         )
+
+    def _active_atom_steps(self, device) -> torch.Tensor:
+        counter = getattr(self, "_atom_step_counter", None)
+        if counter is None or counter.device != torch.device(device):
+            counter = torch.zeros(1, dtype=torch.int64, device=device)
+            self._atom_step_counter = counter
+        return counter
 
     def _advance(self, batch, increment: bool) -> None:
         """Counters, convergence and transitions on the device; init state of entered stages."""
         b, dev = batch.num_graphs, batch.device
         if b == 0:
             return
-        stage_field = batch["stage"]
-        converged = torch.zeros(b, dtype=torch.bool, device=dev)
-        for k, stage in enumerate(self.stages):
-            if stage.convergence_hook is not None:
-                hit = stage.convergence_hook(batch)
-                converged |= hit if self.num_stages == 1 else (hit & (stage_field == k))
-        entered = torch.zeros(b, dtype=torch.bool, device=dev)
+        buf = self._buffers(batch)
+        views = buf["views"]
         tables = self._stage_tables(dev)
+        stage_field = batch["stage"]
+        converged = buf["converged"]
+        for k, hook in tables["custom"]:
+            hit = hook(batch)
+            converged.logical_or_(hit if self.num_stages == 1 else (hit & (stage_field == k)))
         launch(
             bk.advance_status,
             b,
             [
                 1 if increment else 0,
-                to_warp(converged),
-                to_warp(batch["_finite"]),
+                views("converged", converged),
+                views("finite", buf["finite"]),
                 tables["w_budget"],
                 tables["w_criterion"],
                 self.num_stages,
-                to_warp(stage_field),
-                to_warp(batch["status"]),
-                to_warp(batch["stage_steps"]),
-                to_warp(batch["n_steps"]),
-                to_warp(entered),
-                to_warp(batch.ptr),
-                to_warp(self._active_atom_steps(dev)),
+                views("stage", stage_field),
+                views("status", batch["status"]),
+                views("stage_steps", batch["stage_steps"]),
+                views("n_steps", batch["n_steps"]),
+                views("entered", buf["entered"]),
+                views("ptr", batch.ptr),
+                views("counter", self._active_atom_steps(dev)),
             ],
             dev,
         )
+        entered = buf["entered"]
         for k in range(1, self.num_stages):
             self.stages[k].init_state(batch, entered & (stage_field == k))
 

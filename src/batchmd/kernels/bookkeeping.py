@@ -28,9 +28,13 @@ def system_force_stats(
     forces: wp.array(dtype=Any),
     energies: wp.array(dtype=Any),
     ptr: wp.array(dtype=wp.int32),
+    stage: wp.array(dtype=wp.int32),
+    stage_fmax: wp.array(dtype=wp.float64),
     fmax: wp.array(dtype=Any),
     finite: wp.array(dtype=wp.int32),
+    force_converged: wp.array(dtype=wp.bool),
 ):
+    """Per system: fmax (eV/Å), finite flag, and ``fmax <= stage_fmax[stage]`` (a threshold < 0: no force criterion)."""
     s = wp.tid()
     e = energies[s]
     ok = int(wp.isfinite(e))
@@ -41,8 +45,11 @@ def system_force_stats(
         if not wp.isfinite(n2):
             ok = 0
         m2 = wp.max(m2, n2)
-    fmax[s] = wp.sqrt(m2)
+    m = wp.sqrt(m2)
+    fmax[s] = m
     finite[s] = ok
+    threshold = stage_fmax[stage[s]]
+    force_converged[s] = threshold >= wp.float64(0.0) and wp.float64(m) <= threshold
 
 
 for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
@@ -52,8 +59,11 @@ for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
             "forces": wp.array(dtype=_vec),
             "energies": wp.array(dtype=_scalar),
             "ptr": wp.array(dtype=wp.int32),
+            "stage": wp.array(dtype=wp.int32),
+            "stage_fmax": wp.array(dtype=wp.float64),
             "fmax": wp.array(dtype=_scalar),
             "finite": wp.array(dtype=wp.int32),
+            "force_converged": wp.array(dtype=wp.bool),
         },
     )
 
