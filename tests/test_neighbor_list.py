@@ -1,0 +1,192 @@
+"""Batched neighbor list: brute-force pair sets, skin/rebuild policy, refills, overflow."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.lj import LennardJones as AseLJ
+
+from batchmd.data import Batch
+from batchmd.models.lj import LennardJones
+from batchmd.models.neighbors import NeighborList
+
+CUTOFF, SKIN = 5.0, 1.0
+
+
+def _rattle(atoms, seed, scale=0.1):
+    atoms = atoms.copy()
+    atoms.positions += np.random.default_rng(seed).normal(0.0, scale, atoms.positions.shape)
+    return atoms
+
+
+def systems() -> list[Atoms]:
+    fcc = bulk("Ar", "fcc", a=5.26, cubic=True)
+    tri = _rattle(bulk("Ar", "fcc", a=5.26).repeat((2, 3, 2)), 1)
+    tri.set_cell(tri.cell[:] + [[0, 0, 0], [0.6, 0, 0], [0.2, -0.5, 0]], scale_atoms=False)
+    slab = _rattle(fcc.repeat((3, 2, 2)), 2)
+    slab.pbc = (True, False, True)
+    cluster = Atoms("Ar20", positions=np.random.default_rng(3).uniform(-6.0, 6.0, (20, 3)))
+    tiny = Atoms("Ar2", positions=[[0, 0, 0], [1.1, 1.2, 0.9]], cell=[[2.4, 0, 0], [0.3, 2.2, 0], [0, 0.4, 2.6]],
+                 pbc=True)
+    big = _rattle(fcc.repeat((4, 4, 4)), 4)  # several bins per direction
+    return [_rattle(fcc.repeat(2), 0), tri, slab, cluster, tiny, big]
+
+
+def brute_force_pairs(atoms: Atoms, r: float) -> set:
+    """All (i, j, shift) with |x_j + shift - x_i| < r, shift a lattice translation (Å, rounded)."""
+    pos, cell, pbc = atoms.positions, np.asarray(atoms.cell[:]), atoms.pbc
+    ranges = []
+    for d in range(3):
+        if pbc[d]:
+            width = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[(d + 1) % 3], cell[(d + 2) % 3]))
+            span = np.ptp(pos @ np.linalg.inv(cell)[:, d]) if len(pos) else 0.0
+            m = int(np.ceil(r / width + span)) + 1
+            ranges.append(range(-m, m + 1))
+        else:
+            ranges.append(range(0, 1))
+    pairs = set()
+    for n in itertools.product(*ranges):
+        shift = np.asarray(n, dtype=float) @ cell
+        d = pos[None, :, :] + shift - pos[:, None, :]
+        close = np.argwhere((d**2).sum(-1) < r * r)
+        for i, j in close:
+            if i == j and not any(n):
+                continue
+            pairs.add((int(i), int(j), *np.round(shift, 6)))
+    return pairs
+
+
+def listed_pairs(batch: Batch, system: int) -> set:
+    start, stop = batch.ptr[system].item(), batch.ptr[system + 1].item()
+    nbr, shifts, count = batch["_nl_neighbors"], batch["_nl_shifts"], batch["_nl_count"]
+    pairs = set()
+    for i in range(start, stop):
+        n = int(count[i])
+        assert n <= nbr.shape[1]
+        for k in range(n):
+            pairs.add((i - start, int(nbr[i, k]), *np.round(shifts[i, k].numpy(), 6)))
+    return pairs
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_brute_force(dtype):
+    atoms_list = systems()
+    batch = Batch.from_ase(atoms_list, dtype=dtype)
+    nl = NeighborList(CUTOFF, skin=SKIN)
+    nl.update(batch)
+    for s, atoms in enumerate(atoms_list):
+        expected = brute_force_pairs(atoms, CUTOFF + SKIN)
+        got = listed_pairs(batch, s)
+        if dtype == torch.float32:  # shifts rounded at 1e-6 Å differ in float32; compare (i, j) multisets
+            assert sorted(p[:2] for p in got) == sorted(p[:2] for p in expected)
+        else:
+            assert got == expected, f"system {s}: missing {expected - got}, extra {got - expected}"
+
+
+def test_skin_rebuild_only_when_needed():
+    atoms_list = systems()
+    batch = Batch.from_ase(atoms_list, dtype=torch.float64)
+    nl = NeighborList(CUTOFF, skin=SKIN)
+    nl.update(batch)
+    assert nl.rebuild.tolist() == [1] * len(atoms_list)
+    neighbors_before = batch["_nl_neighbors"].clone()
+
+    # small moves (< skin/2): nothing is rebuilt
+    gen = torch.Generator().manual_seed(0)
+    step = torch.randn(batch.positions.shape, generator=gen, dtype=torch.float64)
+    step *= 0.2 / step.norm(dim=1, keepdim=True)
+    batch.positions.add_(step)
+    nl.update(batch)
+    assert nl.rebuild.tolist() == [0] * len(atoms_list)
+    assert torch.equal(batch["_nl_neighbors"], neighbors_before)
+
+    # one atom of system 2 moves by more than skin/2: only system 2 is rebuilt
+    atom = batch.ptr[2].item() + 3
+    batch.positions[atom, 0] += 0.9  # |0.2 step + 0.9| > skin/2
+    nl.update(batch)
+    assert nl.rebuild.tolist() == [0, 0, 1, 0, 0, 0]
+
+    # a cell change (in place) rebuilds that system
+    batch.cell[4] *= 1.01
+    nl.update(batch)
+    assert nl.rebuild.tolist() == [0, 0, 0, 0, 1, 0]
+
+    # every list still equals a brute-force list within cutoff + skin - (max displacement) .. cutoff
+    for s, atoms in enumerate(batch.to_ase()):
+        got = {p[:2] for p in listed_pairs(batch, s)}
+        assert {p[:2] for p in brute_force_pairs(atoms, CUTOFF)} <= got
+
+
+def test_refilled_slot_is_rebuilt_alone():
+    atoms_list = systems()
+    batch = Batch.from_ase(atoms_list, dtype=torch.float64)
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=CUTOFF, skin=SKIN)
+    lj(batch)
+    incoming = Batch.from_ase([_rattle(bulk("Ar", "fcc", a=5.3, cubic=True).repeat((2, 2, 3)), 9)],
+                              dtype=torch.float64)
+    refilled = batch.replace_slots(torch.tensor([1]), incoming)
+    assert torch.isnan(refilled["_nl_ref_positions"][refilled.ptr[1]:refilled.ptr[2]]).all()
+    out = lj(refilled)
+    assert lj.neighbor_list.rebuild.tolist() == [0, 1, 0, 0, 0, 0]
+    fresh = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=CUTOFF, skin=SKIN)(
+        Batch.from_ase(refilled.to_ase(), dtype=torch.float64))
+    assert torch.equal(out["forces"], fresh["forces"])
+    assert torch.equal(out["energy"], fresh["energy"])
+
+
+def _ase(atoms, cutoff):
+    atoms = atoms.copy()
+    atoms.calc = AseLJ(sigma=3.405, epsilon=0.0104, rc=cutoff, smooth=False)
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+def test_initial_overflow_grows_capacity_at_structure_change():
+    atoms = _rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3), 5)
+    batch = Batch.from_ase([atoms], dtype=torch.float64)
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0, capacity=2)
+    out = lj(batch)
+    assert lj.neighbor_list.capacity > 2
+    assert batch["_nl_count"].max().item() <= lj.neighbor_list.capacity
+    energy, forces = _ase(atoms, 8.5125)
+    np.testing.assert_allclose(out["energy"].item(), energy, rtol=1e-10)
+    np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=1e-10, atol=1e-12)
+
+
+def test_overflow_in_steady_state_falls_back_then_grows():
+    """Compressing a cell in place overflows K: forces stay exact (bin walk), then K grows."""
+    base = _rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3), 6)
+    batches = [Batch.from_ase([base], dtype=torch.float64) for _ in range(2)]
+    small = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0)
+    large = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0, capacity=1000)
+    small(batches[0])
+    large(batches[1])
+    capacity = small.neighbor_list.capacity
+    for b in batches:  # in place: same structure, no host work; the device sees the cell change
+        b.cell.mul_(0.8)
+        b.positions.mul_(0.8)
+    out_small, out_large = small(batches[0]), large(batches[1])
+    assert small.neighbor_list.capacity == capacity
+    assert batches[0]["_nl_count"].max().item() > capacity  # overflowed, not truncated
+    # the bin walk visits the build's candidates in the build's order: bitwise equal
+    assert torch.equal(out_small["forces"], out_large["forces"])
+    assert torch.equal(out_small["energy"], out_large["energy"])
+    compressed = base.copy()
+    compressed.set_cell(compressed.cell[:] * 0.8, scale_atoms=True)
+    energy, forces = _ase(compressed, 8.5125)
+    np.testing.assert_allclose(out_small["energy"].item(), energy, rtol=1e-10)
+    np.testing.assert_allclose(out_small["forces"].numpy(), forces, rtol=1e-10, atol=1e-12)
+    out_again = small(batches[0])  # deferred check: grows K and rebuilds
+    assert small.neighbor_list.capacity > capacity
+    assert batches[0]["_nl_count"].max().item() <= small.neighbor_list.capacity
+    torch.testing.assert_close(out_again["forces"], out_small["forces"], rtol=1e-12, atol=1e-14)
+
+
+def test_invalid_neighbor_list_parameters():
+    for kw in (dict(cutoff=0.0), dict(cutoff=-2.0), dict(cutoff=5.0, skin=-1.0), dict(cutoff=5.0, capacity=0)):
+        with pytest.raises(ValueError):
+            NeighborList(**kw)
