@@ -174,17 +174,32 @@ def build_expected(systems: list[AtomicData]) -> Batch:
 POOL = [make_system(seed, n) for seed, n in enumerate([1, 3, 7, 2, 5, 4, 6, 1, 3])]
 
 
-def test_append_remove_replace_match_from_scratch():
-    live = build_expected(POOL[:4])
-    new = build_expected(POOL[4:7])
-    assert_batches_equal(live.append(new), build_expected(POOL[:7]))
-    assert_batches_equal(live.remove(torch.tensor([1, 3])), build_expected([POOL[0], POOL[2]]))
-    assert_batches_equal(live.remove(torch.tensor([True, False, False, True])), build_expected(POOL[1:3]))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_append_remove_replace_match_from_scratch(dtype):
+    def expected(systems):
+        return build_expected(systems).to(dtype=dtype)
+
+    live = expected(POOL[:4])
+    new = expected(POOL[4:7])
+    assert_batches_equal(live.append(new), expected(POOL[:7]))
+    assert_batches_equal(live.remove(torch.tensor([1, 3])), expected([POOL[0], POOL[2]]))
+    assert_batches_equal(live.remove(torch.tensor([True, False, False, True])), expected(POOL[1:3]))
     assert_batches_equal(live.remove(torch.tensor([], dtype=torch.long)), live)
     replaced = live.replace_slots(torch.tensor([3, 0, 2]), new)
-    assert_batches_equal(replaced, build_expected([POOL[5], POOL[1], POOL[6], POOL[4]]))
+    assert_batches_equal(replaced, expected([POOL[5], POOL[1], POOL[6], POOL[4]]))
     # the live batch itself is untouched
-    assert_batches_equal(live, build_expected(POOL[:4]))
+    assert_batches_equal(live, expected(POOL[:4]))
+
+
+def test_global_fields_are_shared_and_kept():
+    live = build_expected(POOL[:3])
+    live.set_field("target_temperature", torch.tensor(300.0), "global")
+    new = build_expected(POOL[3:4])
+    new.set_field("target_temperature", torch.tensor(10.0), "global")
+    assert live.replace_slots(torch.tensor([1]), new).target_temperature.item() == 300.0
+    assert live.remove(torch.tensor([0])).target_temperature.item() == 300.0
+    assert new.append(live).target_temperature.item() == 10.0
+    assert "target_temperature" not in live.to_data_list()[0].fields
 
 
 def test_edge_index_is_global_and_reoffset():
@@ -329,3 +344,28 @@ def test_random_slot_sequences_match_from_scratch(start, ops):
             assert_batches_equal(batch, build_expected([POOL[i] for i in systems]))
         else:
             assert batch.num_graphs == 0 and batch.num_nodes == 0 and batch.num_edges == 0
+
+
+def test_slot_ops_sync_the_host_at_most_once(monkeypatch):
+    """Host reads (the proxy for device syncs) per op: 1 for select/remove/replace, 0 for append."""
+    live = build_expected(POOL[:5])
+    new = build_expected(POOL[5:7])
+    for batch in (live, new):  # per-system info dicts need one more read of the indices
+        object.__setattr__(batch, "_infos", None)
+    calls = []
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, _name=method):
+            calls.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    ops = {"append": (lambda: live.append(new), 0), "remove": (lambda: live.remove(torch.tensor([0, 3])), 1),
+           "replace_slots": (lambda: live.replace_slots(torch.tensor([4, 1]), new), 1),
+           "index_select": (lambda: live.index_select(torch.tensor([2, 2, 0])), 1),
+           "mask": (lambda: live.index_select(torch.tensor([True, False, True, False, True])), 1)}
+    for name, (op, expected) in ops.items():
+        calls.clear()
+        op()
+        assert len(calls) == expected, (name, calls)

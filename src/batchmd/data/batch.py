@@ -403,7 +403,10 @@ class Batch:
         return select_systems(self, system_indices)
 
     def remove(self, system_indices: torch.Tensor | Sequence[int]) -> Batch:
-        """New Batch without the systems ``system_indices`` (others keep their order).
+        """New Batch without the systems ``system_indices`` (LongTensor [k] or bool mask [B]).
+
+        The remaining systems keep their order. One host sync (two with a
+        non-empty :attr:`infos`).
 
         Example: ``batch.remove(torch.tensor([0, 2]))``.
         """
@@ -414,9 +417,10 @@ class Batch:
     def append(self, other: Batch) -> Batch:
         """New Batch with ``other``'s systems after ``self``'s (``other`` is moved to this device/dtype).
 
-        A field present in only one of the two is filled for the other's systems
-        by :func:`~batchmd.data.fields.default_fill` (zeros/False; NaN for
-        floating ``_`` caches); global fields take ``self``'s value. No host sync.
+        A field present in only one of the two is added and filled for the
+        other's systems by :func:`~batchmd.data.fields.default_fill` (zeros /
+        False; NaN for floating ``_`` caches; -1 for atom-index fields); global
+        fields take ``self``'s value. No host sync.
         Example: ``batch.append(Batch.from_ase(new_atoms))``.
         """
         from batchmd.data.slots import concat_batches
