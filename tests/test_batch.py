@@ -20,7 +20,8 @@ def test_core_attributes(labelled_structures):
     assert batch.positions.shape == (batch.num_nodes, 3) and batch.positions.dtype == torch.float64
     assert batch.atomic_numbers.dtype == torch.int64
     assert batch.cell.shape == (4, 3, 3) and batch.pbc.shape == (4, 3) and batch.pbc.dtype == torch.bool
-    assert batch.energies.shape == (4, 1) and batch.stress.shape == (4, 3, 3) and batch.forces.shape == (batch.num_nodes, 3)
+    assert batch.energies.shape == (4, 1) and batch.stress.shape == (4, 3, 3)
+    assert batch.forces.shape == (batch.num_nodes, 3)
     assert batch.velocities.shape == (batch.num_nodes, 3)
     assert batch.step.shape == (4,) and batch.step.dtype == torch.int64 and batch.step.tolist() == [0, 1, 2, 3]
     assert batch.relaxed.dtype == torch.bool and batch.temperature.dtype == torch.float64
@@ -58,7 +59,7 @@ def test_to_dtype_keeps_integer_fields(labelled_structures):
     batch = Batch.from_ase(labelled_structures)
     batch.set_field("stage", torch.zeros(4, dtype=torch.int32), "system")
     low = batch.to(dtype=torch.float32)
-    assert low.dtype == torch.float32 and low.positions.dtype == torch.float32 and low.temperature.dtype == torch.float32
+    assert low.dtype == low.positions.dtype == low.temperature.dtype == torch.float32
     assert low.stage.dtype == torch.int32 and low.atomic_numbers.dtype == torch.int64 and low.pbc.dtype == torch.bool
     assert low.ptr.dtype == torch.int32 and low.batch_idx.dtype == torch.int32
     assert batch.positions.dtype == torch.float64
@@ -119,7 +120,8 @@ def assert_batches_equal(actual: Batch, expected: Batch) -> None:
     for name in expected.fields:
         a, e = actual[name], expected[name]
         assert a.dtype == e.dtype and a.shape == e.shape, name
-        assert torch.equal(a, e) or (a.is_floating_point() and torch.allclose(a, e, equal_nan=True, rtol=0, atol=0)), name
+        same_nan = a.is_floating_point() and torch.allclose(a, e, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(a, e) or same_nan, name
     assert actual.infos == expected.infos
 
 
