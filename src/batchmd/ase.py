@@ -1,0 +1,352 @@
+"""ASE interoperability: batchmd models as ASE calculators, lists of ``ase.Atoms`` in and out.
+
+- :class:`Calculator`: any batchmd model (``model(batch) -> {"energy", "forces"[, "stress"]}``)
+  as an ``ase.calculators.calculator.Calculator``, usable with ASE's optimizers and MD.
+- :class:`AtomsDataset`: an in-memory list of ``ase.Atoms`` as a dataset for
+  :class:`~batchmd.dynamics.SizeAwareSampler` (inflight batching over your structures).
+- :func:`run_frames` / :func:`relax`: run dynamics stages over a list of ``ase.Atoms`` with
+  inflight batching and get a list of ``ase.Atoms`` back, in input order, each carrying its
+  results: energy (eV), forces (eV/Å), stress (eV/Å^3) as a single-point calculator, and
+  ``system_id``, ``input_index``, ``status``, ``converged``, ``n_steps`` and ``fmax`` (eV/Å)
+  in ``atoms.info``.
+
+The reverse direction (an ASE calculator as a batchmd model) is
+:class:`batchmd.models.ase_calculator.ASECalculatorModel`.
+
+Example
+-------
+>>> import torch
+>>> from ase.build import bulk
+>>> from batchmd.ase import Calculator, relax
+>>> from batchmd.models.lj import LennardJones
+>>> model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+>>> atoms = bulk("Ar", "fcc", a=5.26, cubic=True)
+>>> atoms.calc = Calculator(model)
+>>> round(atoms.get_potential_energy(), 4)
+-0.3412
+>>> frames = [bulk("Ar", "fcc", a=5.3, cubic=True).repeat((1, 1, n)) for n in (1, 2)]
+>>> [a.info["converged"] for a in relax(frames, model, fmax=0.01)]
+[True, True]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator as _ASECalculator
+from ase.calculators.calculator import all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from batchmd.data import AtomicData, Batch
+
+__all__ = ["Calculator", "AtomsDataset", "InflightResult", "check_frames", "results_to_atoms", "run_frames", "relax"]
+
+#: ``atoms.info`` keys written on every result frame.
+RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
+
+# Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
+_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy"}
+
+
+class Calculator(_ASECalculator):
+    """A batchmd model as an ASE calculator (energy, forces, and stress where the model gives it).
+
+    Parameters
+    ----------
+    model : callable
+        A batchmd model, ``model(batch) -> {"energy" [B,1] eV, "forces" [N,3] eV/Å,
+        "stress" [B,3,3] eV/Å^3 (optional)}``.
+    dtype : torch.dtype
+        Floating dtype of the evaluation (default float64, as ASE computes).
+    device : str or torch.device
+        Where the model runs ("cpu", "cuda", ...).
+    **kwargs
+        Passed to ``ase.calculators.calculator.Calculator`` (e.g. ``label``).
+
+    Notes
+    -----
+    Each evaluation converts one ``Atoms`` to a one-system :class:`~batchmd.data.Batch`
+    (neighbor lists are rebuilt every call): convenient for ASE workflows, but for many
+    structures run them together with :func:`relax` / :func:`run_frames` instead.
+    Stress is reported for cells with non-zero volume when ``model.computes_stress``.
+
+    Example
+    -------
+    >>> from ase.build import bulk
+    >>> from ase.optimize import FIRE
+    >>> from batchmd.models.lj import LennardJones
+    >>> atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    >>> atoms.calc = Calculator(LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125))
+    >>> FIRE(atoms, logfile=None).run(fmax=0.01)
+    True
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model, dtype: torch.dtype = torch.float64, device="cpu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"batchmd.ase.Calculator: dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.model = model
+        self.dtype = dtype
+        self.device = torch.device(device)
+        props = ["energy", "free_energy", "forces"]
+        if getattr(model, "computes_stress", False):
+            props.append("stress")
+        self.implemented_properties = props
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        """Evaluate the model on ``atoms`` and store energy, forces and (if available) stress."""
+        super().calculate(atoms, properties, system_changes)
+        if len(self.atoms) == 0:
+            raise ValueError("batchmd.ase.Calculator: the Atoms object has no atoms")
+        batch = Batch.from_ase([self.atoms], dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            out = self.model(batch)
+        energy = float(out["energy"].reshape(-1)[0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"].detach().to("cpu", torch.float64).numpy().copy(),
+        }
+        stress = out.get("stress")
+        if stress is not None and self.atoms.cell.rank == 3:
+            full = stress.detach().to("cpu", torch.float64).reshape(3, 3).numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(full)
+
+
+def check_frames(frames: Sequence[Atoms], source: str = "input") -> None:
+    """Raise ``ValueError`` naming the first bad frame: not Atoms, no atoms, or NaN/inf coordinates.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The structures to check.
+    source : str
+        Name used in the message (e.g. the file name).
+    """
+    if len(frames) == 0:
+        raise ValueError(f"{source}: no frames")
+    for index, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise ValueError(f"{source}: frame {index} is a {type(atoms).__name__}, not ase.Atoms")
+        if len(atoms) == 0:
+            raise ValueError(f"{source}: frame {index} has no atoms")
+        if not np.isfinite(atoms.positions).all():
+            bad = int(np.nonzero(~np.isfinite(atoms.positions).all(axis=1))[0][0])
+            raise ValueError(f"{source}: frame {index} has non-finite (NaN/inf) coordinates (atom {bad})")
+        if not np.isfinite(atoms.cell.array).all():
+            raise ValueError(f"{source}: frame {index} has a non-finite (NaN/inf) cell")
+        if (atoms.numbers <= 0).any():
+            raise ValueError(f"{source}: frame {index} has atomic number 0 (dummy atom X); batchmd needs real elements")
+
+
+class AtomsDataset:
+    """A list of ``ase.Atoms`` as a dataset for :class:`~batchmd.dynamics.SizeAwareSampler`.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The structures (not modified). Info keys owned by the dynamics loop (``status``,
+        ``n_steps``, ``converged``, ...) are dropped, so results can be run again.
+    dtype : torch.dtype
+        Floating dtype of the samples.
+
+    Each sample carries an int64 system property ``input_index`` (its position in
+    ``frames``); numeric ``atoms.info`` entries become system properties and other info
+    entries travel in ``data.info``.
+
+    Example
+    -------
+    >>> from ase.build import molecule
+    >>> dataset = AtomsDataset([molecule("H2O"), molecule("CH4")])
+    >>> len(dataset), dataset.get_metadata(1)
+    (2, (5, 0))
+    """
+
+    def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64) -> None:
+        self.frames = list(frames)
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_metadata(self, index: int) -> tuple[int, int]:
+        """``(num_atoms, num_edges)`` of frame ``index`` (no conversion)."""
+        return len(self.frames[index]), 0
+
+    def __getitem__(self, index: int) -> tuple[AtomicData, dict]:
+        atoms = self.frames[index].copy()  # drops any calculator
+        for key in _LOOP_KEYS & set(atoms.info):
+            del atoms.info[key]
+        data = AtomicData.from_ase(atoms, dtype=self.dtype)
+        data.add_system_property("input_index", torch.tensor([[index]], dtype=torch.int64))
+        return data, {}
+
+
+def _scalar(value):
+    value = np.asarray(value).reshape(-1)[0]
+    if value.dtype == np.bool_:
+        return bool(value)
+    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+
+
+def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) -> list[Atoms]:
+    """Clean result frames: each is a copy of its input with the new positions and results.
+
+    Parameters
+    ----------
+    result_frames : sequence of ase.Atoms
+        Frames of graduated systems (from ``Batch.to_ase()`` or read back from an
+        :class:`~batchmd.dynamics.sinks.ExtXYZSink` file), each with ``input_index`` in
+        its info.
+    inputs : sequence of ase.Atoms
+        The input frames.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
+        momenta come from the result; energy, forces and stress are attached as a
+        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`.
+    """
+    out = []
+    for frame in result_frames:
+        index = _scalar(frame.info["input_index"])
+        atoms = inputs[index].copy()
+        atoms.positions = frame.positions
+        atoms.cell = frame.cell
+        if frame.has("momenta"):
+            atoms.set_momenta(frame.get_momenta())
+        for key in _LOOP_KEYS & set(atoms.info):
+            del atoms.info[key]
+        for key in RESULT_KEYS:
+            if key in frame.info:
+                atoms.info[key] = _scalar(frame.info[key])
+        atoms.info["converged"] = bool(atoms.info.get("converged", False))
+        results = dict(frame.calc.results) if frame.calc is not None else {}
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    out.sort(key=lambda a: a.info["input_index"])
+    return out
+
+
+class InflightResult(NamedTuple):
+    """What :func:`run_frames` returns: result frames in input order and the run's counters."""
+
+    frames: list
+    stats: object
+
+
+def run_frames(
+    frames: Sequence[Atoms],
+    stages,
+    *,
+    max_atoms: int | None = None,
+    max_batch_size: int | None = None,
+    refill_frequency: int = 10,
+    sinks=(),
+    hooks=(),
+    device="cpu",
+    dtype: torch.dtype = torch.float64,
+    collect: bool = True,
+) -> InflightResult:
+    """Run dynamics stages over ``frames`` with inflight batching.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        Input structures (checked with :func:`check_frames`; not modified).
+    stages : Dynamics or list of Dynamics
+        E.g. ``FIRE(model, convergence_hook=...)`` or ``[fire, nvt]`` (run in order).
+    max_atoms : int, optional
+        Atom budget of the live batch (default: every atom if <= 4096, else 4096, and at
+        least the largest frame).
+    max_batch_size : int, optional
+        Most systems in the live batch.
+    refill_frequency : int
+        Steps between refill points (graduation, refills; the loop's host syncs).
+    sinks, hooks : sequence
+        Extra sinks (e.g. :class:`~batchmd.dynamics.sinks.ExtXYZSink`) and run-level hooks
+        (e.g. :class:`~batchmd.progress.ProgressHook`).
+    device, dtype
+        Where and in what precision the live batch runs.
+    collect : bool
+        Keep every graduated system in host memory and return them as frames (set False
+        when a sink already stores them; ``frames`` is then empty).
+
+    Returns
+    -------
+    InflightResult
+        ``frames`` (list of ase.Atoms in input order, see :func:`results_to_atoms`) and
+        ``stats`` (:class:`~batchmd.dynamics.RunStats`).
+    """
+    from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.sinks import HostMemory
+
+    check_frames(frames)
+    stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
+    largest = max(len(a) for a in frames)
+    total = sum(len(a) for a in frames)
+    if max_atoms is None:
+        max_atoms = max(largest, min(total, 4096))
+    sampler = SizeAwareSampler(AtomsDataset(frames, dtype=dtype), max_atoms=max_atoms, max_batch_size=max_batch_size)
+    memory = HostMemory(capacity=len(frames)) if collect else None
+    fused = FusedStage(
+        sub_stages=list(enumerate(stages)),
+        sampler=sampler,
+        sinks=([memory] if memory is not None else []) + list(sinks),
+        hooks=list(hooks),
+        refill_frequency=refill_frequency,
+        device=device,
+        dtype=dtype,
+    )
+    leftover = fused.run(batch=None)
+    if leftover is not None:  # pragma: no cover - run(n_steps=None) ends only when exhausted
+        raise RuntimeError(f"batchmd.ase.run_frames: {leftover.num_graphs} systems did not graduate")
+    out = []
+    if memory is not None and len(memory):
+        out = results_to_atoms(memory.drain().to_ase(), frames)
+    return InflightResult(out, fused.stats)
+
+
+def relax(
+    frames: Sequence[Atoms],
+    model,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    **kwargs,
+) -> list[Atoms]:
+    """Relax every structure with batched FIRE (``ase.optimize.FIRE`` step for step).
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        Structures to relax (not modified).
+    model : callable
+        A batchmd model.
+    fmax : float
+        Convergence threshold on the largest atomic force, eV/Å.
+    max_steps : int
+        Step budget per structure; a structure that runs out is returned with
+        ``converged=False``.
+    **kwargs
+        Passed to :func:`run_frames` (``max_atoms``, ``device``, ``dtype``, ``hooks``, ...).
+
+    Returns
+    -------
+    list of ase.Atoms
+        Relaxed copies in input order, with energy/forces and the :data:`RESULT_KEYS` in info.
+    """
+    from batchmd.dynamics import FIRE, ConvergenceHook
+
+    if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
+        raise ValueError(f"batchmd.ase.relax: fmax must be a positive number of eV/Å, got {fmax!r}")
+    stage = FIRE(model, convergence_hook=ConvergenceHook.from_forces(fmax), n_steps=max_steps)
+    return run_frames(frames, [stage], **kwargs).frames
