@@ -345,7 +345,8 @@ class AtomicData:
         the calculator's stored ``energy``/``forces``/``stress`` (never triggers
         a calculation; Voigt stress becomes 3x3), ``atoms.info`` (int/float/bool
         scalars become system properties, ``system_id`` the system id, anything
-        else stays in :attr:`info`) and extra per-atom arrays (user atom fields).
+        else stays in :attr:`info`) and extra numeric per-atom arrays (user atom
+        fields). ASE constraints are not carried.
 
         Example
         -------
