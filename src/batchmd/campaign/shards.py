@@ -1,0 +1,243 @@
+"""The structure shard format: immutable Parquet files, one row per structure.
+
+Why Parquet (through ``pyarrow``): a columnar, self-describing, compressed format with a
+long-lived specification and a well-kept reference library; ragged per-atom arrays are
+native ``list`` columns (no padding), a shard can be read column by column (the resume
+path reads only ``index``), and every analysis stack (pandas, Polars, DuckDB, Spark)
+reads it directly. Zarr suits dense N-d arrays but makes ragged structures awkward; HDF5
+is harder to write atomically and to read from object stores.
+
+Schema of an input shard (``SCHEMA_VERSION`` 1); lengths per row in brackets::
+
+    index           int64        global input index (the structure's identity)
+    source          string       file the structure was read from
+    frame           int64        frame number within that file
+    num_atoms       int32        N
+    atomic_numbers  list<int32>  [N]
+    positions       list<double> [3N]  Å, row-major (x0, y0, z0, x1, ...)
+    masses          list<double> [N]   amu
+    cell            list<double> [9]   Å, lattice vectors as rows
+    pbc             list<bool>   [3]
+    velocities      list<double> [3N]  Å / ASE time unit, null when absent
+    info            string       JSON of ``atoms.info`` (numpy values as lists)
+
+Result shards (:mod:`batchmd.campaign.results`) add the outcome columns to the same
+structure columns. :func:`validate_atoms` gives the reason a structure is rejected.
+
+Example
+-------
+>>> from ase.build import molecule
+>>> from batchmd.campaign.shards import validate_atoms, atoms_to_row
+>>> validate_atoms(molecule("H2O")) is None
+True
+>>> atoms_to_row(molecule("H2O"), index=0, source="water.xyz", frame=0)["num_atoms"]
+3
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STRUCTURE_SCHEMA",
+    "validate_atoms",
+    "atoms_to_row",
+    "rows_to_table",
+    "write_table",
+    "DecodedShard",
+]
+
+SCHEMA_VERSION = 1
+
+STRUCTURE_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("source", pa.string()),
+        ("frame", pa.int64()),
+        ("num_atoms", pa.int32()),
+        ("atomic_numbers", pa.list_(pa.int32())),
+        ("positions", pa.list_(pa.float64())),
+        ("masses", pa.list_(pa.float64())),
+        ("cell", pa.list_(pa.float64())),
+        ("pbc", pa.list_(pa.bool_())),
+        ("velocities", pa.list_(pa.float64())),
+        ("info", pa.string()),
+    ]
+)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = None) -> str | None:
+    """Why ``atoms`` cannot enter a campaign, or None if it is valid.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    min_distance : float
+        Smallest allowed interatomic distance (Å), periodic images included; 0 disables
+        the check. Overlapping atoms make most potentials blow up.
+    max_atoms : int, optional
+        Largest allowed structure (atoms).
+
+    Returns
+    -------
+    str or None
+        A one-line reason (e.g. ``"atomic number 0 (dummy atom X) is not an element"``).
+    """
+    n = len(atoms)
+    if n == 0:
+        return "structure has no atoms"
+    if max_atoms is not None and n > max_atoms:
+        return f"structure has {n} atoms, more than max_atoms={max_atoms}"
+    numbers = atoms.get_atomic_numbers()
+    bad = numbers[(numbers < 1) | (numbers > 118)]
+    if bad.size:
+        return f"atomic number {int(bad[0])} is not an element (allowed 1..118)"
+    positions = atoms.get_positions()
+    if not np.isfinite(positions).all():
+        return "positions contain NaN or inf"
+    cell = atoms.cell.array
+    if not np.isfinite(cell).all():
+        return "cell contains NaN or inf"
+    for axis in range(3):
+        if atoms.pbc[axis] and np.linalg.norm(cell[axis]) == 0.0:
+            return f"periodic along axis {axis} but lattice vector {axis} has zero length"
+    if atoms.pbc.any() and abs(np.linalg.det(cell)) < 1e-12 and atoms.pbc.all():
+        return "periodic cell has zero volume"
+    masses = atoms.get_masses()
+    if not (np.isfinite(masses).all() and (masses > 0).all()):
+        return "masses must be finite and > 0 amu"
+    if "momenta" in atoms.arrays and not np.isfinite(atoms.arrays["momenta"]).all():
+        return "momenta contain NaN or inf"
+    if min_distance > 0 and n > 1:
+        from ase.neighborlist import neighbor_list
+
+        distances = neighbor_list("d", atoms, float(min_distance))
+        if distances.size:
+            return f"atoms closer than min_distance={min_distance} Å (closest {distances.min():.4g} Å)"
+    return None
+
+
+def atoms_to_row(atoms, index: int, source: str, frame: int) -> dict:
+    """One shard row (a dict keyed by :data:`STRUCTURE_SCHEMA` names) from a valid ``ase.Atoms``."""
+    velocities = atoms.get_velocities() if "momenta" in atoms.arrays else None
+    return {
+        "index": int(index),
+        "source": str(source),
+        "frame": int(frame),
+        "num_atoms": len(atoms),
+        "atomic_numbers": atoms.get_atomic_numbers().astype(np.int32),
+        "positions": atoms.get_positions().reshape(-1),
+        "masses": atoms.get_masses(),
+        "cell": atoms.cell.array.reshape(-1),
+        "pbc": atoms.pbc.astype(bool),
+        "velocities": None if velocities is None else velocities.reshape(-1),
+        "info": json.dumps(_jsonable(dict(atoms.info)), sort_keys=True),
+    }
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema = STRUCTURE_SCHEMA) -> pa.Table:
+    """Build a table with ``schema`` from row dicts (numpy arrays allowed for list columns)."""
+    columns = []
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        if pa.types.is_list(field.type):
+            values = [None if v is None else np.asarray(v).tolist() for v in values]
+        columns.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write_table(table: pa.Table, handle_or_path, metadata: dict | None = None) -> None:
+    """Write ``table`` as Parquet (zstd) with optional string key/value file metadata."""
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    pq.write_table(table, handle_or_path, compression="zstd", row_group_size=max(1, min(table.num_rows, 4096)))
+
+
+def _ragged(column: pa.ChunkedArray | pa.Array):
+    """(flat numpy values, int64 offsets [R+1], valid mask [R]) of a list column."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy().astype(np.int64)  # into the unsliced child array
+    values = array.values.to_numpy(zero_copy_only=False)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return values, offsets, valid
+
+
+class DecodedShard:
+    """A shard table decoded into numpy arrays for fast per-row access.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        A table with at least the :data:`STRUCTURE_SCHEMA` columns.
+
+    Attributes
+    ----------
+    index : numpy.ndarray [R] int64
+        Global input index of each row.
+    row_of : dict
+        Global index -> row number.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.num_rows = table.num_rows
+        self.index = table.column("index").to_numpy()
+        self.row_of = {int(g): r for r, g in enumerate(self.index.tolist())}
+        self.source = table.column("source").to_pylist()
+        self.frame = table.column("frame").to_numpy()
+        self.info = table.column("info").to_pylist()
+        self._lists = {
+            name: _ragged(table.column(name))
+            for name in ("atomic_numbers", "positions", "masses", "cell", "pbc", "velocities")
+        }
+
+    def _row_values(self, name: str, row: int):
+        values, offsets, valid = self._lists[name]
+        if not valid[row]:
+            return None
+        return np.array(values[offsets[row] : offsets[row + 1]])  # a writable copy
+
+    def structure(self, row: int) -> dict:
+        """Numpy arrays of row ``row``: numbers [N], positions [N,3], masses [N], cell [3,3], pbc [3], velocities."""
+        velocities = self._row_values("velocities", row)
+        return {
+            "atomic_numbers": self._row_values("atomic_numbers", row).astype(np.int64),
+            "positions": self._row_values("positions", row).reshape(-1, 3),
+            "atomic_masses": self._row_values("masses", row),
+            "cell": self._row_values("cell", row).reshape(3, 3),
+            "pbc": self._row_values("pbc", row).astype(bool),
+            "velocities": None if velocities is None else velocities.reshape(-1, 3),
+        }
+
+    def atomic_data(self, row: int, dtype: torch.dtype = torch.float64):
+        """Row ``row`` as an :class:`~batchmd.data.AtomicData` (``info`` JSON kept in ``data.info``)."""
+        from batchmd.data import AtomicData
+
+        fields = self.structure(row)
+        info = {"source": self.source[row], "frame": int(self.frame[row]), "info": self.info[row]}
+        return AtomicData(**fields, info=info, dtype=dtype)
