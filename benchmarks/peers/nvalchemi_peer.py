@@ -111,14 +111,14 @@ def _md(structures, method) -> float:
     return t.elapsed
 
 
-def run_w2(structures) -> Result:
+def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     setup()
     from nvalchemi.dynamics import NVTLangevin
 
     dyn = NVTLangevin(_model(), dt=wl.W2_DT, temperature=wl.W2_TEMPERATURE,
-                      friction=wl.W2_FRICTION, random_seed=0, n_steps=wl.W2_STEPS)
+                      friction=wl.W2_FRICTION, random_seed=0, n_steps=n_steps)
     wall = _md(structures, dyn)
-    return Result(NAME, "W2", wall, wl.n_atoms(structures) * wl.W2_STEPS, wl.W2_STEPS + 1,
+    return Result(NAME, "W2", wall, wl.n_atoms(structures) * n_steps, n_steps + 1,
                   variant=f"FusedStage(NVTLangevin), one batch ({DTYPE})")
 
 

@@ -163,18 +163,18 @@ def _md(structures, integrator, n_steps, **kwargs) -> float:
     return t.elapsed
 
 
-def run_w2(structures) -> Result:
+def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     setup()
     import torch
     import torch_sim as ts
     from ase import units
 
     d = dict(dtype=_dtype())
-    wall = _md(structures, ts.nvt_langevin, wl.W2_STEPS,
+    wall = _md(structures, ts.nvt_langevin, n_steps,
                dt=torch.tensor(wl.W2_DT * units.fs, **d),
                kT=torch.tensor(wl.W2_TEMPERATURE * units.kB, **d),
                gamma=torch.tensor(wl.W2_FRICTION / units.fs, **d), seed=0)
-    return Result(NAME, "W2", wall, wl.n_atoms(structures) * wl.W2_STEPS, wl.W2_STEPS + 1,
+    return Result(NAME, "W2", wall, wl.n_atoms(structures) * n_steps, n_steps + 1,
                   variant=f"nvt_langevin, one batch ({DTYPE})", notes=["forces halved"])
 
 
