@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import ase.units
 import torch
-import warp as wp
 
 from batchmd.dynamics.base import Dynamics
-from batchmd.dynamics.fire import WarpViews, set_system_param
-from batchmd.kernels.langevin import langevin_post_force_kernel, langevin_pre_force_kernel
-from batchmd.runtime import launch
+from batchmd.dynamics.fire import CachedLaunch, WarpViews, set_system_param
+from batchmd.kernels.langevin import langevin_post_force_kernel_overloads, langevin_pre_force_kernel_overloads
 
 __all__ = ["NVTLangevin"]
 
@@ -98,6 +96,8 @@ class NVTLangevin(Dynamics):
             random_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.random_seed = int(random_seed)
         self._views = WarpViews()
+        self._launch_pre = CachedLaunch(langevin_pre_force_kernel_overloads)
+        self._launch_post = CachedLaunch(langevin_post_force_kernel_overloads)
         self._slot_ids = None
 
     def init_state(self, batch, mask: torch.Tensor) -> None:
@@ -118,9 +118,6 @@ class NVTLangevin(Dynamics):
             self._slot_ids = torch.arange(num, dtype=torch.int64, device=batch.device)
         return self._slot_ids
 
-    def _scalar(self, batch, value):
-        return wp.float64(value) if batch.positions.dtype == torch.float64 else wp.float32(value)
-
     def pre_force(self, batch, stage_index: int) -> None:
         """B A O A for the active systems of stage ``stage_index`` (forces at the current positions)."""
         view = self._views
@@ -130,9 +127,9 @@ class NVTLangevin(Dynamics):
             view("stage", batch["stage"]),
             view("status", batch["status"]),
             int(stage_index),
-            self._scalar(batch, ase.units.fs),
-            self._scalar(batch, ase.units.kB),
-            wp.int64(self.random_seed),
+            ase.units.fs,
+            ase.units.kB,
+            self.random_seed,
             view("system_id", self._system_ids(batch)),
             view("nvt_step", batch["nvt_step"]),
             view("nvt_dt", batch["nvt_dt"]),
@@ -143,7 +140,8 @@ class NVTLangevin(Dynamics):
             view("velocities", batch.velocities, vector=True),
             view("positions", batch.positions, vector=True),
         ]
-        launch(langevin_pre_force_kernel, batch.positions.shape[0], inputs, batch.positions.device)
+        positions = batch.positions
+        self._launch_pre(positions.dtype, positions.shape[0], inputs, positions.device)
 
     def post_force(self, batch, stage_index: int) -> None:
         """Closing B half kick with the new forces; ``nvt_step += 1`` for the active systems."""
@@ -154,11 +152,12 @@ class NVTLangevin(Dynamics):
             view("stage", batch["stage"]),
             view("status", batch["status"]),
             int(stage_index),
-            self._scalar(batch, ase.units.fs),
+            ase.units.fs,
             view("nvt_dt", batch["nvt_dt"]),
             view("atomic_masses", batch.atomic_masses),
             view("forces", batch.forces, vector=True),
             view("velocities", batch.velocities, vector=True),
             view("nvt_step", batch["nvt_step"]),
         ]
-        launch(langevin_post_force_kernel, batch.positions.shape[0], inputs, batch.positions.device)
+        positions = batch.positions
+        self._launch_post(positions.dtype, positions.shape[0], inputs, positions.device)

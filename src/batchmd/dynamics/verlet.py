@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import ase.units
 import torch
-import warp as wp
 
 from batchmd.dynamics.base import Dynamics
-from batchmd.dynamics.fire import WarpViews, set_system_param
-from batchmd.kernels.verlet import verlet_post_force_kernel, verlet_pre_force_kernel
-from batchmd.runtime import launch
+from batchmd.dynamics.fire import CachedLaunch, WarpViews, set_system_param
+from batchmd.kernels.verlet import verlet_post_force_kernel_overloads, verlet_pre_force_kernel_overloads
 
 __all__ = ["NVE"]
 
@@ -61,6 +59,8 @@ class NVE(Dynamics):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         self.dt = dt
         self._views = WarpViews()
+        self._launch_pre = CachedLaunch(verlet_pre_force_kernel_overloads)
+        self._launch_post = CachedLaunch(verlet_post_force_kernel_overloads)
 
     def init_state(self, batch, mask: torch.Tensor) -> None:
         """Set ``nve_dt`` for the systems where ``mask`` [B] is True; create zero velocities if missing."""
@@ -70,13 +70,12 @@ class NVE(Dynamics):
 
     def _common(self, batch, stage_index):
         view = self._views
-        fs = wp.float64(ase.units.fs) if batch.positions.dtype == torch.float64 else wp.float32(ase.units.fs)
         return [
             view("batch_idx", batch.batch_idx),
             view("stage", batch["stage"]),
             view("status", batch["status"]),
             int(stage_index),
-            fs,
+            ase.units.fs,
             view("nve_dt", batch["nve_dt"]),
             view("atomic_masses", batch.atomic_masses),
             view("forces", batch.forces, vector=True),
@@ -86,9 +85,11 @@ class NVE(Dynamics):
     def pre_force(self, batch, stage_index: int) -> None:
         """Half kick with the current forces, then drift, for active systems of stage ``stage_index``."""
         inputs = self._common(batch, stage_index)
-        inputs.append(self._views("positions", batch.positions, vector=True))
-        launch(verlet_pre_force_kernel, batch.positions.shape[0], inputs, batch.positions.device)
+        positions = batch.positions
+        inputs.append(self._views("positions", positions, vector=True))
+        self._launch_pre(positions.dtype, positions.shape[0], inputs, positions.device)
 
     def post_force(self, batch, stage_index: int) -> None:
         """Closing half kick with the new forces."""
-        launch(verlet_post_force_kernel, batch.positions.shape[0], self._common(batch, stage_index), batch.positions.device)
+        positions = batch.positions
+        self._launch_post(positions.dtype, positions.shape[0], self._common(batch, stage_index), positions.device)

@@ -46,7 +46,7 @@ from batchmd.kernels.reductions import fire_sums
 
 wp.set_module_options({"enable_backward": False})
 
-__all__ = ["fire_system_kernel", "fire_atom_kernel"]
+__all__ = ["fire_system_kernel_overloads", "fire_atom_kernel_overloads", "fire_system_kernel", "fire_atom_kernel"]
 
 
 @wp.kernel
@@ -153,12 +153,17 @@ def fire_atom_kernel(
     positions[i] = positions[i] + c[2] * v
 
 
+#: Concrete float32 / float64 overloads keyed by Warp scalar type; launching one of these
+#: directly skips Warp's per-launch type inference of the generic kernel.
+fire_system_kernel_overloads = {}
+fire_atom_kernel_overloads = {}
+
 for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
     _i32 = wp.array(dtype=wp.int32)
     _f = wp.array(dtype=_scalar)
     _v = wp.array(dtype=_vec)
-    wp.overload(
+    fire_system_kernel_overloads[_scalar] = wp.overload(
         fire_system_kernel,
         [_i32, _i32, _i32, wp.int32, _v, _v, _f, _f, _i32, _f, _f, _i32, _f, _f, _f, _f, _v],
     )
-    wp.overload(fire_atom_kernel, [_i32, _i32, _i32, wp.int32, _v, _v, _v, _v])
+    fire_atom_kernel_overloads[_scalar] = wp.overload(fire_atom_kernel, [_i32, _i32, _i32, wp.int32, _v, _v, _v, _v])

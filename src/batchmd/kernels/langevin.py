@@ -46,7 +46,13 @@ import warp as wp
 
 wp.set_module_options({"enable_backward": False})
 
-__all__ = ["langevin_noise_key", "langevin_pre_force_kernel", "langevin_post_force_kernel"]
+__all__ = [
+    "langevin_noise_key",
+    "langevin_pre_force_kernel",
+    "langevin_post_force_kernel",
+    "langevin_pre_force_kernel_overloads",
+    "langevin_post_force_kernel_overloads",
+]
 
 _MIX1 = wp.constant(wp.uint64(0xBF58476D1CE4E5B9))
 _MIX2 = wp.constant(wp.uint64(0x94D049BB133111EB))
@@ -119,7 +125,8 @@ def langevin_pre_force_kernel(
     one = m.dtype(1.0)
     fluct = one - wp.exp(-y)
     if y < m.dtype(0.01):
-        fluct = y * (one - y / m.dtype(2.0) * (one - y / m.dtype(3.0) * (one - y / m.dtype(4.0) * (one - y / m.dtype(5.0)))))
+        series = one - y / m.dtype(4.0) * (one - y / m.dtype(5.0))
+        fluct = y * (one - y / m.dtype(2.0) * (one - y / m.dtype(3.0) * series))
     c2 = wp.sqrt(fluct * kB * temperature[s] / m)
     key = langevin_noise_key(seed, system_id[s], step[s], i - ptr[s])
     r0 = wp.rand_init(key, 0)
@@ -159,12 +166,20 @@ def langevin_post_force_kernel(
         step[s] = step[s] + 1
 
 
+#: Concrete float32 / float64 overloads keyed by Warp scalar type; launching one of these
+#: directly skips Warp's per-launch type inference of the generic kernel.
+langevin_pre_force_kernel_overloads = {}
+langevin_post_force_kernel_overloads = {}
+
 for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
     _i32 = wp.array(dtype=wp.int32)
+    _i64 = wp.array(dtype=wp.int64)
     _f = wp.array(dtype=_scalar)
     _v = wp.array(dtype=_vec)
-    wp.overload(
+    langevin_pre_force_kernel_overloads[_scalar] = wp.overload(
         langevin_pre_force_kernel,
-        [_i32, _i32, _i32, _i32, wp.int32, _scalar, _scalar, wp.int64, wp.array(dtype=wp.int64), _i32, _f, _f, _f, _f, _v, _v, _v],
+        [_i32, _i32, _i32, _i32, wp.int32, _scalar, _scalar, wp.int64, _i64, _i32, _f, _f, _f, _f, _v, _v, _v],
     )
-    wp.overload(langevin_post_force_kernel, [_i32, _i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v, _i32])
+    langevin_post_force_kernel_overloads[_scalar] = wp.overload(
+        langevin_post_force_kernel, [_i32, _i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v, _i32]
+    )

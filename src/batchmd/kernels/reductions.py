@@ -191,5 +191,6 @@ def system_max_force_norm(forces: torch.Tensor, ptr: torch.Tensor) -> torch.Tens
     [5.0]
     """
     out = torch.empty(ptr.shape[0] - 1, dtype=forces.dtype, device=forces.device)
-    launch(system_max_norm_kernel, out.shape[0], [to_warp(ptr), to_warp(forces, vector=True), to_warp(out)], forces.device)
+    inputs = [to_warp(ptr), to_warp(forces, vector=True), to_warp(out)]
+    launch(system_max_norm_kernel, out.shape[0], inputs, forces.device)
     return out

@@ -23,7 +23,12 @@ import warp as wp
 
 wp.set_module_options({"enable_backward": False})
 
-__all__ = ["verlet_pre_force_kernel", "verlet_post_force_kernel"]
+__all__ = [
+    "verlet_pre_force_kernel",
+    "verlet_post_force_kernel",
+    "verlet_pre_force_kernel_overloads",
+    "verlet_post_force_kernel_overloads",
+]
 
 
 @wp.kernel
@@ -81,9 +86,18 @@ def verlet_post_force_kernel(
     velocities[i] = velocities[i] + (dt * masses.dtype(0.5) / masses[i]) * forces[i]
 
 
+#: Concrete float32 / float64 overloads keyed by Warp scalar type; launching one of these
+#: directly skips Warp's per-launch type inference of the generic kernel.
+verlet_pre_force_kernel_overloads = {}
+verlet_post_force_kernel_overloads = {}
+
 for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
     _i32 = wp.array(dtype=wp.int32)
     _f = wp.array(dtype=_scalar)
     _v = wp.array(dtype=_vec)
-    wp.overload(verlet_pre_force_kernel, [_i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v, _v])
-    wp.overload(verlet_post_force_kernel, [_i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v])
+    verlet_pre_force_kernel_overloads[_scalar] = wp.overload(
+        verlet_pre_force_kernel, [_i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v, _v]
+    )
+    verlet_post_force_kernel_overloads[_scalar] = wp.overload(
+        verlet_post_force_kernel, [_i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v]
+    )
