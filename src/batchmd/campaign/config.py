@@ -8,18 +8,20 @@ A campaign config is a JSON (or TOML) file::
       "seed": 0,
       "dtype": "float64",
       "model": {"name": "lj", "sigma": 3.405, "epsilon": 0.0104, "cutoff": 8.5},
-      "stages": [{"method": "fire", "fmax": 0.01, "n_steps": 500},
-                 {"method": "nvt_langevin", "dt": 2.0, "temperature": 300.0, "friction": 0.01, "n_steps": 1000}],
+      "stages": [{"method": "fire", "fmax": 0.01, "max_steps": 500},
+                 {"method": "nvt", "dt": 2.0, "temperature": 300.0, "friction": 0.01, "steps": 1000, "seed": 0}],
       "max_atoms": 4096, "max_batch_size": null, "refill_frequency": 10,
       "commit_every": 256, "commit_interval_s": 60, "checkpoint_interval_s": 60, "metrics_interval_s": 30
     }
 
-Models: ``{"name": "lj", ...LennardJones kwargs}``, ``{"name": "demo", "init_seed": 0, ...}``
+Models: ``{"name": "lj", ...LennardJones kwargs}``, ``{"name": "emt"}`` (ASE's EMT),
+``{"name": "demo", "init_seed": 0, ...}``
 (:class:`~batchmd.models.demo.DemoModelWrapper`, weights drawn from ``init_seed``) or
 ``{"name": "factory", "target": "package.module:function", "kwargs": {...}}`` for any
-model a function builds. Stages: ``method`` is ``fire``, ``nve`` or ``nvt_langevin``;
-``fmax`` (eV/Å) adds a force convergence criterion; every other key is passed to the
-method's constructor (units as documented there: NVE/Langevin ``dt`` in fs, temperature K).
+model a function builds. Stages use ``batchmd pipeline``'s stage tables: ``method`` is
+``fire``, ``nvt`` (Langevin) or ``nve``; ``max_steps`` (FIRE) / ``steps`` (MD) is the
+budget, ``fmax`` (eV/Å) a force criterion, ``seed`` the Langevin seed; other keys go to
+the method's constructor (units as documented there: MD ``dt`` in fs, temperature K).
 
 The *physics* (model, stages, dtype, seed) is part of the campaign's contract and may not
 change on resume; the operational settings (batch budget, intervals) may.
@@ -28,7 +30,7 @@ Example
 -------
 >>> from batchmd.campaign.config import CampaignConfig
 >>> cfg = CampaignConfig(manifest="ds", output="run", model={"name": "lj", "sigma": 3.4, "epsilon": 0.01},
-...                      stages=[{"method": "fire", "fmax": 0.05, "n_steps": 200}])
+...                      stages=[{"method": "fire", "fmax": 0.05, "max_steps": 200}])
 >>> sorted(cfg.physics())
 ['dtype', 'model', 'seed', 'stages']
 """
@@ -158,33 +160,53 @@ def build_model(spec: dict, device=None):
         torch.manual_seed(int(params.pop("init_seed", 0)))
         model = DemoModelWrapper(**params)
         torch.random.set_rng_state(generator_state)
+    elif name == "emt":
+        from ase.calculators.emt import EMT
+
+        from batchmd.models.ase_calculator import ASECalculatorModel
+
+        model = ASECalculatorModel(EMT())
     elif name == "factory":
         module_name, _, attr = str(params["target"]).partition(":")
         model = getattr(importlib.import_module(module_name), attr)(**params.get("kwargs", {}))
     else:
-        raise ValueError(f"campaign config: unknown model {name!r} (lj, demo or factory)")
+        raise ValueError(f"campaign config: unknown model {name!r} (lj, emt, demo or factory)")
     if device is not None and hasattr(model, "to"):
         model = model.to(device)
     return model
 
 
+_STEP_KEYS = {"fire": "max_steps", "nvt": "steps", "nvt_langevin": "steps", "langevin": "steps", "nve": "steps"}
+
+
 def build_stages(specs: list, model) -> list:
-    """Instantiate the stages of a config around ``model``."""
+    """Instantiate the stages of a config around ``model``.
+
+    Keys follow ``batchmd pipeline``'s stage tables: ``max_steps`` (FIRE) or ``steps``
+    (MD) is the stage's step budget (``n_steps`` is accepted too), ``fmax`` (eV/Å) a force
+    convergence criterion, ``seed`` the Langevin random seed; other keys go to the
+    method's constructor unchanged.
+    """
     from batchmd.dynamics import ConvergenceHook
 
     stages = []
     for spec in specs:
-        params = {k: v for k, v in spec.items() if k not in ("method", "fmax")}
+        method = spec["method"]
+        if method not in _STEP_KEYS:
+            raise ValueError(f"campaign config: unknown method {method!r} (fire, nvt, nve)")
+        params = {k: v for k, v in spec.items() if k not in ("method", "fmax", _STEP_KEYS[method], "seed")}
+        if _STEP_KEYS[method] in spec:
+            params["n_steps"] = int(spec[_STEP_KEYS[method]])
         if spec.get("fmax") is not None:
             params["convergence_hook"] = ConvergenceHook.from_forces(float(spec["fmax"]))
-        method = spec["method"]
         if method == "fire":
             from batchmd.dynamics.fire import FIRE as cls
         elif method == "nve":
             from batchmd.dynamics.verlet import NVE as cls
-        elif method in ("nvt_langevin", "langevin"):
-            from batchmd.dynamics import NVTLangevin as cls
         else:
-            raise ValueError(f"campaign config: unknown method {method!r} (fire, nve, nvt_langevin)")
+            from batchmd.dynamics import NVTLangevin as cls
+
+            if "seed" in spec:
+                params["random_seed"] = int(spec["seed"])
         stages.append(cls(model, **params))
     return stages

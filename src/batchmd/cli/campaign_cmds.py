@@ -1,0 +1,201 @@
+"""``batchmd campaign``: sharded, resumable, multi-GPU campaigns; and torchrun for relax/pipeline.
+
+Subcommands::
+
+    batchmd campaign run CONFIG [-o OUTDIR] [--manifest DATASET]   # alone or under torchrun
+    batchmd campaign status OUTDIR                                  # progress, attempts, per-rank metrics
+    batchmd campaign export OUTDIR -o results.extxyz [--require-complete]
+
+Under ``torchrun`` (``WORLD_SIZE`` set), ``batchmd relax DATASET -o OUTDIR`` and
+``batchmd pipeline CONFIG.toml`` (with ``input`` a dataset directory) run as a campaign:
+:func:`maybe_run_distributed` is called first by those commands. Re-running the same
+command resumes. See ``docs/campaigns.rst``.
+
+Example::
+
+    torchrun --nproc_per_node=4 --no-python batchmd campaign run campaign.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+__all__ = ["add_parser", "register", "maybe_run_distributed", "config_from_cli_args"]
+
+
+def add_parser(subparsers) -> None:
+    """Register ``batchmd campaign`` (and ``batchmd shard`` if not registered yet)."""
+    from batchmd.cli import shard
+
+    shard.add_parser(subparsers)
+    if "campaign" in subparsers.choices:
+        return
+    parser = subparsers.add_parser("campaign", help="sharded multi-GPU campaigns with checkpoint and resume",
+                                   description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="campaign_command", metavar="ACTION", parser_class=type(parser))
+    run = sub.add_parser("run", help="run or resume a campaign (alone or under torchrun)")
+    run.add_argument("config", help="campaign config, JSON or TOML (schema: docs/campaigns.rst)")
+    run.add_argument("-o", "--output", default=None, help="override the config's output directory")
+    run.add_argument("--manifest", default=None, help="override the config's dataset (directory or manifest.json)")
+    run.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                     help="cpu, or cuda (each rank uses cuda:LOCAL_RANK); default cuda when available")
+    run.set_defaults(command=_run)
+    status = sub.add_parser("status", help="print a campaign's progress")
+    status.add_argument("outdir")
+    status.set_defaults(command=_status)
+    export = sub.add_parser("export", help="write a campaign's results as extxyz, sorted by input index")
+    export.add_argument("outdir")
+    export.add_argument("-o", "--output", required=True, help="output file (.extxyz)")
+    export.add_argument("--require-complete", action="store_true", help="fail unless every structure has a result")
+    export.set_defaults(command=_export)
+    parser.set_defaults(command=lambda args: _usage(parser))
+
+
+register = add_parser
+
+
+def _usage(parser) -> int:
+    import sys
+
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _context(device: str | None):
+    from batchmd.campaign.distributed import RankContext
+
+    return RankContext.from_env(device="cpu" if device == "cpu" else None)
+
+
+def _execute(config, device: str | None, quiet: bool = False) -> int:
+    """Run a campaign on this rank; user errors become :class:`CLIError`."""
+    from batchmd.campaign import ContractMismatch, CorruptFileError, run_campaign
+    from batchmd.cli.common import CLIError
+
+    context = _context(device)
+    try:
+        report = run_campaign(config, context=context)
+    except (ContractMismatch, CorruptFileError, FileNotFoundError) as error:
+        raise CLIError(str(error)) from error
+    finally:
+        context.close()
+    if not quiet and report.summary is not None:
+        s = report.summary
+        print(f"campaign {config.output}: {s['systems_done']}/{s['systems_total']} structures done on "
+              f"{s['world_size']} rank(s), attempt {s['attempt']}, {s['atom_steps_per_second']:.4g} atom-steps/s, "
+              f"imbalance {s['imbalance']:.3g}")
+    return 0
+
+
+def _run(args) -> int:
+    from batchmd.campaign import CampaignConfig
+    from batchmd.cli.common import CLIError
+
+    if not os.path.isfile(args.config):
+        raise CLIError(f"{args.config}: no such file")
+    try:
+        config = CampaignConfig.from_file(args.config, output=args.output, manifest=args.manifest)
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"{args.config}: {error}") from error
+    return _execute(config, args.device)
+
+
+def _status(args) -> int:
+    from batchmd.campaign.commits import committed_records
+    from batchmd.campaign.durable import read_json, read_records
+    from batchmd.campaign.layout import CampaignLayout
+    from batchmd.cli.common import CLIError
+
+    layout = CampaignLayout(args.outdir)
+    if not os.path.exists(layout.contract):
+        raise CLIError(f"{args.outdir}: not a campaign directory (no campaign.json)")
+    contract = read_json(layout.contract)
+    done = sum(r["rows"] for r in committed_records(layout))
+    attempts, _ = read_records(layout.attempts)
+    print(f"{layout.root}: {done}/{contract['num_structures']} structures committed; "
+          f"{len(attempts)} attempt(s); manifest {contract['manifest_version']}")
+    for rank in range(max((a["world_size"] for a in attempts), default=0)):
+        try:
+            m = read_json(layout.metrics_latest(rank))
+        except OSError:
+            continue
+        print(json.dumps({k: m[k] for k in ("rank", "attempt", "systems_done", "systems_total", "progress",
+                                             "atom_steps_per_second", "occupancy", "lag_progress", "final")}))
+    return 0
+
+
+def _export(args) -> int:
+    import ase.io
+
+    from batchmd.campaign import ExactlyOnceError, read_results
+    from batchmd.cli.common import CLIError
+
+    try:
+        frames = read_results(args.outdir, as_atoms=True, require_complete=args.require_complete)
+    except (ExactlyOnceError, FileNotFoundError) as error:
+        raise CLIError(str(error)) from error
+    ase.io.write(args.output, frames, format="extxyz")
+    print(f"wrote {len(frames)} structures to {args.output}")
+    return 0
+
+
+def config_from_cli_args(args):
+    """A :class:`~batchmd.campaign.CampaignConfig` from ``batchmd relax`` or ``batchmd pipeline`` arguments.
+
+    relax: ``args.input`` (a dataset), ``args.output`` (OUTDIR), ``--fmax``, ``--max-steps``,
+    model options, ``--max-atoms``, ``--refill-every``, ``--dtype``. pipeline: ``args.config``
+    (its TOML; ``input`` a dataset, ``output`` OUTDIR, ``-o`` overrides it).
+    """
+    from batchmd.campaign import CampaignConfig, Manifest
+    from batchmd.cli.common import CLIError
+
+    if hasattr(args, "config"):
+        from batchmd.cli.pipeline import load_config
+
+        table = load_config(args.config)
+        source, output = table["input"], args.output or table["output"]
+        model = {"name": "lj", **table.get("model", {})}
+        stages = table["stages"]
+        dtype, max_atoms, refill = table.get("dtype", "float64"), table.get("max_atoms"), table.get("refill_every", 10)
+    else:
+        source, output = args.input, args.output
+        model = {"name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
+        stages = [{"method": "fire", "fmax": args.fmax, "max_steps": args.max_steps}]
+        dtype, max_atoms, refill = args.dtype, args.max_atoms, args.refill_every
+    if model["name"] == "lj":
+        model["cutoff"] = model.get("cutoff") or 2.5 * model.get("sigma", 3.405)
+        model = {k: v for k, v in model.items() if v is not None}
+    else:
+        model = {"name": model["name"]}
+    try:
+        manifest = Manifest.load(source)
+    except FileNotFoundError as error:
+        raise CLIError(f"under torchrun, the input must be a sharded dataset (make one with `batchmd shard "
+                       f"{source} DATASET/`): {error}") from error
+    largest = max((max(s.atom_counts) for s in manifest.shards if s.atom_counts), default=1)
+    return CampaignConfig(manifest=manifest.root, output=output, model=model, stages=stages, dtype=dtype,
+                          max_atoms=max(int(max_atoms or 4096), largest), refill_frequency=int(refill))
+
+
+def maybe_run_distributed(args) -> int | None:
+    """Under torchrun, run ``batchmd relax``/``pipeline`` as a campaign and return the exit status.
+
+    Returns None when ``WORLD_SIZE`` is not set (the caller runs its single-process path).
+    Re-running the same command resumes (exactly-once results in OUTDIR).
+    """
+    from batchmd.campaign.distributed import under_torchrun
+
+    if not under_torchrun():
+        return None
+    config = config_from_cli_args(args)
+    device = getattr(args, "device", None)
+    return _execute(config, "cpu" if device == "cpu" else None, quiet=getattr(args, "quiet", False))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from batchmd.cli.main import main
+
+    sys.exit(main(["campaign", *sys.argv[1:]]))
