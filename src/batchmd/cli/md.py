@@ -46,16 +46,18 @@ def add_parser(subparsers) -> None:
 def initial_velocities(frames, temperature: float, seed: int) -> list:
     """Copies of ``frames``; those without momenta get Maxwell-Boltzmann velocities at ``temperature`` K."""
     import numpy as np
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md import velocitydistribution as vd
+
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
 
     rng = np.random.default_rng(seed)
     out = []
     for atoms in frames:
         atoms = atoms.copy()
         if not atoms.has("momenta") and temperature > 0:
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+            thermalize(atoms, temperature_K=temperature, rng=rng)
             if len(atoms) > 1:
-                Stationary(atoms)
+                vd.Stationary(atoms)
         out.append(atoms)
     return out
 

@@ -1,0 +1,68 @@
+"""Sphinx configuration of the batchmd documentation.
+
+Build (from the repository root)::
+
+    python -m sphinx -b html docs docs/_build/html
+
+Every script in ``examples/`` is executed by Sphinx-Gallery (``filename_pattern``
+matches all of them, not only ``plot_*``). Skip execution with ``-D plot_gallery=0``.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src")))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import batchmd  # noqa: E402
+
+project = "batchmd"
+author = "batchmd contributors"
+copyright = "2026, batchmd contributors"
+version = release = batchmd.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "sphinx.ext.mathjax",
+    "sphinx_gallery.gen_gallery",
+]
+
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb", "auto_examples/*.py",
+                    "auto_examples/*.zip", "auto_examples/*.json", "auto_examples/*.md5",
+                    "auto_examples/*.pickle", "sg_execution_times.rst"]
+templates_path = []
+html_theme = "alabaster"
+html_static_path = []
+
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_member_order = "bysource"
+autodoc_typehints = "none"  # types are in the numpy-style docstrings
+autosummary_generate = False
+napoleon_numpy_docstring = True
+napoleon_google_docstring = False
+napoleon_use_rtype = False
+
+# Cross-references to outside projects (torch, ase, numpy, warp, the standard library) are
+# not resolved (no network at build time); everything inside batchmd must resolve.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(torch|ase|np|numpy|wp|warp|os|pathlib|argparse|typing|collections)(\..*)?"),
+    (r"py:.*", r"(int|float|str|bool|dict|list|tuple|callable|object|sequence|iterable|file-like|None|"
+               r"optional|default|mapping|Exception|RuntimeError|Enum|NamedTuple|type|self|array-like)"),
+    (r"py:.*", r".*\[.*"),          # shapes such as [N, 3]
+    (r"py:.*", r"(tensor-like|os\.PathLike|path-like|dtype|device|Atoms|Tensor)"),
+    (r"py:.*", r".*(or|of) .*"),     # "float or torch.Tensor", "list of Atoms"
+    (r"py:.*", r"\{.*|.*\}|\".*\"|'.*'"),  # value sets {"max", "min"}
+]
+
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r".*\.py$",      # execute every example, not only plot_*.py
+    "abort_on_example_error": True,
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "within_subsection_order": "FileNameSortKey",
+}
