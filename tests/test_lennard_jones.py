@@ -61,11 +61,12 @@ def model(**kw) -> LennardJones:
     return LennardJones(sigma=SIGMA, epsilon=EPSILON, cutoff=CUTOFF, **kw)
 
 
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
 @pytest.mark.parametrize("name", list(structures()))
-def test_matches_ase(name):
+def test_matches_ase(name, half):
     atoms = structures()[name]
     ref = ase_reference(atoms)
-    out = model()(Batch.from_ase([atoms], dtype=torch.float64))
+    out = model(half_list=half)(Batch.from_ase([atoms], dtype=torch.float64))
     np.testing.assert_allclose(out["energy"].item(), ref["energy"], rtol=1e-10, atol=1e-13)
     scale = np.abs(ref["forces"]).max()
     np.testing.assert_allclose(out["forces"].numpy(), ref["forces"], rtol=1e-10, atol=max(1e-10 * scale, 1e-13))
@@ -74,13 +75,14 @@ def test_matches_ase(name):
         np.testing.assert_allclose(out["stress"][0].numpy(), ref["stress"], rtol=1e-10, atol=1e-10 * s)
 
 
-def test_batch_equals_each_alone_bitwise():
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
+def test_batch_equals_each_alone_bitwise(half):
     systems = list(structures().values())
-    lj = model()
+    lj = model(half_list=half)
     alone = [lj(Batch.from_ase([a], dtype=torch.float64)) for a in systems]
     for order in (list(range(len(systems))), list(reversed(range(len(systems))))):
         batch = Batch.from_ase([systems[i] for i in order], dtype=torch.float64)
-        out = model()(batch)
+        out = model(half_list=half)(batch)
         ptr = batch.ptr.tolist()
         for slot, i in enumerate(order):
             assert torch.equal(out["energy"][slot], alone[i]["energy"][0])

@@ -69,19 +69,32 @@ def listed_pairs(batch: Batch, system: int) -> set:
         n = int(count[i])
         assert n <= nbr.shape[1]
         for k in range(n):
-            pairs.add((i - start, int(nbr[i, k]), *np.round(shifts[i, k].numpy(), 6)))
+            j = int(nbr[i, k])
+            if j >= 0:  # same cell, no shift
+                pairs.add((i - start, j, 0.0, 0.0, 0.0))
+            else:  # periodic image: -1 - j with its Cartesian shift
+                pairs.add((i - start, -1 - j, *np.round(shifts[i, k].numpy(), 6)))
     return pairs
 
 
+def full_pairs(pairs: set) -> set:
+    """Both orientations of every pair (a half list becomes a full one)."""
+    return pairs | {(j, i, *(0.0 - np.asarray(s))) for i, j, *s in pairs}
+
+
+@pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_brute_force(dtype):
+def test_matches_brute_force(dtype, half):
     atoms_list = systems()
     batch = Batch.from_ase(atoms_list, dtype=dtype)
-    nl = NeighborList(CUTOFF, skin=SKIN)
+    nl = NeighborList(CUTOFF, skin=SKIN, half=half)
     nl.update(batch)
     for s, atoms in enumerate(atoms_list):
         expected = brute_force_pairs(atoms, CUTOFF + SKIN)
         got = listed_pairs(batch, s)
+        if half:
+            assert len(full_pairs(got)) == 2 * len(got)  # no pair listed twice
+            got = full_pairs(got)
         if dtype == torch.float32:  # shifts rounded at 1e-6 Å differ in float32; compare (i, j) multisets
             assert sorted(p[:2] for p in got) == sorted(p[:2] for p in expected)
         else:
@@ -118,7 +131,7 @@ def test_skin_rebuild_only_when_needed():
 
     # every list still equals a brute-force list within cutoff + skin - (max displacement) .. cutoff
     for s, atoms in enumerate(batch.to_ase()):
-        got = {p[:2] for p in listed_pairs(batch, s)}
+        got = {p[:2] for p in full_pairs(listed_pairs(batch, s))}
         assert {p[:2] for p in brute_force_pairs(atoms, CUTOFF)} <= got
 
 
@@ -157,12 +170,13 @@ def test_initial_overflow_grows_capacity_at_structure_change():
     np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=1e-10, atol=1e-12)
 
 
-def test_overflow_in_steady_state_falls_back_then_grows():
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
+def test_overflow_in_steady_state_falls_back_then_grows(half):
     """Compressing a cell in place overflows K: forces stay exact (bin walk), then K grows."""
     base = _rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3), 6)
     batches = [Batch.from_ase([base], dtype=torch.float64) for _ in range(2)]
-    small = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0)
-    large = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0, capacity=1000)
+    small = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0, half_list=half)
+    large = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0, capacity=1000, half_list=half)
     small(batches[0])
     large(batches[1])
     capacity = small.neighbor_list.capacity

@@ -26,7 +26,7 @@ from typing import Any
 
 import warp as wp
 
-from batchmd.kernels.neighbor_list import bin_cell, bin_image, image_shift
+from batchmd.kernels.neighbor_list import bin_cell, bin_image, image_shift, in_phase, keep_pair
 
 wp.set_module_options({"enable_backward": False})
 
@@ -34,12 +34,19 @@ wp.set_module_options({"enable_backward": False})
 @wp.func
 def lj_pair(r2: Any, sigma_sq: Any, eps4: Any, eps24: Any, e_shift: Any):
     """Pair energy ``u`` (eV) and ``du/dr / r`` (eV/Å^2) for squared distance ``r2``."""
-    c2 = sigma_sq / r2
+    inv = sigma_sq / (sigma_sq * r2)
+    c2 = sigma_sq * inv
     c6 = c2 * c2 * c2
     c12 = c6 * c6
     u = eps4 * (c12 - c6) - e_shift
-    g = -eps24 * (c12 + c12 - c6) / r2
+    g = -eps24 * (c12 + c12 - c6) * inv
     return u, g
+
+
+@wp.func
+def virial_of(d: Any, fd: Any):
+    """The 6 independent components of the (symmetric) pair virial ``fd (x) d``: (xx, yy, zz), (yz, xz, xy)."""
+    return wp.cw_mul(fd, d), wp.cw_mul(wp.vector(fd[1], fd[0], fd[0]), wp.vector(d[2], d[2], d[1]))
 
 
 @wp.kernel
@@ -56,6 +63,7 @@ def lj_atoms(
     eps24: Any,
     e_shift: Any,
     want_virial: int,
+    half: int,
     # bin walk for atoms whose list overflowed
     cell: wp.array(dtype=Any),
     pbc: wp.array2d(dtype=wp.bool),
@@ -67,9 +75,9 @@ def lj_atoms(
     bin_start: wp.array(dtype=wp.int32),
     bin_count: wp.array(dtype=wp.int32),
     bin_atoms: wp.array(dtype=wp.int32),
-    ref_x: wp.array(dtype=Any),
+    wrapped: wp.array(dtype=Any),
     r_list_sq: Any,
-    # outputs
+    # outputs (forces must be zeroed beforehand when half != 0)
     forces: wp.array(dtype=Any),
     atom_energy: wp.array(dtype=Any),
     atom_virial: wp.array(dtype=Any),
@@ -81,62 +89,91 @@ def lj_atoms(
     n = count[i]
     f = xi - xi
     e = sigma_sq - sigma_sq
-    vir = wp.outer(f, f)
+    vd = f
+    vo = f
     if n <= neighbors.shape[1]:
         for t in range(n):
-            d = x[base + neighbors[i, t]] - xi + shifts[i, t]
+            j = base + neighbors[i, t]
+            d = xi - xi
+            if j >= base:
+                d = x[j] - xi
+            else:  # periodic image: stored as -1 - local index, with its Cartesian shift
+                j = base - 1 - neighbors[i, t]
+                d = x[j] - xi + shifts[i, t]
             r2 = wp.dot(d, d)
             if r2 <= cutoff_sq:
                 u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
+                fd = g * d
                 e += u
-                f += g * d
+                f += fd
                 if want_virial != 0:
-                    vir += wp.outer(d, d) * g
+                    a, b = virial_of(d, fd)
+                    vd += a
+                    vo += b
+                if half != 0:
+                    forces[j] = forces[j] - fd
     else:
         h = cell[s]
         nb = nbins[s]
         sr = search[s]
         bi = atom_bin[i]
         wi = atom_wrap[i]
-        xr = ref_x[i]
+        xr = wrapped[i]
         offset = bin_offset[s]
         p0 = int(pbc[s, 0])
         p1 = int(pbc[s, 1])
         p2 = int(pbc[s, 2])
-        for o0 in range(-sr[0], sr[0] + 1):
-            c0 = bin_image(bi[0] + o0, nb[0], p0)
-            if c0[2] == 0:
-                continue
-            for o1 in range(-sr[1], sr[1] + 1):
-                c1 = bin_image(bi[1] + o1, nb[1], p1)
-                if c1[2] == 0:
+        for phase in range(2):  # unshifted neighbors first, then periodic images
+            for o0 in range(-sr[0], sr[0] + 1):
+                c0 = bin_image(bi[0] + o0, nb[0], p0)
+                if c0[2] == 0:
                     continue
-                for o2 in range(-sr[2], sr[2] + 1):
-                    c2 = bin_image(bi[2] + o2, nb[2], p2)
-                    if c2[2] == 0:
+                for o1 in range(-sr[1], sr[1] + 1):
+                    c1 = bin_image(bi[1] + o1, nb[1], p1)
+                    if c1[2] == 0:
                         continue
-                    c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
-                    start = bin_start[c]
-                    for q in range(start, start + bin_count[c]):
-                        j = bin_atoms[q]
-                        k = wp.vec3i(c0[1], c1[1], c2[1]) + wi - atom_wrap[j]
-                        if j == i and k[0] == 0 and k[1] == 0 and k[2] == 0:
+                    for o2 in range(-sr[2], sr[2] + 1):
+                        c2 = bin_image(bi[2] + o2, nb[2], p2)
+                        if c2[2] == 0:
                             continue
-                        sh = image_shift(k, h)
-                        dr = ref_x[j] - xr + sh
-                        if wp.dot(dr, dr) < r_list_sq:
-                            d = x[j] - xi + sh
-                            r2 = wp.dot(d, d)
-                            if r2 <= cutoff_sq:
-                                u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
-                                e += u
-                                f += g * d
-                                if want_virial != 0:
-                                    vir += wp.outer(d, d) * g
-    half = sigma_sq / (sigma_sq + sigma_sq)
-    forces[i] = f
-    atom_energy[i] = e * half
-    atom_virial[i] = vir * half
+                        kb = wp.vec3i(c0[1], c1[1], c2[1])
+                        xb = xr - image_shift(kb, h)
+                        c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
+                        start = bin_start[c]
+                        for q in range(start, start + bin_count[c]):
+                            j = bin_atoms[q]
+                            if half != 0 and j < i:
+                                continue
+                            dr = wrapped[j] - xb  # the build's acceptance test, bit for bit
+                            if wp.dot(dr, dr) < r_list_sq:
+                                k = kb + wi - atom_wrap[j]
+                                if j == i and k[0] == 0 and k[1] == 0 and k[2] == 0:
+                                    continue
+                                if not in_phase(k, phase) or not keep_pair(half, i, j, k):
+                                    continue
+                                d = x[j] - xi + image_shift(k, h)
+                                r2 = wp.dot(d, d)
+                                if r2 <= cutoff_sq:
+                                    u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
+                                    fd = g * d
+                                    e += u
+                                    f += fd
+                                    if want_virial != 0:
+                                        a, b = virial_of(d, fd)
+                                        vd += a
+                                        vo += b
+                                    if half != 0:
+                                        forces[j] = forces[j] - fd
+    w = sigma_sq / sigma_sq  # each pair once (half list): full weight
+    if half == 0:
+        w = sigma_sq / (sigma_sq + sigma_sq)  # each pair seen from both atoms: half weight
+        forces[i] = f
+    else:
+        forces[i] = forces[i] + f
+    atom_energy[i] = e * w
+    atom_virial[i] = wp.matrix_from_rows(
+        wp.vector(vd[0], vo[2], vo[1]), wp.vector(vo[2], vd[1], vo[0]), wp.vector(vo[1], vo[0], vd[2])
+    ) * w
 
 
 @wp.kernel
@@ -179,7 +216,7 @@ for _scalar, _vec, _mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.v
             "eps24": _scalar,
             "e_shift": _scalar,
             "cell": wp.array(dtype=_mat),
-            "ref_x": wp.array(dtype=_vec),
+            "wrapped": wp.array(dtype=_vec),
             "r_list_sq": _scalar,
             "forces": wp.array(dtype=_vec),
             "atom_energy": wp.array(dtype=_scalar),

@@ -78,9 +78,30 @@ def bin_cell(b: wp.vec3i, nb: wp.vec3i):
 
 
 @wp.func
+def in_phase(k: wp.vec3i, phase: int):
+    """Phase 0 takes candidates without lattice shift, phase 1 those with one."""
+    unshifted = k[0] == 0 and k[1] == 0 and k[2] == 0
+    return unshifted == (phase == 0)
+
+
+@wp.func
 def image_shift(k: wp.vec3i, h: Any):
     """Cartesian lattice translation ``k0*a + k1*b + k2*c`` (rows of ``h``)."""
     return h[0] * h.dtype(k[0]) + h[1] * h.dtype(k[1]) + h[2] * h.dtype(k[2])
+
+
+@wp.func
+def keep_pair(half: int, i: int, j: int, k: wp.vec3i):
+    """Whether a full-list candidate belongs to the list (half lists keep j > i, or i == j, k > 0)."""
+    if half == 0 or j > i:
+        return True
+    if j < i:
+        return False
+    if k[0] != 0:
+        return k[0] > 0
+    if k[1] != 0:
+        return k[1] > 0
+    return k[2] > 0
 
 
 @wp.kernel
@@ -88,13 +109,13 @@ def nl_flag_systems(
     cell: wp.array(dtype=Any),
     ref_cell: wp.array(dtype=Any),
     ref_cutoff: wp.array(dtype=Any),
-    r_list: Any,
+    list_code: Any,
     force: int,
     rebuild: wp.array(dtype=wp.int32),
 ):
     s = wp.tid()
     flag = force
-    if ref_cutoff[s] != r_list:  # also true for NaN (refilled slot)
+    if ref_cutoff[s] != list_code:  # also true for NaN (refilled slot)
         flag = 1
     h = cell[s]
     r = ref_cell[s]
@@ -136,6 +157,7 @@ def nl_frame(
     ptr: wp.array(dtype=wp.int32),
     nbins: wp.array(dtype=wp.vec3i),
     r_list: Any,
+    list_code: Any,
     rebuild: wp.array(dtype=wp.int32),
     frame: wp.array(dtype=Any),
     lower: wp.array(dtype=Any),
@@ -219,7 +241,7 @@ def nl_frame(
     width[s] = w
     search[s] = sr
     ref_cell[s] = h
-    ref_cutoff[s] = r_list
+    ref_cutoff[s] = list_code
 
 
 @wp.kernel
@@ -229,6 +251,7 @@ def nl_bin_atoms(
     pbc: wp.array2d(dtype=wp.bool),
     nbins: wp.array(dtype=wp.vec3i),
     bin_offset: wp.array(dtype=wp.int32),
+    cell: wp.array(dtype=Any),
     frame: wp.array(dtype=Any),
     lower: wp.array(dtype=Any),
     width: wp.array(dtype=Any),
@@ -236,6 +259,7 @@ def nl_bin_atoms(
     atom_bin: wp.array(dtype=wp.vec3i),
     atom_wrap: wp.array(dtype=wp.vec3i),
     atom_cell: wp.array(dtype=wp.int32),
+    wrapped: wp.array(dtype=Any),
     ref_x: wp.array(dtype=Any),
 ):
     i = wp.tid()
@@ -260,6 +284,7 @@ def nl_bin_atoms(
     atom_bin[i] = b
     atom_wrap[i] = k
     atom_cell[i] = bin_offset[s] + bin_cell(b, nb)
+    wrapped[i] = xi - image_shift(k, cell[s])
     ref_x[i] = xi
 
 
@@ -309,8 +334,9 @@ def nl_build(
     bin_start: wp.array(dtype=wp.int32),
     bin_count: wp.array(dtype=wp.int32),
     bin_atoms: wp.array(dtype=wp.int32),
-    ref_x: wp.array(dtype=Any),
+    wrapped: wp.array(dtype=Any),
     r_list_sq: Any,
+    half: int,
     rebuild: wp.array(dtype=wp.int32),
     neighbors: wp.array2d(dtype=wp.int32),
     shifts: wp.array2d(dtype=Any),
@@ -328,12 +354,16 @@ def nl_build(
     sr = search[s]
     bi = atom_bin[i]
     wi = atom_wrap[i]
-    xi = ref_x[i]
+    xi = wrapped[i]
     offset = bin_offset[s]
     p0 = int(pbc[s, 0])
     p1 = int(pbc[s, 1])
     p2 = int(pbc[s, 2])
-    n = int(0)
+    # Unshifted neighbors fill the row from the front, periodic images from the back
+    # (reversed); both keep the stencil order, and the back part is moved behind the
+    # front part at the end, so a row reads: unshifted (stencil order), then images.
+    n0 = int(0)
+    n1 = int(0)
     for o0 in range(-sr[0], sr[0] + 1):
         c0 = bin_image(bi[0] + o0, nb[0], p0)
         if c0[2] == 0:
@@ -346,20 +376,46 @@ def nl_build(
                 c2 = bin_image(bi[2] + o2, nb[2], p2)
                 if c2[2] == 0:
                     continue
+                kb = wp.vec3i(c0[1], c1[1], c2[1])
+                xb = xi - image_shift(kb, h)
                 c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
                 start = bin_start[c]
                 for t in range(start, start + bin_count[c]):
                     j = bin_atoms[t]
-                    k = wp.vec3i(c0[1], c1[1], c2[1]) + wi - atom_wrap[j]
-                    if j == i and k[0] == 0 and k[1] == 0 and k[2] == 0:
+                    if half != 0 and j < i:
                         continue
-                    sh = image_shift(k, h)
-                    d = ref_x[j] - xi + sh
+                    d = wrapped[j] - xb
                     if wp.dot(d, d) < r_list_sq:
-                        if n < capacity:
-                            neighbors[i, n] = j - base
-                            shifts[i, n] = sh
-                        n += 1
+                        k = kb + wi - atom_wrap[j]
+                        unshifted = k[0] == 0 and k[1] == 0 and k[2] == 0
+                        if j == i and unshifted:
+                            continue
+                        if not keep_pair(half, i, j, k):
+                            continue
+                        if n0 + n1 < capacity:
+                            if unshifted:
+                                neighbors[i, n0] = j - base
+                            else:
+                                neighbors[i, capacity - 1 - n1] = -1 - (j - base)
+                                shifts[i, capacity - 1 - n1] = image_shift(k, h)
+                        if unshifted:
+                            n0 += 1
+                        else:
+                            n1 += 1
+    n = n0 + n1
+    if n <= capacity:
+        for m in range(n1 / 2):  # reverse the back part in place ...
+            a = capacity - n1 + m
+            b = capacity - 1 - m
+            ja = neighbors[i, a]
+            sa = shifts[i, a]
+            neighbors[i, a] = neighbors[i, b]
+            shifts[i, a] = shifts[i, b]
+            neighbors[i, b] = ja
+            shifts[i, b] = sa
+        for m in range(n1):  # ... and move it behind the front part (forward copy is safe)
+            neighbors[i, n0 + m] = neighbors[i, capacity - n1 + m]
+            shifts[i, n0 + m] = shifts[i, capacity - n1 + m]
     count[i] = n
     wp.atomic_max(max_count, 0, n)
 
@@ -367,7 +423,7 @@ def nl_build(
 def _overload_all() -> None:
     for scalar, vec, mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.vec3d, wp.mat33d)):
         vec_a, mat_a, sc_a = wp.array(dtype=vec), wp.array(dtype=mat), wp.array(dtype=scalar)
-        wp.overload(nl_flag_systems, {"cell": mat_a, "ref_cell": mat_a, "ref_cutoff": sc_a, "r_list": scalar})
+        wp.overload(nl_flag_systems, {"cell": mat_a, "ref_cell": mat_a, "ref_cutoff": sc_a, "list_code": scalar})
         wp.overload(nl_flag_atoms, {"x": vec_a, "ref_x": vec_a, "half_skin_sq": scalar})
         wp.overload(
             nl_frame,
@@ -375,6 +431,7 @@ def _overload_all() -> None:
                 "x": vec_a,
                 "cell": mat_a,
                 "r_list": scalar,
+                "list_code": scalar,
                 "frame": mat_a,
                 "lower": vec_a,
                 "width": vec_a,
@@ -382,8 +439,9 @@ def _overload_all() -> None:
                 "ref_cutoff": sc_a,
             },
         )
-        wp.overload(nl_bin_atoms, {"x": vec_a, "frame": mat_a, "lower": vec_a, "width": vec_a, "ref_x": vec_a})
-        wp.overload(nl_build, {"cell": mat_a, "ref_x": vec_a, "r_list_sq": scalar, "shifts": wp.array2d(dtype=vec)})
+        wp.overload(nl_bin_atoms, {"x": vec_a, "cell": mat_a, "frame": mat_a, "lower": vec_a, "width": vec_a,
+                                   "wrapped": vec_a, "ref_x": vec_a})
+        wp.overload(nl_build, {"cell": mat_a, "wrapped": vec_a, "r_list_sq": scalar, "shifts": wp.array2d(dtype=vec)})
 
 
 _overload_all()

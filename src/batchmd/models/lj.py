@@ -71,6 +71,10 @@ class LennardJones(Model):
     capacity : int, optional
         Initial neighbor capacity per atom (grows automatically; see
         :class:`~batchmd.models.neighbors.NeighborList`).
+    half_list : bool, optional
+        Visit each pair once and scatter the reaction force (about 2x fewer pair
+        evaluations). Default: True on CPU (Warp runs CPU threads in order, so the scatter
+        is deterministic), False on CUDA (one thread per atom over a full list, no atomics).
 
     Attributes
     ----------
@@ -108,6 +112,7 @@ class LennardJones(Model):
         skin: float = 1.0,
         compute_stress: bool = True,
         capacity: int | None = None,
+        half_list: bool | None = None,
     ) -> None:
         super().__init__()
         self.sigma = _positive("sigma", sigma)
@@ -117,7 +122,7 @@ class LennardJones(Model):
             raise ValueError(f"batchmd: LennardJones skin must be >= 0 (Å), got {skin!r}")
         self.shift = bool(shift)
         self.computes_stress = bool(compute_stress)
-        self.neighbor_list = NeighborList(self.cutoff, skin=skin, capacity=capacity)
+        self.neighbor_list = NeighborList(self.cutoff, skin=skin, capacity=capacity, half=half_list)
         c6 = (self.sigma / self.cutoff) ** 6
         self._e_shift = 4.0 * self.epsilon * (c6 * c6 - c6) if self.shift else 0.0
         self._scratch: dict = {}
@@ -141,16 +146,17 @@ class LennardJones(Model):
         v = self.neighbor_list.update(batch)
         n, b, device, dtype = batch.num_nodes, batch.num_graphs, batch.device, batch.dtype
         T = warp_scalar(dtype)
-        forces = torch.empty(n, 3, dtype=dtype, device=device)
+        half = int(self.neighbor_list.half)
+        forces = (torch.zeros if half else torch.empty)(n, 3, dtype=dtype, device=device)
         energy = torch.empty(b, 1, dtype=dtype, device=device)
         stress = torch.empty(b, 3, 3, dtype=dtype, device=device) if self.computes_stress else None
         atom_energy, atom_virial = self._atom_scratch(n, dtype, device)
         want = int(self.computes_stress)
         launch(ljk.lj_atoms, n, [
             v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["shifts"], v["count"], T(self.cutoff**2),
-            T(self.sigma**2), T(4.0 * self.epsilon), T(24.0 * self.epsilon), T(self._e_shift), want,
+            T(self.sigma**2), T(4.0 * self.epsilon), T(24.0 * self.epsilon), T(self._e_shift), want, half,
             v["cell"], v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],
-            v["bin_start"], v["bin_count"], v["bin_atoms"], v["ref_x"], T(self.neighbor_list.r_list**2),
+            v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], T(self.neighbor_list.r_list**2),
             to_warp(forces, vector=True), atom_energy, atom_virial,
         ], device)
         stress_w = to_warp(stress, matrix=True) if stress is not None else atom_virial

@@ -8,7 +8,8 @@ through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refill
 =========================  ==============  ==========================================
 ``_nl_ref_positions``      [N, 3] float    positions at the last build (Å)
 ``_nl_ref_cell``           [B, 3, 3] float cell at the last build (Å)
-``_nl_cutoff``             [B] float       list cutoff ``cutoff + skin`` of the build (Å)
+``_nl_cutoff``             [B] float       list cutoff ``cutoff + skin`` of the build (Å),
+                                           negative for a half list
 ``_nl_neighbors``          [N, K] int32    neighbor indices, *system-local*
 ``_nl_shifts``             [N, K, 3] float Cartesian image shift of each neighbor (Å)
 ``_nl_count``              [N] int32       true neighbor count (may exceed K)
@@ -126,6 +127,11 @@ class NeighborList:
     capacity : int, optional
         Initial neighbors per atom ``K`` (default: estimated from the densest periodic
         system). Grows automatically; a too small value is slower, never wrong.
+    half : bool, optional
+        Store each pair once (``j > i``, or ``j == i`` with a positive image) instead of
+        from both atoms. Default: True on CPU, False on CUDA. Pair kernels that scatter
+        into ``j`` are deterministic only where threads run in order (Warp's CPU backend);
+        on CUDA the full list keeps one-thread-per-atom accumulation without atomics.
 
     Attributes
     ----------
@@ -142,7 +148,8 @@ class NeighborList:
     torch.Size([N, K])
     """
 
-    def __init__(self, cutoff: float, skin: float = 1.0, capacity: int | None = None) -> None:
+    def __init__(self, cutoff: float, skin: float = 1.0, capacity: int | None = None,
+                 half: bool | None = None) -> None:
         if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
             raise ValueError(f"batchmd: neighbor-list cutoff must be a positive number (Å), got {cutoff!r}")
         if not (isinstance(skin, (int, float)) and math.isfinite(skin) and skin >= 0):
@@ -153,6 +160,8 @@ class NeighborList:
         self.skin = float(skin)
         self.r_list = self.cutoff + self.skin
         self._initial_capacity = None if capacity is None else int(capacity)
+        self.half_option = half
+        self.half = False
         self.capacity = 0
         self._key = None
         self._views: dict[str, tuple[torch.Tensor, wp.array]] = {}
@@ -202,13 +211,14 @@ class NeighborList:
             "atom_bin": torch.zeros(n, 3, **i32),
             "atom_wrap": torch.zeros(n, 3, **i32),
             "atom_cell": torch.zeros(n, **i32),
+            "wrapped": torch.zeros(n, 3, **flt),
             "bin_start": torch.zeros(max(total_bins, 1), **i32),
             "bin_count": torch.zeros(max(total_bins, 1), **i32),
             "bin_atoms": torch.zeros(max(n, 1), **i32),
             "max_count": torch.zeros(1, **i32),
         }
         self.rebuild = self._buf["rebuild"]
-        self._w = {k: to_warp(t, vector=k in ("lower", "width"), matrix=k == "frame") for k, t in self._buf.items()}
+        self._w = {k: to_warp(t, vector=k in ("lower", "width", "wrapped"), matrix=k == "frame") for k, t in self._buf.items()}
         for k in ("nbins", "search", "atom_bin", "atom_wrap"):
             self._w[k] = wp.from_torch(self._buf[k], dtype=wp.vec3i)
         self._host_count = torch.zeros(1, dtype=torch.int32, pin_memory=device.type == "cuda")
@@ -219,11 +229,14 @@ class NeighborList:
         if existing is not None and existing.dtype == torch.int32 and all(batch.has_field(f) for f in FIELDS):
             capacity = existing.shape[1]
         else:
-            estimate = densest * 4.0 / 3.0 * math.pi * self.r_list**3
+            estimate = densest * 4.0 / 3.0 * math.pi * self.r_list**3 * (0.5 if self._half_for(device) else 1.0)
             capacity = self._initial_capacity or max(16, int(1.25 * estimate) + 8)
             self._allocate_fields(batch, capacity)
         self.capacity = capacity
         self._key = (batch.ptr, batch.cell, batch.pbc, n, b, dtype, device)
+
+    def _half_for(self, device: torch.device) -> bool:
+        return self.half_option if self.half_option is not None else device.type == "cpu"
 
     def _allocate_fields(self, batch, capacity: int) -> None:
         """(Re)create the ``_nl_*`` fields with capacity ``K``; every system must then rebuild."""
@@ -287,6 +300,7 @@ class NeighborList:
         )
         if fresh:
             self._setup(batch)
+            self.half = self._half_for(batch.device)
         elif self._overflowed():
             self._allocate_fields(batch, self._grown())
         v = self.views(batch)
@@ -314,20 +328,21 @@ class NeighborList:
         device, T = batch.device, warp_scalar(batch.dtype)
         n, b = batch.num_nodes, batch.num_graphs
         r_list = T(self.r_list)
-        launch(nlk.nl_flag_systems, b, [v["cell"], v["ref_cell"], v["ref_cutoff"], r_list, int(force), v["rebuild"]],
+        code = T(-self.r_list if self.half else self.r_list)
+        launch(nlk.nl_flag_systems, b, [v["cell"], v["ref_cell"], v["ref_cutoff"], code, int(force), v["rebuild"]],
                device)
         launch(nlk.nl_flag_atoms, n, [v["x"], v["ref_x"], v["count"], v["batch_idx"], T((0.5 * self.skin) ** 2),
                                       self.capacity, int(check_overflow), v["rebuild"]], device)
-        launch(nlk.nl_frame, b, [v["x"], v["cell"], v["pbc"], v["ptr"], v["nbins"], r_list, v["rebuild"], v["frame"],
+        launch(nlk.nl_frame, b, [v["x"], v["cell"], v["pbc"], v["ptr"], v["nbins"], r_list, code, v["rebuild"], v["frame"],
                                  v["lower"], v["width"], v["search"], v["ref_cell"], v["ref_cutoff"]], device)
-        launch(nlk.nl_bin_atoms, n, [v["x"], v["batch_idx"], v["pbc"], v["nbins"], v["bin_offset"], v["frame"],
-                                     v["lower"], v["width"], v["rebuild"], v["atom_bin"], v["atom_wrap"],
-                                     v["atom_cell"], v["ref_x"]], device)
+        launch(nlk.nl_bin_atoms, n, [v["x"], v["batch_idx"], v["pbc"], v["nbins"], v["bin_offset"], v["cell"],
+                                     v["frame"], v["lower"], v["width"], v["rebuild"], v["atom_bin"], v["atom_wrap"],
+                                     v["atom_cell"], v["wrapped"], v["ref_x"]], device)
         launch(nlk.nl_sort_bins, b, [v["ptr"], v["nbins"], v["bin_offset"], v["atom_cell"], v["rebuild"],
                                      v["bin_start"], v["bin_count"], v["bin_atoms"]], device)
         launch(nlk.nl_build, n, [v["batch_idx"], v["ptr"], v["cell"], v["pbc"], v["nbins"], v["bin_offset"],
                                  v["search"], v["atom_bin"], v["atom_wrap"], v["bin_start"], v["bin_count"],
-                                 v["bin_atoms"], v["ref_x"], T(self.r_list**2), v["rebuild"], v["neighbors"],
+                                 v["bin_atoms"], v["wrapped"], T(self.r_list**2), int(self.half), v["rebuild"], v["neighbors"],
                                  v["shifts"], v["count"], v["max_count"]], device)
         if device.type == "cuda":
             self._host_count.copy_(self._buf["max_count"], non_blocking=True)
