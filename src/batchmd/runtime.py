@@ -33,6 +33,7 @@ __all__ = [
     "launch",
     "warp_stream",
     "WarpViewCache",
+    "CachedLaunch",
 ]
 
 _INITIALISED = False
@@ -190,3 +191,54 @@ class WarpViewCache:
     def clear(self) -> None:
         """Drop every cached view."""
         self._cache.clear()
+
+
+class CachedLaunch:
+    """Launch one dtype-generic kernel, replaying a recorded Warp command while the arguments are unchanged.
+
+    ``wp.launch`` of a generic kernel infers argument types and packs every argument
+    on each call (~0.3 ms on CPU for 17 arguments). This records the launch once
+    (``record_cmd=True``) for the concrete float32/float64 overload and replays it
+    while the launch size, device and arguments are the same (arrays compared by
+    identity, so use it with :class:`WarpViews`; scalars by value). Runs on torch's
+    current CUDA stream on GPUs.
+
+    Parameters
+    ----------
+    overloads : dict
+        Warp scalar type (``wp.float32``, ``wp.float64``) -> concrete kernel, as
+        exported by the kernel modules (e.g. ``fire_atom_kernel_overloads``).
+
+    Example
+    -------
+    >>> run = CachedLaunch(fire_atom_kernel_overloads)       # doctest: +SKIP
+    >>> run(torch.float64, n_atoms, inputs, batch.device)     # doctest: +SKIP
+    """
+
+    def __init__(self, overloads):
+        self._overloads = overloads
+        self._last = None
+
+    @staticmethod
+    def _same(old, new):
+        if len(old) != len(new):
+            return False
+        for a, b in zip(old, new):
+            if a is not b and (isinstance(a, wp.array) or type(a) is not type(b) or a != b):
+                return False
+        return True
+
+    def __call__(self, dtype, dim, inputs, device):
+        if dim == 0:
+            return
+        last = self._last
+        if last is not None and last[0] == dim and last[1] == device and self._same(last[2], inputs):
+            cmd, wdev = last[3], last[4]
+        else:
+            wdev = warp_device(device)
+            cmd = wp.launch(self._overloads[warp_scalar(dtype)], dim=dim, inputs=inputs, device=wdev, record_cmd=True)
+            self._last = (dim, device, list(inputs), cmd, wdev)
+        if wdev.is_cuda:
+            cmd.launch(stream=wp.stream_from_torch(torch.cuda.current_stream(torch.device(device))))
+        else:
+            cmd.launch()

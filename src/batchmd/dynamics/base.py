@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Dynamics"]
+__all__ = ["Dynamics", "set_system_param"]
 
 
 class Dynamics:
@@ -107,3 +107,35 @@ class Dynamics:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_steps={self.n_steps}, convergence_hook={self.convergence_hook!r})"
+
+
+def set_system_param(batch, name, value, mask, dtype):
+    """Write a per-system parameter field for the systems selected by ``mask``.
+
+    Parameters
+    ----------
+    batch : batchmd.data.Batch
+        Receives system field ``name`` (``[B]``).
+    name : str
+        Field name, e.g. ``"fire_dtmax"``.
+    value : float, int or torch.Tensor
+        Scalar (every selected system) or 1-D tensor of length ``batch.num_graphs``
+        (indexed by slot: system ``s`` gets ``value[s]``).
+    mask : torch.Tensor
+        bool ``[B]`` on the batch device; other systems keep their value. If the field
+        does not exist yet, every system gets ``value``.
+    dtype : torch.dtype
+        Storage dtype of the field.
+
+    Device-side only (``torch.where``); no host synchronisation.
+    """
+    num = batch.num_graphs
+    if isinstance(value, torch.Tensor):
+        new = value.to(device=mask.device, dtype=dtype)
+        if new.dim() != 1 or new.shape[0] != num:
+            raise ValueError(f"batchmd: per-system parameter {name!r} needs shape [{num}], got {tuple(new.shape)}")
+    else:
+        new = torch.full((num,), value, dtype=dtype, device=mask.device)
+    if batch.has_field(name) and batch[name].shape == (num,):
+        new = torch.where(mask, new, batch[name].to(dtype))
+    batch.set_field(name, new.contiguous(), "system")

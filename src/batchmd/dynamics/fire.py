@@ -13,13 +13,12 @@ Example
 from __future__ import annotations
 
 import torch
-import warp as wp
 
-from batchmd.dynamics.base import Dynamics
+from batchmd.dynamics.base import Dynamics, set_system_param
 from batchmd.kernels.fire import fire_atom_kernel_overloads, fire_system_kernel_overloads
-from batchmd.runtime import to_warp, warp_device, warp_scalar
+from batchmd.runtime import CachedLaunch, WarpViewCache
 
-__all__ = ["FIRE", "WarpViews", "CachedLaunch", "set_system_param"]
+__all__ = ["FIRE"]
 
 # Per-system state fields, in kernel argument order.
 _STATE = ("fire_dt", "fire_alpha", "fire_nsteps")
@@ -33,109 +32,6 @@ _PARAMS = (
     ("fire_astart", "astart", False),
     ("fire_fa", "fa", False),
 )
-
-
-class WarpViews:
-    """Warp views of batch tensors, rebuilt only when a tensor's storage, shape or dtype changes.
-
-    Keeps the per-step Python cost of a stage to a few dictionary look-ups instead of
-    one ``wp.from_torch`` (~20 µs) per argument. Call as ``views(name, tensor, vector)``.
-    """
-
-    def __init__(self):
-        self._cache = {}
-
-    def __call__(self, name, tensor, vector=False):
-        key = (tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype)
-        hit = self._cache.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        view = to_warp(tensor, vector=vector)
-        self._cache[name] = (key, view)
-        return view
-
-
-class CachedLaunch:
-    """Launch one dtype-generic kernel, replaying a recorded Warp command while the arguments are unchanged.
-
-    ``wp.launch`` of a generic kernel infers argument types and packs every argument
-    on each call (~0.3 ms on CPU for 17 arguments). This records the launch once
-    (``record_cmd=True``) for the concrete float32/float64 overload and replays it
-    while the launch size, device and arguments are the same (arrays compared by
-    identity, so use it with :class:`WarpViews`; scalars by value). Runs on torch's
-    current CUDA stream on GPUs.
-
-    Parameters
-    ----------
-    overloads : dict
-        Warp scalar type (``wp.float32``, ``wp.float64``) -> concrete kernel, as
-        exported by the kernel modules (e.g. ``fire_atom_kernel_overloads``).
-
-    Example
-    -------
-    >>> run = CachedLaunch(fire_atom_kernel_overloads)       # doctest: +SKIP
-    >>> run(torch.float64, n_atoms, inputs, batch.device)     # doctest: +SKIP
-    """
-
-    def __init__(self, overloads):
-        self._overloads = overloads
-        self._last = None
-
-    @staticmethod
-    def _same(old, new):
-        if len(old) != len(new):
-            return False
-        for a, b in zip(old, new):
-            if a is not b and (isinstance(a, wp.array) or type(a) is not type(b) or a != b):
-                return False
-        return True
-
-    def __call__(self, dtype, dim, inputs, device):
-        if dim == 0:
-            return
-        last = self._last
-        if last is not None and last[0] == dim and last[1] == device and self._same(last[2], inputs):
-            cmd, wdev = last[3], last[4]
-        else:
-            wdev = warp_device(device)
-            cmd = wp.launch(self._overloads[warp_scalar(dtype)], dim=dim, inputs=inputs, device=wdev, record_cmd=True)
-            self._last = (dim, device, list(inputs), cmd, wdev)
-        if wdev.is_cuda:
-            cmd.launch(stream=wp.stream_from_torch(torch.cuda.current_stream(torch.device(device))))
-        else:
-            cmd.launch()
-
-
-def set_system_param(batch, name, value, mask, dtype):
-    """Write a per-system parameter field for the systems selected by ``mask``.
-
-    Parameters
-    ----------
-    batch : batchmd.data.Batch
-        Receives system field ``name`` (``[B]``).
-    name : str
-        Field name, e.g. ``"fire_dtmax"``.
-    value : float, int or torch.Tensor
-        Scalar (every selected system) or 1-D tensor of length ``batch.num_graphs``
-        (indexed by slot: system ``s`` gets ``value[s]``).
-    mask : torch.Tensor
-        bool ``[B]`` on the batch device; other systems keep their value. If the field
-        does not exist yet, every system gets ``value``.
-    dtype : torch.dtype
-        Storage dtype of the field.
-
-    Device-side only (``torch.where``); no host synchronisation.
-    """
-    num = batch.num_graphs
-    if isinstance(value, torch.Tensor):
-        new = value.to(device=mask.device, dtype=dtype)
-        if new.dim() != 1 or new.shape[0] != num:
-            raise ValueError(f"batchmd: per-system parameter {name!r} needs shape [{num}], got {tuple(new.shape)}")
-    else:
-        new = torch.full((num,), value, dtype=dtype, device=mask.device)
-    if batch.has_field(name) and batch[name].shape == (num,):
-        new = torch.where(mask, new, batch[name].to(dtype))
-    batch.set_field(name, new.contiguous(), "system")
 
 
 class FIRE(Dynamics):
@@ -216,7 +112,7 @@ class FIRE(Dynamics):
         self.fdec = fdec
         self.astart = astart
         self.fa = fa
-        self._views = WarpViews()
+        self._views = WarpViewCache()
         self._launch_system = CachedLaunch(fire_system_kernel_overloads)
         self._launch_atoms = CachedLaunch(fire_atom_kernel_overloads)
         self._coef = None

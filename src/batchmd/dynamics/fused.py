@@ -39,7 +39,7 @@ import torch
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.status import SystemStatus
 from batchmd.kernels import bookkeeping as bk
-from batchmd.runtime import WarpViewCache, launch, to_warp
+from batchmd.runtime import CachedLaunch, WarpViewCache, to_warp
 
 __all__ = ["FusedStage"]
 
@@ -121,6 +121,8 @@ class FusedStage:
         self._step_index = 0
         self._tables = None
         self._buf = None
+        self._launch_stats = CachedLaunch(bk.system_force_stats_overloads)
+        self._launch_advance = CachedLaunch(bk.advance_status_overloads)
         self._reported = None
 
     # ----------------------------------------------------------------- composition
@@ -227,8 +229,8 @@ class FusedStage:
         buf = self._buffers(batch)
         views = buf["views"]
         tables = self._stage_tables(batch.device)
-        launch(
-            bk.system_force_stats,
+        self._launch_stats(
+            batch.dtype,
             b,
             [
                 views("forces", batch.forces, vector=True),
@@ -263,8 +265,8 @@ class FusedStage:
         for k, hook in tables["custom"]:
             hit = hook(batch)
             converged.logical_or_(hit if self.num_stages == 1 else (hit & (stage_field == k)))
-        launch(
-            bk.advance_status,
+        self._launch_advance(
+            batch.dtype,
             b,
             [
                 1 if increment else 0,

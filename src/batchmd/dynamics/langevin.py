@@ -15,8 +15,8 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics
-from batchmd.dynamics.fire import CachedLaunch, WarpViews, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.langevin import langevin_post_force_kernel_overloads, langevin_pre_force_kernel_overloads
 
 __all__ = ["NVTLangevin"]
@@ -95,7 +95,7 @@ class NVTLangevin(Dynamics):
         if random_seed is None:
             random_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.random_seed = int(random_seed)
-        self._views = WarpViews()
+        self._views = WarpViewCache()
         self._launch_pre = CachedLaunch(langevin_pre_force_kernel_overloads)
         self._launch_post = CachedLaunch(langevin_post_force_kernel_overloads)
         self._slot_ids = None

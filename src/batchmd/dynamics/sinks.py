@@ -72,7 +72,6 @@ class HostMemory:
         """Return every held system as one CPU Batch and empty the sink (None if empty)."""
         if not self._parts:
             return None
-        from batchmd.data import Batch
 
         parts, self._parts, self._count = self._parts, [], 0
         out = parts[0]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics
-from batchmd.dynamics.fire import CachedLaunch, WarpViews, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.verlet import verlet_post_force_kernel_overloads, verlet_pre_force_kernel_overloads
 
 __all__ = ["NVE"]
@@ -58,7 +58,7 @@ class NVE(Dynamics):
     def __init__(self, model, dt=1.0, n_steps=None, hooks=None, convergence_hook=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         self.dt = dt
-        self._views = WarpViews()
+        self._views = WarpViewCache()
         self._launch_pre = CachedLaunch(verlet_pre_force_kernel_overloads)
         self._launch_post = CachedLaunch(verlet_post_force_kernel_overloads)
 

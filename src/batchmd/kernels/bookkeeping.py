@@ -52,8 +52,9 @@ def system_force_stats(
     force_converged[s] = threshold >= wp.float64(0.0) and wp.float64(m) <= threshold
 
 
+system_force_stats_overloads = {}
 for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
-    wp.overload(
+    system_force_stats_overloads[_scalar] = wp.overload(
         system_force_stats,
         {
             "forces": wp.array(dtype=_vec),
@@ -122,3 +123,7 @@ def advance_status(
             entered[s] = True
         else:
             status[s] = CONVERGED
+
+
+#: advance_status has no floating arguments: the same kernel serves both dtypes.
+advance_status_overloads = {wp.float32: advance_status, wp.float64: advance_status}
