@@ -51,7 +51,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(torch|ase|np|numpy|wp|warp|os|pathlib|argparse|typing|collections)(\..*)?"),
     (r"py:.*", r"(int|float|str|bool|dict|list|tuple|callable|object|sequence|iterable|file-like|None|"
                r"optional|default|mapping|Exception|RuntimeError|Enum|NamedTuple|type|self|array-like)"),
-    (r"py:.*", r".*\[.*"),          # shapes such as [N, 3]
+    (r"py:.*", r".*\[.*|.*\].*|[A-Z0-9+]{1,4}|[a-z]"),  # shapes such as [N, 3]
     (r"py:.*", r"(tensor-like|os\.PathLike|path-like|dtype|device|Atoms|Tensor)"),
     (r"py:.*", r".*(or|of) .*"),     # "float or torch.Tensor", "list of Atoms"
     (r"py:.*", r"\{.*|.*\}|\".*\"|'.*'"),  # value sets {"max", "min"}

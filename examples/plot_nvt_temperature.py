@@ -25,7 +25,7 @@ model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
 
 # %%
 # 150 steps of 5 fs with a strong friction (fast equilibration)
-# ------------------------------------------------------------
+# -------------------------------------------------------------
 # ``TrajectoryHook`` computes the temperature from velocities and masses with 3N degrees
 # of freedom, every 5 steps.
 target = 60.0

@@ -44,7 +44,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from batchmd.data import AtomicData, Batch
 
-__all__ = ["Calculator", "AtomsDataset", "InflightResult", "check_frames", "results_to_atoms", "run_frames", "relax"]
+__all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "results_to_atoms", "run_frames", "relax"]
 
 #: ``atoms.info`` keys written on every result frame.
 RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
@@ -157,6 +157,8 @@ class AtomsDataset:
     dtype : torch.dtype
         Floating dtype of the samples.
 
+    Notes
+    -----
     Each sample carries an int64 system property ``input_index`` (its position in
     ``frames``); numeric ``atoms.info`` entries become system properties and other info
     entries travel in ``data.info``.

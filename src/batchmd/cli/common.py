@@ -177,8 +177,8 @@ def _write_extxyz(frames, path) -> None:
         os.fsync(handle.fileno())
 
 
-#: Output writers by file extension: ``writer(frames, path)`` writes a complete file.
-#: Hook point for more formats (e.g. the campaign layer's columnar writer).
+#: Output writers by file extension; ``writer(frames, path)`` writes a complete file.
+#: The hook point for more formats (e.g. the campaign layer's columnar writer).
 OUTPUT_FORMATS = {".extxyz": _write_extxyz, ".xyz": _write_extxyz}
 
 
