@@ -68,6 +68,10 @@ from batchmd.runtime import launch, to_warp, warp_scalar
 
 __all__ = ["NeighborList", "FIELDS"]
 
+# Bins are at least r_list / BINS_PER_CUTOFF wide; 2 visits ~(5/2)^3 = 15.6 r^3 of candidates
+# per atom instead of 27 r^3 with bins of r_list (the search range adapts on the device).
+BINS_PER_CUTOFF = 1
+
 FIELDS = ("_nl_ref_positions", "_nl_ref_cell", "_nl_cutoff", "_nl_neighbors", "_nl_shifts", "_nl_count")
 
 
@@ -186,10 +190,10 @@ class NeighborList:
             natoms = int(ptr[s + 1] - ptr[s])
             for d in range(3):
                 if pbc[s, d]:
-                    nbins[s, d] = max(1, int(widths[d] // self.r_list))
+                    nbins[s, d] = max(1, int(BINS_PER_CUTOFF * widths[d] // self.r_list))
                 elif natoms > 1:
                     extent = np.ptp(pos[ptr[s] : ptr[s + 1]] @ _frame_axis(cell[s], pbc[s], d))
-                    nbins[s, d] = max(1, int(extent // self.r_list))
+                    nbins[s, d] = max(1, int(BINS_PER_CUTOFF * extent // self.r_list))
             while nbins[s].prod() > max(8, 2 * natoms):  # never (many) more bins than atoms
                 nbins[s, int(np.argmax(nbins[s]))] //= 2
             if pbc[s].all():
