@@ -107,12 +107,38 @@ def concat_parts(parts: list[dict[str, torch.Tensor]], specs: list[dict[str, Fie
                 if spec.atom_index and offset:
                     t = _shift_index(t, offset, spec.dim, subtract=False)
             pieces.append(t)
+        if name.startswith("_") and len(pieces) > 1:
+            pieces = _pad_cache_pieces(name, pieces, spec.dim)
         try:
             fields[name] = torch.cat(pieces, dim=spec.dim) if len(pieces) > 1 else pieces[0]
         except RuntimeError as err:
             raise ValueError(f"batchmd: field {name!r} has different row shapes across batches: "
                              f"{[list(t.shape) for t in pieces]}") from err
     return fields, merged
+
+
+def _pad_cache_pieces(name: str, pieces: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    """Pad ``_``-prefixed cache fields whose trailing dimensions differ to the largest.
+
+    Caches such as a neighbor matrix [N, K] may have grown to a different width K in
+    different batches; the padding holds the cache default (NaN for floating caches,
+    0 for integer ones) and the cache's owner ignores entries past its own counts.
+    """
+    trailing = [tuple(t.shape[dim + 1:]) for t in pieces]
+    if len(set(trailing)) == 1 or len({len(s) for s in trailing}) != 1:
+        return pieces
+    target = tuple(max(sizes) for sizes in zip(*trailing))
+    out = []
+    for t in pieces:
+        if tuple(t.shape[dim + 1:]) == target:
+            out.append(t)
+            continue
+        shape = tuple(t.shape[: dim + 1]) + target
+        fill = float("nan") if t.dtype.is_floating_point else 0
+        padded = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+        padded[tuple(slice(0, n) for n in t.shape)] = t
+        out.append(padded)
+    return out
 
 
 def concat_batches(batches: Sequence) -> "Batch":  # noqa: F821 (Batch imported lazily)

@@ -4,7 +4,7 @@ Example
 -------
 >>> from batchmd.dynamics import FIRE, NVTLangevin, NVE, FusedStage, ConvergenceHook, SizeAwareSampler
 
-See ``examples/plot_inflight_batching.py``.
+See ``examples/inflight_batching.py``.
 """
 
 from batchmd.dynamics.base import Dynamics

@@ -13,7 +13,7 @@ Example
 >>> # relaxed = relax.run(batch, n_steps=500)
 >>> # pipeline = relax + NVTLangevin(model, dt=2.0, temperature=300.0, friction=0.01, n_steps=100)
 
-See ``examples/plot_relaxation.py`` and ``examples/plot_inflight_batching.py``.
+See ``examples/plot_relaxation.py`` and ``examples/inflight_batching.py``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class Dynamics:
     hooks : list of Hook, optional
         Hooks of this stage (see :mod:`batchmd.dynamics.hooks`).
 
+    Notes
+    -----
     Subclasses implement :meth:`init_state`, :meth:`pre_force` and :meth:`post_force`.
     """
 

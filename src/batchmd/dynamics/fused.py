@@ -23,7 +23,7 @@ stage-0 state and a fresh neighbor list before their first step.
 
 Example
 -------
-See ``examples/plot_inflight_batching.py`` (the seed tutorial)::
+See ``examples/inflight_batching.py`` (the seed tutorial)::
 
     fused = FusedStage(sub_stages=[(0, fire), (1, nvt)], sampler=sampler,
                        sinks=[HostMemory(capacity=30)], refill_frequency=5)

@@ -159,12 +159,16 @@ class ConvergedSnapshotHook(Hook):
         Only write systems whose final status is one of these (default: every graduated
         system, whatever its outcome).
 
+    Notes
+    -----
     Attached to a stage (``NVTLangevin(..., hooks=[hook])``) it sees the systems that
     graduate from that stage; given to a :class:`FusedStage` (``hooks=[...]``) it sees all.
     A sink reached both through a hook and through ``FusedStage(sinks=[...])`` still
     receives each system once.
 
-    Example: see ``examples/plot_inflight_batching.py``.
+    Examples
+    --------
+    ``examples/inflight_batching.py``.
     """
 
     stage = HookStage.ON_GRADUATION
@@ -199,8 +203,14 @@ class TrajectoryHook(Hook):
         System-level fields to record; ``"temperature"`` is the instantaneous kinetic
         temperature from ``velocities`` and ``atomic_masses`` (3N degrees of freedom).
 
+    Notes
+    -----
     After the run, ``hook.records`` is a list of dicts ``{"step", "system_id", <field>...}``
-    with one tensor [num_graphs] per field. Example: ``examples/plot_relaxation.py``.
+    with one tensor [num_graphs] per field.
+
+    Examples
+    --------
+    ``examples/plot_relaxation.py``.
     """
 
     stage = HookStage.AFTER_STEP

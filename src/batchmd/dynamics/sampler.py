@@ -17,7 +17,7 @@ monotonically increasing ``system_id`` (0, 1, 2, ...), its dataset index
 
 Example
 -------
-See ``examples/plot_inflight_batching.py``::
+See ``examples/inflight_batching.py``::
 
     sampler = SizeAwareSampler(dataset, max_atoms=24, max_edges=None, max_batch_size=6)
     batch = sampler.build_initial_batch()

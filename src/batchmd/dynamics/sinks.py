@@ -8,8 +8,8 @@ system to each sink exactly once (see :class:`~batchmd.dynamics.hooks.ConvergedS
   every write, so a crash loses at most the systems still in flight. Interchange format:
   readable by ASE, OVITO and most tools. :func:`read_extxyz` reads it back.
 
-A columnar sink for large runs (Parquet shards with checksums and a manifest) lives in
-:mod:`batchmd.io`.
+Large distributed runs write columnar result shards (Parquet, with checksums and a
+commit log) through :mod:`batchmd.campaign`.
 
 Example
 -------
@@ -42,7 +42,9 @@ class HostMemory:
         naming the capacity and writes nothing, so no system is silently dropped (the
         systems stay in the live batch; drain the sink and run again).
 
-    Example: ``examples/plot_inflight_batching.py``.
+    Examples
+    --------
+    ``examples/inflight_batching.py``.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -106,6 +108,8 @@ class ExtXYZSink:
         ``os.fsync`` after every write (default True): a crash loses at most the systems
         in flight, never a written one.
 
+    Notes
+    -----
     Each frame carries positions (Å), numbers, cell, pbc, the energy (eV) and forces
     (eV/Å) as a single-point calculator, and every scalar system field (``system_id``,
     ``status``, ``converged``, ``n_steps``, ``fmax``, ``sample_index``, ...) in

@@ -18,7 +18,7 @@ Example
 >>> model = TorchModelAdapter(Springs())
 >>> # model(batch) -> {"energy": [B,1], "forces": [N,3]}
 
-See ``examples/custom_model.py``.
+See ``examples/plot_custom_model.py``.
 """
 
 from __future__ import annotations

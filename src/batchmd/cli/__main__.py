@@ -1,0 +1,3 @@
+from batchmd.cli import main
+
+raise SystemExit(main())
