@@ -5,12 +5,20 @@ Pair energy, with ``r_c`` the cutoff and ``shift`` the energy at the cutoff
 
     u(r) = 4 eps [(sigma/r)^12 - (sigma/r)^6] - shift      for r <= r_c
 
-``lj_atoms`` runs one thread per atom over that atom's *full* neighbor list (every pair
-is seen from both atoms), so each thread accumulates only its own force, half of each
-pair energy and half of each pair virial, in the order of its neighbor row. There are no
-floating-point atomics, so results are deterministic and a system's numbers do not depend
-on the other systems of the batch. An atom whose neighbor count exceeds the list capacity
-walks its system's bins instead (same candidates, same order as the build, see
+``lj_atoms`` runs one thread per atom over that atom's neighbor row, in row order.
+
+- Full list (``half = 0``, the CUDA default): every pair is seen from both atoms; each
+  thread writes only its own force, half of each pair energy and half of each pair virial.
+  No floating-point atomics: deterministic, and a system's numbers do not depend on the
+  other systems of the batch.
+- Half list (``half = 1``, the CPU default, ~2x fewer pair evaluations): each pair is seen
+  once; the thread adds the reaction force into ``forces[j]`` with a plain read-modify-write.
+  This is deterministic because Warp's CPU backend runs threads one after the other in index
+  order, so ``forces[j]`` receives its contributions from the system's lower-index atoms in
+  a fixed order, then the thread of ``j`` adds its own sum. Not for CUDA.
+
+An atom whose neighbor count exceeds the list capacity walks its system's bins instead (same
+candidates, same order, same acceptance test as the build, see
 :mod:`batchmd.kernels.neighbor_list`), so overflow is never a silent truncation and gives
 bitwise the same result as a large enough list.
 

@@ -25,18 +25,24 @@ early-exits for systems that are not flagged, so a step never synchronises the h
 ``nl_flag_atoms``     one thread per atom: flag its system if it moved more than half the
                       skin (or its reference is NaN, or it overflowed and ``check_overflow``).
 ``nl_frame``          one thread per flagged system: frame, bin widths, search ranges.
-``nl_bin_atoms``      one thread per atom: its bin and own lattice wrap; stores the
-                      reference position.
+``nl_bin_atoms``      one thread per atom: its bin, own lattice wrap and wrapped position;
+                      stores the reference position.
 ``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
                       into bins, ascending atom index inside a bin (deterministic).
-``nl_build``          one thread per atom: writes up to ``K`` neighbors (system-local
-                      index and Cartesian image shift, in a fixed bin/atom order that depends
-                      only on the system's own atoms) and the true neighbor count, which may
-                      exceed ``K`` (overflow is reported, never truncated silently).
+``nl_build``          one thread per atom: writes up to ``K`` neighbors and the true
+                      neighbor count, which may exceed ``K`` (overflow is reported, never
+                      truncated silently).
 
-The pair kernels re-walk the bins with :func:`bin_cell` / :func:`bin_image` for an atom
-whose count exceeds ``K``, visiting candidates in exactly the build's order, so results
-stay bitwise identical to the list path (see :mod:`batchmd.kernels.lennard_jones`).
+Row layout: a row first holds the neighbors in the same cell image as ``i`` (system-local
+index ``j >= 0``, no shift), then the periodic images (stored as ``-1 - j``, with their
+Cartesian shift in ``shifts``), each part in the fixed stencil/bin/atom order, which depends
+only on the system's own atoms. Pair kernels thus skip the shift load for most pairs of a
+large cell. With ``half != 0`` each pair is kept once (:func:`keep_pair`: ``j > i``, or
+``j == i`` with a lexicographically positive image).
+
+The pair kernels re-walk the bins for an atom whose count exceeds ``K`` (unshifted
+candidates, then images, with the build's acceptance test bit for bit), so results stay
+bitwise identical to the list path (see :mod:`batchmd.kernels.lennard_jones`).
 """
 
 from __future__ import annotations

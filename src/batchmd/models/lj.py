@@ -13,10 +13,11 @@ including its own) are handled by the batched neighbor list
 the batch's ``_nl_*`` fields: the first call builds it, later calls reuse it until an atom
 moved more than ``skin / 2``.
 
-Each atom's force, half pair energies and half pair virials are summed by one thread over
-its own full neighbor row, and each system's energy and virial by one thread over its atoms
-in order: results are deterministic and bitwise independent of the other systems in the
-batch and of the slot a system occupies.
+Each atom's force, pair energies and pair virials are summed by one thread over its own
+neighbor row (a full list on CUDA; on CPU a half list whose reaction forces are added in
+thread order), and each system's energy and virial by one thread over its atoms in order:
+results are deterministic and bitwise independent of the other systems in the batch and of
+the slot a system occupies (see :mod:`batchmd.kernels.lennard_jones`).
 
 Example
 -------

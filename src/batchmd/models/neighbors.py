@@ -10,8 +10,9 @@ through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refill
 ``_nl_ref_cell``           [B, 3, 3] float cell at the last build (Å)
 ``_nl_cutoff``             [B] float       list cutoff ``cutoff + skin`` of the build (Å),
                                            negative for a half list
-``_nl_neighbors``          [N, K] int32    neighbor indices, *system-local*
-``_nl_shifts``             [N, K, 3] float Cartesian image shift of each neighbor (Å)
+``_nl_neighbors``          [N, K] int32    *system-local* neighbor ``j``; ``-1 - j`` for a
+                                           periodic image (same-image neighbors come first)
+``_nl_shifts``             [N, K, 3] float Cartesian image shift of image entries (Å)
 ``_nl_count``              [N] int32       true neighbor count (may exceed K)
 =========================  ==============  ==========================================
 
@@ -49,10 +50,10 @@ Example
 >>> from batchmd.data import Batch
 >>> from batchmd.models.neighbors import NeighborList
 >>> batch = Batch.from_ase([bulk("Ar", "fcc", a=5.26, cubic=True)], dtype=torch.float64)
->>> nl = NeighborList(cutoff=8.5, skin=1.0)
->>> nl.update(batch)
+>>> nl = NeighborList(cutoff=8.5, skin=1.0, half=False)
+>>> views = nl.update(batch)
 >>> int(batch["_nl_count"][0])   # all images within 9.5 Å
-78
+86
 """
 
 from __future__ import annotations
