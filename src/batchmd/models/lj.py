@@ -39,8 +39,8 @@ import torch
 
 from batchmd.kernels import lennard_jones as ljk
 from batchmd.models.base import Model
-from batchmd.models.neighbors import NeighborList
-from batchmd.runtime import launch, to_warp, warp_scalar
+from batchmd.models.neighbors import LaunchCache, NeighborList
+from batchmd.runtime import to_warp, warp_scalar
 
 __all__ = ["LennardJones"]
 
@@ -127,43 +127,57 @@ class LennardJones(Model):
         c6 = (self.sigma / self.cutoff) ** 6
         self._e_shift = 4.0 * self.epsilon * (c6 * c6 - c6) if self.shift else 0.0
         self._scratch: dict = {}
+        self._launch = LaunchCache()
 
     def extra_repr(self) -> str:
         return (f"sigma={self.sigma}, epsilon={self.epsilon}, cutoff={self.cutoff}, shift={self.shift}, "
                 f"skin={self.neighbor_list.skin}")
 
-    def _atom_scratch(self, n: int, dtype: torch.dtype, device: torch.device):
-        """Per-atom energy and virial buffers, reused while N, dtype and device are unchanged."""
-        key = (n, dtype, device)
+    def _output_buffers(self, n: int, b: int, dtype: torch.dtype, device: torch.device) -> dict:
+        """Persistent per-atom/per-system buffers and their Warp views, reused while the shapes hold."""
+        key = (n, b, dtype, device)
         if self._scratch.get("key") != key:
-            energy = torch.empty(n, dtype=dtype, device=device)
-            virial = torch.empty(n, 3, 3, dtype=dtype, device=device)
-            self._scratch = {"key": key, "energy": to_warp(energy), "virial": to_warp(virial, matrix=True),
-                             "tensors": (energy, virial)}
-        return self._scratch["energy"], self._scratch["virial"]
+            t = {
+                "forces": torch.zeros(n, 3, dtype=dtype, device=device),
+                "energy": torch.zeros(b, 1, dtype=dtype, device=device),
+                "stress": torch.zeros(b, 3, 3, dtype=dtype, device=device),
+                "atom_energy": torch.zeros(n, dtype=dtype, device=device),
+                "atom_virial": torch.zeros(n, 3, 3, dtype=dtype, device=device),
+            }
+            w = {
+                "forces": to_warp(t["forces"], vector=True),
+                "energy": to_warp(t["energy"].view(b)),
+                "stress": to_warp(t["stress"], matrix=True),
+                "atom_energy": to_warp(t["atom_energy"]),
+                "atom_virial": to_warp(t["atom_virial"], matrix=True),
+            }
+            self._scratch = {"key": key, "t": t, "w": w}
+        return self._scratch
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         """Energies (eV), forces (eV/Å) and stress (eV/Å^3) of every system of ``batch``."""
-        v = self.neighbor_list.update(batch)
+        nl = self.neighbor_list
+        v = nl.update(batch)
         n, b, device, dtype = batch.num_nodes, batch.num_graphs, batch.device, batch.dtype
         T = warp_scalar(dtype)
-        half = int(self.neighbor_list.half)
-        forces = (torch.zeros if half else torch.empty)(n, 3, dtype=dtype, device=device)
-        energy = torch.empty(b, 1, dtype=dtype, device=device)
-        stress = torch.empty(b, 3, 3, dtype=dtype, device=device) if self.computes_stress else None
-        atom_energy, atom_virial = self._atom_scratch(n, dtype, device)
+        buf = self._output_buffers(n, b, dtype, device)
+        t, w = buf["t"], buf["w"]
+        half = int(nl.half)
+        if half:
+            t["forces"].zero_()  # reaction forces are added into it
         want = int(self.computes_stress)
+        launch, sc = self._launch, self._launch.scalar
         launch(ljk.lj_atoms, n, [
-            v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["shifts"], v["count"], T(self.cutoff**2),
-            T(self.sigma**2), T(4.0 * self.epsilon), T(24.0 * self.epsilon), T(self._e_shift), want, half,
+            v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["shifts"], v["count"],
+            sc("cutoff_sq", T, self.cutoff**2), sc("sigma_sq", T, self.sigma**2), sc("eps4", T, 4.0 * self.epsilon),
+            sc("eps24", T, 24.0 * self.epsilon), sc("e_shift", T, self._e_shift), want, half,
             v["cell"], v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],
-            v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], T(self.neighbor_list.r_list**2),
-            to_warp(forces, vector=True), atom_energy, atom_virial,
+            v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, nl.r_list**2),
+            w["forces"], w["atom_energy"], w["atom_virial"],
         ], device)
-        stress_w = to_warp(stress, matrix=True) if stress is not None else atom_virial
-        launch(ljk.lj_systems, b, [v["ptr"], v["cell"], atom_energy, atom_virial, want,
-                                   to_warp(energy.view(b)), stress_w], device)
-        out = {"energy": energy, "forces": forces}
-        if stress is not None:
-            out["stress"] = stress
+        launch(ljk.lj_systems, b, [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w["energy"],
+                                   w["stress"]], device)
+        out = {"energy": t["energy"].clone(), "forces": t["forces"].clone()}
+        if want:
+            out["stress"] = t["stress"].clone()
         return out
