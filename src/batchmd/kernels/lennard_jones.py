@@ -34,7 +34,7 @@ from typing import Any
 
 import warp as wp
 
-from batchmd.kernels.neighbor_list import bin_cell, bin_image, image_shift, in_phase, keep_pair
+from batchmd.kernels.neighbor_list import bin_cell, bin_image, half_skip, image_shift, in_phase
 
 wp.set_module_options({"enable_backward": False})
 
@@ -142,22 +142,21 @@ def lj_atoms(
                         continue
                     for o2 in range(-sr[2], sr[2] + 1):
                         c2 = bin_image(bi[2] + o2, nb[2], p2)
-                        if c2[2] == 0:
+                        if c2[2] == 0 or half_skip(half, o0, o1, o2):
                             continue
+                        own_bin = o0 == 0 and o1 == 0 and o2 == 0
                         kb = wp.vec3i(c0[1], c1[1], c2[1])
                         xb = xr - image_shift(kb, h)
                         c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
                         start = bin_start[c]
                         for q in range(start, start + bin_count[c]):
                             j = bin_atoms[q]
-                            if half != 0 and j < i:
+                            if own_bin and (j == i or (half != 0 and j < i)):
                                 continue
                             dr = wrapped[j] - xb  # the build's acceptance test, bit for bit
                             if wp.dot(dr, dr) < r_list_sq:
                                 k = kb + wi - atom_wrap[j]
-                                if j == i and k[0] == 0 and k[1] == 0 and k[2] == 0:
-                                    continue
-                                if not in_phase(k, phase) or not keep_pair(half, i, j, k):
+                                if not in_phase(k, phase):
                                     continue
                                 d = x[j] - xi + image_shift(k, h)
                                 r2 = wp.dot(d, d)

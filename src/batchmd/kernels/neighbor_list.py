@@ -37,8 +37,10 @@ Row layout: a row first holds the neighbors in the same cell image as ``i`` (sys
 index ``j >= 0``, no shift), then the periodic images (stored as ``-1 - j``, with their
 Cartesian shift in ``shifts``), each part in the fixed stencil/bin/atom order, which depends
 only on the system's own atoms. Pair kernels thus skip the shift load for most pairs of a
-large cell. With ``half != 0`` each pair is kept once (:func:`keep_pair`: ``j > i``, or
-``j == i`` with a lexicographically positive image).
+large cell. With ``half != 0`` each pair is kept once: only bin offsets that are
+lexicographically positive are visited (a half stencil), plus ``j > i`` in the atom's own
+bin (:func:`half_skip`); this also halves the build's candidates. The stencil is symmetric,
+so the pair ``(j, i)`` sits at the opposite offset and is found exactly once.
 
 The pair kernels re-walk the bins for an atom whose count exceeds ``K`` (unshifted
 candidates, then images, with the build's acceptance test bit for bit), so results stay
@@ -97,17 +99,15 @@ def image_shift(k: wp.vec3i, h: Any):
 
 
 @wp.func
-def keep_pair(half: int, i: int, j: int, k: wp.vec3i):
-    """Whether a full-list candidate belongs to the list (half lists keep j > i, or i == j, k > 0)."""
-    if half == 0 or j > i:
-        return True
-    if j < i:
+def half_skip(half: int, o0: int, o1: int, o2: int):
+    """Half lists visit only bin offsets that are lexicographically >= 0 (a half stencil)."""
+    if half == 0 or o0 > 0:
         return False
-    if k[0] != 0:
-        return k[0] > 0
-    if k[1] != 0:
-        return k[1] > 0
-    return k[2] > 0
+    if o0 < 0:
+        return True
+    if o1 != 0:
+        return o1 < 0
+    return o2 < 0
 
 
 @wp.kernel
@@ -380,24 +380,21 @@ def nl_build(
                 continue
             for o2 in range(-sr[2], sr[2] + 1):
                 c2 = bin_image(bi[2] + o2, nb[2], p2)
-                if c2[2] == 0:
+                if c2[2] == 0 or half_skip(half, o0, o1, o2):
                     continue
+                own_bin = o0 == 0 and o1 == 0 and o2 == 0
                 kb = wp.vec3i(c0[1], c1[1], c2[1])
                 xb = xi - image_shift(kb, h)
                 c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
                 start = bin_start[c]
                 for t in range(start, start + bin_count[c]):
                     j = bin_atoms[t]
-                    if half != 0 and j < i:
+                    if own_bin and (j == i or (half != 0 and j < i)):
                         continue
                     d = wrapped[j] - xb
                     if wp.dot(d, d) < r_list_sq:
                         k = kb + wi - atom_wrap[j]
                         unshifted = k[0] == 0 and k[1] == 0 and k[2] == 0
-                        if j == i and unshifted:
-                            continue
-                        if not keep_pair(half, i, j, k):
-                            continue
                         if n0 + n1 < capacity:
                             if unshifted:
                                 neighbors[i, n0] = j - base

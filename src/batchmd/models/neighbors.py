@@ -175,8 +175,8 @@ class NeighborList:
         Initial neighbors per atom ``K`` (default: estimated from the densest periodic
         system). Grows automatically; a too small value is slower, never wrong.
     half : bool, optional
-        Store each pair once (``j > i``, or ``j == i`` with a positive image) instead of
-        from both atoms. Default: True on CPU, False on CUDA. Pair kernels that scatter
+        Store each pair once (half bin stencil, ``j > i`` inside the atom's own bin) instead
+        of from both atoms. Default: True on CPU, False on CUDA. Pair kernels that scatter
         into ``j`` are deterministic only where threads run in order (Warp's CPU backend);
         on CUDA the full list keeps one-thread-per-atom accumulation without atomics.
 
