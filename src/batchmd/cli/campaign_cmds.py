@@ -168,11 +168,15 @@ def config_from_cli_args(args):
         model = {k: v for k, v in model.items() if v is not None}
     else:
         model = {"name": model["name"]}
+    from batchmd.campaign import CorruptFileError
+
+    hint = f"under torchrun, the input must be a sharded dataset; make one with `batchmd shard {source} DATASET/`"
+    if not (os.path.isdir(source) or os.path.basename(source) == "manifest.json"):
+        raise CLIError(f"{source}: {hint}")
     try:
         manifest = Manifest.load(source)
-    except FileNotFoundError as error:
-        raise CLIError(f"under torchrun, the input must be a sharded dataset (make one with `batchmd shard "
-                       f"{source} DATASET/`): {error}") from error
+    except (FileNotFoundError, CorruptFileError) as error:
+        raise CLIError(f"{hint} ({error})") from error
     largest = max((max(s.atom_counts) for s in manifest.shards if s.atom_counts), default=1)
     return CampaignConfig(manifest=manifest.root, output=output, model=model, stages=stages, dtype=dtype,
                           max_atoms=max(int(max_atoms or 4096), largest), refill_frequency=int(refill))
