@@ -39,7 +39,7 @@ Cartesian shift in ``shifts``), each part in the fixed stencil/bin/atom order, w
 only on the system's own atoms. Pair kernels thus skip the shift load for most pairs of a
 large cell. With ``half != 0`` each pair is kept once: only bin offsets that are
 lexicographically positive are visited (a half stencil), plus ``j > i`` in the atom's own
-bin (:func:`half_skip`); this also halves the build's candidates. The stencil is symmetric,
+bin (``half_skip``); this also halves the build's candidates. The stencil is symmetric,
 so the pair ``(j, i)`` sits at the opposite offset and is found exactly once.
 
 The pair kernels re-walk the bins for an atom whose count exceeds ``K`` (unshifted
