@@ -13,8 +13,8 @@ The API this runner expects:
     NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=0, n_steps=200).run(batch)
     NVE(model, dt=2.0, n_steps=1000).run(batch)
 
-W4's inflight mode is wired in ``_inflight`` below: the one place to adapt when batchmd's
-sampler API lands.
+W4 runs static batching and inflight batching (FusedStage + SizeAwareSampler) over the same
+structures, with the same live-batch load.
 """
 
 from __future__ import annotations
@@ -145,10 +145,15 @@ def md_rate(structures, n_steps: int = 50) -> float:
 # ---- W4: static vs inflight batching --------------------------------------------------------
 
 def run_w4_static(structures, batch_size: int) -> Result:
-    """Fixed batches of ``batch_size``; each waits for its slowest member."""
+    """Fixed batches of ``batch_size`` systems; each batch waits for its slowest member.
+
+    Occupancy = useful atom-steps / (atoms in the batch x steps the batch ran), the same
+    definition as batchmd's inflight ``RunStats.mean_occupancy`` (atoms of active systems
+    over the live batch's capacity).
+    """
     setup()
     fire = _fire()
-    energies, steps, occupied, slots = [], [], 0, 0
+    energies, steps, useful, capacity = [], [], 0, 0
     with Timer() as t:
         for i in range(0, len(structures), batch_size):
             chunk = structures[i:i + batch_size]
@@ -157,30 +162,43 @@ def run_w4_static(structures, batch_size: int) -> Result:
             s = [int(x) for x in out.n_steps.reshape(-1).cpu().tolist()]
             energies += out.energies.reshape(-1).double().cpu().tolist()
             steps += s
-            occupied += sum(s)
-            slots += batch_size * max(s)
+            sizes = [len(a) for a in chunk]
+            useful += sum(n * k for n, k in zip(sizes, s))
+            capacity += sum(sizes) * max(s)
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
                   variant=f"static, batch {batch_size}",
-                  extra={"mean_occupancy": occupied / slots if slots else float("nan")})
+                  extra={"mean_occupancy": useful / capacity if capacity else float("nan")})
 
 
 def _inflight(structures, batch_size: int):
-    """Run FIRE with inflight refill; returns (final energies, n_steps, mean occupancy).
+    """FIRE with inflight refill (FusedStage + SizeAwareSampler): energies, n_steps, occupancy.
 
-    Adapt here once batchmd's sampler lands. Expected (contract in docs/design_contracts.md):
-    a ``FusedStage``/method ``run`` that takes a sampler of structures and a slot count and
-    refills converged slots device-side.
+    The live batch holds at most ``batch_size`` systems and as many atoms as the
+    ``batch_size`` average-sized structures, so it carries the same load as a static batch.
     """
-    import batchmd.dynamics as dyn
+    import torch
 
-    fire = _fire()
-    sampler_cls = getattr(dyn, "Sampler", None) or getattr(dyn, "SizeAwareSampler", None)
-    if sampler_cls is None or not hasattr(fire, "run_inflight"):
-        raise PeerUnavailable("batchmd has no inflight API yet (batchmd.dynamics.Sampler + "
-                              "FIRE.run_inflight); wire it in benchmarks/peers/batchmd_peer.py:_inflight")
-    sampler = sampler_cls(structures, dtype=_torch_dtype())
-    return fire.run_inflight(sampler, batch_size=batch_size, model=_model())
+    from batchmd.ase import AtomsDataset
+    from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.sinks import HostMemory
+
+    mean_atoms = sum(len(a) for a in structures) / len(structures)
+    max_atoms = max(int(round(batch_size * mean_atoms)), max(len(a) for a in structures))
+    sampler = SizeAwareSampler(AtomsDataset(structures, dtype=_torch_dtype()), max_atoms=max_atoms,
+                               max_batch_size=batch_size)
+    sink = HostMemory(capacity=len(structures))
+    fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=int(
+        os.environ.get("BENCH_W4_REFILL", "5")))
+    fused.run(batch=None)
+    _sync()
+    out = sink.drain()
+    order = torch.argsort(out["input_index"].reshape(-1))
+    return {
+        "energies": out.energies.reshape(-1)[order].double().tolist(),
+        "n_steps": out["n_steps"].reshape(-1)[order].tolist(),
+        "mean_occupancy": fused.stats.mean_occupancy,
+    }
 
 
 def run_w4_inflight(structures, batch_size: int) -> Result:

@@ -48,7 +48,7 @@ def _register_optional(subparsers) -> None:
     """Commands of optional layers: a module exposing ``add_parser(subparsers)`` is registered."""
     import importlib
 
-    for name in ("batchmd.cli.campaign_cmds",):
+    for name in ("batchmd.cli.shard", "batchmd.cli.campaign_cmds"):
         try:
             module = importlib.import_module(name)
         except ImportError:

@@ -153,7 +153,12 @@ def add_parser(subparsers) -> None:
 
 
 def command(args) -> int:
-    """Run ``batchmd pipeline``."""
+    """Run ``batchmd pipeline`` (distributed over ranks when launched under torchrun)."""
+    from batchmd.cli.campaign_cmds import maybe_run_distributed
+
+    rc = maybe_run_distributed(args)
+    if rc is not None:
+        return rc
     from batchmd.cli.common import output_writer, read_frames, run_stages
     from batchmd.progress import format_summary
 

@@ -40,7 +40,12 @@ def add_parser(subparsers) -> None:
 
 
 def command(args) -> int:
-    """Run ``batchmd relax``."""
+    """Run ``batchmd relax`` (distributed over ranks when launched under torchrun)."""
+    from batchmd.cli.campaign_cmds import maybe_run_distributed
+
+    rc = maybe_run_distributed(args)
+    if rc is not None:
+        return rc
     from batchmd.cli.pipeline import build_stage
     from batchmd.progress import format_summary
 

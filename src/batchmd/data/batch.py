@@ -328,6 +328,31 @@ class Batch:
         self._fields[name] = tensor.contiguous()
         self._specs[name] = spec
 
+    def without_fields(self, names=None, prefix: str | None = None) -> Batch:
+        """A shallow copy without some fields (no tensor is copied).
+
+        Parameters
+        ----------
+        names : iterable of str, optional
+            Fields to leave out (required fields cannot be left out).
+        prefix : str, optional
+            Also leave out every field whose name starts with ``prefix`` (e.g. ``"_"``
+            for the caches models and dynamics keep in the batch).
+
+        Example
+        -------
+        >>> light = batch.without_fields(prefix="_")   # doctest: +SKIP
+        """
+        drop = set(names or ())
+        if prefix:
+            drop |= {n for n in self._fields if n.startswith(prefix)}
+        required = drop & set(_REQUIRED)
+        if required:
+            raise ValueError(f"batchmd: without_fields cannot drop required fields {sorted(required)}")
+        fields = {n: t for n, t in self._fields.items() if n not in drop}
+        specs = {n: s for n, s in self._specs.items() if n not in drop}
+        return Batch(fields, specs, self._ptr, self._edge_ptr, self._batch_idx, self._infos)
+
     def set_edges(self, edge_index: torch.Tensor, edge_ptr: torch.Tensor) -> None:
         """Replace the edge set in place: ``edge_index`` [2, E] and its per-system offsets.
 

@@ -338,7 +338,8 @@ class FusedStage:
         """Fire graduation hooks and sinks for systems ``indices`` (each sink once per system)."""
         if indices.numel() == 0:
             return
-        graduated = batch.index_select(indices.to(batch.device)).to("cpu")
+        # Caches (neighbor lists, ...) stay behind: results carry physics and bookkeeping only.
+        graduated = batch.without_fields(prefix="_").index_select(indices.to(batch.device)).to("cpu")
         status = graduated["status"]
         graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
         self.stats.systems_graduated += int(status.numel())

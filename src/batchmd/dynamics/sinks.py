@@ -75,11 +75,10 @@ class HostMemory:
         if not self._parts:
             return None
 
+        from batchmd.data.slots import concat_batches
+
         parts, self._parts, self._count = self._parts, [], 0
-        out = parts[0]
-        for part in parts[1:]:
-            out = out.append(part)
-        return out
+        return parts[0] if len(parts) == 1 else concat_batches(parts)
 
     def __repr__(self) -> str:
         return f"HostMemory(capacity={self.capacity}, held={self._count})"
