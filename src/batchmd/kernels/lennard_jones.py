@@ -17,7 +17,7 @@ Pair energy, with ``r_c`` the cutoff and ``shift`` the energy at the cutoff
   order, so ``forces[j]`` receives its contributions from the system's lower-index atoms in
   a fixed order, then the thread of ``j`` adds its own sum. Not for CUDA.
 
-An atom whose neighbor count exceeds the list capacity walks its system's bins instead (same
+An atom whose row overflowed the list capacity (negative count) walks its system's bins instead (same
 candidates, same order, same acceptance test as the build, see
 :mod:`batchmd.kernels.neighbor_list`), so overflow is never a silent truncation and gives
 bitwise the same result as a large enough list.
@@ -99,7 +99,7 @@ def lj_atoms(
     e = sigma_sq - sigma_sq
     vd = f
     vo = f
-    if n <= neighbors.shape[1]:
+    if n >= 0:  # a complete row (a truncated one stores -count)
         for t in range(n):
             j = base + neighbors[i, t]
             d = xi - xi

@@ -29,9 +29,9 @@ early-exits for systems that are not flagged, so a step never synchronises the h
                       stores the reference position.
 ``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
                       into bins, ascending atom index inside a bin (deterministic).
-``nl_build``          one thread per atom: writes up to ``K`` neighbors and the true
-                      neighbor count, which may exceed ``K`` (overflow is reported, never
-                      truncated silently).
+``nl_build``          one thread per atom: writes up to ``K`` neighbors and the neighbor
+                      count ``n``; a row that did not fit stores ``-n`` (overflow is
+                      reported, never truncated silently) and ``max_count`` the largest ``n``.
 
 Row layout: a row first holds the neighbors in the same cell image as ``i`` (system-local
 index ``j >= 0``, no shift), then the periodic images (stored as ``-1 - j``, with their
@@ -42,7 +42,7 @@ lexicographically positive are visited (a half stencil), plus ``j > i`` in the a
 bin (``half_skip``); this also halves the build's candidates. The stencil is symmetric,
 so the pair ``(j, i)`` sits at the opposite offset and is found exactly once.
 
-The pair kernels re-walk the bins for an atom whose count exceeds ``K`` (unshifted
+The pair kernels re-walk the bins for an atom whose count is negative (unshifted
 candidates, then images, with the build's acceptance test bit for bit), so results stay
 bitwise identical to the list path (see :mod:`batchmd.kernels.lennard_jones`).
 """
@@ -149,7 +149,7 @@ def nl_flag_atoms(
     flag = 0
     if not (d2 <= half_skin_sq):  # NaN reference -> rebuild
         flag = 1
-    if check_overflow != 0 and count[i] > capacity:
+    if check_overflow != 0 and (count[i] < 0 or count[i] > capacity):
         flag = 1
     if flag != 0:
         wp.atomic_max(rebuild, batch_idx[i], 1)
@@ -419,7 +419,10 @@ def nl_build(
         for m in range(n1):  # ... and move it behind the front part (forward copy is safe)
             neighbors[i, n0 + m] = neighbors[i, capacity - n1 + m]
             shifts[i, n0 + m] = shifts[i, capacity - n1 + m]
-    count[i] = n
+    if n > capacity:
+        count[i] = -n  # row truncated: marked so that no later width change can make it look valid
+    else:
+        count[i] = n
     wp.atomic_max(max_count, 0, n)
 
 

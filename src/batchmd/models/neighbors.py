@@ -13,7 +13,7 @@ through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refill
 ``_nl_neighbors``          [N, K] int32    *system-local* neighbor ``j``; ``-1 - j`` for a
                                            periodic image (same-image neighbors come first)
 ``_nl_shifts``             [N, K, 3] float Cartesian image shift of image entries (Å)
-``_nl_count``              [N] int32       true neighbor count (may exceed K)
+``_nl_count``              [N] int32       neighbor count; ``-count`` if the row overflowed K
 =========================  ==============  ==========================================
 
 A system newly inserted in a slot arrives with NaN reference positions/cell/cutoff, so it
@@ -33,9 +33,11 @@ barostat) needs no host work: widths and search ranges are recomputed on the dev
 
 Overflow policy (never a missed pair)
 -------------------------------------
-The list has a fixed capacity ``K`` per atom, but the build always records the true count.
-An atom whose count exceeds ``K`` is evaluated by walking its system's bins in the build's
-order (slower, bitwise the same result). The host reads the device-side maximum count:
+The list has a fixed capacity ``K`` per atom, but the build always records the true count,
+negated for a row that did not fit (so a row padded to a wider ``K`` by a slot operation
+can never pass for complete). Such an atom is evaluated by walking its system's bins in the
+build's order (slower, bitwise the same result); after a structure change its system is
+rebuilt, since the bins are model buffers and do not travel with the batch. The host reads the device-side maximum count:
 right after the build when the structure changed (a sync is allowed there), otherwise
 *deferred*: the value is copied asynchronously after each build and inspected at the next
 call once its CUDA event has completed (on CPU it is simply read). When it exceeds ``K``,
