@@ -6,7 +6,7 @@ Data plane:
   immutable Parquet shards plus a versioned :class:`Manifest`; invalid frames go to a
   report with a reason each.
 - :class:`ShardedDataset`: the sampler's dataset protocol over a manifest.
-- :func:`~batchmd.campaign.ownership.assign`: deterministic shard -> rank assignment from
+- :func:`assign`: deterministic shard -> rank assignment from
   (seed, manifest version, world size).
 
 Runs: :func:`run_campaign` (per rank; under ``torchrun`` or alone) with a

@@ -44,7 +44,7 @@ class Dynamics:
     Subclasses implement :meth:`init_state`, :meth:`pre_force` and :meth:`post_force`.
     """
 
-    #: Short name used in messages and in the prefix of state fields.
+    # Short name used in messages and in the prefix of state fields.
     name = "dynamics"
 
     def __init__(self, model, n_steps: int | None = None, convergence_hook=None, hooks=None) -> None:

@@ -29,10 +29,10 @@ class Model(torch.nn.Module):
 
     Subclasses implement ``forward(batch)`` returning a dict with
 
-    ``"energy"``  [num_graphs, 1] eV
-    ``"forces"``  [num_nodes, 3] eV/Å
-    ``"stress"``  [num_graphs, 3, 3] eV/Å^3, only when :attr:`computes_stress`; ASE's
-                  sign convention, i.e. what ``atoms.get_stress(voigt=False)`` reports.
+    - ``"energy"``: [num_graphs, 1] eV
+    - ``"forces"``: [num_nodes, 3] eV/Å
+    - ``"stress"``: [num_graphs, 3, 3] eV/Å^3, only when :attr:`computes_stress`; ASE's
+      sign convention, i.e. what ``atoms.get_stress(voigt=False)`` reports.
 
     All tensors are on ``batch.device`` with dtype ``batch.dtype``.
 

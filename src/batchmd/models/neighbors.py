@@ -5,16 +5,16 @@ Storage (why in the batch)
 The per-atom list lives in ``_``-prefixed batch fields, so it travels with each system
 through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refills:
 
-=========================  ==============  ==========================================
-``_nl_ref_positions``      [N, 3] float    positions at the last build (Å)
-``_nl_ref_cell``           [B, 3, 3] float cell at the last build (Å)
-``_nl_cutoff``             [B] float       list cutoff ``cutoff + skin`` of the build (Å),
-                                           negative for a half list
-``_nl_neighbors``          [N, K] int32    *system-local* neighbor ``j``; ``-1 - j`` for a
-                                           periodic image (same-image neighbors come first)
-``_nl_shifts``             [N, K, 3] float Cartesian image shift of image entries (Å)
-``_nl_count``              [N] int32       neighbor count; ``-count`` if the row overflowed K
-=========================  ==============  ==========================================
+=========================  ================  ==========================================
+``_nl_ref_positions``      [N, 3] float      positions at the last build (Å)
+``_nl_ref_cell``           [B, 3, 3] float   cell at the last build (Å)
+``_nl_cutoff``             [B] float         list cutoff ``cutoff + skin`` of the build (Å),
+                                             negative for a half list
+``_nl_neighbors``          [N, K] int32      *system-local* neighbor ``j``; ``-1 - j`` for a
+                                             periodic image (same-image neighbors come first)
+``_nl_shifts``             [N, K, 3] float   Cartesian image shift of image entries (Å)
+``_nl_count``              [N] int32         neighbor count; ``-count`` if the row overflowed K
+=========================  ================  ==========================================
 
 A system newly inserted in a slot arrives with NaN reference positions/cell/cutoff, so it
 is rebuilt on its first evaluation; the other systems keep their lists.
