@@ -211,9 +211,27 @@ class FusedStage:
             return
         batch.set_field(name, value.detach().contiguous(), level)
 
+    def _output_fields(self, batch) -> dict | None:
+        """The batch's own output tensors, for models that write into them (``supports_out``)."""
+        if not getattr(self.model, "supports_out", False):
+            return None
+        n, b, dtype, dev = batch.num_nodes, batch.num_graphs, batch.dtype, batch.device
+        wanted = {"forces": ((n, 3), "atom"), "energies": ((b, 1), "system")}
+        if getattr(self.model, "computes_stress", False):
+            wanted["stress"] = ((b, 3, 3), "system")
+        out = {}
+        for name, (shape, level) in wanted.items():
+            current = batch[name] if batch.has_field(name) else None
+            if current is None or tuple(current.shape) != shape or current.dtype != dtype or not current.is_contiguous():
+                current = torch.zeros(shape, dtype=dtype, device=dev)
+                batch.set_field(name, current, level)
+            out["energy" if name == "energies" else name] = current
+        return out
+
     def _evaluate(self, batch) -> None:
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
-        out = self.model(batch)
+        targets = self._output_fields(batch)
+        out = self.model(batch) if targets is None else self.model(batch, out=targets)
         forces = out["forces"]
         energy = out["energy"]
         if forces.dtype != batch.dtype or energy.dtype != batch.dtype:

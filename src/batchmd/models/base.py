@@ -44,11 +44,16 @@ class Model(torch.nn.Module):
         Whether the model uses a neighbor list (which it maintains itself).
     computes_stress : bool
         Whether ``"stress"`` is returned.
+    supports_out : bool
+        Whether ``forward(batch, out=...)`` accepts preallocated output tensors
+        (``"energy"``, ``"forces"``, ``"stress"``) and writes into them. The dynamics loop
+        then passes the batch's own fields, so the steady-state step allocates nothing.
     """
 
     cutoff: float | None = None
     needs_neighbors: bool = False
     computes_stress: bool = False
+    supports_out: bool = False
 
     def forward(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch)")

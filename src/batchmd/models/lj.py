@@ -40,7 +40,7 @@ import torch
 from batchmd.kernels import lennard_jones as ljk
 from batchmd.models.base import Model
 from batchmd.models.neighbors import LaunchCache, NeighborList
-from batchmd.runtime import to_warp, warp_scalar
+from batchmd.runtime import WarpViewCache, to_warp, warp_scalar
 
 __all__ = ["LennardJones"]
 
@@ -103,6 +103,7 @@ class LennardJones(Model):
     """
 
     needs_neighbors = True
+    supports_out = True
 
     def __init__(
         self,
@@ -128,6 +129,7 @@ class LennardJones(Model):
         self._e_shift = 4.0 * self.epsilon * (c6 * c6 - c6) if self.shift else 0.0
         self._scratch: dict = {}
         self._launch = LaunchCache()
+        self._out_views = WarpViewCache()
 
     def extra_repr(self) -> str:
         return (f"sigma={self.sigma}, epsilon={self.epsilon}, cutoff={self.cutoff}, shift={self.shift}, "
@@ -154,14 +156,47 @@ class LennardJones(Model):
             self._scratch = {"key": key, "t": t, "w": w}
         return self._scratch
 
-    def forward(self, batch) -> dict[str, torch.Tensor]:
-        """Energies (eV), forces (eV/Å) and stress (eV/Å^3) of every system of ``batch``."""
+    def _targets(self, out: dict, n: int, b: int, dtype, device) -> tuple[dict, dict]:
+        """Caller-owned output tensors (checked) and their cached Warp views."""
+        shapes = {"forces": (n, 3), "energy": (b, 1), "stress": (b, 3, 3)}
+        t, w = {}, {}
+        for name, shape in shapes.items():
+            tensor = out.get(name)
+            if tensor is None:
+                if name == "stress" and not self.computes_stress:
+                    continue
+                raise ValueError(f"LennardJones: out[{name!r}] is required")
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype or tensor.device != device or not tensor.is_contiguous():
+                raise ValueError(f"LennardJones: out[{name!r}] must be a contiguous {dtype} tensor of shape {list(shape)} "
+                                 f"on {device}, got {tensor.dtype} {list(tensor.shape)}")
+            t[name] = tensor
+            flat = tensor.view(b) if name == "energy" else tensor
+            w[name] = self._out_views(name, flat, vector=name == "forces", matrix=name == "stress")
+        return t, w
+
+    def forward(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
+        """Energies (eV), forces (eV/Å) and stress (eV/Å^3) of every system of ``batch``.
+
+        Parameters
+        ----------
+        batch : Batch
+            The systems.
+        out : dict, optional
+            Preallocated ``"forces"`` [N,3], ``"energy"`` [B,1] and (when stress is
+            computed) ``"stress"`` [B,3,3] tensors to write into; they are returned. The
+            dynamics loop passes the batch's own fields, so a step allocates nothing.
+            Without ``out``, fresh tensors are returned.
+        """
         nl = self.neighbor_list
         v = nl.update(batch)
         n, b, device, dtype = batch.num_nodes, batch.num_graphs, batch.device, batch.dtype
         T = warp_scalar(dtype)
         buf = self._output_buffers(n, b, dtype, device)
-        t, w = buf["t"], buf["w"]
+        t, w = dict(buf["t"]), dict(buf["w"])
+        if out is not None:
+            ot, ow = self._targets(out, n, b, dtype, device)
+            t.update(ot)
+            w.update(ow)
         half = int(nl.half)
         if half:
             t["forces"].zero_()  # reaction forces are added into it
@@ -177,7 +212,9 @@ class LennardJones(Model):
         ], device)
         launch(ljk.lj_systems, b, [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w["energy"],
                                    w["stress"]], device)
-        out = {"energy": t["energy"].clone(), "forces": t["forces"].clone()}
+        if out is not None:
+            return {name: t[name] for name in (("energy", "forces", "stress") if want else ("energy", "forces"))}
+        result = {"energy": t["energy"].clone(), "forces": t["forces"].clone()}
         if want:
-            out["stress"] = t["stress"].clone()
-        return out
+            result["stress"] = t["stress"].clone()
+        return result
