@@ -89,6 +89,11 @@ class FusedStage:
     model : callable, optional
         The model; by default the stages' shared model (all stages must share one model,
         since one evaluation per step serves every stage).
+    compute_stress : bool
+        Ask models that write into the batch (``supports_out``, e.g. Lennard-Jones) for the
+        stress (eV/Å^3) at every evaluation. Off by default (none of FIRE, NVE or
+        NVTLangevin needs it; it costs ~15% of a Lennard-Jones evaluation); systems then
+        carry a NaN ``stress``, never a stale one.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class FusedStage:
         device=None,
         dtype=None,
         model=None,
+        compute_stress: bool = False,
     ) -> None:
         self.stages = _normalise_stages(sub_stages)
         models = {id(stage.model): stage.model for stage in self.stages}
@@ -109,6 +115,7 @@ class FusedStage:
                 raise ValueError("FusedStage: all stages must share the same model object (one evaluation per step)")
             model = next(iter(models.values()))
         self.model = model
+        self.compute_stress = bool(compute_stress)
         self.sampler = sampler
         self.sinks = list(sinks) if sinks is not None else []
         self.hooks = list(hooks) if hooks is not None else []
@@ -136,6 +143,7 @@ class FusedStage:
             refill_frequency=self.refill_frequency,
             device=self.device,
             dtype=self.dtype,
+            compute_stress=self.compute_stress,
         )
 
     @property
@@ -179,6 +187,9 @@ class FusedStage:
         b, dev = batch.num_graphs, batch.device
         if not batch.has_field("fmax") or batch["fmax"].dtype != batch.dtype or batch["fmax"].shape != (b,):
             batch.set_field("fmax", torch.zeros(b, dtype=batch.dtype, device=dev), "system")
+        if batch.has_field("stress") and not self._stress_computed():
+            # Not computed in this run: a stress the systems arrived with no longer applies.
+            batch.set_field("stress", torch.full((b, 3, 3), float("nan"), dtype=batch.dtype, device=dev), "system")
         buf = {
             "batch": batch,
             "shape": (b, batch.num_nodes),
@@ -211,14 +222,21 @@ class FusedStage:
             return
         batch.set_field(name, value.detach().contiguous(), level)
 
+    def _stress_computed(self) -> bool:
+        """Whether evaluations in this loop produce a stress."""
+        if getattr(self.model, "supports_out", False):
+            return self.compute_stress and bool(getattr(self.model, "computes_stress", False))
+        return bool(getattr(self.model, "computes_stress", False))
+
     def _output_fields(self, batch) -> dict | None:
         """The batch's own output tensors, for models that write into them (``supports_out``)."""
         if not getattr(self.model, "supports_out", False):
             return None
         n, b, dtype, dev = batch.num_nodes, batch.num_graphs, batch.dtype, batch.device
         wanted = {"forces": ((n, 3), "atom"), "energies": ((b, 1), "system")}
-        if getattr(self.model, "computes_stress", False):
+        if self._stress_computed():
             wanted["stress"] = ((b, 3, 3), "system")
+
         out = {}
         for name, (shape, level) in wanted.items():
             current = batch[name] if batch.has_field(name) else None
