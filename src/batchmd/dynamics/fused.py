@@ -407,7 +407,12 @@ class FusedStage:
                 written.add(id(sink))
 
     def _new_systems(self, free_atoms: int, free_edges: int | None, free_slots: int):
-        """Ask the sampler for samples that fit; returns a primed Batch or None."""
+        """Ask the sampler for samples that fit; returns a Batch with fresh loop and stage-0 state, or None.
+
+        Forces are not evaluated here: the refill point evaluates the whole live batch once
+        after insertion (cheaper than a separate evaluation of the newcomers, whose fixed
+        costs -- a new neighbor-list structure, new launches -- dominate at refill sizes).
+        """
         from batchmd.data import Batch
 
         samples = []
@@ -424,7 +429,8 @@ class FusedStage:
             return None
         new = Batch.from_data_list(samples)
         new = self._to_run_device(new)
-        self.prime(new)
+        self._ensure_loop_fields(new)
+        self.stages[0].init_state(new, torch.ones(new.num_graphs, dtype=torch.bool, device=new.device))
         return new
 
     def _to_run_device(self, batch):
@@ -456,13 +462,25 @@ class FusedStage:
             edges = batch["sample_num_edges"].reshape(-1).cpu()
             free_edges = self.sampler.max_edges - int(edges[keep].sum())
         new = self._new_systems(free_atoms, free_edges, free_slots)
-        slots = done.to(batch.device)
+        batch = self._insert(batch, done.to(batch.device), new)
+        if new is not None:
+            # Newcomers need forces (and a convergence check) before their first step. The
+            # other systems did not move, so their forces are recomputed unchanged.
+            self._evaluate(batch)
+            self._advance(batch, increment=False)
+        return batch
+
+    @staticmethod
+    def _insert(batch, slots: torch.Tensor, new):
+        """Put ``new`` systems into the graduated ``slots`` (extra slots are removed, extra systems appended)."""
         m = 0 if new is None else new.num_graphs
         g = slots.numel()
         if g == 0 and m == 0:
             return batch
         if m == 0:
             return batch.remove(slots)
+        if batch.num_graphs == g and m > 0:
+            return new  # every system graduated: the newcomers are the whole batch
         if g == 0:
             return batch.append(new)
         if m <= g:

@@ -14,6 +14,7 @@ through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refill
                                              periodic image (same-image neighbors come first)
 ``_nl_shifts``             [N, K, 3] float   Cartesian image shift of image entries (Å)
 ``_nl_count``              [N] int32         neighbor count; ``-count`` if the row overflowed K
+``_nl_nbins``              [B, 3] int32      bin grid chosen on the host (0: not chosen yet)
 =========================  ================  ==========================================
 
 A system newly inserted in a slot arrives with NaN reference positions/cell/cutoff, so it
@@ -236,24 +237,19 @@ class NeighborList:
         cell = batch.cell.detach().cpu().double().numpy()
         pbc = batch.pbc.detach().cpu().numpy().astype(bool)
         ptr = batch.ptr.detach().cpu().numpy().astype(np.int64)
-        pos = batch.positions.detach().cpu().double().numpy()
-        if not np.isfinite(pos).all() or not np.isfinite(cell).all():
+        if not np.isfinite(cell).all():
             raise ValueError("batchmd: positions and cell must be finite")
-        nbins = np.ones((b, 3), dtype=np.int32)
+        # Bin grids travel with their systems in ``_nl_nbins`` (0 = not chosen yet), so after
+        # an inflight refill only the newcomers are sized on the host.
+        if batch.has_field("_nl_nbins") and tuple(batch["_nl_nbins"].shape) == (b, 3):
+            nbins = batch["_nl_nbins"].detach().cpu().numpy().astype(np.int32)
+        else:
+            nbins = np.zeros((b, 3), dtype=np.int32)
         densest = 0.0
-        for s in range(b):
-            widths = frame_widths(cell[s], pbc[s])
-            natoms = int(ptr[s + 1] - ptr[s])
-            for d in range(3):
-                if pbc[s, d]:
-                    nbins[s, d] = max(1, int(BINS_PER_CUTOFF * widths[d] // self.r_list))
-                elif natoms > 1:
-                    extent = np.ptp(pos[ptr[s] : ptr[s + 1]] @ _frame_axis(cell[s], pbc[s], d))
-                    nbins[s, d] = max(1, int(BINS_PER_CUTOFF * extent // self.r_list))
-            while nbins[s].prod() > max(8, 2 * natoms):  # never (many) more bins than atoms
-                nbins[s, int(np.argmax(nbins[s]))] //= 2
-            if pbc[s].all():
-                densest = max(densest, natoms / abs(np.linalg.det(cell[s])))
+        for s in np.nonzero((nbins <= 0).any(axis=1))[0]:
+            nbins[s], density = self._bin_grid(batch, cell[s], pbc[s], int(ptr[s]), int(ptr[s + 1]))
+            densest = max(densest, density)
+        batch.set_field("_nl_nbins", torch.as_tensor(nbins, dtype=torch.int32, device=device).contiguous(), "system")
         counts = nbins.prod(axis=1)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
         total_bins = int(counts.sum())
@@ -294,6 +290,25 @@ class NeighborList:
             self._allocate_fields(batch, capacity)
         self.capacity = capacity
         self._key = (batch.ptr, batch.cell, batch.pbc, n, b, dtype, device)
+
+    def _bin_grid(self, batch, cell: np.ndarray, pbc: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, float]:
+        """Bins per direction for one system (validates its cell and positions) and its density (1/Å^3)."""
+        pos = batch.positions[lo:hi].detach().cpu().double().numpy()
+        if not np.isfinite(pos).all():
+            raise ValueError("batchmd: positions and cell must be finite")
+        widths = frame_widths(cell, pbc)
+        natoms = hi - lo
+        grid = np.ones(3, dtype=np.int32)
+        for d in range(3):
+            if pbc[d]:
+                grid[d] = max(1, int(BINS_PER_CUTOFF * widths[d] // self.r_list))
+            elif natoms > 1:
+                extent = np.ptp(pos @ _frame_axis(cell, pbc, d))
+                grid[d] = max(1, int(BINS_PER_CUTOFF * extent // self.r_list))
+        while grid.prod() > max(8, 2 * natoms):  # never (many) more bins than atoms
+            grid[int(np.argmax(grid))] //= 2
+        density = natoms / abs(np.linalg.det(cell)) if pbc.all() else 0.0
+        return grid, density
 
     def _half_for(self, device: torch.device) -> bool:
         return self.half_option if self.half_option is not None else device.type == "cpu"
