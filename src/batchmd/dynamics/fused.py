@@ -415,16 +415,7 @@ class FusedStage:
         """
         from batchmd.data import Batch
 
-        samples = []
-        while free_slots > 0:
-            data = self.sampler.request_replacement(free_atoms, free_edges)
-            if data is None:
-                break
-            samples.append(data)
-            free_atoms -= data.num_nodes
-            if free_edges is not None:
-                free_edges -= int(data.sample_num_edges.reshape(-1)[0])
-            free_slots -= 1
+        samples = self.sampler.take(free_atoms, free_edges, free_slots)
         if not samples:
             return None
         new = Batch.from_data_list(samples)

@@ -176,13 +176,11 @@ class SizeAwareSampler:
             data.info.setdefault("metadata", meta)
         return data
 
-    def build_initial_batch(self):
-        """Fill the budget (atoms, edges, batch size) with samples in serving order; returns a Batch."""
-        from batchmd.data import Batch
-
-        free_atoms, free_edges = self.max_atoms, self.max_edges
+    def take(self, free_atoms: int, free_edges: int | None = None, free_slots: int | None = None) -> list:
+        """Samples, in serving order, that together fit ``free_atoms`` (edges, slots); may be empty."""
+        slots = self.max_batch_size if free_slots is None else int(free_slots)
         samples = []
-        while len(samples) < self.max_batch_size:
+        while slots > 0:
             data = self.request_replacement(free_atoms, free_edges)
             if data is None:
                 break
@@ -190,6 +188,14 @@ class SizeAwareSampler:
             free_atoms -= data.num_nodes
             if free_edges is not None:
                 free_edges -= int(data.sample_num_edges.reshape(-1)[0])
+            slots -= 1
+        return samples
+
+    def build_initial_batch(self):
+        """Fill the budget (atoms, edges, batch size) with samples in serving order; returns a Batch."""
+        from batchmd.data import Batch
+
+        samples = self.take(self.max_atoms, self.max_edges, self.max_batch_size)
         if not samples:
             raise ValueError("SizeAwareSampler.build_initial_batch: the dataset is empty or already exhausted")
         return Batch.from_data_list(samples)
