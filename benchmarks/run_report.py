@@ -69,7 +69,7 @@ class Inputs:
         self.quick = quick
         self.w1_n = 16 if quick else wl.W1_N_STRUCTURES
         self.w2_steps = 50 if quick else wl.W2_STEPS
-        self.w3_steps = 50 if quick else wl.W3_STEPS
+        self.w3_steps = int(os.environ.get("BENCH_W3_STEPS", 50 if quick else wl.W3_STEPS))
         self.w4_n = 200 if quick else wl.W4_N_STRUCTURES
         self.w4_batch = int(os.environ.get("BENCH_W4_BATCH", "64"))
         self._w1 = wl.w1_structures(self.w1_n)
@@ -153,6 +153,22 @@ def machine() -> dict:
 
 # ---- cold start (one fresh process per peer and workload) --------------------------------------
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB) from /proc (VmHWM).
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used: Linux carries it across ``exec``, so a
+    child started by a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_cold(peer: str, workload: str, quick: bool) -> None:
     """Runs in a fresh process: import, build inputs, first call; prints one JSON line."""
     t0 = time.perf_counter()
@@ -172,7 +188,7 @@ def child_cold(peer: str, workload: str, quick: bool) -> None:
         except PeerUnavailable as exc:
             out["skipped"] = str(exc)
     out["process_s"] = time.perf_counter() - t0
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = _peak_rss_mib()
     print("COLD-JSON " + json.dumps(out), flush=True)
 
 
