@@ -1,0 +1,66 @@
+"""Fixed cost per step: one 32-atom argon system (2x2x2 FCC cells), batchmd only.
+
+Run: ``python -m benchmarks.step_overhead`` (writes ``benchmarks/step_overhead.md``).
+The time per step of a tiny system is almost all fixed cost (Python, kernel launches),
+so this is the floor under every batchmd step whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+from ase.build import bulk
+
+from batchmd.data import Batch
+from batchmd.dynamics import FIRE, NVE, ConvergenceHook, NVTLangevin
+from batchmd.models.lj import LennardJones
+
+HERE = Path(__file__).parent
+
+
+def per_step_us(make, steps: int = 2000, repeats: int = 5) -> float:
+    """Best of ``repeats`` of the mean wall time per step (µs) over ``steps`` steps."""
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=0)
+    best = float("inf")
+    for _ in range(repeats):
+        batch = Batch.from_ase([atoms], dtype=torch.float32)
+        batch.set_field("system_id", torch.zeros(1, 1, dtype=torch.int64), "system")
+        dynamics = make()
+        for _ in range(10):
+            dynamics.step(batch)
+        start = time.perf_counter()
+        for _ in range(steps):
+            dynamics.step(batch)
+        best = min(best, (time.perf_counter() - start) / steps * 1e6)
+    return best
+
+
+def main() -> None:
+    model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    rows = {
+        "FIRE": lambda: FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-12)),
+        "NVE": lambda: NVE(model, dt=2.0),
+        "NVTLangevin": lambda: NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=0),
+    }
+    lines = [
+        "# Fixed cost per step: one 32-atom system",
+        "",
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, float32, CPU; "
+        "`python -m benchmarks.step_overhead`; best of 5 x 2,000 steps.",
+        "",
+        "| method | µs per step |",
+        "|---|---|",
+    ]
+    for name, make in rows.items():
+        us = per_step_us(make)
+        print(f"{name}: {us:.1f} µs/step", flush=True)
+        lines.append(f"| {name} | {us:.1f} |")
+    (HERE / "step_overhead.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
