@@ -166,6 +166,12 @@ def test_invalid_configuration_errors(model):
         FusedStage([fire], refill_frequency=0)
     with pytest.raises(ValueError, match="n_steps"):
         FIRE(model, n_steps=-1)
+    from batchmd.dynamics import NVE
+
+    endless = Batch.from_data_list([RandomClusters([4], seed=0)[0][0]])
+    with pytest.raises(ValueError, match="would never finish"):
+        NVE(model, dt=1.0).run(endless)
+    assert int(NVE(model, dt=1.0).run(endless, n_steps=3)["n_steps"][0]) == 3
 
 
 def test_throughput_counters(model):

@@ -503,6 +503,13 @@ class FusedStage:
         """
         if n_steps is not None and (int(n_steps) != n_steps or n_steps < 0):
             raise ValueError(f"FusedStage.run: n_steps must be a non-negative integer, got {n_steps!r}")
+        if n_steps is None:
+            for k, stage in enumerate(self.stages):
+                if stage.convergence_hook is None and stage.n_steps is None:
+                    raise ValueError(
+                        f"FusedStage.run: stage {k} ({type(stage).__name__}) has neither a convergence_hook nor "
+                        "n_steps, so its systems would never finish; give the stage n_steps or call run(n_steps=...)"
+                    )
         if batch is None:
             if self.sampler is None:
                 raise ValueError("FusedStage.run(batch=None) needs a sampler (inflight mode)")
