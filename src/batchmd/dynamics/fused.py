@@ -332,8 +332,7 @@ class FusedStage:
         carries loop fields (e.g. returned by an earlier run) continues where it stopped.
         """
         if self._ensure_loop_fields(batch):
-            all_systems = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
-            self.stages[0].init_state(batch, all_systems)
+            self._init_stage_state(batch)
             self._evaluate(batch)
             self._advance(batch, increment=False)
         elif not batch.has_field("fmax"):
@@ -409,9 +408,9 @@ class FusedStage:
     def _new_systems(self, free_atoms: int, free_edges: int | None, free_slots: int):
         """Ask the sampler for samples that fit; returns a Batch with fresh loop and stage-0 state, or None.
 
-        Forces are not evaluated here: the refill point evaluates the whole live batch once
-        after insertion (cheaper than a separate evaluation of the newcomers, whose fixed
-        costs -- a new neighbor-list structure, new launches -- dominate at refill sizes).
+        Forces are not evaluated here: the newcomers are PENDING, so the next step's single
+        model evaluation gives them forces at their initial positions while they stay put,
+        and its convergence check runs as a priming check (no step counted).
         """
         from batchmd.data import Batch
 
@@ -421,8 +420,16 @@ class FusedStage:
         new = Batch.from_data_list(samples)
         new = self._to_run_device(new)
         self._ensure_loop_fields(new)
-        self.stages[0].init_state(new, torch.ones(new.num_graphs, dtype=torch.bool, device=new.device))
+        new["status"].fill_(int(SystemStatus.PENDING))
+        self._init_stage_state(new)
         return new
+
+    def _init_stage_state(self, batch) -> None:
+        """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
+        everyone = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
+        self.stages[0].init_state(batch, everyone)
+        for stage in self.stages[1:]:
+            stage.init_state(batch, ~everyone)
 
     def _to_run_device(self, batch):
         if self.device is not None or self.dtype is not None:
@@ -434,7 +441,7 @@ class FusedStage:
         # The host synchronisations of a refill point: status, sizes, throughput counter.
         status = batch["status"].cpu()
         self._account(batch)
-        done = torch.nonzero(status != int(SystemStatus.ACTIVE)).reshape(-1)
+        done = torch.nonzero((status != int(SystemStatus.ACTIVE)) & (status != int(SystemStatus.PENDING))).reshape(-1)
         if self.sampler is None:
             if self._reported is None or self._reported.numel() != batch.num_graphs:
                 self._reported = torch.zeros(batch.num_graphs, dtype=torch.bool)
@@ -453,13 +460,7 @@ class FusedStage:
             edges = batch["sample_num_edges"].reshape(-1).cpu()
             free_edges = self.sampler.max_edges - int(edges[keep].sum())
         new = self._new_systems(free_atoms, free_edges, free_slots)
-        batch = self._insert(batch, done.to(batch.device), new)
-        if new is not None:
-            # Newcomers need forces (and a convergence check) before their first step. The
-            # other systems did not move, so their forces are recomputed unchanged.
-            self._evaluate(batch)
-            self._advance(batch, increment=False)
-        return batch
+        return self._insert(batch, done.to(batch.device), new)
 
     @staticmethod
     def _insert(batch, slots: torch.Tensor, new):

@@ -35,12 +35,17 @@ class SystemStatus(IntEnum):
     without meeting it; the system graduates without entering later stages.
     ``FAILED``: non-finite energy or forces (or a hook marked it failed); taken out of
     the run without stopping the others.
+    ``PENDING``: just inserted by an inflight refill; it does not move in its first step,
+    whose force evaluation gives it forces at its initial positions, and becomes ACTIVE
+    (or graduates, if already converged) at the end of that step. This saves a separate
+    evaluation of the newcomers at every refill.
     """
 
     ACTIVE = 0
     CONVERGED = 1
     OUT_OF_STEPS = 2
     FAILED = 3
+    PENDING = 4
 
 
 #: System-level int32 fields owned by the dynamics loop.

@@ -21,6 +21,7 @@ ACTIVE = wp.constant(0)
 CONVERGED = wp.constant(1)
 OUT_OF_STEPS = wp.constant(2)
 FAILED = wp.constant(3)
+PENDING = wp.constant(4)
 
 
 @wp.kernel
@@ -91,14 +92,20 @@ def advance_status(
     ends when the criterion holds (then the next stage, or CONVERGED after the last) or
     when its budget runs out (OUT_OF_STEPS, graduates at once). A stage without a
     criterion ends when its budget runs out (then the next stage, or CONVERGED).
+    A PENDING system (just inserted) becomes ACTIVE without counting a step: this
+    evaluation was its priming one.
     ``active_atom_steps[0]`` accumulates the atoms of systems that took this step
     (an integer sum, so its order does not matter).
     """
     s = wp.tid()
     entered[s] = False
-    if status[s] != ACTIVE:
+    inc = increment
+    if status[s] == PENDING:  # inserted at the last refill: its first evaluation is done, it did not move
+        status[s] = ACTIVE
+        inc = 0
+    elif status[s] != ACTIVE:
         return
-    if increment != 0:
+    if inc != 0:
         stage_steps[s] = stage_steps[s] + 1
         n_steps[s] = n_steps[s] + 1
         wp.atomic_add(active_atom_steps, 0, wp.int64(ptr[s + 1] - ptr[s]))
