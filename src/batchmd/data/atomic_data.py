@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from ase.data import atomic_masses as ase_atomic_masses
 
-from batchmd.data.fields import KNOWN_FIELDS, FieldSpec, coerce_dtype, field_spec, user_field_spec
+from batchmd.data.fields import KNOWN_FIELDS, FieldSpec, FieldStore, coerce_dtype, field_spec, user_field_spec
 
 __all__ = ["AtomicData", "MAX_ATOMIC_NUMBER"]
 
@@ -44,7 +44,7 @@ def _as_tensor(name: str, value: Any, device: torch.device | None) -> torch.Tens
         raise ValueError(f"batchmd: field {name!r} cannot be converted to a tensor: {err}") from err
 
 
-class AtomicData:
+class AtomicData(FieldStore):
     """One atomic system: per-atom, per-system and per-edge fields plus an ``info`` dict.
 
     Parameters
@@ -262,27 +262,9 @@ class AtomicData:
         """Mapping field name -> :class:`~batchmd.data.fields.FieldSpec`."""
         return dict(self._specs)
 
-    def has_field(self, name: str) -> bool:
-        """Whether the field ``name`` is present."""
-        return name in self._fields
 
-    @property
-    def num_nodes(self) -> int:
-        """Number of atoms N."""
-        return self._fields["positions"].shape[0]
 
-    @property
-    def num_edges(self) -> int:
-        """Number of edges E (0 when there is no edge field)."""
-        for name, spec in self._specs.items():
-            if spec.level == "edge":
-                return self._fields[name].shape[spec.dim]
-        return 0
 
-    @property
-    def device(self) -> torch.device:
-        """Device of every tensor."""
-        return self._fields["positions"].device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from batchmd.data.atomic_data import AtomicData
-from batchmd.data.fields import KNOWN_FIELDS, LEVELS, FieldSpec, coerce_dtype, field_spec, user_field_spec
+from batchmd.data.fields import KNOWN_FIELDS, LEVELS, FieldSpec, FieldStore, coerce_dtype, field_spec, user_field_spec
 
 __all__ = ["Batch"]
 
@@ -36,7 +36,7 @@ _STRUCTURE = frozenset({"ptr", "batch_idx", "edge_ptr"})
 _INTERNAL = frozenset({"_fields", "_specs", "_ptr", "_batch_idx", "_edge_ptr", "_infos"})
 
 
-class Batch:
+class Batch(FieldStore):
     """Many systems in concatenated tensors (see the module docstring for an example).
 
     Build one with :meth:`from_data_list` or :meth:`from_ase`; the constructor
@@ -189,18 +189,7 @@ class Batch:
         """Number of systems B."""
         return self._ptr.shape[0] - 1
 
-    @property
-    def num_nodes(self) -> int:
-        """Total number of atoms N."""
-        return self._fields["positions"].shape[0]
 
-    @property
-    def num_edges(self) -> int:
-        """Total number of edges E (0 without edge fields)."""
-        for name, spec in self._specs.items():
-            if spec.level == "edge":
-                return self._fields[name].shape[spec.dim]
-        return 0
 
     @property
     def ptr(self) -> torch.Tensor:
@@ -222,10 +211,6 @@ class Batch:
         """[B] int32 number of atoms of each system."""
         return self._ptr[1:] - self._ptr[:-1]
 
-    @property
-    def device(self) -> torch.device:
-        """Device of every tensor."""
-        return self._fields["positions"].device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -263,9 +248,6 @@ class Batch:
         """Mapping field name -> :class:`~batchmd.data.fields.FieldSpec`."""
         return dict(self._specs)
 
-    def has_field(self, name: str) -> bool:
-        """Whether field ``name`` is present."""
-        return name in self._fields
 
     def _rows(self, level: str) -> int | None:
         return {"atom": self.num_nodes, "system": self.num_graphs, "edge": self.num_edges}.get(level)

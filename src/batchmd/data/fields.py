@@ -168,3 +168,36 @@ def default_fill(name: str, like: torch.Tensor, dim: int, rows: int, atom_index:
     if name.startswith("_") and like.is_floating_point():
         return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
     return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+
+class FieldStore:
+    """Accessors shared by :class:`~batchmd.data.AtomicData` and :class:`~batchmd.data.Batch`.
+
+    Both keep their tensors in ``_fields`` (name -> tensor) and their layouts in ``_specs``
+    (name -> :class:`FieldSpec`); ``positions`` is always present.
+    """
+
+    _fields: dict
+    _specs: dict
+
+    def has_field(self, name: str) -> bool:
+        """Whether field ``name`` is present."""
+        return name in self._fields
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of atoms N (all systems together, for a Batch)."""
+        return self._fields["positions"].shape[0]
+
+    @property
+    def num_edges(self) -> int:
+        """Number of edges E (0 without edge fields)."""
+        for name, spec in self._specs.items():
+            if spec.level == "edge":
+                return self._fields[name].shape[spec.dim]
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device of every tensor."""
+        return self._fields["positions"].device
