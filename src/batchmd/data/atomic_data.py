@@ -291,16 +291,6 @@ class AtomicData(FieldStore):
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._fields[name]
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        fields = self.__dict__.get("_fields", {})
-        if name in fields:
-            return fields[name]
-        if name in KNOWN_FIELDS:
-            return None
-        raise AttributeError(f"AtomicData has no field {name!r}")
-
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._specs or name in KNOWN_FIELDS:
             spec = self._specs.get(name) or KNOWN_FIELDS[name]

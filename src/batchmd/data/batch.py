@@ -65,6 +65,8 @@ class Batch(FieldStore):
         or ``getattr(batch, name)``.
     """
 
+    _INTERNAL_NAMES = _INTERNAL
+
     def __init__(
         self,
         fields: dict[str, torch.Tensor],
@@ -372,16 +374,6 @@ class Batch(FieldStore):
 
     def __contains__(self, name: str) -> bool:
         return name in self._fields
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in _INTERNAL:
-            raise AttributeError(name)
-        fields = self.__dict__.get("_fields", {})
-        if name in fields:
-            return fields[name]
-        if name in KNOWN_FIELDS:
-            return None
-        raise AttributeError(f"Batch has no field {name!r} (fields: {list(fields)})")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._fields or name in KNOWN_FIELDS:

@@ -179,6 +179,19 @@ class FieldStore:
 
     _fields: dict
     _specs: dict
+    #: Attribute names that are never fields (looked up normally, never through the fields).
+    _INTERNAL_NAMES: frozenset = frozenset()
+
+    def __getattr__(self, name: str):
+        """A field by attribute (``data.positions``); None for a known field that is absent."""
+        if name.startswith("__") or name in self._INTERNAL_NAMES:
+            raise AttributeError(name)
+        fields = self.__dict__.get("_fields", {})
+        if name in fields:
+            return fields[name]
+        if name in KNOWN_FIELDS:
+            return None
+        raise AttributeError(f"{type(self).__name__} has no field {name!r} (fields: {list(fields)})")
 
     def has_field(self, name: str) -> bool:
         """Whether field ``name`` is present."""
