@@ -33,6 +33,7 @@ __all__ = [
     "launch",
     "warp_stream",
     "WarpViewCache",
+    "LaunchCache",
     "CachedLaunch",
 ]
 
@@ -193,15 +194,89 @@ class WarpViewCache:
         self._cache.clear()
 
 
-class CachedLaunch:
-    """Launch one dtype-generic kernel, replaying a recorded Warp command while the arguments are unchanged.
+def _same_arg(old, new) -> bool:
+    """True when a recorded launch argument can be kept: the same object, or an equal plain number."""
+    return old is new or (type(old) is type(new) and type(new) in (int, float, bool) and old == new)
 
-    ``wp.launch`` of a generic kernel infers argument types and packs every argument
-    on each call (~0.3 ms on CPU for 17 arguments). This records the launch once
-    (``record_cmd=True``) for the concrete float32/float64 overload and replays it
-    while the launch size, device and arguments are the same (arrays compared by
-    identity, so use it with :class:`WarpViews`; scalars by value). Runs on torch's
-    current CUDA stream on GPUs.
+
+class _Recorded:
+    """One recorded Warp launch whose size and arguments are updated in place."""
+
+    __slots__ = ("cmd", "dim", "args", "wdev")
+
+    def __init__(self, kernel, dim, inputs, device) -> None:
+        self.wdev = warp_device(device)
+        self.cmd = wp.launch(kernel, dim=dim, inputs=inputs, device=self.wdev, record_cmd=True)
+        self.dim = dim
+        self.args = list(inputs)
+
+    def update(self, dim, inputs) -> None:
+        if dim != self.dim:
+            self.cmd.set_dim(dim)
+            self.dim = dim
+        args = self.args
+        if len(args) != len(inputs):
+            raise TypeError(f"batchmd: kernel {self.cmd.kernel.key} takes {len(args)} arguments, got {len(inputs)}")
+        for i, value in enumerate(inputs):
+            if not _same_arg(args[i], value):
+                self.cmd.set_param_at_index(i, value)
+                args[i] = value
+
+    def run(self, device) -> None:
+        if self.wdev.is_cuda:
+            self.cmd.launch(stream=wp.stream_from_torch(torch.cuda.current_stream(torch.device(device))))
+        else:
+            self.cmd.launch()
+
+
+class LaunchCache:
+    """Recorded Warp launches, one per (kernel, dtype, device), replayed and updated in place.
+
+    ``wp.launch`` of a dtype-generic kernel infers argument types and packs every
+    argument on each call (~0.3 ms on CPU for 20 arguments). This records each launch
+    once for its concrete overload and afterwards only re-packs the arguments that
+    changed (arrays compared by identity, so pair it with :class:`WarpViewCache`;
+    plain numbers by value) and the launch size: after an inflight refill, where every
+    array is new, that costs a few µs per argument instead of a fresh recording. Runs
+    on torch's current CUDA stream on GPUs.
+
+    Example
+    -------
+    >>> launches = LaunchCache()
+    >>> dt = launches.scalar("dt", wp.float32, 0.5)                   # same object while unchanged
+    >>> launches(kernel, n_atoms, [x_view, dt], device, torch.float32)  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._cmds: dict = {}
+        self._scalars: dict = {}
+
+    def scalar(self, name: str, wp_type, value: float):
+        """A Warp scalar object that keeps its identity while ``(type, value)`` is unchanged."""
+        hit = self._scalars.get(name)
+        if hit is None or hit[0] is not wp_type or hit[1] != value:
+            hit = (wp_type, value, wp_type(value))
+            self._scalars[name] = hit
+        return hit[2]
+
+    def __call__(self, kernel, dim: int, inputs: list, device, dtype: torch.dtype) -> None:
+        """Launch ``kernel`` (generic or concrete) over ``dim`` threads; a launch of 0 threads is skipped."""
+        if dim == 0:
+            return
+        key = (kernel.key, dtype, str(device))
+        rec = self._cmds.get(key)
+        if rec is None:
+            rec = _Recorded(kernel, dim, inputs, device)
+            self._cmds[key] = rec
+        else:
+            rec.update(dim, inputs)
+        rec.run(device)
+
+
+class CachedLaunch:
+    """Launch one dtype-generic kernel through its concrete float32/float64 overloads, recorded once.
+
+    A thin front of :class:`LaunchCache` for kernels exported with an overload table.
 
     Parameters
     ----------
@@ -217,28 +292,7 @@ class CachedLaunch:
 
     def __init__(self, overloads):
         self._overloads = overloads
-        self._last = None
-
-    @staticmethod
-    def _same(old, new):
-        if len(old) != len(new):
-            return False
-        for a, b in zip(old, new):
-            if a is not b and (isinstance(a, wp.array) or type(a) is not type(b) or a != b):
-                return False
-        return True
+        self._cache = LaunchCache()
 
     def __call__(self, dtype, dim, inputs, device):
-        if dim == 0:
-            return
-        last = self._last
-        if last is not None and last[0] == dim and last[1] == device and self._same(last[2], inputs):
-            cmd, wdev = last[3], last[4]
-        else:
-            wdev = warp_device(device)
-            cmd = wp.launch(self._overloads[warp_scalar(dtype)], dim=dim, inputs=inputs, device=wdev, record_cmd=True)
-            self._last = (dim, device, list(inputs), cmd, wdev)
-        if wdev.is_cuda:
-            cmd.launch(stream=wp.stream_from_torch(torch.cuda.current_stream(torch.device(device))))
-        else:
-            cmd.launch()
+        self._cache(self._overloads[warp_scalar(dtype)], dim, inputs, device, dtype)

@@ -39,8 +39,8 @@ import torch
 
 from batchmd.kernels import lennard_jones as ljk
 from batchmd.models.base import Model
-from batchmd.models.neighbors import LaunchCache, NeighborList
-from batchmd.runtime import WarpViewCache, to_warp, warp_scalar
+from batchmd.models.neighbors import NeighborList
+from batchmd.runtime import LaunchCache, WarpViewCache, to_warp, warp_scalar
 
 __all__ = ["LennardJones"]
 
@@ -210,9 +210,9 @@ class LennardJones(Model):
             v["cell"], v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],
             v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, nl.r_list**2),
             w["forces"], w["atom_energy"], w["atom_virial"],
-        ], device)
+        ], device, dtype)
         launch(ljk.lj_systems, b, [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w["energy"],
-                                   w["stress"]], device)
+                                   w["stress"]], device, dtype)
         if out is not None:
             return {name: t[name] for name in (("energy", "forces", "stress") if want else ("energy", "forces"))}
         result = {"energy": t["energy"].clone(), "forces": t["forces"].clone()}

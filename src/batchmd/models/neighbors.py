@@ -50,8 +50,8 @@ Per-call cost
 -------------
 Steady-state calls do no host work beyond identity checks: Warp views of persistent
 tensors are cached, and the kernels are re-launched from recorded commands
-(:class:`LaunchCache`, a few µs each instead of ~50 µs for ``wp.launch`` of a generic
-kernel). The launch sequence is the same every step (no data-dependent host branching),
+(:class:`batchmd.runtime.LaunchCache`, a few µs each instead of ~50 µs for ``wp.launch``
+of a generic kernel; after a refill only the changed arguments are re-packed). The launch sequence is the same every step (no data-dependent host branching),
 so it is CUDA-graph capturable in principle; only the deferred overflow read happens on
 the host, outside the captured work. Bin counts fixed at the last structure change stay
 correct if a cell later grows in place (the device widens the bins), only slower.
@@ -78,57 +78,15 @@ import torch
 import warp as wp
 
 from batchmd.kernels import neighbor_list as nlk
-from batchmd.runtime import to_warp, warp_device, warp_scalar
+from batchmd.runtime import LaunchCache, to_warp, warp_scalar
 
-__all__ = ["NeighborList", "LaunchCache", "FIELDS"]
+__all__ = ["NeighborList", "FIELDS"]
 
 # Bins are at least r_list / BINS_PER_CUTOFF wide; 2 visits ~(5/2)^3 = 15.6 r^3 of candidates
 # per atom instead of 27 r^3 with bins of r_list (the search range adapts on the device).
 BINS_PER_CUTOFF = 1
 
 FIELDS = ("_nl_ref_positions", "_nl_ref_cell", "_nl_cutoff", "_nl_neighbors", "_nl_shifts", "_nl_count")
-
-
-class LaunchCache:
-    """Re-launch recorded Warp commands while their arguments are the same objects.
-
-    ``wp.launch`` resolves a generic kernel's overload and packs every argument on each
-    call (~50 µs); a recorded command re-launches in a few µs. A command is re-recorded
-    when any argument changed identity (new array view, new scalar object) or, for Python
-    ints, value. Scalars should therefore be created once (see :meth:`scalar`).
-
-    Example
-    -------
-    >>> cache = LaunchCache()
-    >>> cache(kernel, n, [x_view, cache.scalar("dt", wp.float32, 0.5)], "cpu")   # doctest: +SKIP
-    """
-
-    def __init__(self) -> None:
-        self._cmds: dict = {}
-        self._scalars: dict = {}
-
-    def scalar(self, name: str, wp_type, value: float):
-        """A Warp scalar object that keeps its identity while ``(type, value)`` is unchanged."""
-        hit = self._scalars.get(name)
-        if hit is None or hit[0] is not wp_type or hit[1] != value:
-            hit = (wp_type, value, wp_type(value))
-            self._scalars[name] = hit
-        return hit[2]
-
-    def __call__(self, kernel, dim: int, inputs: list, device: torch.device) -> None:
-        if dim == 0:
-            return
-        entry = self._cmds.get(kernel.key)
-        if entry is None or entry[0] != dim or not all(
-            a is b or (type(a) is int and a == b) for a, b in zip(entry[1], inputs, strict=True)
-        ):
-            cmd = wp.launch(kernel, dim=dim, inputs=inputs, device=warp_device(device), record_cmd=True)
-            entry = (dim, list(inputs), cmd)
-            self._cmds[kernel.key] = entry
-        if device.type == "cuda":
-            entry[2].launch(stream=wp.stream_from_torch(torch.cuda.current_stream(device)))
-        else:
-            entry[2].launch()
 
 
 def frame_widths(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -406,22 +364,22 @@ class NeighborList:
         r_list = sc("r_list", T, self.r_list)
         code = sc("code", T, -self.r_list if self.half else self.r_list)
         launch(nlk.nl_flag_systems, b, [v["cell"], v["ref_cell"], v["ref_cutoff"], code, int(force), v["rebuild"]],
-               device)
+               device, batch.dtype)
         launch(nlk.nl_flag_atoms, n, [v["x"], v["ref_x"], v["count"], v["batch_idx"],
                                       sc("half_skin_sq", T, (0.5 * self.skin) ** 2), self.capacity,
-                                      int(check_overflow), v["rebuild"]], device)
+                                      int(check_overflow), v["rebuild"]], device, batch.dtype)
         launch(nlk.nl_frame, b, [v["x"], v["cell"], v["pbc"], v["ptr"], v["nbins"], r_list, code, v["rebuild"],
                                  v["frame"], v["lower"], v["width"], v["search"], v["ref_cell"], v["ref_cutoff"]],
-               device)
+               device, batch.dtype)
         launch(nlk.nl_bin_atoms, n, [v["x"], v["batch_idx"], v["pbc"], v["nbins"], v["bin_offset"], v["cell"],
                                      v["frame"], v["lower"], v["width"], v["rebuild"], v["atom_bin"], v["atom_wrap"],
-                                     v["atom_cell"], v["wrapped"], v["ref_x"]], device)
+                                     v["atom_cell"], v["wrapped"], v["ref_x"]], device, batch.dtype)
         launch(nlk.nl_sort_bins, b, [v["ptr"], v["nbins"], v["bin_offset"], v["atom_cell"], v["rebuild"],
-                                     v["bin_start"], v["bin_count"], v["bin_atoms"]], device)
+                                     v["bin_start"], v["bin_count"], v["bin_atoms"]], device, batch.dtype)
         launch(nlk.nl_build, n, [v["batch_idx"], v["ptr"], v["cell"], v["pbc"], v["nbins"], v["bin_offset"],
                                  v["search"], v["atom_bin"], v["atom_wrap"], v["bin_start"], v["bin_count"],
                                  v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, self.r_list**2), int(self.half),
-                                 v["rebuild"], v["neighbors"], v["shifts"], v["count"], v["max_count"]], device)
+                                 v["rebuild"], v["neighbors"], v["shifts"], v["count"], v["max_count"]], device, batch.dtype)
         if device.type == "cuda":
             self._host_count.copy_(self._buf["max_count"], non_blocking=True)
             self._pending_event = torch.cuda.Event()
