@@ -193,6 +193,39 @@ def test_append_remove_replace_match_from_scratch(dtype):
     assert_batches_equal(live, expected(POOL[:4]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_select_and_append_matches_select_then_append(dtype):
+    live = build_expected(POOL[:5]).to(dtype=dtype)
+    new = build_expected(POOL[5:8]).to(dtype=dtype)
+    for keep in (torch.tensor([4, 0, 2]), torch.tensor([True, False, True, True, False]), torch.tensor([], dtype=torch.long),
+                 torch.tensor([-1, 1, 1])):
+        assert_batches_equal(live.select_and_append(keep, new), live.index_select(keep).append(new))
+    assert_batches_equal(live.select_and_append(torch.tensor([0, 3]), new),
+                         build_expected([POOL[0], POOL[3], *POOL[5:8]]).to(dtype=dtype))
+    with pytest.raises(ValueError, match="out of range"):
+        live.select_and_append(torch.tensor([5]), new)
+    with pytest.raises(ValueError, match="bool mask must have shape"):
+        live.select_and_append(torch.tensor([True, False]), new)
+
+
+def test_select_and_append_pads_wider_caches_and_fills_missing_fields():
+    live = build_expected(POOL[:3])
+    live.set_field("_knn", torch.arange(live.num_nodes * 2, dtype=torch.int32).reshape(-1, 2), "atom")
+    live.set_field("_img", torch.ones(live.num_nodes, 2, 3), "atom")
+    new = build_expected(POOL[3:5])
+    new.set_field("_knn", torch.full((new.num_nodes, 4), 7, dtype=torch.int32), "atom")
+    out = live.select_and_append(torch.tensor([2, 0]), new)
+    assert_batches_equal(out.without_fields(prefix="_k").without_fields(prefix="_i"),
+                         live.index_select(torch.tensor([2, 0])).append(new).without_fields(prefix="_k").without_fields(prefix="_i"))
+    ref = live.index_select(torch.tensor([2, 0])).append(new)
+    assert torch.equal(out._knn, ref._knn) and out._knn.shape[1] == 4
+    assert torch.equal(torch.isnan(out._img), torch.isnan(ref._img)) and torch.isnan(out._img[-new.num_nodes:]).all()
+    with pytest.raises(ValueError, match="different row shapes"):
+        live.set_field("velocities2", torch.zeros(live.num_nodes, 3), "atom")
+        new.set_field("velocities2", torch.zeros(new.num_nodes, 2), "atom")
+        live.select_and_append(torch.tensor([0]), new)
+
+
 def test_global_fields_are_shared_and_kept():
     live = build_expected(POOL[:3])
     live.set_field("target_temperature", torch.tensor(300.0), "global")
@@ -313,6 +346,8 @@ _op = st.one_of(
     st.tuples(st.just("append"), st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=3)),
     st.tuples(st.just("replace"), st.lists(st.tuples(st.integers(0, 20), st.integers(0, len(POOL) - 1)), max_size=4)),
     st.tuples(st.just("select"), st.lists(st.integers(0, 20), max_size=5)),
+    st.tuples(st.just("select_append"), st.tuples(st.lists(st.integers(0, 20), max_size=5),
+                                                  st.lists(st.integers(0, len(POOL) - 1), max_size=3))),
 )
 
 
@@ -338,6 +373,12 @@ def test_random_slot_sequences_match_from_scratch(start, ops):
             batch = batch.replace_slots(torch.tensor(list(slots)), build_expected([POOL[p] for p in slots.values()]))
             for slot, pool_index in slots.items():
                 systems[slot] = pool_index
+        elif kind == "select_append" and (systems or args[1]):
+            idx = [i % len(systems) for i in args[0]] if systems else []
+            incoming = build_expected([POOL[i] for i in args[1]]) if args[1] else batch.index_select(
+                torch.tensor([], dtype=torch.long))
+            batch = batch.select_and_append(torch.tensor(idx, dtype=torch.long), incoming)
+            systems = [systems[i] for i in idx] + list(args[1])
         elif kind == "select" and systems:
             idx = [i % len(systems) for i in args]
             batch = batch.index_select(torch.tensor(idx, dtype=torch.long))
@@ -366,6 +407,7 @@ def test_slot_ops_sync_the_host_at_most_once(monkeypatch):
     ops = {"append": (lambda: live.append(new), 0), "remove": (lambda: live.remove(torch.tensor([0, 3])), 1),
            "replace_slots": (lambda: live.replace_slots(torch.tensor([4, 1]), new), 1),
            "index_select": (lambda: live.index_select(torch.tensor([2, 2, 0])), 1),
+           "select_and_append": (lambda: live.select_and_append(torch.tensor([4, 1]), new), 1),
            "mask": (lambda: live.index_select(torch.tensor([True, False, True, False, True])), 1)}
     for name, (op, expected) in ops.items():
         calls.clear()

@@ -426,6 +426,21 @@ class Batch(FieldStore):
 
         return concat_batches([self, other])
 
+    def select_and_append(self, keep: torch.Tensor | Sequence[int], other: Batch) -> Batch:
+        """New Batch of the systems ``keep`` (LongTensor [k] or bool mask [B]) followed by all of ``other``'s.
+
+        The same result as ``self.index_select(keep).append(other)`` in one pass: every
+        row of every field is written once, straight into the new tensors (the inflight
+        refill: survivors stay, graduated systems leave, newcomers enter at the end).
+        Missing fields are filled as in :meth:`append`. One host sync (two with a
+        non-empty :attr:`infos`).
+
+        Example: ``batch = batch.select_and_append(~graduated_mask, Batch.from_ase(new_atoms))``.
+        """
+        from batchmd.data.slots import select_and_append
+
+        return select_and_append(self, keep, other)
+
     def replace_slots(self, slots: torch.Tensor | Sequence[int], other: Batch) -> Batch:
         """New Batch where the system at ``slots[j]`` is replaced by ``other``'s system ``j``.
 

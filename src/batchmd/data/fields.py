@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LEVELS", "FieldSpec", "KNOWN_FIELDS", "field_spec", "user_field_spec", "default_fill", "coerce_dtype"]
+__all__ = ["LEVELS", "FieldSpec", "KNOWN_FIELDS", "field_spec", "user_field_spec", "default_fill", "default_value",
+           "coerce_dtype"]
 
 LEVELS = ("atom", "system", "edge", "global")
 
@@ -139,6 +140,21 @@ def coerce_dtype(name: str, tensor: torch.Tensor, spec: FieldSpec, float_dtype: 
     if tensor.is_floating_point():
         return tensor.to(float_dtype)
     return tensor
+
+
+def default_value(name: str, dtype: torch.dtype, atom_index: bool = False) -> float | int | bool:
+    """The value :func:`default_fill` uses for field ``name``: -1, NaN, or zero/False.
+
+    Example
+    -------
+    >>> default_value("_nl_ref_positions", torch.float32)
+    nan
+    """
+    if atom_index:
+        return -1
+    if name.startswith("_") and dtype.is_floating_point:
+        return float("nan")
+    return False if dtype == torch.bool else 0
 
 
 def default_fill(name: str, like: torch.Tensor, dim: int, rows: int, atom_index: bool = False) -> torch.Tensor:

@@ -35,9 +35,10 @@ from typing import Sequence
 
 import torch
 
-from batchmd.data.fields import FieldSpec, default_fill
+from batchmd.data.fields import FieldSpec, default_fill, default_value
 
-__all__ = ["concat_parts", "concat_batches", "select_systems", "remove_systems", "replace_slots"]
+__all__ = ["concat_parts", "concat_batches", "select_systems", "remove_systems", "replace_slots",
+           "select_and_append"]
 
 
 def _shift_index(t: torch.Tensor, shift: torch.Tensor | int, dim: int, subtract: bool) -> torch.Tensor:
@@ -298,3 +299,106 @@ def replace_slots(batch, slots, other) -> "Batch":  # noqa: F821
         raise ValueError(f"batchmd: replace_slots: slots must be distinct and within 0..{b - 1}")
     host_order = order.tolist() if merged._infos is not None else None
     return _take(merged, order, n, e, host_order)
+
+
+def _merged_specs(a: dict[str, FieldSpec], b: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+    merged = dict(a)
+    for name, spec in b.items():
+        if name in merged and (merged[name].level, merged[name].dim) != (spec.level, spec.dim):
+            raise ValueError(f"batchmd: field {name!r} is {merged[name].level}-level in one batch "
+                             f"and {spec.level}-level in another")
+        merged.setdefault(name, spec)
+    return merged
+
+
+def _out_shape(name: str, spec: FieldSpec, ta, tb, rows: int) -> tuple[int, ...]:
+    """Shape of the combined field: rows along the row axis; ``_`` caches padded to the wider trailing shape."""
+    like = ta if ta is not None else tb
+    dim = spec.dim
+    shapes = [tuple(t.shape) for t in (ta, tb) if t is not None]
+    lead = {s[:dim] for s in shapes}
+    trail = {s[dim + 1:] for s in shapes}
+    if ta is not None and tb is not None and ta.dtype != tb.dtype:
+        raise ValueError(f"batchmd: field {name!r} has dtype {ta.dtype} in one batch and {tb.dtype} in another")
+    if len(lead) > 1 or (len(trail) > 1 and not (name.startswith("_") and len({len(t) for t in trail}) == 1)):
+        raise ValueError(f"batchmd: field {name!r} has different row shapes across batches: {[list(s) for s in shapes]}")
+    target = tuple(max(sizes) for sizes in zip(*trail)) if trail else ()
+    return tuple(like.shape[:dim]) + (rows,) + target
+
+
+def _write_part(part: torch.Tensor, name: str, spec: FieldSpec, source, gather, rows: int) -> None:
+    """Fill ``part`` (a slice of the output along the row axis) from ``source`` rows ``gather`` (all if None)."""
+    dim = spec.dim
+    if source is None:
+        if spec.atom_index and spec.level == "edge" and rows > 0:
+            raise ValueError(f"batchmd: edge field {name!r} (atom indices) is missing from a batch "
+                             f"with {rows} edges; edges cannot be invented")
+        part.fill_(default_value(name, part.dtype, spec.atom_index))
+        return
+    if tuple(source.shape[dim + 1:]) != tuple(part.shape[dim + 1:]):  # a narrower cache: pad
+        part.fill_(default_value(name, part.dtype, spec.atom_index))
+        part = part[tuple(slice(0, n) for n in part.shape[:dim + 1]) + tuple(slice(0, n) for n in source.shape[dim + 1:])]
+    if gather is None:
+        part.copy_(source)
+    elif dim == 0 and part.is_contiguous():
+        torch.index_select(source, 0, gather, out=part)  # each byte moved once
+    else:
+        part.copy_(source.index_select(dim, gather))
+
+
+def select_and_append(batch, keep, other) -> "Batch":  # noqa: F821
+    """Implementation of :meth:`Batch.select_and_append` (see there)."""
+    from batchmd.data.batch import Batch
+
+    idx = _as_index(batch, keep, "select_and_append")
+    other = other.to(batch.device, batch.dtype)
+    b = batch.num_graphs
+    counts = (batch.ptr[1:] - batch.ptr[:-1]).long()
+    ecounts = (batch.edge_ptr[1:] - batch.edge_ptr[:-1]).long()
+    if idx.dtype == torch.bool:
+        n_a, e_a, rest = _sizes_and_check(batch, counts * idx, ecounts * idx, [idx.sum()])
+        idx = torch.argsort((~idx).to(torch.int8), stable=True)[: rest[0]]
+    else:
+        valid = ((idx >= -b) & (idx < b)).all()
+        idx = torch.where(idx < 0, idx + b, idx).clamp(0, max(b - 1, 0))
+        if b == 0:
+            counts, ecounts = counts.new_zeros(1), ecounts.new_zeros(1)
+        n_a, e_a, rest = _sizes_and_check(batch, counts[idx], ecounts[idx], [valid])
+        if not rest[0] or (b == 0 and idx.numel()):
+            raise ValueError(f"batchmd: select_and_append: system indices out of range for a batch of {b}")
+    k = idx.shape[0]
+    ptr_a, atom_src, owner_a, atom_shift = _layout(batch.ptr, idx, n_a)
+    eptr_a, edge_src, edge_owner_a, _ = _layout(batch.edge_ptr, idx, e_a)
+    rows_a = {"atom": n_a, "system": k, "edge": e_a}
+    rows_b = {"atom": other.num_nodes, "system": other.num_graphs, "edge": other.num_edges}
+    gather = {"atom": atom_src, "system": idx, "edge": edge_src}
+    owners = {"atom": owner_a, "system": None, "edge": edge_owner_a}
+    specs = _merged_specs(batch._specs, other._specs)
+    fields: dict[str, torch.Tensor] = {}
+    for name, spec in specs.items():
+        ta, tb = batch._fields.get(name), other._fields.get(name)
+        if spec.level == "global":
+            fields[name] = ta if ta is not None else tb
+            continue
+        like = ta if ta is not None else tb
+        ra, rb = rows_a[spec.level], rows_b[spec.level]
+        out = torch.empty(_out_shape(name, spec, ta, tb, ra + rb), dtype=like.dtype, device=batch.device)
+        part_a, part_b = out.narrow(spec.dim, 0, ra), out.narrow(spec.dim, ra, rb)
+        _write_part(part_a, name, spec, ta, gather[spec.level], ra)
+        _write_part(part_b, name, spec, tb, None, rb)
+        if spec.atom_index:
+            if ta is not None:
+                owner = owners[spec.level]
+                row_shift = atom_shift if owner is None else atom_shift.index_select(0, owner)
+                part_a.copy_(_shift_index(part_a, row_shift, spec.dim, subtract=True))
+            if tb is not None and n_a:
+                part_b.copy_(_shift_index(part_b, n_a, spec.dim, subtract=False))
+        fields[name] = out
+    ptr = torch.cat([ptr_a[:-1], other.ptr.long() + n_a])
+    edge_ptr = torch.cat([eptr_a[:-1], other.edge_ptr.long() + e_a])
+    batch_idx = torch.cat([owner_a, other.batch_idx.long() + k])
+    infos = None
+    if batch._infos is not None or other._infos is not None:
+        mine = [dict(batch._infos[i]) for i in idx.tolist()] if batch._infos is not None else [{} for _ in range(k)]
+        infos = mine + other.infos
+    return Batch(fields, specs, ptr, edge_ptr, batch_idx, infos)

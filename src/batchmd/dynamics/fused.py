@@ -460,27 +460,14 @@ class FusedStage:
             edges = batch["sample_num_edges"].reshape(-1).cpu()
             free_edges = self.sampler.max_edges - int(edges[keep].sum())
         new = self._new_systems(free_atoms, free_edges, free_slots)
-        return self._insert(batch, done.to(batch.device), new)
+        return self._insert(batch, keep, new)
 
     @staticmethod
-    def _insert(batch, slots: torch.Tensor, new):
-        """Put ``new`` systems into the graduated ``slots`` (extra slots are removed, extra systems appended)."""
-        m = 0 if new is None else new.num_graphs
-        g = slots.numel()
-        if g == 0 and m == 0:
-            return batch
-        if m == 0:
-            return batch.remove(slots)
-        if batch.num_graphs == g and m > 0:
-            return new  # every system graduated: the newcomers are the whole batch
-        if g == 0:
-            return batch.append(new)
-        if m <= g:
-            batch = batch.replace_slots(slots[:m], new)
-            return batch.remove(slots[m:]) if m < g else batch
-        head = new.index_select(torch.arange(g, device=new.device))
-        tail = new.index_select(torch.arange(g, m, device=new.device))
-        return batch.replace_slots(slots, head).append(tail)
+    def _insert(batch, keep: torch.Tensor, new):
+        """The systems ``keep`` (bool mask) stay, graduated ones leave, ``new`` systems enter at the end (one pass)."""
+        if new is None:
+            return batch if bool(keep.all()) else batch.index_select(keep.to(batch.device))
+        return batch.select_and_append(keep.to(batch.device), new)
 
     # ----------------------------------------------------------------- the run
     def run(self, batch=None, n_steps: int | None = None):
