@@ -13,7 +13,7 @@ from ase.calculators.lj import LennardJones as AseLJ
 
 from batchmd.data import Batch
 from batchmd.models.lj import LennardJones
-from batchmd.models.neighbors import NeighborList
+from batchmd.models.neighbors import NeighborList, unpack_images
 
 CUTOFF, SKIN = 5.0, 1.0
 
@@ -63,7 +63,8 @@ def brute_force_pairs(atoms: Atoms, r: float) -> set:
 
 def listed_pairs(batch: Batch, system: int) -> set:
     start, stop = batch.ptr[system].item(), batch.ptr[system + 1].item()
-    nbr, shifts, count = batch["_nl_neighbors"], batch["_nl_shifts"], batch["_nl_count"]
+    nbr, count = batch["_nl_neighbors"], batch["_nl_count"]
+    shifts = unpack_images(batch["_nl_images"]).double().numpy() @ batch.cell[system].double().numpy()
     pairs = set()
     for i in range(start, stop):
         n = int(count[i])
@@ -72,8 +73,8 @@ def listed_pairs(batch: Batch, system: int) -> set:
             j = int(nbr[i, k])
             if j >= 0:  # same cell, no shift
                 pairs.add((i - start, j, 0.0, 0.0, 0.0))
-            else:  # periodic image: -1 - j with its Cartesian shift
-                pairs.add((i - start, -1 - j, *np.round(shifts[i, k].numpy(), 6)))
+            else:  # periodic image: -1 - j with its packed lattice image
+                pairs.add((i - start, -1 - j, *np.round(shifts[i, k], 6)))
     return pairs
 
 
@@ -232,3 +233,42 @@ def test_overflowed_rows_survive_padding_to_a_wider_batch():
 
 def structures_small() -> Atoms:
     return _rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2), 10)
+
+
+def test_image_packing_round_trip():
+    """pack_image (device) and unpack_images (host) agree over the whole range |n| <= 511."""
+    import warp as wp
+
+    from batchmd.kernels import neighbor_list as nlk
+    from batchmd.runtime import init_warp
+
+    @wp.kernel
+    def pack(k: wp.array(dtype=wp.vec3i), packed: wp.array(dtype=wp.int32), back: wp.array(dtype=wp.vec3i)):
+        t = wp.tid()
+        packed[t] = nlk.pack_image(k[t])
+        back[t] = nlk.unpack_image(packed[t])
+
+    init_warp()
+    values = torch.tensor([-511, -510, -2, -1, 0, 1, 2, 300, 510, 511], dtype=torch.int32)
+    k = torch.stack(torch.meshgrid(values, values, values, indexing="ij"), dim=-1).reshape(-1, 3).contiguous()
+    packed = torch.zeros(len(k), dtype=torch.int32)
+    back = torch.zeros_like(k)
+    wp.launch(pack, dim=len(k), inputs=[wp.from_torch(k, dtype=wp.vec3i), wp.from_torch(packed),
+                                        wp.from_torch(back, dtype=wp.vec3i)], device="cpu")
+    assert (packed >= 0).all()
+    assert torch.equal(back, k)
+    assert torch.equal(unpack_images(packed), k)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
+def test_image_beyond_packing_limit_uses_exact_bin_walk(half):
+    """An unwrapped atom 600 cells away cannot be packed: its rows are marked and walked exactly."""
+    atoms = _rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2), 11)
+    far = atoms.copy()
+    far.positions[3] += 600 * far.cell[0]
+    out = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0, half_list=half)(
+        batch := Batch.from_ase([far], dtype=torch.float64))
+    assert (batch["_nl_count"] < 0).any()
+    energy, forces = _ase(atoms, 8.5125)
+    np.testing.assert_allclose(out["energy"].item(), energy, rtol=1e-10)
+    np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=1e-9, atol=1e-11)

@@ -17,10 +17,12 @@ Pair energy, with ``r_c`` the cutoff and ``shift`` the energy at the cutoff
   order, so ``forces[j]`` receives its contributions from the system's lower-index atoms in
   a fixed order, then the thread of ``j`` adds its own sum. Not for CUDA.
 
-An atom whose row overflowed the list capacity (negative count) walks its system's bins instead (same
-candidates, same order, same acceptance test as the build, see
+An atom whose row overflowed the list capacity, or held an image too far to pack (negative
+count), walks its system's bins instead (same candidates, same order, same acceptance test as the build, see
 :mod:`batchmd.kernels.neighbor_list`), so overflow is never a silent truncation and gives
-bitwise the same result as a large enough list.
+bitwise the same result as a large enough list. An image entry's Cartesian shift is
+computed from its packed integer image and the current cell (``image_shift``), exactly the
+value the build used.
 
 ``lj_systems`` runs one thread per system and sums its atoms' energies and virials in atom
 order. The stress follows ASE's convention (``atoms.get_stress(voigt=False)`` of
@@ -34,7 +36,7 @@ from typing import Any
 
 import warp as wp
 
-from batchmd.kernels.neighbor_list import bin_cell, bin_image, half_skip, image_shift, in_phase
+from batchmd.kernels.neighbor_list import bin_cell, bin_image, half_skip, image_shift, in_phase, unpack_image
 
 wp.set_module_options({"enable_backward": False})
 
@@ -63,7 +65,7 @@ def lj_atoms(
     batch_idx: wp.array(dtype=wp.int32),
     ptr: wp.array(dtype=wp.int32),
     neighbors: wp.array2d(dtype=wp.int32),
-    shifts: wp.array2d(dtype=Any),
+    images: wp.array2d(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
     cutoff_sq: Any,
     sigma_sq: Any,
@@ -94,6 +96,7 @@ def lj_atoms(
     s = batch_idx[i]
     base = ptr[s]
     xi = x[i]
+    h = cell[s]
     n = count[i]
     f = xi - xi
     e = sigma_sq - sigma_sq
@@ -105,9 +108,9 @@ def lj_atoms(
             d = xi - xi
             if j >= base:
                 d = x[j] - xi
-            else:  # periodic image: stored as -1 - local index, with its Cartesian shift
+            else:  # periodic image: stored as -1 - local index, with its packed lattice image
                 j = base - 1 - neighbors[i, t]
-                d = x[j] - xi + shifts[i, t]
+                d = x[j] - xi + image_shift(unpack_image(images[i, t]), h)
             r2 = wp.dot(d, d)
             if r2 <= cutoff_sq:
                 u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
@@ -121,7 +124,6 @@ def lj_atoms(
                 if half != 0:
                     forces[j] = forces[j] - fd
     else:
-        h = cell[s]
         nb = nbins[s]
         sr = search[s]
         bi = atom_bin[i]
@@ -216,7 +218,6 @@ for _scalar, _vec, _mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.v
         lj_atoms,
         {
             "x": wp.array(dtype=_vec),
-            "shifts": wp.array2d(dtype=_vec),
             "cutoff_sq": _scalar,
             "sigma_sq": _scalar,
             "eps4": _scalar,

@@ -29,18 +29,36 @@ early-exits for systems that are not flagged, so a step never synchronises the h
                       stores the reference position.
 ``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
                       into bins, ascending atom index inside a bin (deterministic).
-``nl_build``          one thread per atom: writes up to ``K`` neighbors and the neighbor
-                      count ``n``; a row that did not fit stores ``-n`` (overflow is
-                      reported, never truncated silently) and ``max_count`` the largest ``n``.
+``nl_build``          one thread per atom: writes up to ``K`` neighbors (with packed
+                      images) and the neighbor count ``n``; a row that did not fit, or held
+                      an image beyond ``±IMAGE_LIMIT``, stores ``-n`` (reported, never
+                      truncated silently) and ``max_count`` the largest ``n``.
 
 Row layout: a row first holds the neighbors in the same cell image as ``i`` (system-local
 index ``j >= 0``, no shift), then the periodic images (stored as ``-1 - j``, with their
-Cartesian shift in ``shifts``), each part in the fixed stencil/bin/atom order, which depends
-only on the system's own atoms. Pair kernels thus skip the shift load for most pairs of a
-large cell. With ``half != 0`` each pair is kept once: only bin offsets that are
-lexicographically positive are visited (a half stencil), plus ``j > i`` in the atom's own
-bin (``half_skip``); this also halves the build's candidates. The stencil is symmetric,
-so the pair ``(j, i)`` sits at the opposite offset and is found exactly once.
+integer lattice image ``n = (n0, n1, n2)`` packed in ``images``), each part in the fixed
+stencil/bin/atom order, which depends only on the system's own atoms. Pair kernels thus
+skip the image work for most pairs of a large cell. With ``half != 0`` each pair is kept
+once: only bin offsets that are lexicographically positive are visited (a half stencil),
+plus ``j > i`` in the atom's own bin (``half_skip``); this also halves the build's
+candidates. The stencil is symmetric, so the pair ``(j, i)`` sits at the opposite offset
+and is found exactly once.
+
+Image packing
+-------------
+A pair's image is ``x_j + n0 a + n1 b + n2 c - x_i`` (rows ``a, b, c`` of the cell, Å);
+the consumer computes the Cartesian shift at use time with :func:`image_shift` from the
+current cell, bit for bit the build's former stored value: the list is only used after
+the skin check, which rebuilds a system whose cell differs from the cell of its build.
+``n`` is packed in one int32 as three ``IMAGE_BITS = 10``-bit fields holding
+``n_d + 512`` (:func:`pack_image` / :func:`unpack_image`), so ``|n_d| <= IMAGE_LIMIT = 511``
+and the packed value is never negative. Neither part of ``n`` has a bound that fits any
+fixed packing: the bin-image part reaches about ``r_list / width + 2`` (a cell of
+perpendicular width ``width`` Å; only degenerate cells are refused, so a 0.01 Å-thin
+direction with ``r_list = 9.5`` Å needs ~950), and for unwrapped positions the wrap
+difference of two atoms grows with diffusion. A row with an image beyond ``±511`` is
+therefore marked like an overflowed row (``-n``): its atom is evaluated exactly by the
+bin walk, and its system is rebuilt at the next structure change (never a wrong pair).
 
 The pair kernels re-walk the bins for an atom whose count is negative (unshifted
 candidates, then images, with the build's acceptance test bit for bit), so results stay
@@ -96,6 +114,34 @@ def in_phase(k: wp.vec3i, phase: int):
 def image_shift(k: wp.vec3i, h: Any):
     """Cartesian lattice translation ``k0*a + k1*b + k2*c`` (rows of ``h``)."""
     return h[0] * h.dtype(k[0]) + h[1] * h.dtype(k[1]) + h[2] * h.dtype(k[2])
+
+
+IMAGE_BITS = wp.constant(10)
+IMAGE_BIAS = wp.constant(512)  # 2 ** (IMAGE_BITS - 1): stored field = n + IMAGE_BIAS
+IMAGE_MASK = wp.constant(1023)  # 2 ** IMAGE_BITS - 1
+IMAGE_LIMIT = wp.constant(511)  # largest |n_d| a packed image holds
+
+
+@wp.func
+def image_fits(k: wp.vec3i):
+    """Whether every component of ``k`` fits a packed image (``|k_d| <= IMAGE_LIMIT``)."""
+    return wp.abs(k[0]) <= IMAGE_LIMIT and wp.abs(k[1]) <= IMAGE_LIMIT and wp.abs(k[2]) <= IMAGE_LIMIT
+
+
+@wp.func
+def pack_image(k: wp.vec3i):
+    """Three lattice image offsets (``|k_d| <= IMAGE_LIMIT``) in one non-negative int32."""
+    return (((k[0] + IMAGE_BIAS) << IMAGE_BITS) | (k[1] + IMAGE_BIAS)) << IMAGE_BITS | (k[2] + IMAGE_BIAS)
+
+
+@wp.func
+def unpack_image(p: wp.int32):
+    """Inverse of :func:`pack_image`."""
+    return wp.vec3i(
+        (p >> (IMAGE_BITS + IMAGE_BITS)) - IMAGE_BIAS,
+        ((p >> IMAGE_BITS) & IMAGE_MASK) - IMAGE_BIAS,
+        (p & IMAGE_MASK) - IMAGE_BIAS,
+    )
 
 
 @wp.func
@@ -345,7 +391,7 @@ def nl_build(
     half: int,
     rebuild: wp.array(dtype=wp.int32),
     neighbors: wp.array2d(dtype=wp.int32),
-    shifts: wp.array2d(dtype=Any),
+    images: wp.array2d(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
     max_count: wp.array(dtype=wp.int32),
 ):
@@ -370,6 +416,7 @@ def nl_build(
     # front part at the end, so a row reads: unshifted (stencil order), then images.
     n0 = int(0)
     n1 = int(0)
+    fits = int(1)  # 0 once an image does not fit its packing: the row is then marked like an overflow
     for o0 in range(-sr[0], sr[0] + 1):
         c0 = bin_image(bi[0] + o0, nb[0], p0)
         if c0[2] == 0:
@@ -395,32 +442,36 @@ def nl_build(
                     if wp.dot(d, d) < r_list_sq:
                         k = kb + wi - atom_wrap[j]
                         unshifted = k[0] == 0 and k[1] == 0 and k[2] == 0
+                        if not unshifted and not image_fits(k):
+                            fits = 0
                         if n0 + n1 < capacity:
                             if unshifted:
                                 neighbors[i, n0] = j - base
-                            else:
+                            elif fits != 0:
                                 neighbors[i, capacity - 1 - n1] = -1 - (j - base)
-                                shifts[i, capacity - 1 - n1] = image_shift(k, h)
+                                images[i, capacity - 1 - n1] = pack_image(k)
                         if unshifted:
                             n0 += 1
                         else:
                             n1 += 1
     n = n0 + n1
-    if n <= capacity:
+    if n <= capacity and fits != 0:
         for m in range(n1 / 2):  # reverse the back part in place ...
             a = capacity - n1 + m
             b = capacity - 1 - m
             ja = neighbors[i, a]
-            sa = shifts[i, a]
+            ka = images[i, a]
             neighbors[i, a] = neighbors[i, b]
-            shifts[i, a] = shifts[i, b]
+            images[i, a] = images[i, b]
             neighbors[i, b] = ja
-            shifts[i, b] = sa
+            images[i, b] = ka
         for m in range(n1):  # ... and move it behind the front part (forward copy is safe)
             neighbors[i, n0 + m] = neighbors[i, capacity - n1 + m]
-            shifts[i, n0 + m] = shifts[i, capacity - n1 + m]
-    if n > capacity:
-        count[i] = -n  # row truncated: marked so that no later width change can make it look valid
+            images[i, n0 + m] = images[i, capacity - n1 + m]
+    if n > capacity or fits == 0:
+        # row truncated, or an image beyond IMAGE_LIMIT: marked so that no later width change
+        # can make it look valid; the pair kernels walk the bins for this atom
+        count[i] = -n
     else:
         count[i] = n
     wp.atomic_max(max_count, 0, n)
@@ -447,7 +498,7 @@ def _overload_all() -> None:
         )
         wp.overload(nl_bin_atoms, {"x": vec_a, "cell": mat_a, "frame": mat_a, "lower": vec_a, "width": vec_a,
                                    "wrapped": vec_a, "ref_x": vec_a})
-        wp.overload(nl_build, {"cell": mat_a, "wrapped": vec_a, "r_list_sq": scalar, "shifts": wp.array2d(dtype=vec)})
+        wp.overload(nl_build, {"cell": mat_a, "wrapped": vec_a, "r_list_sq": scalar})
 
 
 _overload_all()

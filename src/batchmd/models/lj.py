@@ -104,6 +104,7 @@ class LennardJones(Model):
 
     needs_neighbors = True
     supports_out = True
+    torch_compute = False
 
     def __init__(
         self,
@@ -204,7 +205,7 @@ class LennardJones(Model):
         want = int(self.computes_stress and (out is None or "stress" in out))
         launch, sc = self._launch, self._launch.scalar
         launch(ljk.lj_atoms, n, [
-            v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["shifts"], v["count"],
+            v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["images"], v["count"],
             sc("cutoff_sq", T, self.cutoff**2), sc("sigma_sq", T, self.sigma**2), sc("eps4", T, 4.0 * self.epsilon),
             sc("eps24", T, 24.0 * self.epsilon), sc("e_shift", T, self._e_shift), want, half,
             v["cell"], v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],

@@ -12,10 +12,23 @@ through ``remove`` / ``append`` / ``replace_slots`` and survives inflight refill
                                              negative for a half list
 ``_nl_neighbors``          [N, K] int32      *system-local* neighbor ``j``; ``-1 - j`` for a
                                              periodic image (same-image neighbors come first)
-``_nl_shifts``             [N, K, 3] float   Cartesian image shift of image entries (Å)
+``_nl_images``             [N, K] int32      lattice image ``(n0, n1, n2)`` of image entries,
+                                             packed as three 10-bit fields (``|n_d| <= 511``,
+                                             see :func:`unpack_images`)
 ``_nl_count``              [N] int32         neighbor count; ``-count`` if the row overflowed K
+                                             (or held an image beyond ``±511``)
 ``_nl_nbins``              [B, 3] int32      bin grid chosen on the host (0: not chosen yet)
 =========================  ================  ==========================================
+
+An image entry stands for ``x_j + n0 a + n1 b + n2 c`` (cell rows ``a, b, c``, Å); pair
+kernels compute that shift at use time from the *current* cell. This equals the shift at
+build time: a cell only changes in place (barostat, cell filter), and a system whose cell
+differs from ``_nl_ref_cell`` is rebuilt by the skin check before any pair kernel reads its
+list. Integers instead of Cartesian shifts cost 4 bytes per pair instead of 12 (float32) or
+24 (float64), which matters because inflight refills copy every field row by row. An image
+beyond ``±511`` per direction (a cell thinner than ``r_list / 509``, or unwrapped atoms
+that diffused ~500 cells apart) marks the row like an overflow: that atom is evaluated
+exactly by the bin walk (see :mod:`batchmd.kernels.neighbor_list`).
 
 A system newly inserted in a slot arrives with NaN reference positions/cell/cutoff, so it
 is rebuilt on its first evaluation; the other systems keep their lists.
@@ -80,13 +93,30 @@ import warp as wp
 from batchmd.kernels import neighbor_list as nlk
 from batchmd.runtime import LaunchCache, to_warp, warp_scalar
 
-__all__ = ["NeighborList", "FIELDS"]
+__all__ = ["FIELDS", "NeighborList", "unpack_images"]
 
 # Bins are at least r_list / BINS_PER_CUTOFF wide; 2 visits ~(5/2)^3 = 15.6 r^3 of candidates
 # per atom instead of 27 r^3 with bins of r_list (the search range adapts on the device).
 BINS_PER_CUTOFF = 1
 
-FIELDS = ("_nl_ref_positions", "_nl_ref_cell", "_nl_cutoff", "_nl_neighbors", "_nl_shifts", "_nl_count")
+FIELDS = ("_nl_ref_positions", "_nl_ref_cell", "_nl_cutoff", "_nl_neighbors", "_nl_images", "_nl_count")
+
+IMAGE_BITS, IMAGE_BIAS = 10, 512  # must match batchmd.kernels.neighbor_list.pack_image
+
+
+def unpack_images(packed: torch.Tensor) -> torch.Tensor:
+    """Integer lattice images ``[..., 3]`` (int32) of packed ``_nl_images`` entries.
+
+    Only meaningful for image entries (``_nl_neighbors < 0``) of complete rows.
+
+    Example
+    -------
+    >>> unpack_images(torch.tensor([(511 << 20) | (512 << 10) | 1023], dtype=torch.int32))
+    tensor([[ -1,   0, 511]], dtype=torch.int32)
+    """
+    mask = (1 << IMAGE_BITS) - 1
+    parts = [(packed >> (2 * IMAGE_BITS)) & mask, (packed >> IMAGE_BITS) & mask, packed & mask]
+    return (torch.stack(parts, dim=-1) - IMAGE_BIAS).to(torch.int32)
 
 
 def frame_widths(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -279,7 +309,7 @@ class NeighborList:
         batch.set_field("_nl_ref_cell", torch.full((b, 3, 3), nan, dtype=dtype, device=device), "system")
         batch.set_field("_nl_cutoff", torch.full((b,), nan, dtype=dtype, device=device), "system")
         batch.set_field("_nl_neighbors", torch.zeros((n, capacity), dtype=torch.int32, device=device), "atom")
-        batch.set_field("_nl_shifts", torch.zeros((n, capacity, 3), dtype=dtype, device=device), "atom")
+        batch.set_field("_nl_images", torch.zeros((n, capacity), dtype=torch.int32, device=device), "atom")
         batch.set_field("_nl_count", torch.zeros((n,), dtype=torch.int32, device=device), "atom")
         self.capacity = capacity
 
@@ -304,7 +334,7 @@ class NeighborList:
         v["ref_cell"] = self._view("ref_cell", batch["_nl_ref_cell"], matrix=True)
         v["ref_cutoff"] = self._view("ref_cutoff", batch["_nl_cutoff"])
         v["neighbors"] = self._view("neighbors", batch["_nl_neighbors"])
-        v["shifts"] = self._view("shifts", batch["_nl_shifts"], vector=True)
+        v["images"] = self._view("images", batch["_nl_images"])
         v["count"] = self._view("count", batch["_nl_count"])
         return v
 
@@ -320,7 +350,7 @@ class NeighborList:
         Returns
         -------
         dict of str -> warp.array
-            Views used by pair kernels (``neighbors``, ``shifts``, ``count``, bin tables).
+            Views used by pair kernels (``neighbors``, ``images``, ``count``, bin tables).
 
         Example
         -------
@@ -379,7 +409,7 @@ class NeighborList:
         launch(nlk.nl_build, n, [v["batch_idx"], v["ptr"], v["cell"], v["pbc"], v["nbins"], v["bin_offset"],
                                  v["search"], v["atom_bin"], v["atom_wrap"], v["bin_start"], v["bin_count"],
                                  v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, self.r_list**2), int(self.half),
-                                 v["rebuild"], v["neighbors"], v["shifts"], v["count"], v["max_count"]], device, batch.dtype)
+                                 v["rebuild"], v["neighbors"], v["images"], v["count"], v["max_count"]], device, batch.dtype)
         if device.type == "cuda":
             self._host_count.copy_(self._buf["max_count"], non_blocking=True)
             self._pending_event = torch.cuda.Event()
