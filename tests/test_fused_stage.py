@@ -221,3 +221,34 @@ def test_fire_then_nvt_pipeline_is_batch_invariant(model):
         assert torch.allclose(got.positions, alone.positions, rtol=0, atol=1e-10)
         assert torch.allclose(got.velocities, alone.velocities, rtol=0, atol=1e-10)
         assert torch.allclose(got.energies, alone.energies, rtol=0, atol=1e-10)
+
+
+class _ThreadProbe(Hook):
+    def __init__(self):
+        self.seen = set()
+
+    def __call__(self, batch, context):
+        self.seen.add(torch.get_num_threads())
+
+
+@pytest.mark.parametrize("cpu_threads", ["auto", 1, None])
+def test_cpu_threads_policy_is_applied_during_run_and_restored(model, cpu_threads):
+    from ase.build import bulk
+
+    from batchmd.models.lj import LennardJones
+
+    before = torch.get_num_threads()
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5)
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    for m, warp_model in ((lj, True), (model, False)):
+        batch = Batch.from_ase([atoms], dtype=torch.float64)
+        probe = _ThreadProbe()
+        FusedStage([FIRE(m, n_steps=3)], hooks=[probe], cpu_threads=cpu_threads).run(batch)
+        if cpu_threads == 1 or (cpu_threads == "auto" and warp_model):
+            assert probe.seen == {1}
+        else:
+            assert probe.seen == {before}
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="cpu_threads"):
+        FusedStage([FIRE(lj, n_steps=3)], cpu_threads=0)

@@ -32,6 +32,7 @@ __all__ = [
     "to_warp",
     "launch",
     "warp_stream",
+    "torch_threads",
     "WarpViewCache",
     "LaunchCache",
     "CachedLaunch",
@@ -143,6 +144,28 @@ def warp_stream(device: torch.device | str | None):
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with torch's intra-op thread count set to ``n``, then restore it (None: unchanged).
+
+    Example
+    -------
+    >>> with torch_threads(1):
+    ...     pass
+    """
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    if int(n) < 1:
+        raise ValueError(f"batchmd: thread count must be >= 1, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def launch(kernel, dim, inputs, device: torch.device | str | None, outputs=None) -> None:

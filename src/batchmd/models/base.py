@@ -48,9 +48,14 @@ class Model(torch.nn.Module):
         Whether ``forward(batch, out=...)`` accepts preallocated output tensors
         (``"energy"``, ``"forces"``, ``"stress"``) and writes into them. The dynamics loop
         then passes the batch's own fields, so the steady-state step allocates nothing.
+    torch_compute : bool
+        Whether the model does its work in torch ops (True, the default: neural networks,
+        the torch adapter). Models that compute in Warp kernels set False, which lets the
+        dynamics loop run torch single-threaded on CPU (see ``FusedStage(cpu_threads=...)``).
     """
 
     cutoff: float | None = None
+    torch_compute: bool = True
     needs_neighbors: bool = False
     computes_stress: bool = False
     supports_out: bool = False
