@@ -105,7 +105,6 @@ class LennardJones(Model):
     needs_neighbors = True
     supports_out = True
     torch_compute = False
-    torch_compute = False
 
     def __init__(
         self,
