@@ -252,3 +252,20 @@ def test_cpu_threads_policy_is_applied_during_run_and_restored(model, cpu_thread
         assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="cpu_threads"):
         FusedStage([FIRE(lj, n_steps=3)], cpu_threads=0)
+
+
+def test_occupancy_counts_steps_and_priming_evaluations_of_refilled_systems(model):
+    """Fixed budgets (no convergence): every evaluation in the loop is accounted exactly.
+
+    Five 5-atom systems, 10 steps each, a 10-atom budget, refill every step: the first
+    two are primed before the loop; each later one is primed in a loop step (PENDING),
+    so the live batch is full in every step but the drain at the end.
+    """
+    dataset = RandomClusters([5] * 5, seed=2)
+    fused = FusedStage([FIRE(model, n_steps=10)], sampler=SizeAwareSampler(dataset, max_atoms=10),
+                       sinks=[HostMemory(capacity=5)], refill_frequency=1)
+    fused.run(batch=None)
+    stats = fused.stats
+    assert stats.atom_steps == 5 * 5 * 10
+    in_use = 5 * 5 * 10 + 3 * 5  # every step, plus the priming evaluations of the 3 refilled systems
+    assert stats.mean_occupancy == pytest.approx(in_use / 10 / stats.steps)

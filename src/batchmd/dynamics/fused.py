@@ -295,7 +295,7 @@ class FusedStage:
     def _active_atom_steps(self, device) -> torch.Tensor:
         counter = getattr(self, "_atom_step_counter", None)
         if counter is None or counter.device != torch.device(device):
-            counter = torch.zeros(1, dtype=torch.int64, device=device)
+            counter = torch.zeros(2, dtype=torch.int64, device=device)  # atom-steps, atoms in use
             self._atom_step_counter = counter
         return counter
 
@@ -527,6 +527,7 @@ class FusedStage:
         self._reported = None
         self._step_index = 0
         self._accounted_steps = 0
+        self._accounted_in_use = 0
         self._active_atom_steps(batch.device).zero_()
         self.prime(batch)
         limit = n_steps
@@ -557,12 +558,13 @@ class FusedStage:
         return batch
 
     def _account(self, batch) -> None:
-        """Update throughput counters at a refill point from the device-side atom-step counter."""
+        """Update throughput counters at a refill point from the device-side counters (one read)."""
         counter = self._active_atom_steps(batch.device)
-        total = int(counter.item())
-        new = total - self.stats.atom_steps
+        total, in_use = counter.tolist()
+        new_in_use = in_use - getattr(self, "_accounted_in_use", 0)
+        self._accounted_in_use = in_use
         steps = self.stats.steps - getattr(self, "_accounted_steps", 0)
         self._accounted_steps = self.stats.steps
         self.stats.atom_steps = total
         if self.stats.max_atoms and steps > 0:
-            self.stats.occupancy_sum += new / self.stats.max_atoms
+            self.stats.occupancy_sum += new_in_use / self.stats.max_atoms

@@ -65,7 +65,9 @@ class RunStats:
     systems_total : int or None
         Dataset size when a sampler drives the run.
     occupancy_sum : float
-        Sum of live-batch occupancy (atoms in use / max_atoms) over steps.
+        Sum of live-batch occupancy over steps: atoms in use / max_atoms, where atoms in
+        use are those of systems that took the step or got their first (priming)
+        evaluation in it; finished systems waiting for a refill point are not in use.
     max_atoms : int or None
         The live batch's atom budget.
     start_time : float

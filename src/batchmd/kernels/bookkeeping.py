@@ -94,8 +94,10 @@ def advance_status(
     criterion ends when its budget runs out (then the next stage, or CONVERGED).
     A PENDING system (just inserted) becomes ACTIVE without counting a step: this
     evaluation was its priming one.
-    ``active_atom_steps[0]`` accumulates the atoms of systems that took this step
-    (an integer sum, so its order does not matter).
+    ``active_atom_steps[0]`` accumulates the atoms of systems that took this step and
+    ``active_atom_steps[1]`` those of systems whose evaluation was useful work (a step
+    or a PENDING system's priming evaluation): the live batch's atoms in use. Integer
+    sums, so their order does not matter.
     """
     s = wp.tid()
     entered[s] = False
@@ -103,12 +105,15 @@ def advance_status(
     if status[s] == PENDING:  # inserted at the last refill: its first evaluation is done, it did not move
         status[s] = ACTIVE
         inc = 0
+        if increment != 0:
+            wp.atomic_add(active_atom_steps, 1, wp.int64(ptr[s + 1] - ptr[s]))
     elif status[s] != ACTIVE:
         return
     if inc != 0:
         stage_steps[s] = stage_steps[s] + 1
         n_steps[s] = n_steps[s] + 1
         wp.atomic_add(active_atom_steps, 0, wp.int64(ptr[s + 1] - ptr[s]))
+        wp.atomic_add(active_atom_steps, 1, wp.int64(ptr[s + 1] - ptr[s]))
     if finite[s] == 0:
         status[s] = FAILED
         return
