@@ -37,6 +37,7 @@ import logging
 import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
+from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.status import SystemStatus
 from batchmd.kernels import bookkeeping as bk
 from batchmd.runtime import CachedLaunch, torch_threads, WarpViewCache, to_warp
@@ -67,7 +68,7 @@ def _normalise_stages(sub_stages) -> list:
     return stages
 
 
-class FusedStage:
+class FusedStage(RefillPoints):
     """Chain dynamics stages over one live batch; optionally refill it from a sampler.
 
     Parameters
@@ -379,62 +380,6 @@ class FusedStage:
         self._call_hooks(batch, HookStage.AFTER_STEP)
         return batch
 
-    # ----------------------------------------------------------------- graduation
-    def _graduate(self, batch, indices: torch.Tensor) -> None:
-        """Fire graduation hooks and sinks for systems ``indices`` (each sink once per system)."""
-        if indices.numel() == 0:
-            return
-        # Caches (neighbor lists, ...) stay behind: results carry physics and bookkeeping only.
-        graduated = batch.without_fields(prefix="_").index_select(indices.to(batch.device)).to("cpu")
-        status = graduated["status"]
-        graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
-        self.stats.systems_graduated += int(status.numel())
-        self.stats.systems_converged += int((status == int(SystemStatus.CONVERGED)).sum())
-        self.stats.systems_out_of_steps += int((status == int(SystemStatus.OUT_OF_STEPS)).sum())
-        self.stats.systems_failed += int((status == int(SystemStatus.FAILED)).sum())
-        written: set[int] = set()
-        last_stage = graduated["stage"]
-        for stage_index, stage in enumerate(self.stages):
-            hooks = [h for h in stage.hooks if h.stage == HookStage.ON_GRADUATION]
-            if not hooks:
-                continue
-            mine = torch.nonzero(last_stage == stage_index).reshape(-1)
-            if mine.numel() == 0:
-                continue
-            subset = graduated if mine.numel() == graduated.num_graphs else graduated.index_select(mine)
-            for hook in hooks:
-                hook(subset, HookContext(self._step_index, stage_index, self.stats))
-                if hasattr(hook, "sink"):
-                    written.add(id(hook.sink))
-        for hook in self.hooks:
-            if hook.stage == HookStage.ON_GRADUATION:
-                hook(graduated, HookContext(self._step_index, None, self.stats))
-                if hasattr(hook, "sink"):
-                    written.add(id(hook.sink))
-        for sink in self.sinks:
-            if id(sink) not in written:
-                sink.write(graduated)
-                written.add(id(sink))
-
-    def _new_systems(self, free_atoms: int, free_edges: int | None, free_slots: int):
-        """Ask the sampler for samples that fit; returns a Batch with fresh loop and stage-0 state, or None.
-
-        Forces are not evaluated here: the newcomers are PENDING, so the next step's single
-        model evaluation gives them forces at their initial positions while they stay put,
-        and its convergence check runs as a priming check (no step counted).
-        """
-        from batchmd.data import Batch
-
-        samples = self.sampler.take(free_atoms, free_edges, free_slots)
-        if not samples:
-            return None
-        new = Batch.from_data_list(samples)
-        new = self._to_run_device(new)
-        self._ensure_loop_fields(new)
-        new["status"].fill_(int(SystemStatus.PENDING))
-        self._init_stage_state(new)
-        return new
-
     def _init_stage_state(self, batch) -> None:
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
         everyone = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
@@ -446,39 +391,6 @@ class FusedStage:
         if self.device is not None or self.dtype is not None:
             batch = batch.to(self.device if self.device is not None else batch.device, self.dtype)
         return batch
-
-    def _refill_point(self, batch):
-        """Graduate finished systems and (inflight) refill; returns the new live batch."""
-        # The host synchronisations of a refill point: status, sizes, throughput counter.
-        status = batch["status"].cpu()
-        self._account(batch)
-        done = torch.nonzero((status != int(SystemStatus.ACTIVE)) & (status != int(SystemStatus.PENDING))).reshape(-1)
-        if self.sampler is None:
-            if self._reported is None or self._reported.numel() != batch.num_graphs:
-                self._reported = torch.zeros(batch.num_graphs, dtype=torch.bool)
-            fresh = done[~self._reported[done]]
-            self._graduate(batch, fresh)
-            self._reported[fresh] = True
-            return batch
-        self._graduate(batch, done)
-        sizes = (batch.ptr[1:] - batch.ptr[:-1]).cpu()
-        keep = torch.ones(batch.num_graphs, dtype=torch.bool)
-        keep[done] = False
-        free_atoms = self.sampler.max_atoms - int(sizes[keep].sum())
-        free_slots = self.sampler.max_batch_size - int(keep.sum())
-        free_edges = None
-        if self.sampler.max_edges is not None:
-            edges = batch["sample_num_edges"].reshape(-1).cpu()
-            free_edges = self.sampler.max_edges - int(edges[keep].sum())
-        new = self._new_systems(free_atoms, free_edges, free_slots)
-        return self._insert(batch, keep, new)
-
-    @staticmethod
-    def _insert(batch, keep: torch.Tensor, new):
-        """The systems ``keep`` (bool mask) stay, graduated ones leave, ``new`` systems enter at the end (one pass)."""
-        if new is None:
-            return batch if bool(keep.all()) else batch.index_select(keep.to(batch.device))
-        return batch.select_and_append(keep.to(batch.device), new)
 
     # ----------------------------------------------------------------- the run
     def run(self, batch=None, n_steps: int | None = None):
@@ -556,15 +468,3 @@ class FusedStage:
         if batch.num_graphs == 0 and self.sampler.exhausted:
             return None
         return batch
-
-    def _account(self, batch) -> None:
-        """Update throughput counters at a refill point from the device-side counters (one read)."""
-        counter = self._active_atom_steps(batch.device)
-        total, in_use = counter.tolist()
-        new_in_use = in_use - getattr(self, "_accounted_in_use", 0)
-        self._accounted_in_use = in_use
-        steps = self.stats.steps - getattr(self, "_accounted_steps", 0)
-        self._accounted_steps = self.stats.steps
-        self.stats.atom_steps = total
-        if self.stats.max_atoms and steps > 0:
-            self.stats.occupancy_sum += new_in_use / self.stats.max_atoms
