@@ -90,6 +90,57 @@ def test_sampler_respects_edge_budget():
     assert int(sampler.request_replacement(10, num_edges=5).sample_index) == 2
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_prefetch_serves_exactly_what_loading_on_request_serves(shuffle):
+    import threading
+
+    sizes = [4, 9, 2, 7, 3, 8, 5, 6, 1, 9, 2, 4] * 3
+    requests = [5, 12, 1, 9, 3, 100, 2, 7, 4, 8, 6, 100] * 4
+
+    threads = set()
+
+    class Recording(SizedDataset):
+        def __getitem__(self, idx):
+            threads.add(threading.current_thread().name)
+            return super().__getitem__(idx)
+
+    def serve(prefetch):
+        threads.clear()
+        ds = Recording(sizes, seed=3)
+        sampler = SizeAwareSampler(ds, max_atoms=100, shuffle=shuffle, seed=5, prefetch=prefetch)
+        out = []
+        for free in requests:
+            data = sampler.request_replacement(free)
+            if data is not None:
+                out.append((int(data.sample_index), int(data.system_id), data.positions.clone(), data.info))
+        return out, set(threads), sampler
+
+    plain, plain_threads, _ = serve(0)
+    ahead, ahead_threads, sampler = serve(3)
+    assert [o[:2] for o in ahead] == [o[:2] for o in plain] and len(plain) == len(sizes)
+    assert all(torch.equal(a[2], p[2]) and a[3] == p[3] for a, p in zip(ahead, plain))
+    assert plain_threads == {threading.current_thread().name}
+    assert any(name.startswith("batchmd-prefetch") for name in ahead_threads)
+    assert sampler.exhausted and sampler._pool is None  # the thread stops once everything is served
+
+
+def test_prefetch_reraises_a_failing_load_and_rejects_bad_values():
+    class Broken(SizedDataset):
+        def __getitem__(self, idx):
+            if idx == 1:
+                raise OSError("disk gone")
+            return super().__getitem__(idx)
+
+    ds = Broken([3, 3, 3])
+    sampler = SizeAwareSampler(ds, max_atoms=10, prefetch=2)
+    assert int(sampler.request_replacement(10).sample_index) == 0
+    with pytest.raises(OSError, match="disk gone"):
+        sampler.request_replacement(10)
+    sampler.close()
+    with pytest.raises(ValueError, match="prefetch must be an integer >= 0"):
+        SizeAwareSampler(ds, max_atoms=10, prefetch=-1)
+
+
 def test_sampler_checks_metadata_against_loaded_sample():
     ds = SizedDataset([4])
     ds.get_metadata = lambda i: (5, 0)

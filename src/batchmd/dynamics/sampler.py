@@ -15,6 +15,13 @@ seed and a given sequence of requests. Each sample handed out is stamped with a
 monotonically increasing ``system_id`` (0, 1, 2, ...), its dataset index
 ``sample_index`` and its ``sample_num_edges``, all int64 system properties.
 
+Prefetching (``prefetch=k``): one background thread loads the next ``k`` samples in
+serving order while the live batch runs, so a refill finds them ready (Warp kernels
+release the GIL, so on CPU the loading runs on another core). What is served, and in
+which order, is the same with or without prefetching: the thread only calls
+``dataset[i]`` early, and the stamping happens when a sample is handed out. The dataset's
+``__getitem__`` must then be safe to call from another thread (read-only datasets are).
+
 Example
 -------
 See ``examples/inflight_batching.py``::
@@ -26,7 +33,9 @@ See ``examples/inflight_batching.py``::
 
 from __future__ import annotations
 
+import operator
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -51,6 +60,9 @@ class SizeAwareSampler:
         Serve samples in a permutation drawn from ``seed`` instead of dataset order.
     seed : int
         Seed of that permutation.
+    prefetch : int
+        Samples loaded ahead, in serving order, by one background thread (0: load on
+        request). See the module docstring.
 
     Raises
     ------
@@ -67,6 +79,7 @@ class SizeAwareSampler:
         max_batch_size: int | None = None,
         shuffle: bool = False,
         seed: int = 0,
+        prefetch: int = 0,
     ) -> None:
         for attr in ("__len__", "__getitem__", "get_metadata"):
             if not hasattr(dataset, attr):
@@ -77,6 +90,8 @@ class SizeAwareSampler:
             raise ValueError(f"SizeAwareSampler: max_edges must be >= 0 or None, got {max_edges}")
         if max_batch_size is not None and int(max_batch_size) <= 0:
             raise ValueError(f"SizeAwareSampler: max_batch_size must be > 0 or None, got {max_batch_size}")
+        if int(prefetch) != prefetch or prefetch < 0:
+            raise ValueError(f"SizeAwareSampler: prefetch must be an integer >= 0, got {prefetch!r}")
         self.dataset = dataset
         self.max_atoms = int(max_atoms)
         self.max_edges = None if max_edges is None else int(max_edges)
@@ -112,6 +127,14 @@ class SizeAwareSampler:
             self._bins.setdefault(num_atoms, deque()).append((rank, index))
         self._remaining = n
         self._next_system_id = 0
+        self._order = order
+        self._rank = {index: rank for rank, index in enumerate(order)}
+        self._served = [False] * n
+        self._cursor = 0  # lowest serving rank not handed out yet
+        self._ahead = 0  # ranks below this were submitted to the prefetch thread
+        self.prefetch = int(prefetch)
+        self._pending: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchmd-prefetch") if self.prefetch else None
 
     # ----------------------------------------------------------------- state
     def __len__(self) -> int:
@@ -161,8 +184,34 @@ class SizeAwareSampler:
         self._remaining -= 1
         return self._load(item[1])
 
+    def _prefetch(self) -> None:
+        """Keep the next ``prefetch`` unserved samples (serving order) loading in the background."""
+        while self._cursor < len(self._order) and self._served[self._order[self._cursor]]:
+            self._cursor += 1
+        self._ahead = max(self._ahead, self._cursor)
+        submitted = sum(1 for rank in range(self._cursor, self._ahead) if not self._served[self._order[rank]])
+        while submitted < self.prefetch and self._ahead < len(self._order):
+            index = self._order[self._ahead]
+            if not self._served[index] and index not in self._pending:
+                self._pending[index] = self._pool.submit(operator.getitem, self.dataset, index)
+                submitted += 1
+            self._ahead += 1
+        if self._remaining == 0:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the prefetch thread (called automatically once every sample is served)."""
+        if self._pool is not None:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def _load(self, index: int):
-        data, meta = self.dataset[index]
+        self._served[index] = True
+        future = self._pending.pop(index, None)
+        data, meta = future.result() if future is not None else self.dataset[index]
         if data.num_nodes != self._atoms[index]:
             raise ValueError(
                 f"SizeAwareSampler: sample {index} has {data.num_nodes} atoms but get_metadata said {self._atoms[index]}"
@@ -174,6 +223,8 @@ class SizeAwareSampler:
         data.add_system_property("sample_num_edges", torch.tensor([[self._edges[index]]], dtype=torch.int64))
         if meta:
             data.info.setdefault("metadata", meta)
+        if self._pool is not None:
+            self._prefetch()
         return data
 
     def take(self, free_atoms: int, free_edges: int | None = None, free_slots: int | None = None) -> list:
@@ -195,6 +246,8 @@ class SizeAwareSampler:
         """Fill the budget (atoms, edges, batch size) with samples in serving order; returns a Batch."""
         from batchmd.data import Batch
 
+        if self._pool is not None:
+            self._prefetch()
         samples = self.take(self.max_atoms, self.max_edges, self.max_batch_size)
         if not samples:
             raise ValueError("SizeAwareSampler.build_initial_batch: the dataset is empty or already exhausted")
