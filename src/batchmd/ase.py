@@ -259,6 +259,7 @@ def run_frames(
     dtype: torch.dtype = torch.float64,
     collect: bool = True,
     compute_stress: bool = True,
+    prefetch: int = 8,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -286,6 +287,9 @@ def run_frames(
     compute_stress : bool
         Evaluate the stress (eV/Å^3) with every force call, so results carry the stress of
         their final positions (costs ~15% with Lennard-Jones).
+    prefetch : int
+        Frames converted ahead by a background thread (0: convert on request); see
+        :class:`~batchmd.dynamics.SizeAwareSampler`.
 
     Returns
     -------
@@ -302,7 +306,8 @@ def run_frames(
     total = sum(len(a) for a in frames)
     if max_atoms is None:
         max_atoms = max(largest, min(total, 4096))
-    sampler = SizeAwareSampler(AtomsDataset(frames, dtype=dtype), max_atoms=max_atoms, max_batch_size=max_batch_size)
+    sampler = SizeAwareSampler(AtomsDataset(frames, dtype=dtype), max_atoms=max_atoms, max_batch_size=max_batch_size,
+                               prefetch=prefetch)
     memory = HostMemory(capacity=len(frames)) if collect else None
     fused = FusedStage(
         sub_stages=list(enumerate(stages)),
