@@ -272,3 +272,44 @@ def test_image_beyond_packing_limit_uses_exact_bin_walk(half):
     energy, forces = _ase(atoms, 8.5125)
     np.testing.assert_allclose(out["energy"].item(), energy, rtol=1e-10)
     np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("capacity", [None, 4], ids=["fits", "overflowing"])
+def test_refills_reuse_scratch_and_match_fresh_models(capacity):
+    """Refills that shrink or keep the batch reuse the scratch buffers and their Warp views;
+    stale scratch beyond or inside the live range never changes a result (bitwise vs fresh)."""
+    pool = [_rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(r), 20 + k)
+            for k, r in enumerate([(2, 2, 2), (3, 2, 2), (2, 3, 3), (3, 3, 3), (2, 2, 3), (1, 2, 2)])]
+    pool += systems()
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=CUTOFF, skin=SKIN, capacity=capacity)
+    live = Batch.from_ase(pool[:8], dtype=torch.float64)
+    lj(live)
+    nl = lj.neighbor_list
+    grown, reused = dict(nl._reserved), 0
+    for it in range(6):
+        keep = torch.ones(live.num_graphs, dtype=torch.bool)
+        keep[[it % live.num_graphs, (3 * it + 1) % live.num_graphs]] = False
+        newcomers = [pool[(8 + it + m) % len(pool)] for m in range(1 + it % 2)]
+        views = dict(nl._w)
+        live = live.select_and_append(keep, Batch.from_ase(newcomers, dtype=torch.float64))
+        if it == 3:  # compress a periodic survivor in place: its rows overflow and take the bin walk
+            lj(live)
+            # one bin per direction before and after, as a fresh model would choose: same order
+            single = live.pbc.all(dim=1) & (live["_nl_nbins"] == 1).all(dim=1) & (live.ptr.diff() >= 32)
+            slot = int(torch.nonzero(single)[0])
+            live.cell[slot].mul_(0.6)
+            live.positions[live.ptr[slot]:live.ptr[slot + 1]].mul_(0.6)
+        out = lj(live)
+        if it == 3:
+            assert (live["_nl_count"] < 0).any()
+        if all(nl._reserved[c] == grown[c] for c in ("system", "atom", "bin")):
+            assert all(nl._w[k] is views[k] for k in views)  # no allocation, same Warp views
+            reused += 1
+        grown = dict(nl._reserved)
+        assert nl.rebuild.shape == (live.num_graphs,)
+        fresh = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=CUTOFF, skin=SKIN, capacity=capacity)(
+            Batch.from_ase(live.to_ase(), dtype=torch.float64))
+        assert torch.equal(out["forces"], fresh["forces"])
+        assert torch.equal(out["energy"], fresh["energy"])
+        assert torch.equal(out["stress"], fresh["stress"])
+    assert reused >= 3

@@ -41,8 +41,10 @@ any atom moved more than ``skin / 2`` since the build, or when the reference is 
 build kernels early-exit for systems that are not flagged. The host only works when the
 *batch structure* changes, detected by identity of the ``ptr``/``cell`` tensors (slot
 operations return a new Batch with new tensors): it then validates the cells, chooses bin
-counts from each cell (bins of at least ``cutoff + skin``; one bin, i.e. the O(N^2) path
-with images, for small cells) and allocates buffers. A cell changed in place (e.g. by a
+counts for newcomers (bins of at least ``cutoff + skin``; one bin, i.e. the O(N^2) path
+with images, for small cells) and writes the per-system bin tables into its scratch
+buffers. Those only grow (x1.5 per size class), so a refill that does not outgrow them
+allocates no scratch and keeps their Warp views. A cell changed in place (e.g. by a
 barostat) needs no host work: widths and search ranges are recomputed on the device.
 
 Overflow policy (never a missed pair)
@@ -98,6 +100,25 @@ __all__ = ["FIELDS", "NeighborList", "unpack_images"]
 # Bins are at least r_list / BINS_PER_CUTOFF wide; 2 visits ~(5/2)^3 = 15.6 r^3 of candidates
 # per atom instead of 27 r^3 with bins of r_list (the search range adapts on the device).
 BINS_PER_CUTOFF = 1
+
+# Model scratch (not batch fields): name -> (size class, row shape, kind); see NeighborList._reserve.
+_SCRATCH = {
+    "rebuild": ("system", (), "int"),
+    "nbins": ("system", (3,), "vec3i"),
+    "bin_offset": ("system", (), "int"),
+    "frame": ("system", (3, 3), "mat"),
+    "lower": ("system", (3,), "vec"),
+    "width": ("system", (3,), "vec"),
+    "search": ("system", (3,), "vec3i"),
+    "atom_bin": ("atom", (3,), "vec3i"),
+    "atom_wrap": ("atom", (3,), "vec3i"),
+    "atom_cell": ("atom", (), "int"),
+    "wrapped": ("atom", (3,), "vec"),
+    "bin_atoms": ("atom", (), "int"),
+    "bin_start": ("bin", (), "int"),
+    "bin_count": ("bin", (), "int"),
+    "max_count": (None, (), "int"),
+}
 
 FIELDS = ("_nl_ref_positions", "_nl_ref_cell", "_nl_cutoff", "_nl_neighbors", "_nl_images", "_nl_count")
 
@@ -214,11 +235,15 @@ class NeighborList:
         self._key = None
         self._views: dict[str, tuple[torch.Tensor, wp.array]] = {}
         self._pending_event = None
+        self._host_count = None
+        self._buf: dict[str, torch.Tensor] = {}
+        self._w: dict[str, wp.array] = {}
+        self._reserved = {"system": 0, "atom": 0, "bin": 0, "key": None}
         self.launch = LaunchCache()
 
     # ------------------------------------------------------------------ host setup
     def _setup(self, batch) -> None:
-        """Validate cells, choose bin grids and allocate buffers (structure changed)."""
+        """Validate cells, choose bin grids, fill the bin tables, grow buffers if needed (structure changed)."""
         device, dtype = batch.device, batch.dtype
         warp_scalar(dtype)
         n, b = batch.num_nodes, batch.num_graphs
@@ -242,30 +267,12 @@ class NeighborList:
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
         total_bins = int(counts.sum())
 
-        i32 = dict(dtype=torch.int32, device=device)
-        flt = dict(dtype=dtype, device=device)
-        self._buf = {
-            "rebuild": torch.zeros(b, **i32),
-            "nbins": torch.as_tensor(nbins, **i32).contiguous(),
-            "bin_offset": torch.as_tensor(offsets, **i32),
-            "frame": torch.zeros(b, 3, 3, **flt),
-            "lower": torch.zeros(b, 3, **flt),
-            "width": torch.ones(b, 3, **flt),
-            "search": torch.zeros(b, 3, **i32),
-            "atom_bin": torch.zeros(n, 3, **i32),
-            "atom_wrap": torch.zeros(n, 3, **i32),
-            "atom_cell": torch.zeros(n, **i32),
-            "wrapped": torch.zeros(n, 3, **flt),
-            "bin_start": torch.zeros(max(total_bins, 1), **i32),
-            "bin_count": torch.zeros(max(total_bins, 1), **i32),
-            "bin_atoms": torch.zeros(max(n, 1), **i32),
-            "max_count": torch.zeros(1, **i32),
-        }
-        self.rebuild = self._buf["rebuild"]
-        self._w = {k: to_warp(t, vector=k in ("lower", "width", "wrapped"), matrix=k == "frame") for k, t in self._buf.items()}
-        for k in ("nbins", "search", "atom_bin", "atom_wrap"):
-            self._w[k] = wp.from_torch(self._buf[k], dtype=wp.vec3i)
-        self._host_count = torch.zeros(1, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self._reserve(n, b, total_bins, dtype, device)
+        buf = self._buf
+        buf["nbins"][:b].copy_(torch.from_numpy(nbins))  # per-system tables: live systems at the front
+        buf["bin_offset"][:b].copy_(torch.from_numpy(offsets))
+        buf["max_count"].zero_()
+        self.rebuild = buf["rebuild"][:b]
         self._pending_event = None
 
         # Neighbor state fields: keep valid ones (they follow systems), create missing ones.
@@ -278,6 +285,39 @@ class NeighborList:
             self._allocate_fields(batch, capacity)
         self.capacity = capacity
         self._key = (batch.ptr, batch.cell, batch.pbc, n, b, dtype, device)
+
+    def _reserve(self, n: int, b: int, total_bins: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Scratch buffers for ``b`` systems, ``n`` atoms and ``total_bins`` bins, grown only when too small.
+
+        Each size class (per system, per atom, per bin) keeps a capacity that grows
+        geometrically (x1.5), so an inflight refill usually reuses the buffers *and* their
+        Warp views: no allocation, and :class:`~batchmd.runtime.LaunchCache` sees the same
+        view objects (nothing re-packed). Kernels are launched over the live sizes and index
+        these by atom, system or bin, so the tail beyond them is never read; its stale
+        content is harmless because every kernel that reads a system's scratch entries runs
+        after that system's rebuild rewrote them (a system whose list overflowed is rebuilt
+        after every structure change).
+        """
+        reserved, key = self._reserved, (dtype, device)
+        changed = key != reserved["key"]
+        need = {"system": b, "atom": n, "bin": total_bins}
+        grow = {c for c in need if changed or need[c] > reserved[c]}
+        if not grow:
+            return
+        for c in grow:
+            reserved[c] = max(1, need[c], 0 if changed else int(1.5 * reserved[c]))
+        reserved["key"] = key
+        for name, (size_class, row, kind) in _SCRATCH.items():
+            if changed or size_class in grow:
+                t = torch.zeros((reserved[size_class] if size_class else 1, *row),
+                                dtype=dtype if kind in ("vec", "mat") else torch.int32, device=device)
+                if name == "width":
+                    t.fill_(1.0)
+                self._buf[name] = t
+                self._w[name] = (wp.from_torch(t, dtype=wp.vec3i) if kind == "vec3i"
+                                 else to_warp(t, vector=kind == "vec", matrix=kind == "mat"))
+        if changed:
+            self._host_count = torch.zeros(1, dtype=torch.int32, pin_memory=device.type == "cuda")
 
     def _bin_grid(self, batch, cell: np.ndarray, pbc: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, float]:
         """Bins per direction for one system (validates its cell and positions) and its density (1/Å^3)."""
