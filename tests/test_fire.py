@@ -234,3 +234,31 @@ def test_fire_state_follows_systems_through_slot_operations():
     assert torch.equal(batch.positions[:n0], swapped.positions[-n0:])
     assert torch.equal(batch.positions[n0:], swapped.positions[:-n0])
     assert batch["fire_dt"].tolist() == swapped["fire_dt"].flip(0).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_skipping_finished_systems_changes_nothing(dtype):
+    """The loop skips converged systems in the model (LJ): every result is bitwise what full evaluations give."""
+    from ase.build import bulk
+
+    from batchmd.dynamics import FIRE, ConvergenceHook
+    from batchmd.models.lj import LennardJones
+
+    class Recomputing(LennardJones):
+        supports_skip_finished = False
+
+    frames = []
+    for i, shape in enumerate([(2, 2, 2), (1, 2, 2), (2, 2, 3), (1, 1, 2)]):
+        atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(shape)
+        atoms.rattle(0.02 + 0.08 * i, seed=i)
+        frames.append(atoms)
+    results = []
+    for cls in (LennardJones, Recomputing):
+        lj = cls(sigma=3.405, epsilon=0.0104, cutoff=8.5)
+        fire = FIRE(lj, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=300)
+        results.append(fire.run(Batch.from_ase(frames, dtype=dtype)))
+    skipped, full = results
+    steps = skipped.n_steps.reshape(-1).tolist()
+    assert len(set(steps)) > 1 and steps == full.n_steps.reshape(-1).tolist()
+    for name in ("positions", "forces", "energies", "fmax", "velocities"):
+        assert torch.equal(skipped[name], full[name]), name

@@ -162,3 +162,39 @@ def test_degenerate_periodic_cell_rejected():
                   pbc=True)
     with pytest.raises(ValueError, match="linearly dependent"):
         model()(Batch.from_ase([atoms], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
+def test_skip_finished_keeps_outputs_of_finished_systems_and_recomputes_the_rest(half):
+    systems = structures()
+    names = ["fcc222", "triclinic", "slab", "four_atoms", "cluster"]
+    batch = Batch.from_ase([systems[k] for k in names], dtype=torch.float64)
+    n, b = batch.num_nodes, batch.num_graphs
+    full = model(half_list=half)(batch)
+    # ACTIVE, CONVERGED, PENDING, FAILED, OUT_OF_STEPS
+    batch.set_field("status", torch.tensor([0, 1, 4, 3, 2], dtype=torch.int32), "system")
+    out = {"forces": torch.full((n, 3), 7.0, dtype=torch.float64), "energy": torch.full((b, 1), 7.0, dtype=torch.float64),
+           "stress": torch.full((b, 3, 3), 7.0, dtype=torch.float64)}
+    model(half_list=half)(batch, out=out, skip_finished=True)
+    atom_system = batch.batch_idx.long()
+    for s in range(b):
+        rows = atom_system == s
+        if s in (0, 2):
+            assert torch.equal(out["forces"][rows], full["forces"][rows])
+            assert torch.equal(out["energy"][s], full["energy"][s]) and torch.equal(out["stress"][s], full["stress"][s])
+        else:
+            assert (out["forces"][rows] == 7.0).all() and (out["energy"][s] == 7.0).all()
+            assert (out["stress"][s] == 7.0).all()
+
+
+def test_skip_finished_needs_out_and_an_int32_status():
+    batch = Batch.from_ase([structures()["fcc222"]], dtype=torch.float64)
+    lj = model()
+    with pytest.raises(ValueError, match="needs out="):
+        lj(batch, skip_finished=True)
+    out = {"forces": torch.zeros(batch.num_nodes, 3, dtype=torch.float64), "energy": torch.zeros(1, 1, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="int32 'status'"):
+        lj(batch, out=out, skip_finished=True)
+    batch.set_field("status", torch.zeros(1, dtype=torch.int64), "system")
+    with pytest.raises(ValueError, match="int32 'status'"):
+        lj(batch, out=out, skip_finished=True)

@@ -12,6 +12,11 @@ Every system is in exactly one stage (its ``stage`` field). Each step::
     init_state of stage k+1     for systems that just entered it (device-side masks)
     AFTER_STEP hooks
 
+A model that supports it (``supports_skip_finished``, e.g. Lennard-Jones) is asked to
+skip the systems that finished (converged, out of steps, failed) but wait in the batch for
+the next refill point, or for the slowest system of a batch run: they no longer move, so
+their forces, energy and stress stay valid, and a step costs what the moving systems cost.
+
 Nothing above synchronises with the host. Every ``refill_frequency`` steps (a *refill
 point*) the loop reads the per-system status once: graduated systems leave the batch,
 their graduation hooks and sinks fire, and -- in inflight mode -- the sampler refills the
@@ -250,18 +255,25 @@ class FusedStage(RefillPoints):
             wanted["stress"] = ((b, 3, 3), "system")
 
         out = {}
+        self._outputs_kept = True  # every system's outputs are from its last evaluation
         for name, (shape, level) in wanted.items():
             current = batch[name] if batch.has_field(name) else None
             if current is None or tuple(current.shape) != shape or current.dtype != dtype or not current.is_contiguous():
                 current = torch.zeros(shape, dtype=dtype, device=dev)
                 batch.set_field(name, current, level)
+                self._outputs_kept = False
             out["energy" if name == "energies" else name] = current
         return out
 
     def _evaluate(self, batch) -> None:
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
         targets = self._output_fields(batch)
-        out = self.model(batch) if targets is None else self.model(batch, out=targets)
+        if targets is None:
+            out = self.model(batch)
+        elif self._outputs_kept and getattr(self.model, "supports_skip_finished", False):
+            out = self.model(batch, out=targets, skip_finished=True)  # finished systems keep their outputs
+        else:
+            out = self.model(batch, out=targets)
         forces = out["forces"]
         energy = out["energy"]
         if forces.dtype != batch.dtype or energy.dtype != batch.dtype:

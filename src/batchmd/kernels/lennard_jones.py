@@ -24,6 +24,12 @@ bitwise the same result as a large enough list. An image entry's Cartesian shift
 computed from its packed integer image and the current cell (``image_shift``), exactly the
 value the build used.
 
+Skipping finished systems (``skip_finished = 1``): a system whose ``status`` is neither
+ACTIVE nor PENDING (see :mod:`batchmd.kernels.bookkeeping`) has stopped moving, so its
+forces, energy and stress from its last evaluation still hold: ``lj_atoms`` and
+``lj_systems`` leave its outputs untouched and ``lj_zero_forces`` does not clear them.
+A batch whose systems converge at different steps then pays only for those still moving.
+
 ``lj_systems`` runs one thread per system and sums its atoms' energies and virials in atom
 order. The stress follows ASE's convention (``atoms.get_stress(voigt=False)`` of
 ``ase.calculators.lj.LennardJones``): ``stress = (1/V) sum_pairs f_ij (x) r_ij`` with
@@ -36,6 +42,7 @@ from typing import Any
 
 import warp as wp
 
+from batchmd.kernels.bookkeeping import ACTIVE, PENDING
 from batchmd.kernels.neighbor_list import bin_cell, bin_image, half_skip, image_shift, in_phase, unpack_image
 
 wp.set_module_options({"enable_backward": False})
@@ -59,6 +66,29 @@ def virial_of(d: Any, fd: Any):
     return wp.cw_mul(fd, d), wp.cw_mul(wp.vector(fd[1], fd[0], fd[0]), wp.vector(d[2], d[2], d[1]))
 
 
+@wp.func
+def is_finished(status: wp.array(dtype=wp.int32), s: int, skip_finished: int):
+    """True when system ``s`` is to be skipped: skipping is on and it is neither ACTIVE nor PENDING."""
+    if skip_finished == 0:
+        return False
+    st = status[s]
+    return st != ACTIVE and st != PENDING
+
+
+@wp.kernel
+def lj_zero_forces(
+    batch_idx: wp.array(dtype=wp.int32),
+    status: wp.array(dtype=wp.int32),
+    skip_finished: int,
+    forces: wp.array(dtype=Any),
+):
+    """Clear the forces of the systems about to be evaluated (half list: reactions are added)."""
+    i = wp.tid()
+    if is_finished(status, batch_idx[i], skip_finished):
+        return
+    forces[i] = forces[i] - forces[i]
+
+
 @wp.kernel
 def lj_atoms(
     x: wp.array(dtype=Any),
@@ -74,6 +104,8 @@ def lj_atoms(
     e_shift: Any,
     want_virial: int,
     half: int,
+    status: wp.array(dtype=wp.int32),
+    skip_finished: int,
     # bin walk for atoms whose list overflowed
     cell: wp.array(dtype=Any),
     pbc: wp.array2d(dtype=wp.bool),
@@ -94,6 +126,8 @@ def lj_atoms(
 ):
     i = wp.tid()
     s = batch_idx[i]
+    if is_finished(status, s, skip_finished):
+        return
     base = ptr[s]
     xi = x[i]
     h = cell[s]
@@ -192,10 +226,14 @@ def lj_systems(
     atom_energy: wp.array(dtype=Any),
     atom_virial: wp.array(dtype=Any),
     want_virial: int,
+    status: wp.array(dtype=wp.int32),
+    skip_finished: int,
     energy: wp.array(dtype=Any),
     stress: wp.array(dtype=Any),
 ):
     s = wp.tid()
+    if is_finished(status, s, skip_finished):
+        return
     start = ptr[s]
     e = atom_energy.dtype(0.0)
     for i in range(start, ptr[s + 1]):
@@ -231,6 +269,7 @@ for _scalar, _vec, _mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.v
             "atom_virial": wp.array(dtype=_mat),
         },
     )
+    wp.overload(lj_zero_forces, {"forces": wp.array(dtype=_vec)})
     wp.overload(
         lj_systems,
         {

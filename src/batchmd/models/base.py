@@ -48,6 +48,10 @@ class Model(torch.nn.Module):
         Whether ``forward(batch, out=...)`` accepts preallocated output tensors
         (``"energy"``, ``"forces"``, ``"stress"``) and writes into them. The dynamics loop
         then passes the batch's own fields, so the steady-state step allocates nothing.
+    supports_skip_finished : bool
+        Whether ``forward(batch, out=..., skip_finished=True)`` leaves the outputs of
+        finished systems (``status`` neither ACTIVE nor PENDING) untouched instead of
+        recomputing them; the dynamics loop then pays only for the systems still moving.
     torch_compute : bool
         Whether the model does its work in torch ops (True, the default: neural networks,
         the torch adapter). Models that compute in Warp kernels set False, which lets the
@@ -55,6 +59,7 @@ class Model(torch.nn.Module):
     """
 
     cutoff: float | None = None
+    supports_skip_finished: bool = False
     torch_compute: bool = True
     needs_neighbors: bool = False
     computes_stress: bool = False

@@ -104,6 +104,7 @@ class LennardJones(Model):
 
     needs_neighbors = True
     supports_out = True
+    supports_skip_finished = True
     torch_compute = False
 
     def __init__(
@@ -146,6 +147,7 @@ class LennardJones(Model):
                 "stress": torch.zeros(b, 3, 3, dtype=dtype, device=device),
                 "atom_energy": torch.zeros(n, dtype=dtype, device=device),
                 "atom_virial": torch.zeros(n, 3, 3, dtype=dtype, device=device),
+                "no_status": torch.zeros(1, dtype=torch.int32, device=device),
             }
             w = {
                 "forces": to_warp(t["forces"], vector=True),
@@ -153,6 +155,7 @@ class LennardJones(Model):
                 "stress": to_warp(t["stress"], matrix=True),
                 "atom_energy": to_warp(t["atom_energy"]),
                 "atom_virial": to_warp(t["atom_virial"], matrix=True),
+                "no_status": to_warp(t["no_status"]),
             }
             self._scratch = {"key": key, "t": t, "w": w}
         return self._scratch
@@ -175,7 +178,7 @@ class LennardJones(Model):
             w[name] = self._out_views(name, flat, vector=name == "forces", matrix=name == "stress")
         return t, w
 
-    def forward(self, batch, out: dict | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch, out: dict | None = None, skip_finished: bool = False) -> dict[str, torch.Tensor]:
         """Energies (eV), forces (eV/Å) and stress (eV/Å^3) of every system of ``batch``.
 
         Parameters
@@ -188,7 +191,19 @@ class LennardJones(Model):
             computed only when ``out`` holds a ``"stress"`` tensor (and the model computes
             stress). The dynamics loop passes the batch's own fields, so a step allocates
             nothing. Without ``out``, fresh tensors are returned.
+        skip_finished : bool
+            Leave ``out`` untouched for systems whose int32 ``status`` field is neither
+            ACTIVE nor PENDING (see :class:`~batchmd.dynamics.SystemStatus`): they no longer
+            move, so their last forces, energy and stress still hold. Needs ``out``. The
+            dynamics loop turns it on (:attr:`supports_skip_finished`).
         """
+        status = None
+        if skip_finished:
+            if out is None:
+                raise ValueError("LennardJones: skip_finished needs out= (the outputs kept for finished systems)")
+            status = batch["status"] if batch.has_field("status") else None
+            if status is None or status.dtype != torch.int32 or tuple(status.shape) != (batch.num_graphs,):
+                raise ValueError("LennardJones: skip_finished needs an int32 'status' system field [B]")
         nl = self.neighbor_list
         v = nl.update(batch)
         n, b, device, dtype = batch.num_nodes, batch.num_graphs, batch.device, batch.dtype
@@ -200,20 +215,22 @@ class LennardJones(Model):
             t.update(ot)
             w.update(ow)
         half = int(nl.half)
-        if half:
-            t["forces"].zero_()  # reaction forces are added into it
-        want = int(self.computes_stress and (out is None or "stress" in out))
+        skip = int(status is not None)
+        w_status = self._out_views("status", status) if skip else buf["w"]["no_status"]
         launch, sc = self._launch, self._launch.scalar
+        if half:  # reaction forces are added into forces: clear those about to be computed
+            launch(ljk.lj_zero_forces, n, [v["batch_idx"], w_status, skip, w["forces"]], device, dtype)
+        want = int(self.computes_stress and (out is None or "stress" in out))
         launch(ljk.lj_atoms, n, [
             v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["images"], v["count"],
             sc("cutoff_sq", T, self.cutoff**2), sc("sigma_sq", T, self.sigma**2), sc("eps4", T, 4.0 * self.epsilon),
-            sc("eps24", T, 24.0 * self.epsilon), sc("e_shift", T, self._e_shift), want, half,
+            sc("eps24", T, 24.0 * self.epsilon), sc("e_shift", T, self._e_shift), want, half, w_status, skip,
             v["cell"], v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],
             v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, nl.r_list**2),
             w["forces"], w["atom_energy"], w["atom_virial"],
         ], device, dtype)
-        launch(ljk.lj_systems, b, [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w["energy"],
-                                   w["stress"]], device, dtype)
+        launch(ljk.lj_systems, b, [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w_status, skip,
+                                   w["energy"], w["stress"]], device, dtype)
         if out is not None:
             return {name: t[name] for name in (("energy", "forces", "stress") if want else ("energy", "forces"))}
         result = {"energy": t["energy"].clone(), "forces": t["forces"].clone()}
