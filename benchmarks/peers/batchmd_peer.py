@@ -186,7 +186,7 @@ def _inflight(structures, batch_size: int):
     mean_atoms = sum(len(a) for a in structures) / len(structures)
     max_atoms = max(int(round(batch_size * mean_atoms)), max(len(a) for a in structures))
     sampler = SizeAwareSampler(AtomsDataset(structures, dtype=_torch_dtype()), max_atoms=max_atoms,
-                               max_batch_size=batch_size, prefetch=int(os.environ.get("BENCH_W4_PREFETCH", "16")))
+                               max_batch_size=batch_size, prefetch=int(os.environ.get("BENCH_W4_PREFETCH", "0")))
     sink = HostMemory(capacity=len(structures))
     fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=int(
         os.environ.get("BENCH_W4_REFILL", "5")))

@@ -259,7 +259,7 @@ def run_frames(
     dtype: torch.dtype = torch.float64,
     collect: bool = True,
     compute_stress: bool = True,
-    prefetch: int = 8,
+    prefetch: int = 0,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -288,8 +288,9 @@ def run_frames(
         Evaluate the stress (eV/Å^3) with every force call, so results carry the stress of
         their final positions (costs ~15% with Lennard-Jones).
     prefetch : int
-        Frames converted ahead by a background thread (0: convert on request); see
-        :class:`~batchmd.dynamics.SizeAwareSampler`.
+        Frames converted ahead by a background thread (default 0: convert on request;
+        converting in Python competes with the loop for the GIL, see
+        :class:`~batchmd.dynamics.SizeAwareSampler`).
 
     Returns
     -------
