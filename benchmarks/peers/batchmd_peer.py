@@ -56,10 +56,18 @@ def _batch(structures):
     return batch.to(DEVICE) if DEVICE != "cpu" and hasattr(batch, "to") else batch
 
 
-def _model():
+def _model(skip_finished: bool = True):
     from batchmd.models.lj import LennardJones
 
-    return LennardJones(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF)
+    if skip_finished:
+        return LennardJones(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF)
+
+    class RecomputingLennardJones(LennardJones):
+        """Evaluates finished systems too, as models that cannot skip systems do."""
+
+        supports_skip_finished = False
+
+    return RecomputingLennardJones(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF)
 
 
 def _sync():
@@ -69,10 +77,10 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _fire(n_steps: int = wl.FIRE_MAX_STEPS):
+def _fire(n_steps: int = wl.FIRE_MAX_STEPS, skip_finished: bool = True):
     from batchmd.dynamics import FIRE, ConvergenceHook
 
-    return FIRE(_model(), convergence_hook=ConvergenceHook.from_forces(wl.FMAX), n_steps=n_steps)
+    return FIRE(_model(skip_finished), convergence_hook=ConvergenceHook.from_forces(wl.FMAX), n_steps=n_steps)
 
 
 def relax(structures) -> tuple[Result, object]:
@@ -144,7 +152,7 @@ def md_rate(structures, n_steps: int = 50) -> float:
 
 # ---- W4: static vs inflight batching --------------------------------------------------------
 
-def run_w4_static(structures, batch_size: int) -> Result:
+def run_w4_static(structures, batch_size: int, skip_finished: bool = True) -> Result:
     """Fixed batches of ``batch_size`` systems; each batch waits for its slowest member.
 
     Occupancy = useful atom-steps / (atoms in the batch x steps the batch ran), the same
@@ -152,7 +160,7 @@ def run_w4_static(structures, batch_size: int) -> Result:
     over the live batch's capacity).
     """
     setup()
-    fire = _fire()
+    fire = _fire(skip_finished=skip_finished)
     energies, steps, useful, capacity = [], [], 0, 0
     with Timer() as t:
         for i in range(0, len(structures), batch_size):
@@ -167,11 +175,11 @@ def run_w4_static(structures, batch_size: int) -> Result:
             capacity += sum(sizes) * max(s)
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
-                  variant=f"static, batch {batch_size}",
+                  variant=f"static, batch {batch_size}" + ("" if skip_finished else ", finished systems recomputed"),
                   extra={"mean_occupancy": useful / capacity if capacity else float("nan")})
 
 
-def _inflight(structures, batch_size: int):
+def _inflight(structures, batch_size: int, refill_frequency: int | None = None):
     """FIRE with inflight refill (FusedStage + SizeAwareSampler): energies, n_steps, occupancy.
 
     The live batch holds at most ``batch_size`` systems and as many atoms as the
@@ -188,8 +196,9 @@ def _inflight(structures, batch_size: int):
     sampler = SizeAwareSampler(AtomsDataset(structures, dtype=_torch_dtype()), max_atoms=max_atoms,
                                max_batch_size=batch_size, prefetch=int(os.environ.get("BENCH_W4_PREFETCH", "0")))
     sink = HostMemory(capacity=len(structures))
-    fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=int(
-        os.environ.get("BENCH_W4_REFILL", "5")))
+    if refill_frequency is None:
+        refill_frequency = int(os.environ.get("BENCH_W4_REFILL", "5"))
+    fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=refill_frequency)
     fused.run(batch=None)
     _sync()
     out = sink.drain()
@@ -201,14 +210,14 @@ def _inflight(structures, batch_size: int):
     }
 
 
-def run_w4_inflight(structures, batch_size: int) -> Result:
+def run_w4_inflight(structures, batch_size: int, refill_frequency: int | None = None) -> Result:
     setup()
     with Timer() as t:
-        out = _inflight(structures, batch_size)
+        out = _inflight(structures, batch_size, refill_frequency)
         _sync()
     energies = [float(e) for e in out["energies"]]
     steps = [int(s) for s in out["n_steps"]]
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
-                  variant=f"inflight, {batch_size} slots",
+                  variant=f"inflight, {batch_size} slots, refill every {refill_frequency or os.environ.get('BENCH_W4_REFILL', '5')}",
                   extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan")))})
