@@ -15,6 +15,7 @@ Writes report.md, report.json and report.png (batchmd's sweeps) under --out-dir.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -82,11 +83,27 @@ class Inputs:
         self.w3_steps = int(os.environ.get("BENCH_W3_STEPS", 50 if quick else wl.W3_STEPS))
         self.w4_n = 200 if quick else wl.W4_N_STRUCTURES
         self.w4_batch = int(os.environ.get("BENCH_W4_BATCH", "64"))
-        self._w1 = wl.w1_structures(self.w1_n)
-        self._w2 = wl.w2_structures()
-        self._w3 = wl.w3_structure()
-        self._w4 = wl.w4_structures(self.w4_n)
-        self._w4w = wl.w4w_structures(self.w4_n)
+
+    # Built on first use, so a cold-start child holds only its own workload's structures.
+    @functools.cached_property
+    def _w1(self):
+        return wl.w1_structures(self.w1_n)
+
+    @functools.cached_property
+    def _w2(self):
+        return wl.w2_structures()
+
+    @functools.cached_property
+    def _w3(self):
+        return wl.w3_structure()
+
+    @functools.cached_property
+    def _w4(self):
+        return wl.w4_structures(self.w4_n)
+
+    @functools.cached_property
+    def _w4w(self):
+        return wl.w4w_structures(self.w4_n)
 
     def args(self, workload: str) -> tuple[tuple, dict]:
         if workload == "W1":
@@ -384,7 +401,13 @@ def write_report(data: dict, out_dir: Path) -> Path:
          f"Generated {data['started']} by `python -m benchmarks.run_report {' '.join(data['argv'])}`.",
          f"Rounds: {data['rounds']} timed, interleaved across peers, after one first call each; "
          f"medians reported{' (--quick: reduced workloads)' if data['quick'] else ''}.",
-         "Compare ratios within this report only: the machine's speed drifts between runs.", "",
+         "Compare ratios within this report only: the machine's speed drifts between runs.", ""]
+    for merge in data.get("merged", []):
+        what = ", ".join(merge["workloads"]) or "no timed workload"
+        L[-1:-1] = [f"Rerun and merged in {merge['started']}: {what}"
+                    f"{', and cold starts' if merge.get('cold') else ''} "
+                    f"(`python -m benchmarks.run_report {' '.join(merge['argv'])}`, {merge['rounds']} rounds)."]
+    L += [
          "## Machine", "",
          f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores "
          f"({m.get('affinity_cores')} usable), memory {m['memory']}",
@@ -466,6 +489,33 @@ def write_report(data: dict, out_dir: Path) -> Path:
     return path
 
 
+def merge_into_existing(path: Path, new: dict, new_raw: dict, workloads: list[str]) -> tuple[dict, dict]:
+    """The earlier report at ``path`` with this run's workloads, cold rows and sweep put in."""
+    if not path.exists():
+        raise SystemExit(f"--merge: no earlier report at {path}")
+    old = json.loads(path.read_text())
+    if old.get("quick") != new.get("quick"):
+        raise SystemExit("--merge: this run and the earlier report differ in --quick; rerun both the same way")
+    raw = old.pop("raw", {})
+    for w in workloads:
+        if w in new["results"]:
+            old["results"][w] = new["results"][w]
+            for key in (w, w + "_first"):
+                if key in new_raw:
+                    raw[key] = new_raw[key]
+    if new.get("cold"):
+        rerun = {(c["peer"], c["workload"]) for c in new["cold"]}
+        old["cold"] = [c for c in old.get("cold", []) if (c["peer"], c["workload"]) not in rerun] + new["cold"]
+    if "sweep" in new:
+        old["sweep"], old["plot"] = new["sweep"], new.get("plot")
+    for key in ("skipped", "errors"):
+        old.setdefault(key, {}).update(new[key])
+    old.setdefault("merged", []).append({"started": new["started"], "argv": new["argv"], "rounds": new["rounds"],
+                                         "workloads": [w for w in workloads if w in new["results"]],
+                                         "cold": bool(new.get("cold"))})
+    return old, raw
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="W1,W2", help="comma list of W1,W2,W3,W4,W4W")
@@ -474,8 +524,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="W1: 16 structures, W2: 50 steps, W3: 50 steps (extrapolated), W4: 200")
     ap.add_argument("--cold", action="store_true", help="also time a fresh process per peer")
+    ap.add_argument("--cold-only", action="store_true", help="only the fresh-process timings (implies --cold)")
     ap.add_argument("--no-sweep", action="store_true", help="skip batchmd's throughput sweeps")
     ap.add_argument("--out-dir", default=str(HERE))
+    ap.add_argument("--merge", action="store_true",
+                    help="update the existing report.json/report.md of --out-dir with the workloads (and "
+                         "cold starts) run now; everything else is kept and the report says what was rerun")
     ap.add_argument("--child-cold", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -519,7 +573,9 @@ def main(argv=None) -> int:
             reference = ase_mod.run_w1(inputs.args("W1")[0][0]).energies
 
     raw = {}
-    for w in workloads:
+    if args.cold_only:
+        args.cold, args.no_sweep = True, True
+    for w in ([] if args.cold_only else workloads):
         entries = [e for e in entries_for(w, list(mods)) if e.peer in mods]
         first, results = {}, {e.label: [] for e in entries}
         for e in entries:  # first call: loading, JIT, compile
@@ -568,6 +624,8 @@ def main(argv=None) -> int:
         except Exception:
             data["sweep_skipped"] = traceback.format_exc().splitlines()[-1]
 
+    if args.merge:
+        data, raw = merge_into_existing(out_dir / "report.json", data, raw, workloads)
     (out_dir / "report.json").write_text(json.dumps({**data, "raw": raw}, indent=1, default=str))
     path = write_report(data, out_dir)
     print(f"wrote {path}, {out_dir / 'report.json'}", flush=True)
