@@ -406,7 +406,9 @@ def write_report(data: dict, out_dir: Path) -> Path:
         what = ", ".join(merge["workloads"]) or "no timed workload"
         L[-1:-1] = [f"Rerun and merged in {merge['started']}: {what}"
                     f"{', and cold starts' if merge.get('cold') else ''} "
-                    f"(`python -m benchmarks.run_report {' '.join(merge['argv'])}`, {merge['rounds']} rounds)."]
+                    f"(`{' '.join(f'{k}={v}' for k, v in merge.get('env', {}).items())}"
+                    f"{' ' if merge.get('env') else ''}python -m benchmarks.run_report {' '.join(merge['argv'])}`"
+                    f"{', ' + merge['note'] if merge.get('note') else ''})."]
     L += [
          "## Machine", "",
          f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores "
@@ -512,7 +514,8 @@ def merge_into_existing(path: Path, new: dict, new_raw: dict, workloads: list[st
         old.setdefault(key, {}).update(new[key])
     old.setdefault("merged", []).append({"started": new["started"], "argv": new["argv"], "rounds": new["rounds"],
                                          "workloads": [w for w in workloads if w in new["results"]],
-                                         "cold": bool(new.get("cold"))})
+                                         "cold": bool(new.get("cold")),
+                                         "env": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")}})
     return old, raw
 
 
