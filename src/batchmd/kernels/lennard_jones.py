@@ -67,6 +67,47 @@ def virial_of(d: Any, fd: Any):
 
 
 @wp.func
+def add_pair(
+    d: Any,
+    j: int,
+    cutoff_sq: Any,
+    sigma_sq: Any,
+    eps4: Any,
+    eps24: Any,
+    e_shift: Any,
+    want_virial: int,
+    half: int,
+    forces: wp.array(dtype=Any),
+    e: Any,
+    f: Any,
+    vd: Any,
+    vo: Any,
+):
+    """Atom i's sums with the pair ``d = x_j - x_i`` (Å) added if within the cutoff.
+
+    Returns the updated energy ``e``, force ``f`` and virial parts ``vd``, ``vo``; with a
+    half list the reaction force goes into ``forces[j]`` here.
+    """
+    e_new = e
+    f_new = f
+    vd_new = vd
+    vo_new = vo
+    r2 = wp.dot(d, d)
+    if r2 <= cutoff_sq:
+        u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
+        fd = g * d
+        e_new = e + u
+        f_new = f + fd
+        if want_virial != 0:
+            a, b = virial_of(d, fd)
+            vd_new = vd + a
+            vo_new = vo + b
+        if half != 0:
+            forces[j] = forces[j] - fd
+    return e_new, f_new, vd_new, vo_new
+
+
+@wp.func
 def is_finished(status: wp.array(dtype=wp.int32), s: int, skip_finished: int):
     """True when system ``s`` is to be skipped: skipping is on and it is neither ACTIVE nor PENDING."""
     if skip_finished == 0:
@@ -145,18 +186,8 @@ def lj_atoms(
             else:  # periodic image: stored as -1 - local index, with its packed lattice image
                 j = base - 1 - neighbors[i, t]
                 d = x[j] - xi + image_shift(unpack_image(images[i, t]), h)
-            r2 = wp.dot(d, d)
-            if r2 <= cutoff_sq:
-                u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
-                fd = g * d
-                e += u
-                f += fd
-                if want_virial != 0:
-                    a, b = virial_of(d, fd)
-                    vd += a
-                    vo += b
-                if half != 0:
-                    forces[j] = forces[j] - fd
+            e, f, vd, vo = add_pair(d, j, cutoff_sq, sigma_sq, eps4, eps24, e_shift, want_virial, half, forces,
+                                    e, f, vd, vo)
     else:
         nb = nbins[s]
         sr = search[s]
@@ -195,18 +226,8 @@ def lj_atoms(
                                 if not in_phase(k, phase):
                                     continue
                                 d = x[j] - xi + image_shift(k, h)
-                                r2 = wp.dot(d, d)
-                                if r2 <= cutoff_sq:
-                                    u, g = lj_pair(r2, sigma_sq, eps4, eps24, e_shift)
-                                    fd = g * d
-                                    e += u
-                                    f += fd
-                                    if want_virial != 0:
-                                        a, b = virial_of(d, fd)
-                                        vd += a
-                                        vo += b
-                                    if half != 0:
-                                        forces[j] = forces[j] - fd
+                                e, f, vd, vo = add_pair(d, j, cutoff_sq, sigma_sq, eps4, eps24, e_shift, want_virial,
+                                                        half, forces, e, f, vd, vo)
     w = sigma_sq / sigma_sq  # each pair once (half list): full weight
     if half == 0:
         w = sigma_sq / (sigma_sq + sigma_sq)  # each pair seen from both atoms: half weight
