@@ -43,7 +43,7 @@ from typing import Any
 import warp as wp
 
 from batchmd.kernels.bookkeeping import ACTIVE, PENDING
-from batchmd.kernels.neighbor_list import bin_cell, bin_image, half_skip, image_shift, in_phase, unpack_image
+from batchmd.kernels.neighbor_list import image_shift, in_phase, is_candidate, stencil_bin, unpack_image
 
 wp.set_module_options({"enable_backward": False})
 
@@ -200,28 +200,18 @@ def lj_atoms(
         p2 = int(pbc[s, 2])
         for phase in range(2):  # unshifted neighbors first, then periodic images
             for o0 in range(-sr[0], sr[0] + 1):
-                c0 = bin_image(bi[0] + o0, nb[0], p0)
-                if c0[2] == 0:
-                    continue
                 for o1 in range(-sr[1], sr[1] + 1):
-                    c1 = bin_image(bi[1] + o1, nb[1], p1)
-                    if c1[2] == 0:
-                        continue
                     for o2 in range(-sr[2], sr[2] + 1):
-                        c2 = bin_image(bi[2] + o2, nb[2], p2)
-                        if c2[2] == 0 or half_skip(half, o0, o1, o2):
+                        valid, cell_index, kb = stencil_bin(bi, o0, o1, o2, nb, p0, p1, p2, half)
+                        if not valid:
                             continue
                         own_bin = o0 == 0 and o1 == 0 and o2 == 0
-                        kb = wp.vec3i(c0[1], c1[1], c2[1])
                         xb = xr - image_shift(kb, h)
-                        c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
+                        c = offset + cell_index
                         start = bin_start[c]
                         for q in range(start, start + bin_count[c]):
                             j = bin_atoms[q]
-                            if own_bin and (j == i or (half != 0 and j < i)):
-                                continue
-                            dr = wrapped[j] - xb  # the build's acceptance test, bit for bit
-                            if wp.dot(dr, dr) < r_list_sq:
+                            if is_candidate(i, j, own_bin, half, wrapped, xb, r_list_sq):  # the build's test
                                 k = kb + wi - atom_wrap[j]
                                 if not in_phase(k, phase):
                                     continue

@@ -156,6 +156,30 @@ def half_skip(half: int, o0: int, o1: int, o2: int):
     return o2 < 0
 
 
+@wp.func
+def stencil_bin(bi: wp.vec3i, o0: int, o1: int, o2: int, nb: wp.vec3i, p0: int, p1: int, p2: int, half: int):
+    """The bin at stencil offset ``(o0, o1, o2)`` from bin ``bi``, shared by the build and the bin walk.
+
+    Returns ``(valid, cell, image)``: ``valid`` is False beyond a non-periodic edge or for
+    an offset the half stencil skips; ``cell`` is the bin's index within its system's
+    grid and ``image`` the lattice image it lies in.
+    """
+    c0 = bin_image(bi[0] + o0, nb[0], p0)
+    c1 = bin_image(bi[1] + o1, nb[1], p1)
+    c2 = bin_image(bi[2] + o2, nb[2], p2)
+    valid = c0[2] != 0 and c1[2] != 0 and c2[2] != 0 and not half_skip(half, o0, o1, o2)
+    return valid, bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb), wp.vec3i(c0[1], c1[1], c2[1])
+
+
+@wp.func
+def is_candidate(i: int, j: int, own_bin: bool, half: int, wrapped: wp.array(dtype=Any), xb: Any, r_list_sq: Any):
+    """The build's acceptance test for atom ``j`` of a stencil bin (``xb``: atom i moved into that bin's image)."""
+    if own_bin and (j == i or (half != 0 and j < i)):
+        return False
+    d = wrapped[j] - xb
+    return wp.dot(d, d) < r_list_sq
+
+
 @wp.kernel
 def nl_flag_systems(
     cell: wp.array(dtype=Any),
@@ -418,28 +442,18 @@ def nl_build(
     n1 = int(0)
     fits = int(1)  # 0 once an image does not fit its packing: the row is then marked like an overflow
     for o0 in range(-sr[0], sr[0] + 1):
-        c0 = bin_image(bi[0] + o0, nb[0], p0)
-        if c0[2] == 0:
-            continue
         for o1 in range(-sr[1], sr[1] + 1):
-            c1 = bin_image(bi[1] + o1, nb[1], p1)
-            if c1[2] == 0:
-                continue
             for o2 in range(-sr[2], sr[2] + 1):
-                c2 = bin_image(bi[2] + o2, nb[2], p2)
-                if c2[2] == 0 or half_skip(half, o0, o1, o2):
+                valid, cell_index, kb = stencil_bin(bi, o0, o1, o2, nb, p0, p1, p2, half)
+                if not valid:
                     continue
                 own_bin = o0 == 0 and o1 == 0 and o2 == 0
-                kb = wp.vec3i(c0[1], c1[1], c2[1])
                 xb = xi - image_shift(kb, h)
-                c = offset + bin_cell(wp.vec3i(c0[0], c1[0], c2[0]), nb)
+                c = offset + cell_index
                 start = bin_start[c]
                 for t in range(start, start + bin_count[c]):
                     j = bin_atoms[t]
-                    if own_bin and (j == i or (half != 0 and j < i)):
-                        continue
-                    d = wrapped[j] - xb
-                    if wp.dot(d, d) < r_list_sq:
+                    if is_candidate(i, j, own_bin, half, wrapped, xb, r_list_sq):
                         k = kb + wi - atom_wrap[j]
                         unshifted = k[0] == 0 and k[1] == 0 and k[2] == 0
                         if not unshifted and not image_fits(k):
