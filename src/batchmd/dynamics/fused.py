@@ -20,8 +20,11 @@ their forces, energy and stress stay valid, and a step costs what the moving sys
 Nothing above synchronises with the host. Every ``refill_frequency`` steps (a *refill
 point*) the loop reads the per-system status once: graduated systems leave the batch,
 their graduation hooks and sinks fire, and -- in inflight mode -- the sampler refills the
-freed capacity with device-side slot replacement. Refilled systems get forces, fresh
-stage-0 state and a fresh neighbor list before their first step.
+freed capacity: survivors and newcomers are gathered into the new live batch in one
+device-side pass (:meth:`~batchmd.data.Batch.select_and_append`; newcomers enter at the
+end). Refilled systems are PENDING: the next step's evaluation gives them forces (and a
+fresh neighbor list) at their initial positions before their first move; see
+:mod:`batchmd.dynamics.refill`.
 
 ``n_steps`` on graduated systems counts the steps taken in total, over all stages
 (``stage_steps`` counts steps in the last stage).
