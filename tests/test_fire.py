@@ -262,3 +262,26 @@ def test_skipping_finished_systems_changes_nothing(dtype):
     assert len(set(steps)) > 1 and steps == full.n_steps.reshape(-1).tolist()
     for name in ("positions", "forces", "energies", "fmax", "velocities"):
         assert torch.equal(skipped[name], full[name]), name
+
+
+def test_a_new_loop_recomputes_finished_systems_it_did_not_evaluate():
+    """Outputs a batch arrives with (another model's) are never kept by skipping finished systems."""
+    from ase.build import bulk
+
+    from batchmd.dynamics import FIRE, ConvergenceHook, FusedStage
+    from batchmd.models.lj import LennardJones
+
+    frames = []
+    for i, shape in enumerate([(2, 2, 2), (1, 2, 2)]):
+        atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(shape)
+        atoms.rattle(0.001 if i == 0 else 0.3, seed=i)
+        frames.append(atoms)
+    first = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5)
+    fire = FIRE(first, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=300)
+    live = FusedStage([fire]).run(Batch.from_ase(frames, dtype=torch.float64), n_steps=3)
+    assert live["status"].tolist() == [1, 0]  # the first converged, the second still moves
+    other = LennardJones(sigma=3.405, epsilon=0.02, cutoff=8.5)
+    again = FusedStage([FIRE(other, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=300)]).run(
+        live, n_steps=1)
+    expected = other(again.index_select([0]))["energy"]
+    assert torch.equal(again.energies[0], expected[0])

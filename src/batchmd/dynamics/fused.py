@@ -151,6 +151,9 @@ class FusedStage(RefillPoints):
         self._launch_stats = CachedLaunch(bk.system_force_stats_overloads)
         self._launch_advance = CachedLaunch(bk.advance_status_overloads)
         self._reported = None
+        # The first evaluation of a run is always complete: a batch may arrive with outputs
+        # from another model or loop, which skipping finished systems would keep.
+        self._complete_next = True
 
     # ----------------------------------------------------------------- composition
     def __add__(self, other) -> "FusedStage":
@@ -273,10 +276,11 @@ class FusedStage(RefillPoints):
         targets = self._output_fields(batch)
         if targets is None:
             out = self.model(batch)
-        elif self._outputs_kept and getattr(self.model, "supports_skip_finished", False):
+        elif self._outputs_kept and not self._complete_next and getattr(self.model, "supports_skip_finished", False):
             out = self.model(batch, out=targets, skip_finished=True)  # finished systems keep their outputs
         else:
             out = self.model(batch, out=targets)
+        self._complete_next = False
         forces = out["forces"]
         energy = out["energy"]
         if forces.dtype != batch.dtype or energy.dtype != batch.dtype:
@@ -452,6 +456,7 @@ class FusedStage(RefillPoints):
         else:
             self.stats = RunStats()
         self._reported = None
+        self._complete_next = True
         self._step_index = 0
         self._accounted_steps = 0
         self._accounted_in_use = 0
