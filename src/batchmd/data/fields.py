@@ -179,11 +179,7 @@ def default_fill(name: str, like: torch.Tensor, dim: int, rows: int, atom_index:
     """
     shape = list(like.shape)
     shape[dim] = rows
-    if atom_index:
-        return torch.full(shape, -1, dtype=like.dtype, device=like.device)
-    if name.startswith("_") and like.is_floating_point():
-        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
-    return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return torch.full(shape, default_value(name, like.dtype, atom_index), dtype=like.dtype, device=like.device)
 
 
 class FieldStore:

@@ -51,6 +51,17 @@ def _shift_index(t: torch.Tensor, shift: torch.Tensor | int, dim: int, subtract:
     return torch.where(t >= 0, moved, t)
 
 
+def _merged_specs(a: dict[str, FieldSpec], b: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+    """``a``'s specs then ``b``'s new ones; a field whose level or row axis differs is an error."""
+    merged = dict(a)
+    for name, spec in b.items():
+        if name in merged and (merged[name].level, merged[name].dim) != (spec.level, spec.dim):
+            raise ValueError(f"batchmd: field {name!r} is {merged[name].level}-level in one batch "
+                             f"and {spec.level}-level in another")
+        merged.setdefault(name, spec)
+    return merged
+
+
 def concat_parts(parts: list[dict[str, torch.Tensor]], specs: list[dict[str, FieldSpec]],
                  rows: list[dict[str, int]]) -> tuple[dict[str, torch.Tensor], dict[str, FieldSpec]]:
     """Concatenate field dictionaries of several sources, level by level.
@@ -78,11 +89,7 @@ def concat_parts(parts: list[dict[str, torch.Tensor]], specs: list[dict[str, Fie
     """
     merged: dict[str, FieldSpec] = {}
     for source_specs in specs:
-        for name, spec in source_specs.items():
-            if name in merged and (merged[name].level, merged[name].dim) != (spec.level, spec.dim):
-                raise ValueError(f"batchmd: field {name!r} is {merged[name].level}-level in one batch "
-                                 f"and {spec.level}-level in another")
-            merged.setdefault(name, spec)
+        merged = _merged_specs(merged, source_specs)
     atom_offsets = [0]
     for r in rows:
         atom_offsets.append(atom_offsets[-1] + r["atom"])
@@ -299,16 +306,6 @@ def replace_slots(batch, slots, other) -> "Batch":  # noqa: F821
         raise ValueError(f"batchmd: replace_slots: slots must be distinct and within 0..{b - 1}")
     host_order = order.tolist() if merged._infos is not None else None
     return _take(merged, order, n, e, host_order)
-
-
-def _merged_specs(a: dict[str, FieldSpec], b: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
-    merged = dict(a)
-    for name, spec in b.items():
-        if name in merged and (merged[name].level, merged[name].dim) != (spec.level, spec.dim):
-            raise ValueError(f"batchmd: field {name!r} is {merged[name].level}-level in one batch "
-                             f"and {spec.level}-level in another")
-        merged.setdefault(name, spec)
-    return merged
 
 
 def _out_shape(name: str, spec: FieldSpec, ta, tb, rows: int) -> tuple[int, ...]:

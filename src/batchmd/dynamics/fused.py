@@ -167,6 +167,7 @@ class FusedStage(RefillPoints):
             device=self.device,
             dtype=self.dtype,
             compute_stress=self.compute_stress,
+            cpu_threads=self.cpu_threads,
         )
 
     @property
