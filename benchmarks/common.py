@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -55,10 +56,27 @@ def require(module: str, pip_name: str | None = None):
         ) from exc
 
 
+def bench_device() -> str:
+    """The device the GPU-capable peers run on: ``BENCH_DEVICE`` (``cpu`` by default, or ``cuda``)."""
+    return os.environ.get("BENCH_DEVICE", "cpu")
+
+
+def device_sync() -> None:
+    """Wait for queued GPU work (no-op on CPU), so a wall time covers the work it launched."""
+    if bench_device().startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 class Timer:
+    """Wall time of a block; on a GPU the device is synchronised at both ends."""
+
     def __enter__(self):
+        device_sync()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
+        device_sync()
         self.elapsed = time.perf_counter() - self.t0

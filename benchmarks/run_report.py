@@ -81,7 +81,7 @@ class Inputs:
         self.w1_n = 16 if quick else wl.W1_N_STRUCTURES
         self.w2_steps = 50 if quick else wl.W2_STEPS
         self.w3_steps = int(os.environ.get("BENCH_W3_STEPS", 50 if quick else wl.W3_STEPS))
-        self.w4_n = 200 if quick else wl.W4_N_STRUCTURES
+        self.w4_n = int(os.environ.get("BENCH_W4_N", 200 if quick else wl.W4_N_STRUCTURES))
         self.w4_batch = int(os.environ.get("BENCH_W4_BATCH", "64"))
 
     # Built on first use, so a cold-start child holds only its own workload's structures.
@@ -175,6 +175,11 @@ def machine() -> dict:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        info["device"] = os.environ.get("BENCH_DEVICE", "cpu")
+        if info["device"].startswith("cuda") and torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.device(info["device"]))
+            info["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs"
+            info["cuda"] = torch.version.cuda
     except Exception:
         pass
     return info
@@ -413,6 +418,8 @@ def write_report(data: dict, out_dir: Path) -> Path:
          "## Machine", "",
          f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores "
          f"({m.get('affinity_cores')} usable), memory {m['memory']}",
+         f"- Device for batchmd, TorchSim and nvalchemi: {m.get('device', 'cpu')}"
+         + (f" ({m['gpu']}, CUDA {m.get('cuda')})" if m.get("gpu") else ""),
          f"- Python {m['python']} on {m['platform']}; torch threads {m.get('torch_threads')}; "
          f"OMP_NUM_THREADS={m['env'].get('OMP_NUM_THREADS')}",
          "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
@@ -533,8 +540,13 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="update the existing report.json/report.md of --out-dir with the workloads (and "
                          "cold starts) run now; everything else is kept and the report says what was rerun")
+    ap.add_argument("--device", default=None,
+                    help="cpu or cuda: where batchmd, TorchSim and nvalchemi run (sets BENCH_DEVICE; "
+                         "ASE and LAMMPS always run on the CPU)")
     ap.add_argument("--child-cold", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.device is not None:
+        os.environ["BENCH_DEVICE"] = args.device  # read by the peer modules, imported below
 
     if args.child_cold:
         peer, workload = args.child_cold.split(":")

@@ -1,13 +1,17 @@
 """Fixed cost per step: one 32-atom argon system (2x2x2 FCC cells), batchmd only.
 
-Run: ``python -m benchmarks.step_overhead`` (writes ``benchmarks/step_overhead.md``).
+Run: ``python -m benchmarks.step_overhead`` (writes ``benchmarks/step_overhead.md``);
+``BENCH_DEVICE=cuda python -m benchmarks.step_overhead OUT.md`` measures it on a GPU
+(the device is synchronised before and after the timed steps, not inside).
 The time per step of a tiny system is almost all fixed cost (Python, kernel launches),
 so this is the floor under every batchmd step whatever the batch size.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +23,12 @@ from batchmd.dynamics import FIRE, NVE, ConvergenceHook, NVTLangevin
 from batchmd.models.lj import LennardJones
 
 HERE = Path(__file__).parent
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def per_step_us(make, steps: int = 2000, repeats: int = 5) -> float:
@@ -29,12 +39,15 @@ def per_step_us(make, steps: int = 2000, repeats: int = 5) -> float:
     for _ in range(repeats):
         batch = Batch.from_ase([atoms], dtype=torch.float32)
         batch.set_field("system_id", torch.zeros(1, 1, dtype=torch.int64), "system")
+        batch = batch.to(DEVICE)
         dynamics = make()
         for _ in range(10):
             dynamics.step(batch)
+        _sync()
         start = time.perf_counter()
         for _ in range(steps):
             dynamics.step(batch)
+        _sync()
         best = min(best, (time.perf_counter() - start) / steps * 1e6)
     return best
 
@@ -49,7 +62,8 @@ def main() -> None:
     lines = [
         "# Fixed cost per step: one 32-atom system",
         "",
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, float32, CPU; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, float32, "
+        f"{DEVICE if DEVICE == 'cpu' else torch.cuda.get_device_name(DEVICE)}; "
         "`python -m benchmarks.step_overhead`; best of 5 x 2,000 steps.",
         "",
         "| method | µs per step |",
@@ -59,7 +73,8 @@ def main() -> None:
         us = per_step_us(make)
         print(f"{name}: {us:.1f} µs/step", flush=True)
         lines.append(f"| {name} | {us:.1f} |")
-    (HERE / "step_overhead.md").write_text("\n".join(lines) + "\n")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "step_overhead.md"
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

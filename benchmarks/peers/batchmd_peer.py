@@ -22,11 +22,11 @@ from __future__ import annotations
 import os
 
 from benchmarks import workloads as wl
-from benchmarks.common import PeerUnavailable, Result, Timer, require
+from benchmarks.common import PeerUnavailable, Result, Timer, bench_device, require
 
 NAME = "batchmd"
 DTYPE = os.environ.get("BENCH_BATCHMD_DTYPE", "float32")
-DEVICE = os.environ.get("BENCH_BATCHMD_DEVICE", "cpu")
+DEVICE = os.environ.get("BENCH_BATCHMD_DEVICE", bench_device())
 
 
 def setup() -> None:
@@ -175,7 +175,7 @@ def run_w4_static(structures, batch_size: int, skip_finished: bool = True) -> Re
             capacity += sum(sizes) * max(s)
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
-                  variant=f"static, batch {batch_size}" + ("" if skip_finished else ", finished systems recomputed"),
+                  variant=f"static, batch {batch_size} ({DEVICE})" + ("" if skip_finished else ", finished systems recomputed"),
                   extra={"mean_occupancy": useful / capacity if capacity else float("nan")})
 
 
@@ -198,7 +198,8 @@ def _inflight(structures, batch_size: int, refill_frequency: int | None = None):
     sink = HostMemory(capacity=len(structures))
     if refill_frequency is None:
         refill_frequency = int(os.environ.get("BENCH_W4_REFILL", "5"))
-    fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=refill_frequency)
+    fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=refill_frequency,
+                       device=DEVICE)
     fused.run(batch=None)
     _sync()
     out = sink.drain()
@@ -219,5 +220,5 @@ def run_w4_inflight(structures, batch_size: int, refill_frequency: int | None = 
     steps = [int(s) for s in out["n_steps"]]
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
-                  variant=f"inflight, {batch_size} slots, refill every {refill_frequency or os.environ.get('BENCH_W4_REFILL', '5')}",
+                  variant=f"inflight ({DEVICE}), {batch_size} slots, refill every {refill_frequency or os.environ.get('BENCH_W4_REFILL', '5')}",
                   extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan")))})

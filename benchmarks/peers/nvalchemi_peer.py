@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from benchmarks import workloads as wl
-from benchmarks.common import Result, Timer, require
+from benchmarks.common import Result, Timer, bench_device, require
 from benchmarks.peers.shift import shift_energy
 
 NAME = "nvalchemi"
@@ -47,9 +47,11 @@ def _batch(structures, unit_masses: bool = False):
         d = AtomicData.from_atoms(a, dtype=_dtype())
         data.append(d)
     batch = Batch.from_data_list(data)
+    if bench_device() != "cpu":
+        batch = batch.to(bench_device())
     # compute() writes into existing fields only: give it forces and energy to fill.
     batch["forces"] = torch.zeros_like(batch.positions)
-    batch["energy"] = torch.zeros(batch.num_graphs, 1, dtype=batch.positions.dtype)
+    batch["energy"] = torch.zeros(batch.num_graphs, 1, dtype=batch.positions.dtype, device=batch.positions.device)
     return batch
 
 
@@ -95,7 +97,7 @@ def run_w1(structures) -> Result:
         atom_evals = wl.n_atoms(structures) * ((loop_steps or 0) + 1)
     return Result(NAME, "W1", t.elapsed, atom_evals, (loop_steps or 0) + 1, energies, n_steps,
                   [s == fused.exit_status for s in status],
-                  variant=f"FusedStage(FIRE), one batch ({DTYPE})",
+                  variant=f"FusedStage(FIRE), one batch ({DTYPE}, {bench_device()})",
                   notes=["unit masses", "LJ energy shift-corrected outside the timing"])
 
 
@@ -119,10 +121,10 @@ def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
                       friction=wl.W2_FRICTION, random_seed=0, n_steps=n_steps)
     wall = _md(structures, dyn)
     return Result(NAME, "W2", wall, wl.n_atoms(structures) * n_steps, n_steps + 1,
-                  variant=f"FusedStage(NVTLangevin), one batch ({DTYPE})")
+                  variant=f"FusedStage(NVTLangevin), one batch ({DTYPE}, {bench_device()})")
 
 
-W3_MAX_STEPS = 20  # ~8k atom-steps/s on 32k atoms here: 1,000 steps would take minutes
+W3_MAX_STEPS = int(os.environ.get("BENCH_W3_PEER_STEPS", "20"))  # ~8k atom-steps/s on 32k atoms here: 1,000 steps would take minutes
 
 
 def run_w3(atoms, n_steps: int) -> Result:
@@ -134,4 +136,4 @@ def run_w3(atoms, n_steps: int) -> Result:
     wall = _md([atoms], dyn)
     return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps + 1,
                   extrapolated_from=run_steps if run_steps < n_steps else None,
-                  variant=f"FusedStage(NVE) ({DTYPE})")
+                  variant=f"FusedStage(NVE) ({DTYPE}, {bench_device()})")

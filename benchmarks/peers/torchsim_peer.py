@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from benchmarks import workloads as wl
-from benchmarks.common import Result, Timer, require
+from benchmarks.common import Result, Timer, bench_device, require
 from benchmarks.peers.shift import shift_energy
 
 NAME = "torchsim"
@@ -58,7 +58,7 @@ def _model():
     import torch
 
     return _model_cls(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF,
-                      device=torch.device("cpu"), dtype=_dtype())
+                      device=torch.device(bench_device()), dtype=_dtype())
 
 
 def _state(structures, model):
@@ -88,7 +88,7 @@ def run_w1_batch(structures) -> Result:
         done = systemwise_max_force(state) <= wl.FMAX
         energy = state.energy.detach().clone()
         positions = state.positions.detach().clone()
-        n_steps = torch.zeros(B, dtype=torch.long)
+        n_steps = torch.zeros(B, dtype=torch.long, device=state.positions.device)
         evals = 1
         for step in range(1, wl.FIRE_MAX_STEPS + 1):
             if bool(done.all()):
@@ -111,12 +111,12 @@ def run_w1_batch(structures) -> Result:
     ptr = [0]
     for c in counts:
         ptr.append(ptr[-1] + c)
-    energies = _shifted(structures, positions.double().numpy(), ptr, energy.double().tolist())
+    energies = _shifted(structures, positions.double().cpu().numpy(), ptr, energy.double().tolist())
     steps = [int(s) for s in n_steps.tolist()]
     atom_evals = wl.n_atoms(structures) * evals  # a fixed batch evaluates every atom each step
     return Result(NAME, "W1", t.elapsed, atom_evals, evals, energies, steps,
                   [bool(d) for d in done.tolist()],
-                  variant=f"fire(ase_fire), one fixed batch ({DTYPE})",
+                  variant=f"fire(ase_fire), one fixed batch ({DTYPE}, {bench_device()})",
                   notes=["forces halved", "LJ energy shift-corrected outside the timing"])
 
 
@@ -137,11 +137,11 @@ def run_w1_inflight(structures, max_atoms: int = INFLIGHT_ATOMS) -> Result:
     ptr = [0]
     for a in structures:
         ptr.append(ptr[-1] + len(a))
-    energies = _shifted(structures, final.positions.detach().double().numpy(), ptr,
+    energies = _shifted(structures, final.positions.detach().double().cpu().numpy(), ptr,
                         final.energy.detach().double().tolist())
     return Result(NAME, "W1", t.elapsed, float("nan"), None, energies, None, None,
                   variant=f"optimize + InFlightAutoBatcher({max_atoms} atoms, swap every "
-                          f"{STEPS_BETWEEN_SWAPS}) ({DTYPE})",
+                          f"{STEPS_BETWEEN_SWAPS}) ({DTYPE}, {bench_device()})",
                   notes=["forces halved", "LJ energy shift-corrected outside the timing"])
 
 
@@ -175,10 +175,10 @@ def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
                kT=torch.tensor(wl.W2_TEMPERATURE * units.kB, **d),
                gamma=torch.tensor(wl.W2_FRICTION / units.fs, **d), seed=0)
     return Result(NAME, "W2", wall, wl.n_atoms(structures) * n_steps, n_steps + 1,
-                  variant=f"nvt_langevin, one batch ({DTYPE})", notes=["forces halved"])
+                  variant=f"nvt_langevin, one batch ({DTYPE}, {bench_device()})", notes=["forces halved"])
 
 
-W3_MAX_STEPS = 10
+W3_MAX_STEPS = int(os.environ.get("BENCH_W3_PEER_STEPS", "10"))
 
 
 def run_w3(atoms, n_steps: int) -> Result:
@@ -193,4 +193,4 @@ def run_w3(atoms, n_steps: int) -> Result:
                kT=torch.tensor(wl.W3_TEMPERATURE * units.kB, **d))
     return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps,
                   extrapolated_from=run_steps if run_steps < n_steps else None,
-                  variant=f"nve ({DTYPE})", notes=["forces halved"])
+                  variant=f"nve ({DTYPE}, {bench_device()})", notes=["forces halved"])

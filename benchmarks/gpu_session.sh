@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One lease of a GPU machine that has no network: assemble Warp and the peers from carried
+# files, check the CUDA path, and run the benchmarks there. Stages run in the order given:
+#
+#   bash benchmarks/gpu_session.sh setup test overhead profile   # then, in later calls:
+#   bash benchmarks/gpu_session.sh setup bench123
+#   bash benchmarks/gpu_session.sh setup w4
+#
+# Inputs (git-ignored, made on a machine with pip; see benchmarks/README.md "On a GPU"):
+#   /root/gpu_parts/warpso.xz.part.aa   first part of warp.so (xz), carried by an earlier call
+#   .gpu/b/warpso.xz.part.ab            its second part
+#   .gpu/b/warp_rest.tar.xz             the rest of the warp-lang 1.19.0 wheel (no CPU compiler)
+#   .gpuwheels/*.whl                    ase, TorchSim, nvalchemi and what they import (cp312)
+# Results go to /root/gpu_report (kept between calls while the machine is warm) and are copied
+# to $OUT at the end of every call.
+set -u
+export PYTHONUNBUFFERED=1
+ROOT=$(pwd)
+SITE=/tmp/site
+REPORT=/root/gpu_report
+mkdir -p "$REPORT"
+export PYTHONPATH="$SITE:$ROOT/src:$ROOT"
+PY=python3
+
+stage_setup() {
+    if [ ! -f "$SITE/warp/bin/warp.so" ]; then
+        mkdir -p "$SITE"
+        if [ -d .gpuwheels ]; then
+            $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .gpuwheels/*.whl \
+                || echo "[setup] peer wheels failed to install"
+        fi
+        tar -xJf .gpu/b/warp_rest.tar.xz -C "$SITE"
+        cat /root/gpu_parts/warpso.xz.part.aa .gpu/b/warpso.xz.part.ab | xz -d > "$SITE/warp/bin/warp.so"
+    fi
+    md5sum "$SITE/warp/bin/warp.so"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+    $PY -c "import torch, warp as wp; wp.init(); print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name()); print('warp', wp.__version__, wp.get_cuda_devices())"
+}
+
+stage_test() {
+    timeout 300 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$REPORT/test_cuda.log" | tail -40
+}
+
+stage_overhead() {
+    BENCH_DEVICE=cuda timeout 120 $PY -m benchmarks.step_overhead "$REPORT/step_overhead_cuda.md"
+}
+
+stage_profile() {
+    timeout 200 $PY -m benchmarks.profile_inflight cuda 2>&1 | tee "$REPORT/profile_inflight.log" | tail -45
+}
+
+stage_bench123() {
+    timeout 540 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --peers batchmd,torchsim,nvalchemi \
+        --rounds 3 --out-dir "$REPORT" 2>&1 | tee "$REPORT/bench123.log" | grep -v "^\[round" | tail -40
+}
+
+stage_w4() {
+    timeout 280 $PY -m benchmarks.run_report --device cuda --workloads W4,W4W --peers batchmd --rounds 3 --no-sweep \
+        --merge --out-dir "$REPORT" 2>&1 | tee "$REPORT/w4.log" | tail -25
+}
+
+stage_w4big() {
+    # The GPU-sized version: 8,000 cells, 512 slots (about 36k atoms live).
+    BENCH_W4_N=8000 BENCH_W4_BATCH=512 timeout 500 $PY -m benchmarks.run_report --device cuda --workloads W4,W4W \
+        --peers batchmd --rounds 2 --no-sweep --out-dir "$REPORT/big" 2>&1 | tee "$REPORT/w4big.log" | tail -25
+}
+
+for stage in "$@"; do
+    echo "=== $stage ($(date +%T))"
+    "stage_$stage"
+done
+if [ -n "${OUT:-}" ]; then  # one file back (the tool returns at most 8)
+    tar -czf "$OUT/gpu_report.tar.gz" -C "$REPORT" .
+fi
+echo "=== done ($(date +%T))"
