@@ -169,7 +169,7 @@ def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     import torch_sim as ts
     from ase import units
 
-    d = dict(dtype=_dtype())
+    d = dict(dtype=_dtype(), device=torch.device(bench_device()))
     wall = _md(structures, ts.nvt_langevin, n_steps,
                dt=torch.tensor(wl.W2_DT * units.fs, **d),
                kT=torch.tensor(wl.W2_TEMPERATURE * units.kB, **d),
@@ -188,7 +188,7 @@ def run_w3(atoms, n_steps: int) -> Result:
     from ase import units
 
     run_steps = min(n_steps, W3_MAX_STEPS)
-    d = dict(dtype=_dtype())
+    d = dict(dtype=_dtype(), device=torch.device(bench_device()))
     wall = _md([atoms], ts.nve, run_steps, dt=torch.tensor(wl.W3_DT * units.fs, **d),
                kT=torch.tensor(wl.W3_TEMPERATURE * units.kB, **d))
     return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps,

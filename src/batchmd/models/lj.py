@@ -76,6 +76,7 @@ class LennardJones(Model):
         Visit each pair once and scatter the reaction force (about 2x fewer pair
         evaluations). Default: True on CPU (Warp runs CPU threads in order, so the scatter
         is deterministic), False on CUDA (one thread per atom over a full list, no atomics).
+        True with a batch on a GPU raises ``ValueError``: the scatter would race there.
 
     Attributes
     ----------

@@ -200,7 +200,8 @@ class NeighborList:
         Store each pair once (half bin stencil, ``j > i`` inside the atom's own bin) instead
         of from both atoms. Default: True on CPU, False on CUDA. Pair kernels that scatter
         into ``j`` are deterministic only where threads run in order (Warp's CPU backend);
-        on CUDA the full list keeps one-thread-per-atom accumulation without atomics.
+        on CUDA the full list keeps one-thread-per-atom accumulation without atomics, and
+        ``half=True`` with a batch on a GPU raises ``ValueError`` (the scatter would race).
 
     Attributes
     ----------
@@ -339,6 +340,13 @@ class NeighborList:
         return grid, density
 
     def _half_for(self, device: torch.device) -> bool:
+        if self.half_option and device.type != "cpu":
+            # The pair kernels scatter reaction forces into j without atomics: exact on Warp's
+            # CPU backend (threads in order), a data race on a GPU (measured on an H100:
+            # forces off by 5e-2 eV/Å while energies agreed). Refuse rather than be wrong.
+            raise ValueError(
+                f"batchmd: half neighbor lists run on the CPU only (got a batch on {device}); "
+                "use half_list=None (the default: a full list on GPUs) or half_list=False")
         return self.half_option if self.half_option is not None else device.type == "cpu"
 
     def _allocate_fields(self, batch, capacity: int) -> None:
@@ -421,6 +429,8 @@ class NeighborList:
         """Deferred overflow check: max count of earlier builds, read without waiting."""
         if self._buf["max_count"].device.type == "cpu":
             return int(self._buf["max_count"][0]) > self.capacity
+        if torch.cuda.is_current_stream_capturing():
+            return False  # no event queries inside a CUDA graph capture (see _build)
         event = self._pending_event
         if event is None or not event.query():
             return False
@@ -450,7 +460,10 @@ class NeighborList:
                                  v["search"], v["atom_bin"], v["atom_wrap"], v["bin_start"], v["bin_count"],
                                  v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, self.r_list**2), int(self.half),
                                  v["rebuild"], v["neighbors"], v["images"], v["count"], v["max_count"]], device, batch.dtype)
-        if device.type == "cuda":
+        if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+            # Deferred overflow check. A captured CUDA graph replays the build without it: the
+            # list cannot grow during replays, so whoever replays checks ``_buf["max_count"]``
+            # against ``capacity`` between replays (a step outside the graph does it).
             self._host_count.copy_(self._buf["max_count"], non_blocking=True)
             self._pending_event = torch.cuda.Event()
             self._pending_event.record()
