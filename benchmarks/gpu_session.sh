@@ -2,9 +2,8 @@
 # One lease of a GPU machine that has no network: assemble Warp and the peers from carried
 # files, check the CUDA path, and run the benchmarks there. Stages run in the order given:
 #
-#   bash benchmarks/gpu_session.sh setup test overhead profile   # then, in later calls:
-#   bash benchmarks/gpu_session.sh setup bench123
-#   bash benchmarks/gpu_session.sh setup w4
+#   bash benchmarks/gpu_session.sh setup test overhead bench123   # then, in a later call:
+#   bash benchmarks/gpu_session.sh setup eager123 w4 profile
 #
 # Inputs (git-ignored, made on a machine with pip; see benchmarks/README.md "On a GPU"):
 #   /root/gpu_parts/warpso.xz.part.aa   first part of warp.so (xz), carried by an earlier call
@@ -50,8 +49,14 @@ stage_profile() {
 }
 
 stage_bench123() {
-    timeout 540 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --peers batchmd,torchsim,nvalchemi \
+    timeout 470 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --peers batchmd,torchsim,nvalchemi \
         --rounds 3 --out-dir "$REPORT" 2>&1 | tee "$REPORT/bench123.log" | grep -v "^\[round" | tail -40
+}
+
+stage_eager123() {
+    # A/B: the same W1-W3 with every step launched eagerly (no CUDA graphs).
+    BENCH_BATCHMD_CUDA_GRAPH=0 timeout 200 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 \
+        --peers batchmd --rounds 3 --no-sweep --out-dir "$REPORT/eager" 2>&1 | tee "$REPORT/eager123.log" | tail -8
 }
 
 stage_w4() {

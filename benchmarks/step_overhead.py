@@ -52,6 +52,25 @@ def per_step_us(make, steps: int = 2000, repeats: int = 5) -> float:
     return best
 
 
+def run_per_step_us(make, cuda_graph, steps: int = 2000, repeats: int = 5) -> float:
+    """Best of ``repeats`` of the wall time per step (µs) of ``FusedStage.run`` over ``steps`` steps."""
+    from batchmd.dynamics import FusedStage
+
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=0)
+    best = float("inf")
+    for _ in range(repeats):
+        batch = Batch.from_ase([atoms], dtype=torch.float32).to(DEVICE)
+        loop = FusedStage([make()], refill_frequency=50, cuda_graph=cuda_graph)
+        loop.run(batch, n_steps=100)  # warm: kernels, recorded launches
+        _sync()
+        start = time.perf_counter()
+        loop.run(batch, n_steps=steps)
+        _sync()
+        best = min(best, (time.perf_counter() - start) / steps * 1e6)
+    return best
+
+
 def main() -> None:
     model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
     rows = {
@@ -73,6 +92,13 @@ def main() -> None:
         us = per_step_us(make)
         print(f"{name}: {us:.1f} µs/step", flush=True)
         lines.append(f"| {name} | {us:.1f} |")
+    if DEVICE.startswith("cuda"):  # whole runs: steps between refill points replayed as CUDA graphs or not
+        for name in ("NVE", "FIRE"):
+            for graph in (False, True):
+                us = run_per_step_us(rows[name], graph)
+                label = f"{name} in FusedStage.run, refill every 50, cuda_graph={graph}"
+                print(f"{label}: {us:.1f} µs/step", flush=True)
+                lines.append(f"| {label} | {us:.1f} |")
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "step_overhead.md"
     out.write_text("\n".join(lines) + "\n")
 

@@ -313,3 +313,23 @@ def test_refills_reuse_scratch_and_match_fresh_models(capacity):
         assert torch.equal(out["energy"], fresh["energy"])
         assert torch.equal(out["stress"], fresh["stress"])
     assert reused >= 3
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_parallel_bin_tables_equal_the_serial_sort(half):
+    """The GPU path's five bin kernels (forced here on the CPU) give the serial sort's tables and lists."""
+    atoms_list = systems()
+    lists = {}
+    for parallel in (False, True):
+        batch = Batch.from_ase(atoms_list, dtype=torch.float64)
+        nl = NeighborList(CUTOFF, skin=SKIN, half=half)
+        nl.parallel_bins = parallel
+        nl.update(batch)
+        batch.positions += 0.4 * torch.sin(torch.arange(batch.num_nodes * 3, dtype=torch.float64)).reshape(-1, 3)
+        nl.update(batch)  # a second build after some atoms moved beyond the skin
+        n, b = batch.num_nodes, nl._total_bins
+        lists[parallel] = [batch[f].clone() for f in ("_nl_neighbors", "_nl_images", "_nl_count")] + [
+            nl._buf["bin_atoms"][:n].clone(), nl._buf["bin_start"][:b].clone(), nl._buf["bin_count"][:b].clone()]
+    assert int(nl.rebuild.sum()) > 0
+    for serial, parallel in zip(lists[False], lists[True]):
+        assert torch.equal(serial, parallel)

@@ -70,6 +70,21 @@ def _model(skip_finished: bool = True):
     return RecomputingLennardJones(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF)
 
 
+CUDA_GRAPH = os.environ.get("BENCH_BATCHMD_CUDA_GRAPH", "auto")  # "0": eager steps on GPUs too
+
+
+def _where() -> str:
+    """Dtype and device for the variant label (and 'no CUDA graphs' when they are turned off)."""
+    off = CUDA_GRAPH == "0" and DEVICE.startswith("cuda")
+    return f"{DTYPE}, {DEVICE}" + (", no CUDA graphs" if off else "")
+
+
+def _configured(method):
+    """``method`` with its run loop's CUDA-graph policy set from ``BENCH_BATCHMD_CUDA_GRAPH``."""
+    method._solo_loop().cuda_graph = False if CUDA_GRAPH == "0" else "auto"
+    return method
+
+
 def _sync():
     if DEVICE.startswith("cuda"):
         import torch
@@ -80,7 +95,8 @@ def _sync():
 def _fire(n_steps: int = wl.FIRE_MAX_STEPS, skip_finished: bool = True):
     from batchmd.dynamics import FIRE, ConvergenceHook
 
-    return FIRE(_model(skip_finished), convergence_hook=ConvergenceHook.from_forces(wl.FMAX), n_steps=n_steps)
+    return _configured(FIRE(_model(skip_finished), convergence_hook=ConvergenceHook.from_forces(wl.FMAX),
+                            n_steps=n_steps))
 
 
 def relax(structures) -> tuple[Result, object]:
@@ -98,7 +114,7 @@ def relax(structures) -> tuple[Result, object]:
     n_loop = max(steps) + 1  # one priming evaluation, then one per step
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     res = Result(NAME, "W1", t.elapsed, atom_evals, n_loop, energies, [int(s) for s in steps],
-                 [st == 1 for st in status], variant=f"FIRE, one batch ({DTYPE}, {DEVICE})")
+                 [st == 1 for st in status], variant=f"FIRE, one batch ({_where()})")
     return res, out
 
 
@@ -111,14 +127,14 @@ def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     from batchmd.dynamics import NVTLangevin
 
     batch = _batch(structures)
-    dyn = NVTLangevin(_model(), dt=wl.W2_DT, temperature=wl.W2_TEMPERATURE,
-                      friction=wl.W2_FRICTION, random_seed=0, n_steps=n_steps)
+    dyn = _configured(NVTLangevin(_model(), dt=wl.W2_DT, temperature=wl.W2_TEMPERATURE,
+                                  friction=wl.W2_FRICTION, random_seed=0, n_steps=n_steps))
     _sync()
     with Timer() as t:
         dyn.run(batch)
         _sync()
     return Result(NAME, "W2", t.elapsed, wl.n_atoms(structures) * n_steps, n_steps + 1,
-                  variant=f"NVTLangevin, one batch ({DTYPE}, {DEVICE})")
+                  variant=f"NVTLangevin, one batch ({_where()})")
 
 
 def run_w3(atoms, n_steps: int) -> Result:
@@ -126,13 +142,13 @@ def run_w3(atoms, n_steps: int) -> Result:
     from batchmd.dynamics import NVE
 
     batch = _batch([atoms])
-    dyn = NVE(_model(), dt=wl.W3_DT, n_steps=n_steps)
+    dyn = _configured(NVE(_model(), dt=wl.W3_DT, n_steps=n_steps))
     _sync()
     with Timer() as t:
         dyn.run(batch)
         _sync()
     return Result(NAME, "W3", t.elapsed, len(atoms) * n_steps, n_steps + 1,
-                  variant=f"NVE ({DTYPE}, {DEVICE})")
+                  variant=f"NVE ({_where()})")
 
 
 def md_rate(structures, n_steps: int = 50) -> float:
@@ -175,7 +191,7 @@ def run_w4_static(structures, batch_size: int, skip_finished: bool = True) -> Re
             capacity += sum(sizes) * max(s)
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
-                  variant=f"static, batch {batch_size} ({DEVICE})" + ("" if skip_finished else ", finished systems recomputed"),
+                  variant=f"static, batch {batch_size} ({_where()})" + ("" if skip_finished else ", finished systems recomputed"),
                   extra={"mean_occupancy": useful / capacity if capacity else float("nan")})
 
 

@@ -29,6 +29,10 @@ early-exits for systems that are not flagged, so a step never synchronises the h
                       stores the reference position.
 ``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
                       into bins, ascending atom index inside a bin (deterministic).
+                      On GPUs the same tables come from ``nl_clear_bins`` (per bin),
+                      ``nl_count_bins`` (per atom), ``nl_scan_bins`` (per system, over
+                      its bins), ``nl_fill_bins`` (per atom) and ``nl_order_bins`` (per
+                      bin: insertion sort by atom index), bit for bit.
 ``nl_build``          one thread per atom: writes up to ``K`` neighbors (with packed
                       images) and the neighbor count ``n``; a row that did not fit, or held
                       an image beyond ``±IMAGE_LIMIT``, stores ``-n`` (reported, never
@@ -394,6 +398,74 @@ def nl_sort_bins(
         c = atom_cell[i]
         bin_atoms[bin_start[c] + bin_count[c]] = i
         bin_count[c] += 1
+
+
+# The same bin tables from parallel kernels (GPUs). A single thread sorting a 32,000-atom
+# system walks its atoms three times in dependent global-memory steps: milliseconds per
+# rebuild on a GPU. Here counting and filling are one thread per atom (atomics), the scan is
+# one thread per system over its bins only, and a last pass (one thread per bin) sorts each
+# bin's few atoms by index, so the tables equal nl_sort_bins' bit for bit.
+@wp.kernel
+def nl_clear_bins(bin_system: wp.array(dtype=wp.int32), rebuild: wp.array(dtype=wp.int32),
+                  bin_count: wp.array(dtype=wp.int32)):
+    c = wp.tid()
+    if rebuild[bin_system[c]] != 0:
+        bin_count[c] = 0
+
+
+@wp.kernel
+def nl_count_bins(batch_idx: wp.array(dtype=wp.int32), atom_cell: wp.array(dtype=wp.int32),
+                  rebuild: wp.array(dtype=wp.int32), bin_count: wp.array(dtype=wp.int32)):
+    i = wp.tid()
+    if rebuild[batch_idx[i]] != 0:
+        wp.atomic_add(bin_count, atom_cell[i], 1)
+
+
+@wp.kernel
+def nl_scan_bins(ptr: wp.array(dtype=wp.int32), nbins: wp.array(dtype=wp.vec3i), bin_offset: wp.array(dtype=wp.int32),
+                 rebuild: wp.array(dtype=wp.int32), bin_start: wp.array(dtype=wp.int32),
+                 bin_count: wp.array(dtype=wp.int32)):
+    s = wp.tid()
+    if rebuild[s] == 0:
+        return
+    nb = nbins[s]
+    b0 = bin_offset[s]
+    run = ptr[s]
+    for b in range(b0, b0 + nb[0] * nb[1] * nb[2]):
+        bin_start[b] = run
+        run += bin_count[b]
+        bin_count[b] = 0  # refilled by nl_fill_bins
+
+
+@wp.kernel
+def nl_fill_bins(batch_idx: wp.array(dtype=wp.int32), atom_cell: wp.array(dtype=wp.int32),
+                 rebuild: wp.array(dtype=wp.int32), bin_start: wp.array(dtype=wp.int32),
+                 bin_count: wp.array(dtype=wp.int32), bin_atoms: wp.array(dtype=wp.int32)):
+    i = wp.tid()
+    if rebuild[batch_idx[i]] != 0:
+        c = atom_cell[i]
+        slot = wp.atomic_add(bin_count, c, 1)  # any order; nl_order_bins sorts each bin
+        bin_atoms[bin_start[c] + slot] = i
+
+
+@wp.kernel
+def nl_order_bins(bin_system: wp.array(dtype=wp.int32), rebuild: wp.array(dtype=wp.int32),
+                  bin_start: wp.array(dtype=wp.int32), bin_count: wp.array(dtype=wp.int32),
+                  bin_atoms: wp.array(dtype=wp.int32)):
+    c = wp.tid()
+    if rebuild[bin_system[c]] == 0:
+        return
+    start = bin_start[c]
+    for k in range(1, bin_count[c]):  # insertion sort by atom index (bins hold a few dozen)
+        a = bin_atoms[start + k]
+        m = k
+        while m > 0:
+            prev = bin_atoms[start + m - 1]
+            if prev <= a:
+                break
+            bin_atoms[start + m] = prev
+            m -= 1
+        bin_atoms[start + m] = a
 
 
 @wp.kernel

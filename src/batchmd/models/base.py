@@ -52,6 +52,11 @@ class Model(torch.nn.Module):
         Whether ``forward(batch, out=..., skip_finished=True)`` leaves the outputs of
         finished systems (``status`` neither ACTIVE nor PENDING) untouched instead of
         recomputing them; the dynamics loop then pays only for the systems still moving.
+    supports_cuda_graph : bool
+        Whether ``forward`` can be captured in a CUDA graph: no host synchronisation, no
+        allocation, no host-side decision that changes between steps of an unchanged batch
+        (Lennard-Jones: True). The dynamics loop then replays its steady steps on GPUs
+        (``FusedStage(cuda_graph="auto")``).
     torch_compute : bool
         Whether the model does its work in torch ops (True, the default: neural networks,
         the torch adapter). Models that compute in Warp kernels set False, which lets the
@@ -60,6 +65,7 @@ class Model(torch.nn.Module):
 
     cutoff: float | None = None
     supports_skip_finished: bool = False
+    supports_cuda_graph: bool = False
     torch_compute: bool = True
     needs_neighbors: bool = False
     computes_stress: bool = False

@@ -106,6 +106,7 @@ class LennardJones(Model):
     needs_neighbors = True
     supports_out = True
     supports_skip_finished = True
+    supports_cuda_graph = True
     torch_compute = False
 
     def __init__(

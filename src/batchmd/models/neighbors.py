@@ -117,6 +117,7 @@ _SCRATCH = {
     "bin_atoms": ("atom", (), "int"),
     "bin_start": ("bin", (), "int"),
     "bin_count": ("bin", (), "int"),
+    "bin_system": ("bin", (), "int"),
     "max_count": (None, (), "int"),
 }
 
@@ -231,6 +232,10 @@ class NeighborList:
         self.r_list = self.cutoff + self.skin
         self._initial_capacity = None if capacity is None else int(capacity)
         self.half_option = half
+        # Bin tables: one serial counting sort per system (CPU: threads run in order anyway),
+        # or five parallel kernels (GPUs; the same tables). None picks by device; tests force it.
+        self.parallel_bins: bool | None = None
+        self._total_bins = 0
         self.half = False
         self.capacity = 0
         self._key = None
@@ -272,6 +277,8 @@ class NeighborList:
         buf = self._buf
         buf["nbins"][:b].copy_(torch.from_numpy(nbins))  # per-system tables: live systems at the front
         buf["bin_offset"][:b].copy_(torch.from_numpy(offsets))
+        buf["bin_system"][:total_bins].copy_(torch.from_numpy(np.repeat(np.arange(b, dtype=np.int32), counts)))
+        self._total_bins = total_bins
         buf["max_count"].zero_()
         self.rebuild = buf["rebuild"][:b]
         self._pending_event = None
@@ -338,6 +345,9 @@ class NeighborList:
             grid[int(np.argmax(grid))] //= 2
         density = natoms / abs(np.linalg.det(cell)) if pbc.all() else 0.0
         return grid, density
+
+    def _parallel_bins_for(self, device: torch.device) -> bool:
+        return self.parallel_bins if self.parallel_bins is not None else device.type != "cpu"
 
     def _half_for(self, device: torch.device) -> bool:
         if self.half_option and device.type != "cpu":
@@ -454,8 +464,20 @@ class NeighborList:
         launch(nlk.nl_bin_atoms, n, [v["x"], v["batch_idx"], v["pbc"], v["nbins"], v["bin_offset"], v["cell"],
                                      v["frame"], v["lower"], v["width"], v["rebuild"], v["atom_bin"], v["atom_wrap"],
                                      v["atom_cell"], v["wrapped"], v["ref_x"]], device, batch.dtype)
-        launch(nlk.nl_sort_bins, b, [v["ptr"], v["nbins"], v["bin_offset"], v["atom_cell"], v["rebuild"],
-                                     v["bin_start"], v["bin_count"], v["bin_atoms"]], device, batch.dtype)
+        if self._parallel_bins_for(device):
+            nb = self._total_bins
+            launch(nlk.nl_clear_bins, nb, [v["bin_system"], v["rebuild"], v["bin_count"]], device, batch.dtype)
+            launch(nlk.nl_count_bins, n, [v["batch_idx"], v["atom_cell"], v["rebuild"], v["bin_count"]],
+                   device, batch.dtype)
+            launch(nlk.nl_scan_bins, b, [v["ptr"], v["nbins"], v["bin_offset"], v["rebuild"], v["bin_start"],
+                                         v["bin_count"]], device, batch.dtype)
+            launch(nlk.nl_fill_bins, n, [v["batch_idx"], v["atom_cell"], v["rebuild"], v["bin_start"],
+                                         v["bin_count"], v["bin_atoms"]], device, batch.dtype)
+            launch(nlk.nl_order_bins, nb, [v["bin_system"], v["rebuild"], v["bin_start"], v["bin_count"],
+                                           v["bin_atoms"]], device, batch.dtype)
+        else:
+            launch(nlk.nl_sort_bins, b, [v["ptr"], v["nbins"], v["bin_offset"], v["atom_cell"], v["rebuild"],
+                                         v["bin_start"], v["bin_count"], v["bin_atoms"]], device, batch.dtype)
         launch(nlk.nl_build, n, [v["batch_idx"], v["ptr"], v["cell"], v["pbc"], v["nbins"], v["bin_offset"],
                                  v["search"], v["atom_bin"], v["atom_wrap"], v["bin_start"], v["bin_count"],
                                  v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, self.r_list**2), int(self.half),

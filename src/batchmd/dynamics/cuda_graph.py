@@ -1,0 +1,99 @@
+"""Replaying a run's steady steps as one CUDA graph (GPU only).
+
+On a GPU a dynamics step of a small or medium batch is bound by launch overhead, not by
+arithmetic: ~25 Warp and torch launches from Python cost ~0.4-1 ms per step on an H100
+(measured, ``benchmarks/gpu/step_overhead.md``) whatever the batch size. Between two
+refill points the steady step launches the same kernels on the same tensors (no host
+synchronisation, no allocation: ``tests/test_hot_path.py``), so ``refill_frequency`` steps
+can be captured once with ``torch.cuda.CUDAGraph`` and replayed with a single launch.
+
+:class:`StepGraph` keeps one graph per run and reuses it while the batch holds the very same
+tensors (compared by identity) and the chunk has the same number of steps; anything else
+(another structure after a refill, a grown neighbor list) runs the chunk eagerly and
+captures it anew. The first chunk of a run is always eager: it primes the run (complete
+first evaluation, neighbor-list setup, recorded launches).
+
+What a replay does not do: per-step host work. The loop therefore uses graphs only when no
+hook runs inside the step (``BEFORE_STEP``, ``AFTER_FORCES``, ``AFTER_STEP``), the model
+declares ``supports_cuda_graph`` (Lennard-Jones does) and there is no sampler (inflight
+refills change the batch every few steps, so a capture would rarely be replayed). A
+neighbor-list row that overflows during replays stays exact (its atom walks the bins), and
+the list grows at the next eager step.
+
+Example
+-------
+Used by :class:`~batchmd.dynamics.FusedStage` (``cuda_graph="auto"``, the default)::
+
+    fire = FIRE(LennardJones(3.405, 0.0104, 8.5125), convergence_hook=ConvergenceHook.from_forces(0.01))
+    out = fire.run(batch.to("cuda"))          # replays chunks of 10 steps on a GPU
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["StepGraph"]
+
+
+def _batch_tensors(batch) -> tuple:
+    """Every tensor a step can touch: the fields and the layout (ptr, batch_idx)."""
+    return (batch.ptr, batch.batch_idx, *(batch[name] for name in batch.fields))
+
+
+class StepGraph:
+    """One captured chunk of steps, replayed while the batch's tensors stay the same.
+
+    Example
+    -------
+    >>> graphs = StepGraph()
+    >>> graphs.run(loop, batch, 10)   # doctest: +SKIP  (eager + capture, then replays)
+    """
+
+    def __init__(self) -> None:
+        self._key = None
+        self._graph = None
+        self.replays = 0
+        self.captures = 0
+
+    def reset(self) -> None:
+        """Forget the captured graph (a new run starts)."""
+        self._key = None
+        self._graph = None
+
+    def _matches(self, count: int, tensors: tuple) -> bool:
+        key = self._key
+        return (key is not None and key[0] == count and len(key[1]) == len(tensors)
+                and all(a is b for a, b in zip(key[1], tensors)))
+
+    def run(self, loop, batch, count: int) -> None:
+        """Advance ``batch`` by ``count`` steps of ``loop`` (a FusedStage): replay, or eager then capture."""
+        tensors = _batch_tensors(batch)
+        if self._graph is not None and self._matches(count, tensors):
+            self._graph.replay()
+            loop._step_index += count
+            loop.stats.steps += count
+            self.replays += 1
+            return
+        self.reset()
+        for _ in range(count):
+            loop.step(batch)
+        tensors = _batch_tensors(batch)  # the eager steps may have created fields
+        device = batch.device
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        steps, index = loop.stats.steps, loop._step_index
+        with torch.cuda.stream(stream):
+            graph.capture_begin()
+            try:
+                for _ in range(count):
+                    loop.step(batch)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        loop.stats.steps, loop._step_index = steps, index  # captured, not executed
+        after = _batch_tensors(batch)
+        if len(after) == len(tensors) and all(a is b for a, b in zip(after, tensors)):
+            self._key = (count, tensors)
+            self._graph = graph
+            self.captures += 1
