@@ -37,11 +37,11 @@ stage_setup() {
 }
 
 stage_test() {
-    timeout 300 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$REPORT/test_cuda.log" | tail -40
+    timeout 150 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$REPORT/test_cuda.log" | tail -40
 }
 
 stage_overhead() {
-    BENCH_DEVICE=cuda timeout 120 $PY -m benchmarks.step_overhead "$REPORT/step_overhead_cuda.md"
+    BENCH_DEVICE=cuda timeout 100 $PY -m benchmarks.step_overhead "$REPORT/step_overhead_cuda.md"
 }
 
 stage_profile() {
@@ -49,7 +49,7 @@ stage_profile() {
 }
 
 stage_bench123() {
-    timeout 470 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --peers batchmd,torchsim,nvalchemi \
+    timeout 470 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --peers "${PEERS123:-batchmd,torchsim,nvalchemi}" \
         --rounds 3 --out-dir "$REPORT" 2>&1 | tee "$REPORT/bench123.log" | grep -v "^\[round" | tail -40
 }
 
@@ -60,7 +60,7 @@ stage_eager123() {
 }
 
 stage_w4() {
-    timeout 280 $PY -m benchmarks.run_report --device cuda --workloads W4,W4W --peers batchmd --rounds 3 --no-sweep \
+    timeout 200 $PY -m benchmarks.run_report --device cuda --workloads W4,W4W --peers batchmd --rounds "${W4_ROUNDS:-3}" --no-sweep \
         --merge --out-dir "$REPORT" 2>&1 | tee "$REPORT/w4.log" | tail -25
 }
 
@@ -73,8 +73,8 @@ stage_w4big() {
 for stage in "$@"; do
     echo "=== $stage ($(date +%T))"
     "stage_$stage"
+    if [ -n "${OUT:-}" ]; then  # one file back (the tool returns at most 8), kept current after every stage
+        tar -czf "$OUT/gpu_report.tar.gz.tmp" -C "$REPORT" . && mv "$OUT/gpu_report.tar.gz.tmp" "$OUT/gpu_report.tar.gz"
+    fi
 done
-if [ -n "${OUT:-}" ]; then  # one file back (the tool returns at most 8)
-    tar -czf "$OUT/gpu_report.tar.gz" -C "$REPORT" .
-fi
 echo "=== done ($(date +%T))"

@@ -7,8 +7,8 @@ refill points the steady step launches the same kernels on the same tensors (no 
 synchronisation, no allocation: ``tests/test_hot_path.py``), so ``refill_frequency`` steps
 can be captured once with ``torch.cuda.CUDAGraph`` and replayed with a single launch.
 
-:class:`StepGraph` keeps one graph per run and reuses it while the batch holds the very same
-tensors (compared by identity) and the chunk has the same number of steps; anything else
+:class:`StepGraph` keeps one graph per run and reuses it while the batch's tensors stay in the same
+memory (address, shape, strides, dtype) and the chunk has the same number of steps; anything else
 (another structure after a refill, a grown neighbor list) runs the chunk eagerly and
 captures it anew. The first chunk of a run is always eager: it primes the run (complete
 first evaluation, neighbor-list setup, recorded launches).
@@ -35,9 +35,15 @@ import torch
 __all__ = ["StepGraph"]
 
 
-def _batch_tensors(batch) -> tuple:
-    """Every tensor a step can touch: the fields and the layout (ptr, batch_idx)."""
-    return (batch.ptr, batch.batch_idx, *(batch[name] for name in batch.fields))
+def _batch_key(batch) -> tuple:
+    """Where every tensor a step can touch lives: the fields and the layout (ptr, batch_idx).
+
+    Compared by memory (address, shape, strides, dtype), not by object: some fields are
+    handed out as fresh views of the same storage. A graph replayed on an equal key reads
+    and writes exactly the memory the captured kernels were given.
+    """
+    tensors = (batch.ptr, batch.batch_idx, *(batch[name] for name in batch.fields))
+    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors)
 
 
 class StepGraph:
@@ -60,15 +66,9 @@ class StepGraph:
         self._key = None
         self._graph = None
 
-    def _matches(self, count: int, tensors: tuple) -> bool:
-        key = self._key
-        return (key is not None and key[0] == count and len(key[1]) == len(tensors)
-                and all(a is b for a, b in zip(key[1], tensors)))
-
     def run(self, loop, batch, count: int) -> None:
         """Advance ``batch`` by ``count`` steps of ``loop`` (a FusedStage): replay, or eager then capture."""
-        tensors = _batch_tensors(batch)
-        if self._graph is not None and self._matches(count, tensors):
+        if self._graph is not None and self._key == (count, _batch_key(batch)):
             self._graph.replay()
             loop._step_index += count
             loop.stats.steps += count
@@ -77,7 +77,7 @@ class StepGraph:
         self.reset()
         for _ in range(count):
             loop.step(batch)
-        tensors = _batch_tensors(batch)  # the eager steps may have created fields
+        key = (count, _batch_key(batch))  # after the eager steps, which may have created fields
         device = batch.device
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
@@ -92,8 +92,7 @@ class StepGraph:
                 graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(stream)
         loop.stats.steps, loop._step_index = steps, index  # captured, not executed
-        after = _batch_tensors(batch)
-        if len(after) == len(tensors) and all(a is b for a, b in zip(after, tensors)):
-            self._key = (count, tensors)
+        if (count, _batch_key(batch)) == key:  # capturing changed nothing: the graph is reusable
+            self._key = key
             self._graph = graph
             self.captures += 1
