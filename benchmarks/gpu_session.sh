@@ -59,6 +59,12 @@ stage_eager123() {
         --peers batchmd --rounds 3 --no-sweep --out-dir "$REPORT/eager" 2>&1 | tee "$REPORT/eager123.log" | tail -8
 }
 
+stage_final() {
+    # batchmd alone, W1-W3, after a change (quick: no sweeps, no peers).
+    timeout 150 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --peers batchmd --rounds 3 \
+        --no-sweep --out-dir "$REPORT/final" 2>&1 | tee "$REPORT/final.log" | grep -v "^\[round" | tail -8
+}
+
 stage_w4() {
     timeout 200 $PY -m benchmarks.run_report --device cuda --workloads W4,W4W --peers batchmd --rounds "${W4_ROUNDS:-3}" --no-sweep \
         --merge --out-dir "$REPORT" 2>&1 | tee "$REPORT/w4.log" | tail -25

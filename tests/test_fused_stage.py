@@ -269,3 +269,22 @@ def test_occupancy_counts_steps_and_priming_evaluations_of_refilled_systems(mode
     assert stats.atom_steps == 5 * 5 * 10
     in_use = 5 * 5 * 10 + 3 * 5  # every step, plus the priming evaluations of the 3 refilled systems
     assert stats.mean_occupancy == pytest.approx(in_use / 10 / stats.steps)
+
+
+def test_chunked_force_statistics_change_nothing():
+    """The GPU path's chunked fmax/finite statistics (forced here on the CPU) give the same run, bitwise."""
+    from ase.build import bulk
+
+    from batchmd.models.lj import LennardJones
+
+    frames = [bulk("Ar", "fcc", a=5.26, cubic=True).repeat(r) for r in [(2, 2, 2), (5, 5, 5), (3, 3, 4)]]
+    for k, atoms in enumerate(frames):
+        atoms.rattle(0.08, seed=k)
+    runs = {}
+    for chunked in (False, True):
+        loop = FusedStage([FIRE(LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125),
+                                convergence_hook=ConvergenceHook.from_forces(0.02), n_steps=40)], refill_frequency=7)
+        loop.chunked_reductions = chunked
+        runs[chunked] = loop.run(Batch.from_ase(frames))
+    for name in ("positions", "forces", "fmax", "n_steps", "status"):
+        assert torch.equal(runs[False][name], runs[True][name]), name

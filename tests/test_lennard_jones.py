@@ -198,3 +198,27 @@ def test_skip_finished_needs_out_and_an_int32_status():
     batch.set_field("status", torch.zeros(1, dtype=torch.int64), "system")
     with pytest.raises(ValueError, match="int32 'status'"):
         lj(batch, out=out, skip_finished=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_system_sums_equal_plain_sums(dtype):
+    """The GPU path's chunked energy/virial sums (forced here on the CPU): bitwise the plain
+    sums for systems of at most one chunk (256 atoms), the same to rounding above."""
+    from ase.build import bulk as ase_bulk
+
+    frames = [ase_bulk("Ar", "fcc", a=5.26, cubic=True).repeat(r) for r in [(2, 2, 2), (3, 3, 3), (6, 6, 6), (4, 4, 4)]]
+    for k, atoms in enumerate(frames):
+        atoms.rattle(0.1, seed=k)
+    outs = {}
+    for chunked in (False, True):
+        model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+        model.chunked_reductions = chunked
+        outs[chunked] = model(Batch.from_ase(frames, dtype=dtype))
+    plain, chunked = outs[False], outs[True]
+    assert torch.equal(plain["forces"], chunked["forces"])
+    for s in (0, 1, 3):  # 32, 108 and 256 atoms: one chunk
+        assert torch.equal(plain["energy"][s], chunked["energy"][s])
+        assert torch.equal(plain["stress"][s], chunked["stress"][s])
+    rel = 1e-14 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(plain["energy"][2], chunked["energy"][2], rtol=rel, atol=0)
+    assert torch.allclose(plain["stress"][2], chunked["stress"][2], rtol=rel, atol=1e-12)

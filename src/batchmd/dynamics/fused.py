@@ -53,6 +53,9 @@ from batchmd.runtime import CachedLaunch, torch_threads, WarpViewCache, to_warp
 
 __all__ = ["FusedStage"]
 
+#: Atoms per chunk of the per-system force statistics on GPUs (see ``_buffers``).
+STATS_CHUNK = 256
+
 log = logging.getLogger(__name__)
 
 
@@ -162,6 +165,8 @@ class FusedStage(RefillPoints):
         self._tables = None
         self._buf = None
         self._launch_stats = CachedLaunch(bk.system_force_stats_overloads)
+        self._launch_stats_chunks = CachedLaunch(bk.system_force_stats_chunks_overloads)
+        self.chunked_reductions: bool | None = None  # None: chunked force statistics on GPUs (tests force it)
         self._launch_advance = CachedLaunch(bk.advance_status_overloads)
         self._reported = None
         # The first evaluation of a run is always complete: a batch may arrive with outputs
@@ -228,9 +233,18 @@ class FusedStage(RefillPoints):
         if batch.has_field("stress") and not self._stress_computed():
             # Not computed in this run: a stress the systems arrived with no longer applies.
             batch.set_field("stress", torch.full((b, 3, 3), float("nan"), dtype=batch.dtype, device=dev), "system")
+        # Force statistics in chunks of atoms for large systems on GPUs (one thread walking
+        # 32,000 atoms costs ~1 ms there); a maximum is order independent: same numbers.
+        chunked = self.chunked_reductions if self.chunked_reductions is not None else dev.type != "cpu"
+        largest = int(batch.num_atoms_per_system.max()) if (chunked and b) else 0  # one read per structure
+        count = -(-largest // STATS_CHUNK)
+        chunk = STATS_CHUNK if count > 1 or (chunked and self.chunked_reductions) else 0
+        part_max_sq = torch.zeros(b, max(count, 1), dtype=batch.dtype, device=dev)
+        part_finite = torch.ones(b, max(count, 1), dtype=torch.int32, device=dev)
         buf = {
             "batch": batch,
             "shape": (b, batch.num_nodes),
+            "stats_chunk": (chunk, max(count, 1), to_warp(part_max_sq), to_warp(part_finite)),
             "finite": torch.ones(b, dtype=torch.int32, device=dev),
             "converged": torch.zeros(b, dtype=torch.bool, device=dev),
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
@@ -311,15 +325,23 @@ class FusedStage(RefillPoints):
         buf = self._buffers(batch)
         views = buf["views"]
         tables = self._stage_tables(batch.device)
+        chunk, count, w_part_max_sq, w_part_finite = buf["stats_chunk"]
+        w_forces, w_ptr = views("forces", batch.forces, vector=True), views("ptr", batch.ptr)
+        if chunk:
+            self._launch_stats_chunks(batch.dtype, (b, count), [w_forces, w_ptr, chunk, w_part_max_sq, w_part_finite],
+                                      batch.device)
         self._launch_stats(
             batch.dtype,
             b,
             [
-                views("forces", batch.forces, vector=True),
+                w_forces,
                 views("energies", batch.energies.view(-1)),
-                views("ptr", batch.ptr),
+                w_ptr,
                 views("stage", batch["stage"]),
                 tables["w_fmax"],
+                chunk,
+                w_part_max_sq,
+                w_part_finite,
                 views("fmax", batch["fmax"]),
                 views("finite", buf["finite"]),
                 views("converged", buf["converged"]),

@@ -25,27 +25,65 @@ PENDING = wp.constant(4)
 
 
 @wp.kernel
+def system_force_stats_chunks(
+    forces: wp.array(dtype=Any),
+    ptr: wp.array(dtype=wp.int32),
+    chunk: int,
+    part_max_sq: wp.array2d(dtype=Any),
+    part_finite: wp.array2d(dtype=wp.int32),
+):
+    """Thread (s, k): largest squared force norm and finite flag of atoms ``k*chunk ..`` of system s."""
+    s, k = wp.tid()
+    start = ptr[s] + k * chunk
+    end = wp.min(start + chunk, ptr[s + 1])
+    if start >= end:
+        return
+    ok = int(1)
+    m2 = part_max_sq.dtype(0.0)
+    for i in range(start, end):
+        f = forces[i]
+        n2 = wp.dot(f, f)
+        if not wp.isfinite(n2):
+            ok = 0
+        m2 = wp.max(m2, n2)
+    part_max_sq[s, k] = m2
+    part_finite[s, k] = ok
+
+
+@wp.kernel
 def system_force_stats(
     forces: wp.array(dtype=Any),
     energies: wp.array(dtype=Any),
     ptr: wp.array(dtype=wp.int32),
     stage: wp.array(dtype=wp.int32),
     stage_fmax: wp.array(dtype=wp.float64),
+    chunk: int,
+    part_max_sq: wp.array2d(dtype=Any),
+    part_finite: wp.array2d(dtype=wp.int32),
     fmax: wp.array(dtype=Any),
     finite: wp.array(dtype=wp.int32),
     force_converged: wp.array(dtype=wp.bool),
 ):
-    """Per system: fmax (eV/Å), finite flag, and ``fmax <= stage_fmax[stage]`` (a threshold < 0: no force criterion)."""
+    """Per system: fmax (eV/Å), finite flag, and ``fmax <= stage_fmax[stage]`` (a threshold < 0: no force criterion).
+
+    ``chunk > 0``: combine the per-chunk results of ``system_force_stats_chunks`` (GPUs, large
+    systems); a maximum does not depend on the order, so both paths give the same numbers.
+    """
     s = wp.tid()
     e = energies[s]
     ok = int(wp.isfinite(e))
     m2 = e * e * type(e)(0.0)
-    for i in range(ptr[s], ptr[s + 1]):
-        f = forces[i]
-        n2 = wp.dot(f, f)
-        if not wp.isfinite(n2):
-            ok = 0
-        m2 = wp.max(m2, n2)
+    if chunk > 0:
+        for k in range((ptr[s + 1] - ptr[s] + chunk - 1) // chunk):
+            ok = ok * part_finite[s, k]
+            m2 = wp.max(m2, part_max_sq[s, k])
+    else:
+        for i in range(ptr[s], ptr[s + 1]):
+            f = forces[i]
+            n2 = wp.dot(f, f)
+            if not wp.isfinite(n2):
+                ok = 0
+            m2 = wp.max(m2, n2)
     m = wp.sqrt(m2)
     fmax[s] = m
     finite[s] = ok
@@ -54,6 +92,7 @@ def system_force_stats(
 
 
 system_force_stats_overloads = {}
+system_force_stats_chunks_overloads = {}
 for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
     system_force_stats_overloads[_scalar] = wp.overload(
         system_force_stats,
@@ -63,9 +102,22 @@ for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
             "ptr": wp.array(dtype=wp.int32),
             "stage": wp.array(dtype=wp.int32),
             "stage_fmax": wp.array(dtype=wp.float64),
+            "chunk": int,
+            "part_max_sq": wp.array2d(dtype=_scalar),
+            "part_finite": wp.array2d(dtype=wp.int32),
             "fmax": wp.array(dtype=_scalar),
             "finite": wp.array(dtype=wp.int32),
             "force_converged": wp.array(dtype=wp.bool),
+        },
+    )
+    system_force_stats_chunks_overloads[_scalar] = wp.overload(
+        system_force_stats_chunks,
+        {
+            "forces": wp.array(dtype=_vec),
+            "ptr": wp.array(dtype=wp.int32),
+            "chunk": int,
+            "part_max_sq": wp.array2d(dtype=_scalar),
+            "part_finite": wp.array2d(dtype=wp.int32),
         },
     )
 

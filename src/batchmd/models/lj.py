@@ -44,6 +44,10 @@ from batchmd.runtime import LaunchCache, WarpViewCache, to_warp, warp_scalar
 
 __all__ = ["LennardJones"]
 
+#: Atoms per partial sum of the per-system energy and virial on GPUs (systems up to this size
+#: are summed by one thread, exactly as on the CPU).
+REDUCE_CHUNK = 256
+
 
 def _positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -132,6 +136,10 @@ class LennardJones(Model):
         c6 = (self.sigma / self.cutoff) ** 6
         self._e_shift = 4.0 * self.epsilon * (c6 * c6 - c6) if self.shift else 0.0
         self._scratch: dict = {}
+        self._parts = None
+        # Per-system sums in chunks: None = on GPUs for systems above REDUCE_CHUNK atoms;
+        # True/False force it (tests compare both paths on the CPU).
+        self.chunked_reductions: bool | None = None
         self._launch = LaunchCache()
         self._out_views = WarpViewCache()
 
@@ -161,6 +169,29 @@ class LennardJones(Model):
             }
             self._scratch = {"key": key, "t": t, "w": w}
         return self._scratch
+
+    def _reduction_chunks(self, max_atoms: int, b: int, dtype: torch.dtype, device: torch.device):
+        """Chunk size for the per-system sums (0: one thread walks each system) and the partial-sum buffers.
+
+        Chunked on GPUs when the largest system has more than ``REDUCE_CHUNK`` atoms (or
+        when ``chunked_reductions`` forces it); the buffers grow only, so their Warp views
+        and recorded launches survive refills.
+        """
+        chunked = self.chunked_reductions if self.chunked_reductions is not None else device.type != "cpu"
+        count = -(-max_atoms // REDUCE_CHUNK) if chunked else 0
+        chunk = REDUCE_CHUNK if count > 1 or (chunked and self.chunked_reductions) else 0
+        count = max(count, 1)
+        key = (dtype, device)
+        parts = self._parts
+        if parts is None or parts["key"] != key or parts["rows"] < b or parts["cols"] < count:
+            rows = max(b, int(1.5 * parts["rows"]) if parts is not None and parts["key"] == key else b, 1)
+            cols = max(count, parts["cols"] if parts is not None and parts["key"] == key else 1)
+            energy = torch.zeros(rows, cols, dtype=dtype, device=device)
+            virial = torch.zeros(rows, cols, 3, 3, dtype=dtype, device=device)
+            parts = {"key": key, "rows": rows, "cols": cols, "t": (energy, virial),
+                     "energy": to_warp(energy), "virial": to_warp(virial, matrix=True)}
+            self._parts = parts
+        return chunk, {"energy": parts["energy"], "virial": parts["virial"], "count": count}
 
     def _targets(self, out: dict, n: int, b: int, dtype, device) -> tuple[dict, dict]:
         """Caller-owned output tensors (checked) and their cached Warp views."""
@@ -231,8 +262,12 @@ class LennardJones(Model):
             v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, nl.r_list**2),
             w["forces"], w["atom_energy"], w["atom_virial"],
         ], device, dtype)
-        launch(ljk.lj_systems, b, [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w_status, skip,
-                                   w["energy"], w["stress"]], device, dtype)
+        chunk, parts = self._reduction_chunks(nl.max_system_atoms, b, dtype, device)
+        reduce_args = [v["ptr"], v["cell"], w["atom_energy"], w["atom_virial"], want, w_status, skip, chunk,
+                       parts["energy"], parts["virial"]]
+        if chunk:
+            launch(ljk.lj_system_chunks, (b, parts["count"]), reduce_args, device, dtype)
+        launch(ljk.lj_systems, b, reduce_args + [w["energy"], w["stress"]], device, dtype)
         if out is not None:
             return {name: t[name] for name in (("energy", "forces", "stress") if want else ("energy", "forces"))}
         result = {"energy": t["energy"].clone(), "forces": t["forces"].clone()}

@@ -236,6 +236,7 @@ class NeighborList:
         # or five parallel kernels (GPUs; the same tables). None picks by device; tests force it.
         self.parallel_bins: bool | None = None
         self._total_bins = 0
+        self.max_system_atoms = 0  # atoms of the largest system (host value, set at structure changes)
         self.half = False
         self.capacity = 0
         self._key = None
@@ -279,6 +280,7 @@ class NeighborList:
         buf["bin_offset"][:b].copy_(torch.from_numpy(offsets))
         buf["bin_system"][:total_bins].copy_(torch.from_numpy(np.repeat(np.arange(b, dtype=np.int32), counts)))
         self._total_bins = total_bins
+        self.max_system_atoms = int(np.diff(ptr).max()) if b else 0
         buf["max_count"].zero_()
         self.rebuild = buf["rebuild"][:b]
         self._pending_event = None
