@@ -76,7 +76,7 @@ def _ase_energy_forces(atoms):
 
 @pytest.mark.parametrize("half_list", [None, False])
 def test_lennard_jones_matches_ase_on_cuda(half_list):
-    systems = _crystals() + [_cluster()]
+    systems = _crystals() + [_cluster()] + _crystals(shapes=((6, 6, 6),), seed=9)  # 864 atoms: chunked sums
     batch = Batch.from_ase(systems, dtype=torch.float64).to(DEVICE)
     out = _lj(half_list=half_list)(batch)
     assert out["energy"].device.type == torch.device(DEVICE).type
