@@ -288,3 +288,32 @@ def test_chunked_force_statistics_change_nothing():
         runs[chunked] = loop.run(Batch.from_ase(frames))
     for name in ("positions", "forces", "fmax", "n_steps", "status"):
         assert torch.equal(runs[False][name], runs[True][name]), name
+
+
+def test_cuda_graph_policy(model):
+    """When the loop may replay steps as CUDA graphs (decided on the host; the replay itself
+    is tested on GPUs in test_cuda.py)."""
+    import types
+
+    from batchmd.models.lj import LennardJones
+    from batchmd.progress import ProgressHook
+
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))
+    on_cpu = types.SimpleNamespace(device=torch.device("cpu"))
+
+    def loop(m, **kw):
+        hooks = kw.pop("hooks", None)
+        return FusedStage([_fire(m, hooks=hooks)], **kw)
+
+    assert loop(lj)._graph_steps(on_gpu)
+    assert not loop(lj)._graph_steps(on_cpu)
+    assert not loop(lj, cuda_graph=False)._graph_steps(on_gpu)
+    assert not loop(model)._graph_steps(on_gpu)  # "auto": the model does not declare supports_cuda_graph
+    assert loop(model, cuda_graph=True)._graph_steps(on_gpu)
+    assert loop(lj, hooks=[ProgressHook(enabled=False)])._graph_steps(on_gpu)  # host-only hook
+    assert not loop(lj, hooks=[TrajectoryHook(frequency=5)])._graph_steps(on_gpu)
+    sampler = SizeAwareSampler(RandomClusters([3, 4]), max_atoms=8)
+    assert not loop(lj, sampler=sampler)._graph_steps(on_gpu)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        FusedStage([_fire(lj)], cuda_graph="yes")

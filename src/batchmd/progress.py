@@ -80,6 +80,7 @@ class ProgressHook(Hook):
     """
 
     stage = HookStage.AFTER_STEP
+    host_only = True  # reads counters only: runs between replayed CUDA-graph chunks on GPUs
 
     def __init__(self, frequency: int = 10, stream=None, enabled: bool | None = None, min_interval: float = 0.2):
         if int(frequency) < 1:

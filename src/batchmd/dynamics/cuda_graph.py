@@ -14,7 +14,8 @@ captures it anew. The first chunk of a run is always eager: it primes the run (c
 first evaluation, neighbor-list setup, recorded launches).
 
 What a replay does not do: per-step host work. The loop therefore uses graphs only when no
-hook runs inside the step (``BEFORE_STEP``, ``AFTER_FORCES``, ``AFTER_STEP``), the model
+hook runs inside the step (``BEFORE_STEP``, ``AFTER_FORCES``, ``AFTER_STEP``; hooks that
+declare ``host_only``, such as the progress line, run once after each replayed chunk), the model
 declares ``supports_cuda_graph`` (Lennard-Jones does) and there is no sampler (inflight
 refills change the batch every few steps, so a capture would rarely be replayed). A
 neighbor-list row that overflows during replays stays exact (its atom walks the bins), and
@@ -60,20 +61,24 @@ class StepGraph:
         self._graph = None
         self.replays = 0
         self.captures = 0
+        self.capturing = False  # the loop skips host-side hooks while a step is being captured
 
     def reset(self) -> None:
         """Forget the captured graph (a new run starts)."""
         self._key = None
         self._graph = None
 
-    def run(self, loop, batch, count: int) -> None:
-        """Advance ``batch`` by ``count`` steps of ``loop`` (a FusedStage): replay, or eager then capture."""
+    def run(self, loop, batch, count: int) -> bool:
+        """Advance ``batch`` by ``count`` steps of ``loop`` (a FusedStage): replay, or eager then capture.
+
+        Returns True when the chunk was a replay (no per-step host code ran).
+        """
         if self._graph is not None and self._key == (count, _batch_key(batch)):
             self._graph.replay()
             loop._step_index += count
             loop.stats.steps += count
             self.replays += 1
-            return
+            return True
         self.reset()
         for _ in range(count):
             loop.step(batch)
@@ -85,10 +90,12 @@ class StepGraph:
         steps, index = loop.stats.steps, loop._step_index
         with torch.cuda.stream(stream):
             graph.capture_begin()
+            self.capturing = True
             try:
                 for _ in range(count):
                     loop.step(batch)
             finally:
+                self.capturing = False
                 graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(stream)
         loop.stats.steps, loop._step_index = steps, index  # captured, not executed
@@ -96,3 +103,4 @@ class StepGraph:
             self._key = key
             self._graph = graph
             self.captures += 1
+        return False

@@ -409,6 +409,8 @@ class FusedStage(RefillPoints):
 
     # ----------------------------------------------------------------- one step
     def _call_hooks(self, batch, point: HookStage) -> None:
+        if self._graphs.capturing:  # a captured step runs later, on the device only
+            return
         step = self._step_index
         for stage_index, stage in enumerate(self.stages):
             for hook in stage.hooks:
@@ -444,7 +446,19 @@ class FusedStage(RefillPoints):
             return False
         in_step = (HookStage.BEFORE_STEP, HookStage.AFTER_FORCES, HookStage.AFTER_STEP)
         hooks = list(self.hooks) + [h for stage in self.stages for h in stage.hooks]
-        return not any(h.stage in in_step for h in hooks)
+        return not any(h.stage in in_step and not (h.stage == HookStage.AFTER_STEP and h.host_only)
+                       for h in hooks)
+
+    def _call_host_only_hooks(self, batch) -> None:
+        """After a replayed chunk: the AFTER_STEP hooks that read host state only (see Hook.host_only)."""
+        step = self._step_index
+        for stage_index, stage in enumerate(self.stages):
+            for hook in stage.hooks:
+                if hook.stage == HookStage.AFTER_STEP and hook.host_only:
+                    hook(batch, HookContext(step, stage_index, self.stats))
+        for hook in self.hooks:
+            if hook.stage == HookStage.AFTER_STEP and hook.host_only:
+                hook(batch, HookContext(step, None, self.stats))
 
     def _init_stage_state(self, batch) -> None:
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
@@ -526,7 +540,8 @@ class FusedStage(RefillPoints):
                 break
             chunk = self.refill_frequency if limit is None else min(self.refill_frequency, limit - taken)
             if self._graph_steps(batch):
-                self._graphs.run(self, batch, chunk)
+                if self._graphs.run(self, batch, chunk):
+                    self._call_host_only_hooks(batch)
             else:
                 for _ in range(chunk):
                     self.step(batch)

@@ -140,11 +140,16 @@ class Hook:
     """Base class for hooks: override ``__call__(batch, context)``.
 
     Class attributes ``stage`` (default AFTER_STEP) and ``frequency`` (default 1) may be
-    overridden per class or per instance.
+    overridden per class or per instance. ``host_only = True`` declares that the hook
+    reads only host-side state (``context.step``, ``context.stats``), never the batch's
+    tensors: on GPUs, where the loop replays chunks of steps as CUDA graphs
+    (:mod:`batchmd.dynamics.cuda_graph`), such an AFTER_STEP hook then runs once after each
+    replayed chunk (whatever its ``frequency``) instead of turning the graphs off.
     """
 
     stage: HookStage = HookStage.AFTER_STEP
     frequency: int = 1
+    host_only: bool = False
 
     def __call__(self, batch, context: HookContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
