@@ -333,3 +333,24 @@ def test_parallel_bin_tables_equal_the_serial_sort(half):
     assert int(nl.rebuild.sum()) > 0
     for serial, parallel in zip(lists[False], lists[True]):
         assert torch.equal(serial, parallel)
+
+
+def test_grow_if_overflowed_for_replayed_builds():
+    """What the loop calls between CUDA-graph chunks: an overflow is found and K grows (new fields)."""
+    base = _rattle(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3), 6)
+    batch = Batch.from_ase([base], dtype=torch.float64)
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125, skin=1.0)
+    lj(batch)
+    nl, capacity = lj.neighbor_list, lj.neighbor_list.capacity
+    assert not nl.grow_if_overflowed(batch)
+    batch.cell.mul_(0.8)
+    batch.positions.mul_(0.8)
+    nl._build(batch, nl.views(batch), force=False, check_overflow=False)  # a build as a replay runs it
+    neighbors = batch["_nl_neighbors"]
+    assert nl.grow_if_overflowed(batch)
+    assert nl.capacity > capacity and batch["_nl_neighbors"] is not neighbors
+    out = lj(batch)  # rebuilt into the grown list: complete rows, ASE's forces
+    assert 0 <= batch["_nl_count"].min()
+    compressed = base.copy()
+    compressed.set_cell(compressed.cell[:] * 0.8, scale_atoms=True)
+    np.testing.assert_allclose(out["forces"].numpy(), _ase(compressed, 8.5125)[1], rtol=1e-10, atol=1e-12)

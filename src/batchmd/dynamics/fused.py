@@ -540,6 +540,9 @@ class FusedStage(RefillPoints):
                 break
             chunk = self.refill_frequency if limit is None else min(self.refill_frequency, limit - taken)
             if self._graph_steps(batch):
+                between = getattr(self.model, "between_graph_chunks", None)
+                if between is not None:  # e.g. grow a neighbor list that replayed builds overflowed
+                    between(batch)
                 if self._graphs.run(self, batch, chunk):
                     self._call_host_only_hooks(batch)
             else:

@@ -56,7 +56,9 @@ class Model(torch.nn.Module):
         Whether ``forward`` can be captured in a CUDA graph: no host synchronisation, no
         allocation, no host-side decision that changes between steps of an unchanged batch
         (Lennard-Jones: True). The dynamics loop then replays its steady steps on GPUs
-        (``FusedStage(cuda_graph="auto")``).
+        (``FusedStage(cuda_graph="auto")``). A model may also define
+        ``between_graph_chunks(batch)``, which the loop calls before each chunk of steps it
+        may replay (Lennard-Jones grows an overflowed neighbor list there).
     torch_compute : bool
         Whether the model does its work in torch ops (True, the default: neural networks,
         the torch adapter). Models that compute in Warp kernels set False, which lets the

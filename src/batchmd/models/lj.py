@@ -170,6 +170,13 @@ class LennardJones(Model):
             self._scratch = {"key": key, "t": t, "w": w}
         return self._scratch
 
+    def between_graph_chunks(self, batch) -> None:
+        """Called by the dynamics loop between replayed CUDA-graph chunks: grow an overflowed neighbor list.
+
+        See :meth:`~batchmd.models.neighbors.NeighborList.grow_if_overflowed`.
+        """
+        self.neighbor_list.grow_if_overflowed(batch)
+
     def _reduction_chunks(self, max_atoms: int, b: int, dtype: torch.dtype, device: torch.device):
         """Chunk size for the per-system sums (0: one thread walks each system) and the partial-sum buffers.
 

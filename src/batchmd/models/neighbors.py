@@ -434,6 +434,24 @@ class NeighborList:
             self._build(batch, v, force=True, check_overflow=False)
         return v
 
+    def grow_if_overflowed(self, batch) -> bool:
+        """Grow ``K`` now if an earlier build overflowed it (one host read); True if it grew.
+
+        For callers that replay captured builds (CUDA graphs), which skip the deferred check:
+        the grown fields are new tensors, so such a caller sees a changed batch and captures
+        again, and every system rebuilds at the next update. Until then overflowed rows stay
+        exact (their atoms walk the bins).
+
+        Example
+        -------
+        >>> nl.grow_if_overflowed(batch)   # doctest: +SKIP
+        """
+        if self.capacity and int(self._buf["max_count"][0]) > self.capacity:
+            self._allocate_fields(batch, self._grown())
+            self._pending_event = None
+            return True
+        return False
+
     def _grown(self) -> int:
         return int(1.25 * int(self._buf["max_count"][0])) + 8
 
