@@ -173,7 +173,7 @@ class LennardJones(Model):
     def between_graph_chunks(self, batch) -> None:
         """Called by the dynamics loop between replayed CUDA-graph chunks: grow an overflowed neighbor list.
 
-        See :meth:`~batchmd.models.neighbors.NeighborList.grow_if_overflowed`.
+        See ``NeighborList.grow_if_overflowed`` (:mod:`batchmd.models.neighbors`).
         """
         self.neighbor_list.grow_if_overflowed(batch)
 
