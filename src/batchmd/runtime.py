@@ -283,8 +283,8 @@ class LaunchCache:
         return hit[2]
 
     def __call__(self, kernel, dim: int, inputs: list, device, dtype: torch.dtype) -> None:
-        """Launch ``kernel`` (generic or concrete) over ``dim`` threads; a launch of 0 threads is skipped."""
-        if dim == 0:
+        """Launch ``kernel`` (generic or concrete) over ``dim`` threads (an int or a tuple); an empty launch is skipped."""
+        if dim == 0 or (isinstance(dim, tuple) and 0 in dim):
             return
         key = (kernel.key, dtype, str(device))
         rec = self._cmds.get(key)
