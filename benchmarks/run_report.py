@@ -55,7 +55,9 @@ class Entry:
 W4_ENTRIES = [("batchmd static", "batchmd", "run_w4_static"),
               ("batchmd static recomputing", "batchmd", "run_w4_static", {"skip_finished": False}),
               ("batchmd inflight rf1", "batchmd", "run_w4_inflight", {"refill_frequency": 1}),
-              ("batchmd inflight rf5", "batchmd", "run_w4_inflight", {"refill_frequency": 5})]
+              ("batchmd inflight rf5", "batchmd", "run_w4_inflight", {"refill_frequency": 5}),
+              ("batchmd inflight rf1 in place", "batchmd", "run_w4_inflight", {"refill_frequency": 1, "in_place": True}),
+              ("batchmd inflight rf5 in place", "batchmd", "run_w4_inflight", {"refill_frequency": 5, "in_place": True})]
 
 
 def entries_for(workload: str, peers: list[str]) -> list[Entry]:

@@ -317,3 +317,60 @@ def test_cuda_graph_policy(model):
     assert not loop(lj, sampler=sampler)._graph_steps(on_gpu)
     with pytest.raises(ValueError, match="cuda_graph"):
         FusedStage([_fire(lj)], cuda_graph="yes")
+
+
+def _run_inflight(model, dataset, in_place, **kw):
+    sink = HostMemory(capacity=len(dataset))
+    fused = FusedStage([(0, _fire(model, threshold=kw.pop("threshold", 0.05), n_steps=kw.pop("budget", 60)))],
+                       sampler=SizeAwareSampler(dataset, **kw), sinks=[sink], refill_frequency=3,
+                       refill_in_place=in_place)
+    fused.run(batch=None)
+    out = sink.drain()
+    order = torch.argsort(out["sample_index"].reshape(-1))
+    return out.index_select(order), fused
+
+
+@pytest.mark.parametrize("sizes", [[4, 5, 6] * 6, [3, 9, 2, 7, 5, 4, 8, 6] * 3, [5] * 12])
+def test_refill_in_place_serves_each_sample_once_with_the_same_results(model, sizes):
+    dataset = RandomClusters(sizes, seed=21)
+    ref, _ = _run_inflight(model, dataset, False, max_atoms=20, max_batch_size=4)
+    got, fused = _run_inflight(model, dataset, True, max_atoms=20, max_batch_size=4)
+    assert fused.stats.refills_in_place > 0
+    assert sorted(got.system_id.reshape(-1).tolist()) == list(range(len(sizes)))
+    assert got["sample_index"].reshape(-1).tolist() == list(range(len(sizes)))
+    for name in ("positions", "forces", "energies", "n_steps", "status"):
+        assert torch.equal(got[name], ref[name]), name
+
+
+def test_refill_in_place_with_lennard_jones_neighbor_lists():
+    """Periodic argon cells of three sizes: neighbor lists rebuilt for replaced slots, results bitwise the default's."""
+    from ase.build import bulk
+
+    from batchmd.ase import AtomsDataset
+    from batchmd.models.lj import LennardJones
+
+    frames = []
+    for k in range(15):
+        atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat([(2, 2, 2), (2, 2, 3), (3, 3, 3)][k % 3])
+        atoms.rattle(0.05 + 0.02 * (k % 5), seed=k)
+        frames.append(atoms)
+    lj = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    dataset = AtomsDataset(frames)
+    ref, _ = _run_inflight(lj, dataset, False, threshold=0.01, budget=200, max_atoms=230, max_batch_size=4)
+    got, fused = _run_inflight(lj, dataset, True, threshold=0.01, budget=200, max_atoms=230, max_batch_size=4)
+    assert fused.stats.refills_in_place > 0
+    for name in ("positions", "forces", "energies", "n_steps", "status"):
+        assert torch.equal(got[name], ref[name]), name
+
+
+def test_overwrite_systems_in_place_and_its_errors():
+    a = Batch.from_data_list([RandomClusters([3, 4, 5], seed=1)[i][0] for i in range(3)])
+    b = Batch.from_data_list([RandomClusters([5, 3], seed=2)[i][0] for i in range(2)])
+    positions = a.positions
+    a.overwrite_systems([2, 0], b)
+    assert a.positions is positions  # same tensor, rows rewritten
+    assert torch.equal(a.positions[0:3], b.positions[5:8]) and torch.equal(a.positions[7:12], b.positions[0:5])
+    with pytest.raises(ValueError, match="sizes must match"):
+        a.overwrite_systems([1], Batch.from_data_list([RandomClusters([3], seed=3)[0][0]]))
+    with pytest.raises(ValueError, match="distinct"):
+        a.overwrite_systems([0, 0], b)

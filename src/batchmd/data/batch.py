@@ -441,6 +441,28 @@ class Batch(FieldStore):
 
         return select_and_append(self, keep, other)
 
+    def overwrite_systems(self, slots: Sequence[int], other: Batch) -> None:
+        """Write ``other``'s systems into slots ``slots`` *in place* (each of the same atom count).
+
+        Unlike :meth:`replace_slots` no tensor is reallocated: every field's rows of those
+        systems are overwritten (``index_copy_``), so views of the fields (Warp arrays,
+        captured CUDA graphs) stay valid. Fields the new systems lack get the defaults of
+        :meth:`append`; a field only they have is added. Cache fields (names starting with
+        ``_``) are left as they are: their owner must refresh them for the replaced systems.
+        No edges. One host sync.
+
+        Raises
+        ------
+        ValueError
+            If slots repeat or are out of range, a size differs, or a field's dtype or row
+            shape differs between the batches.
+
+        Example: ``batch.overwrite_systems([3, 0], Batch.from_ase([a, b]))`` (a has the atom count of slot 3).
+        """
+        from batchmd.data.slots import overwrite_systems
+
+        overwrite_systems(self, slots, other)
+
     def replace_slots(self, slots: torch.Tensor | Sequence[int], other: Batch) -> Batch:
         """New Batch where the system at ``slots[j]`` is replaced by ``other``'s system ``j``.
 

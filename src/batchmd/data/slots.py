@@ -409,3 +409,47 @@ def select_and_append(batch, keep, other) -> "Batch":  # noqa: F821
         mine = [dict(batch._infos[i]) for i in idx.tolist()] if batch._infos is not None else [{} for _ in range(k)]
         infos = mine + other.infos
     return Batch(fields, specs, ptr, edge_ptr, batch_idx, infos)
+
+
+def overwrite_systems(batch, slots: Sequence[int], other) -> None:
+    """Implementation of :meth:`Batch.overwrite_systems` (see there)."""
+    slots = [int(s) for s in slots]
+    b = batch.num_graphs
+    if len(slots) != other.num_graphs:
+        raise ValueError(f"batchmd: overwrite_systems: {len(slots)} slots for {other.num_graphs} systems")
+    if len(set(slots)) != len(slots) or any(not 0 <= s < b for s in slots):
+        raise ValueError(f"batchmd: overwrite_systems: slots must be distinct and within 0..{b - 1}, got {slots}")
+    if batch.num_edges or other.num_edges or any(spec.level == "edge" or spec.atom_index
+                                                 for spec in _merged_specs(batch._specs, other._specs).values()):
+        raise ValueError("batchmd: overwrite_systems: batches with edges or atom-index fields cannot be written in place")
+    if not slots:
+        return
+    other = other.to(batch.device, batch.dtype)
+    ptr = batch.ptr.tolist()  # the one host read
+    sizes = other.num_atoms_per_system.tolist()
+    for s, n in zip(slots, sizes):
+        if ptr[s + 1] - ptr[s] != n:
+            raise ValueError(f"batchmd: overwrite_systems: slot {s} holds {ptr[s + 1] - ptr[s]} atoms, "
+                             f"its replacement {n}; sizes must match (use select_and_append)")
+    atom_rows = torch.cat([torch.arange(ptr[s], ptr[s + 1]) for s in slots]).to(batch.device)
+    rows = {"atom": atom_rows, "system": torch.tensor(slots, device=batch.device)}
+    for name, spec in _merged_specs(batch._specs, other._specs).items():
+        if spec.level == "global" or name.startswith("_"):
+            continue  # caches stay: their owner refreshes them for the replaced systems
+        dst, src = batch._fields.get(name), other._fields.get(name)
+        if dst is None:
+            dst = default_fill(name, src, spec.dim, batch._rows(spec.level))
+            batch.set_field(name, dst, spec.level)
+            dst = batch._fields[name]
+        if src is None:
+            dst.index_fill_(spec.dim, rows[spec.level], default_value(name, dst.dtype))
+            continue
+        if src.dtype != dst.dtype or tuple(src.shape[spec.dim + 1:]) != tuple(dst.shape[spec.dim + 1:]):
+            raise ValueError(f"batchmd: overwrite_systems: field {name!r} is {src.dtype} {list(src.shape)} in the "
+                             f"new systems and {dst.dtype} {list(dst.shape)} in the batch")
+        dst.index_copy_(spec.dim, rows[spec.level], src)
+    if batch._infos is not None or other._infos is not None:
+        infos = batch.infos
+        for s, info in zip(slots, other.infos):
+            infos[s] = dict(info)
+        object.__setattr__(batch, "_infos", infos if any(infos) else None)

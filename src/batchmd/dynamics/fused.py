@@ -121,6 +121,13 @@ class FusedStage(RefillPoints):
         Lennard-Jones), no hook runs inside the step and there is no sampler. ``True``:
         also for models that do not declare it (they must not synchronise or allocate in
         ``forward``). ``False``: never. Results are bitwise those of eager steps.
+    refill_in_place : bool
+        Inflight mode: refill a graduated slot with the earliest remaining sample of exactly
+        its atom count, written into the slot in place (no new tensors, views or launches;
+        the model refreshes its caches through ``systems_replaced``), before samples that
+        fit the freed space are appended as usual. Same-size samples are thus served ahead
+        of their turn: a different serving order, the same per-system results (each
+        system's trajectory does not depend on its slot or neighbours). Default False.
     """
 
     def __init__(
@@ -136,12 +143,14 @@ class FusedStage(RefillPoints):
         compute_stress: bool = False,
         cpu_threads: int | str | None = "auto",
         cuda_graph: bool | str = "auto",
+        refill_in_place: bool = False,
     ) -> None:
         self.stages = _normalise_stages(sub_stages)
         if cuda_graph not in (True, False, "auto"):
             raise ValueError(f"FusedStage: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
         self.cuda_graph = cuda_graph
         self._graphs = StepGraph()
+        self.refill_in_place = bool(refill_in_place)
         if not (cpu_threads is None or cpu_threads == "auto" or (isinstance(cpu_threads, int) and cpu_threads >= 1)):
             raise ValueError(f"FusedStage: cpu_threads must be 'auto', None or an int >= 1, got {cpu_threads!r}")
         self.cpu_threads = cpu_threads
@@ -187,6 +196,7 @@ class FusedStage(RefillPoints):
             compute_stress=self.compute_stress,
             cpu_threads=self.cpu_threads,
             cuda_graph=self.cuda_graph,
+            refill_in_place=self.refill_in_place,
         )
 
     @property

@@ -70,6 +70,9 @@ class RunStats:
         evaluation in it; finished systems waiting for a refill point are not in use.
     max_atoms : int or None
         The live batch's atom budget.
+    refills_in_place : int
+        Systems that entered a graduated system's slot in place (same atom count,
+        ``FusedStage(refill_in_place=True)``).
     start_time : float
         ``time.perf_counter()`` at the start of the run.
     """
@@ -83,6 +86,7 @@ class RunStats:
     systems_total: int | None = None
     occupancy_sum: float = 0.0
     max_atoms: int | None = None
+    refills_in_place: int = 0
     start_time: float = field(default_factory=time.perf_counter)
 
     @property

@@ -5,7 +5,9 @@ counters): finished systems graduate (their graduation hooks and sinks fire, eac
 once per system), and in inflight mode the sampler's next samples that fit the freed
 atoms, edges and slots enter the live batch in one pass
 (:meth:`~batchmd.data.Batch.select_and_append`) as PENDING systems, primed by the next
-step's evaluation.
+step's evaluation. With ``refill_in_place`` a graduated slot first takes a sample of
+exactly its atom count, written into the slot's rows
+(:meth:`~batchmd.data.Batch.overwrite_systems`): the batch keeps its tensors.
 
 Example
 -------
@@ -78,7 +80,10 @@ class RefillPoints:
         samples = self.sampler.take(free_atoms, free_edges, free_slots)
         if not samples:
             return None
-        new = Batch.from_data_list(samples)
+        return self._prepare_new(Batch.from_data_list(samples))
+
+    def _prepare_new(self, new):
+        """Newcomers on the run's device with loop fields, PENDING status and stage-0 state."""
         new = self._to_run_device(new)
         self._ensure_loop_fields(new)
         new["status"].fill_(int(SystemStatus.PENDING))
@@ -101,6 +106,8 @@ class RefillPoints:
             return batch
         self._graduate(batch, done)
         sizes = (batch.ptr[1:] - batch.ptr[:-1]).cpu()
+        if self.refill_in_place:
+            done = self._refill_in_place(batch, done, sizes)
         keep = torch.ones(batch.num_graphs, dtype=torch.bool)
         keep[done] = False
         free_atoms = self.sampler.max_atoms - int(sizes[keep].sum())
@@ -111,6 +118,38 @@ class RefillPoints:
             free_edges = self.sampler.max_edges - int(edges[keep].sum())
         new = self._new_systems(free_atoms, free_edges, free_slots)
         return self._insert(batch, keep, new)
+
+    def _refill_in_place(self, batch, done: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Refill graduated slots with same-size samples, written in place; returns the slots left empty.
+
+        Each graduated slot takes the earliest remaining sample of exactly its atom count
+        (:meth:`SizeAwareSampler.request_same_size`), ahead of its turn in serving order.
+        The batch keeps its tensors (no new layout, no new Warp views or launches); the
+        model refreshes its caches for those systems (``systems_replaced``). Skipped when
+        the batch has edges, the sampler an edge budget, or the model keeps ``_`` caches
+        without ``systems_replaced``.
+        """
+        from batchmd.data import Batch
+
+        notify = getattr(self.model, "systems_replaced", None)
+        if (done.numel() == 0 or self.sampler.max_edges is not None or batch.num_edges
+                or (notify is None and any(name.startswith("_") for name in batch.fields))):
+            return done
+        slots, samples, left = [], [], []
+        for s in done.tolist():
+            data = self.sampler.request_same_size(int(sizes[s]))
+            if data is None:
+                left.append(s)
+            else:
+                slots.append(s)
+                samples.append(data)
+        if samples:
+            new = self._prepare_new(Batch.from_data_list(samples))
+            batch.overwrite_systems(slots, new)
+            if notify is not None:
+                notify(batch, torch.tensor(slots, dtype=torch.long, device=batch.device))
+            self.stats.refills_in_place += len(slots)
+        return torch.tensor(left, dtype=torch.long)
 
     @staticmethod
     def _insert(batch, keep: torch.Tensor, new):

@@ -188,6 +188,21 @@ class SizeAwareSampler:
         self._remaining -= 1
         return self._load(item[1])
 
+    def request_same_size(self, num_atoms: int):
+        """Return the earliest unconsumed sample (serving order) of exactly ``num_atoms`` atoms, or None.
+
+        Used by in-place refills (``FusedStage(refill_in_place=True)``), which serve
+        same-size samples ahead of their turn. Not available with an edge budget (None).
+        """
+        queue = self._bins.get(int(num_atoms)) if self.max_edges is None else None
+        if not queue:
+            return None
+        item = queue.popleft()
+        if not queue:
+            del self._bins[int(num_atoms)]
+        self._remaining -= 1
+        return self._load(item[1])
+
     def _prefetch(self) -> None:
         """Keep the next ``prefetch`` unserved samples (serving order) loading in the background."""
         while self._cursor < len(self._order) and self._served[self._order[self._cursor]]:

@@ -170,6 +170,13 @@ class LennardJones(Model):
             self._scratch = {"key": key, "t": t, "w": w}
         return self._scratch
 
+    def systems_replaced(self, batch, systems: torch.Tensor) -> None:
+        """The loop wrote new systems into slots ``systems`` in place: rebuild their neighbor lists.
+
+        See ``NeighborList.systems_replaced`` (:mod:`batchmd.models.neighbors`).
+        """
+        self.neighbor_list.systems_replaced(batch, systems)
+
     def between_graph_chunks(self, batch) -> None:
         """Called by the dynamics loop between replayed CUDA-graph chunks: grow an overflowed neighbor list.
 

@@ -434,6 +434,20 @@ class NeighborList:
             self._build(batch, v, force=True, check_overflow=False)
         return v
 
+    def systems_replaced(self, batch, systems: torch.Tensor) -> None:
+        """Slots ``systems`` hold new systems of the same sizes (written in place): rebuild them.
+
+        Their reference cutoff becomes NaN, so the next update rebuilds them on the device;
+        their bin grid (``_nl_nbins``) is kept: widths and search ranges are recomputed from
+        the cell at every rebuild, so any grid stays exact for the new system.
+
+        Example
+        -------
+        >>> nl.systems_replaced(batch, torch.tensor([3, 7]))   # doctest: +SKIP
+        """
+        if batch.has_field("_nl_cutoff"):
+            batch["_nl_cutoff"].index_fill_(0, systems.to(batch.device), float("nan"))
+
     def grow_if_overflowed(self, batch) -> bool:
         """Grow ``K`` now if an earlier build overflowed it (one host read); True if it grew.
 
