@@ -248,3 +248,27 @@ def test_cuda_graph_replay_is_bitwise_the_eager_run(method):
     auto = FusedStage([NVE(_lj(), dt=2.0, n_steps=30)], refill_frequency=10)
     auto.run(Batch.from_ase(systems, dtype=torch.float64).to(DEVICE))
     assert auto._graphs.replays >= 1  # "auto" replays Lennard-Jones steps
+
+
+def test_inflight_in_place_refills_with_cuda_graphs_equal_eager():
+    """Inflight, same-size refills in place, steps replayed as CUDA graphs: bitwise the eager run."""
+    from batchmd.ase import AtomsDataset
+
+    shapes = [(2, 2, 2), (2, 2, 3), (3, 3, 3)] * 5
+    systems = _crystals(shapes=shapes, rattle=0.12, seed=12)
+
+    def run(cuda_graph):
+        sink = HostMemory(capacity=len(systems))
+        fused = FusedStage(
+            [FIRE(_lj(), convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=300)],
+            sampler=SizeAwareSampler(AtomsDataset(systems, dtype=torch.float64), max_atoms=250, max_batch_size=4),
+            sinks=[sink], refill_frequency=5, device=DEVICE, refill_in_place=True, cuda_graph=cuda_graph)
+        fused.run(batch=None)
+        out = sink.drain()
+        return out.index_select(torch.argsort(out["sample_index"].reshape(-1))), fused
+
+    eager, _ = run(False)
+    graphed, loop = run(True)
+    assert loop._graphs.replays > 0 and loop.stats.refills_in_place > 0
+    for name in ("positions", "forces", "energies", "n_steps", "status"):
+        assert torch.equal(graphed[name], eager[name]), name

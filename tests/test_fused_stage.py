@@ -315,6 +315,8 @@ def test_cuda_graph_policy(model):
     assert not loop(lj, hooks=[TrajectoryHook(frequency=5)])._graph_steps(on_gpu)
     sampler = SizeAwareSampler(RandomClusters([3, 4]), max_atoms=8)
     assert not loop(lj, sampler=sampler)._graph_steps(on_gpu)
+    assert not loop(lj, sampler=sampler, refill_in_place=True)._graph_steps(on_gpu)  # "auto": not inflight
+    assert loop(lj, sampler=sampler, refill_in_place=True, cuda_graph=True)._graph_steps(on_gpu)
     with pytest.raises(ValueError, match="cuda_graph"):
         FusedStage([_fire(lj)], cuda_graph="yes")
 

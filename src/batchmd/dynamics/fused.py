@@ -120,7 +120,9 @@ class FusedStage(RefillPoints):
         ``"auto"`` (default): when the model declares ``supports_cuda_graph`` (e.g.
         Lennard-Jones), no hook runs inside the step and there is no sampler. ``True``:
         also for models that do not declare it (they must not synchronise or allocate in
-        ``forward``). ``False``: never. Results are bitwise those of eager steps.
+        ``forward``), and in inflight mode with ``refill_in_place`` (refills then keep the
+        batch's tensors, so a graph survives them; not yet measured on a GPU).
+        ``False``: never. Results are bitwise those of eager steps.
     refill_in_place : bool
         Inflight mode: refill a graduated slot with the earliest remaining sample of exactly
         its atom count, written into the slot in place (no new tensors, views or launches;
@@ -450,8 +452,10 @@ class FusedStage(RefillPoints):
 
     def _graph_steps(self, batch) -> bool:
         """Whether the next chunk of steps may be replayed as a CUDA graph (see ``cuda_graph``)."""
-        if self.cuda_graph is False or batch.device.type != "cuda" or self.sampler is not None:
+        if self.cuda_graph is False or batch.device.type != "cuda":
             return False
+        if self.sampler is not None and not (self.cuda_graph is True and self.refill_in_place):
+            return False  # inflight: only asked for explicitly, with refills that keep the tensors
         if self.cuda_graph == "auto" and not getattr(self.model, "supports_cuda_graph", False):
             return False
         in_step = (HookStage.BEFORE_STEP, HookStage.AFTER_FORCES, HookStage.AFTER_STEP)
