@@ -260,6 +260,7 @@ def run_frames(
     collect: bool = True,
     compute_stress: bool = True,
     prefetch: int = 0,
+    refill_in_place: bool = True,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -291,6 +292,11 @@ def run_frames(
         Frames converted ahead by a background thread (default 0: convert on request;
         converting in Python competes with the loop for the GIL, see
         :class:`~batchmd.dynamics.SizeAwareSampler`).
+    refill_in_place : bool
+        Refill a graduated slot first with a frame of the same atom count, in place
+        (``FusedStage(refill_in_place=True)``; measured 1.2-1.3x faster inflight runs on
+        W4/W4W). Frames are then served out of input order, the results are the same and
+        come back in input order. False: strict input order.
 
     Returns
     -------
@@ -319,6 +325,7 @@ def run_frames(
         device=device,
         dtype=dtype,
         compute_stress=compute_stress,
+        refill_in_place=refill_in_place,
     )
     leftover = fused.run(batch=None)
     if leftover is not None:  # pragma: no cover - run(n_steps=None) ends only when exhausted
