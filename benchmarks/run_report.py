@@ -60,7 +60,13 @@ W4_ENTRIES = [("batchmd static", "batchmd", "run_w4_static"),
               ("batchmd inflight rf5 in place", "batchmd", "run_w4_inflight", {"refill_frequency": 5, "in_place": True})]
 
 
+#: On a GPU also: in-place refills with the steps between refill points replayed as CUDA graphs.
+W4_GPU_ENTRIES = [("batchmd inflight rf5 in place graphs", "batchmd", "run_w4_inflight",
+                   {"refill_frequency": 5, "in_place": True, "cuda_graph": True})]
+
+
 def entries_for(workload: str, peers: list[str]) -> list[Entry]:
+    gpu_rows = W4_GPU_ENTRIES if os.environ.get("BENCH_DEVICE", "cpu").startswith("cuda") else []
     table = {
         "W1": [("batchmd", "batchmd", "run_w1"), ("ase", "ase", "run_w1"),
                ("torchsim batch", "torchsim", "run_w1_batch"),
@@ -68,8 +74,8 @@ def entries_for(workload: str, peers: list[str]) -> list[Entry]:
                ("nvalchemi", "nvalchemi", "run_w1"), ("lammps", "lammps", "run_w1")],
         "W2": [(p, p, "run_w2") for p in PEERS],
         "W3": [(p, p, "run_w3") for p in PEERS],
-        "W4": W4_ENTRIES,
-        "W4W": W4_ENTRIES,
+        "W4": W4_ENTRIES + gpu_rows,
+        "W4W": W4_ENTRIES + gpu_rows,
     }[workload]
     return [Entry(lab, p, workload, f, rest[0] if rest else {}) for lab, p, f, *rest in table if p in peers]
 

@@ -195,7 +195,8 @@ def run_w4_static(structures, batch_size: int, skip_finished: bool = True) -> Re
                   extra={"mean_occupancy": useful / capacity if capacity else float("nan")})
 
 
-def _inflight(structures, batch_size: int, refill_frequency: int | None = None, in_place: bool = False):
+def _inflight(structures, batch_size: int, refill_frequency: int | None = None, in_place: bool = False,
+              cuda_graph: bool = False):
     """FIRE with inflight refill (FusedStage + SizeAwareSampler): energies, n_steps, occupancy.
 
     The live batch holds at most ``batch_size`` systems and as many atoms as the
@@ -215,7 +216,7 @@ def _inflight(structures, batch_size: int, refill_frequency: int | None = None, 
     if refill_frequency is None:
         refill_frequency = int(os.environ.get("BENCH_W4_REFILL", "5"))
     fused = FusedStage([_fire()], sampler=sampler, sinks=[sink], refill_frequency=refill_frequency,
-                       device=DEVICE, refill_in_place=in_place)
+                       device=DEVICE, refill_in_place=in_place, cuda_graph=True if cuda_graph else "auto")
     fused.run(batch=None)
     _sync()
     out = sink.drain()
@@ -228,15 +229,16 @@ def _inflight(structures, batch_size: int, refill_frequency: int | None = None, 
 
 
 def run_w4_inflight(structures, batch_size: int, refill_frequency: int | None = None,
-                    in_place: bool = False) -> Result:
+                    in_place: bool = False, cuda_graph: bool = False) -> Result:
     setup()
     with Timer() as t:
-        out = _inflight(structures, batch_size, refill_frequency, in_place)
+        out = _inflight(structures, batch_size, refill_frequency, in_place, cuda_graph)
         _sync()
     energies = [float(e) for e in out["energies"]]
     steps = [int(s) for s in out["n_steps"]]
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
                   variant=f"inflight ({DEVICE}), {batch_size} slots, refill every {refill_frequency or os.environ.get('BENCH_W4_REFILL', '5')}"
-                          + (", same-size refills in place" if in_place else ""),
+                          + (", same-size refills in place" if in_place else "")
+                          + (", CUDA graphs" if cuda_graph and DEVICE.startswith("cuda") else ""),
                   extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan")))})
