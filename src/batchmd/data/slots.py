@@ -419,8 +419,8 @@ def overwrite_systems(batch, slots: Sequence[int], other) -> None:
         raise ValueError(f"batchmd: overwrite_systems: {len(slots)} slots for {other.num_graphs} systems")
     if len(set(slots)) != len(slots) or any(not 0 <= s < b for s in slots):
         raise ValueError(f"batchmd: overwrite_systems: slots must be distinct and within 0..{b - 1}, got {slots}")
-    if batch.num_edges or other.num_edges or any(spec.level == "edge" or spec.atom_index
-                                                 for spec in _merged_specs(batch._specs, other._specs).values()):
+    specs = _merged_specs(batch._specs, other._specs)
+    if batch.num_edges or other.num_edges or any(spec.level == "edge" or spec.atom_index for spec in specs.values()):
         raise ValueError("batchmd: overwrite_systems: batches with edges or atom-index fields cannot be written in place")
     if not slots:
         return
@@ -433,7 +433,7 @@ def overwrite_systems(batch, slots: Sequence[int], other) -> None:
                              f"its replacement {n}; sizes must match (use select_and_append)")
     atom_rows = torch.cat([torch.arange(ptr[s], ptr[s + 1]) for s in slots]).to(batch.device)
     rows = {"atom": atom_rows, "system": torch.tensor(slots, device=batch.device)}
-    for name, spec in _merged_specs(batch._specs, other._specs).items():
+    for name, spec in specs.items():
         if spec.level == "global" or name.startswith("_"):
             continue  # caches stay: their owner refreshes them for the replaced systems
         dst, src = batch._fields.get(name), other._fields.get(name)

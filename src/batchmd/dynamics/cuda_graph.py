@@ -17,9 +17,11 @@ What a replay does not do: per-step host work. The loop therefore uses graphs on
 hook runs inside the step (``BEFORE_STEP``, ``AFTER_FORCES``, ``AFTER_STEP``; hooks that
 declare ``host_only``, such as the progress line, run once after each replayed chunk), the model
 declares ``supports_cuda_graph`` (Lennard-Jones does) and there is no sampler (inflight
-refills change the batch every few steps, so a capture would rarely be replayed). A
-neighbor-list row that overflows during replays stays exact (its atom walks the bins), and
-the list grows at the next eager step.
+refills usually change the batch every few steps, so a capture would rarely be replayed;
+with ``refill_in_place`` and ``cuda_graph=True`` the batch keeps its tensors and graphs are
+used there too). A neighbor-list row that overflows during replays stays exact (its atom
+walks the bins), and the loop lets the model grow the list between chunks
+(``between_graph_chunks``).
 
 Example
 -------

@@ -49,12 +49,10 @@ from batchmd.dynamics.cuda_graph import StepGraph
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.status import SystemStatus
 from batchmd.kernels import bookkeeping as bk
+from batchmd.kernels.reductions import chunk_plan
 from batchmd.runtime import CachedLaunch, torch_threads, WarpViewCache, to_warp
 
 __all__ = ["FusedStage"]
-
-#: Atoms per chunk of the per-system force statistics on GPUs (see ``_buffers``).
-STATS_CHUNK = 256
 
 log = logging.getLogger(__name__)
 
@@ -245,18 +243,16 @@ class FusedStage(RefillPoints):
         if batch.has_field("stress") and not self._stress_computed():
             # Not computed in this run: a stress the systems arrived with no longer applies.
             batch.set_field("stress", torch.full((b, 3, 3), float("nan"), dtype=batch.dtype, device=dev), "system")
-        # Force statistics in chunks of atoms for large systems on GPUs (one thread walking
-        # 32,000 atoms costs ~1 ms there); a maximum is order independent: same numbers.
-        chunked = self.chunked_reductions if self.chunked_reductions is not None else dev.type != "cpu"
-        largest = int(batch.num_atoms_per_system.max()) if (chunked and b) else 0  # one read per structure
-        count = -(-largest // STATS_CHUNK)
-        chunk = STATS_CHUNK if count > 1 or (chunked and self.chunked_reductions) else 0
-        part_max_sq = torch.zeros(b, max(count, 1), dtype=batch.dtype, device=dev)
-        part_finite = torch.ones(b, max(count, 1), dtype=torch.int32, device=dev)
+        # Force statistics in chunks of atoms for large systems on GPUs (chunk_plan); a maximum
+        # is order independent: the same numbers either way.
+        largest = int(batch.num_atoms_per_system.max()) if b else 0  # one read per batch structure
+        chunk, count = chunk_plan(largest, dev, self.chunked_reductions)
+        part_max_sq = torch.zeros(b, count, dtype=batch.dtype, device=dev)
+        part_finite = torch.ones(b, count, dtype=torch.int32, device=dev)
         buf = {
             "batch": batch,
             "shape": (b, batch.num_nodes),
-            "stats_chunk": (chunk, max(count, 1), to_warp(part_max_sq), to_warp(part_finite)),
+            "stats_chunk": (chunk, count, to_warp(part_max_sq), to_warp(part_finite)),
             "finite": torch.ones(b, dtype=torch.int32, device=dev),
             "converged": torch.zeros(b, dtype=torch.bool, device=dev),
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
@@ -420,17 +416,19 @@ class FusedStage(RefillPoints):
         return batch
 
     # ----------------------------------------------------------------- one step
-    def _call_hooks(self, batch, point: HookStage) -> None:
+    def _call_hooks(self, batch, point: HookStage, replayed: bool = False) -> None:
+        """Run the hooks of ``point`` due at this step; ``replayed``: after a replayed CUDA-graph
+        chunk, only the ``host_only`` ones, whatever their frequency (see Hook.host_only)."""
         if self._graphs.capturing:  # a captured step runs later, on the device only
             return
         step = self._step_index
-        for stage_index, stage in enumerate(self.stages):
-            for hook in stage.hooks:
-                if hook.stage == point and step % max(1, getattr(hook, "frequency", 1)) == 0:
-                    hook(batch, HookContext(step, stage_index, self.stats))
-        for hook in self.hooks:
-            if hook.stage == point and step % max(1, getattr(hook, "frequency", 1)) == 0:
-                hook(batch, HookContext(step, None, self.stats))
+        owned = [(k, h) for k, stage in enumerate(self.stages) for h in stage.hooks]
+        for stage_index, hook in owned + [(None, h) for h in self.hooks]:
+            if hook.stage != point:
+                continue
+            due = hook.host_only if replayed else step % max(1, getattr(hook, "frequency", 1)) == 0
+            if due:
+                hook(batch, HookContext(step, stage_index, self.stats))
 
     def step(self, batch):
         """Advance every active system by one step; returns the batch."""
@@ -463,16 +461,6 @@ class FusedStage(RefillPoints):
         return not any(h.stage in in_step and not (h.stage == HookStage.AFTER_STEP and h.host_only)
                        for h in hooks)
 
-    def _call_host_only_hooks(self, batch) -> None:
-        """After a replayed chunk: the AFTER_STEP hooks that read host state only (see Hook.host_only)."""
-        step = self._step_index
-        for stage_index, stage in enumerate(self.stages):
-            for hook in stage.hooks:
-                if hook.stage == HookStage.AFTER_STEP and hook.host_only:
-                    hook(batch, HookContext(step, stage_index, self.stats))
-        for hook in self.hooks:
-            if hook.stage == HookStage.AFTER_STEP and hook.host_only:
-                hook(batch, HookContext(step, None, self.stats))
 
     def _init_stage_state(self, batch) -> None:
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
@@ -558,7 +546,7 @@ class FusedStage(RefillPoints):
                 if between is not None:  # e.g. grow a neighbor list that replayed builds overflowed
                     between(batch)
                 if self._graphs.run(self, batch, chunk):
-                    self._call_host_only_hooks(batch)
+                    self._call_hooks(batch, HookStage.AFTER_STEP, replayed=True)
             else:
                 for _ in range(chunk):
                     self.step(batch)

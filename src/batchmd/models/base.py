@@ -58,7 +58,10 @@ class Model(torch.nn.Module):
         (Lennard-Jones: True). The dynamics loop then replays its steady steps on GPUs
         (``FusedStage(cuda_graph="auto")``). A model may also define
         ``between_graph_chunks(batch)``, which the loop calls before each chunk of steps it
-        may replay (Lennard-Jones grows an overflowed neighbor list there).
+        may replay (Lennard-Jones grows an overflowed neighbor list there), and
+        ``systems_replaced(batch, systems)``, called after in-place refills wrote new systems
+        into those slots (``FusedStage(refill_in_place=True)``): a model keeping ``_`` cache
+        fields must refresh them there (Lennard-Jones marks their neighbor lists for rebuild).
     torch_compute : bool
         Whether the model does its work in torch ops (True, the default: neural networks,
         the torch adapter). Models that compute in Warp kernels set False, which lets the

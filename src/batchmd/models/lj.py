@@ -38,15 +38,12 @@ import math
 import torch
 
 from batchmd.kernels import lennard_jones as ljk
+from batchmd.kernels.reductions import chunk_plan
 from batchmd.models.base import Model
 from batchmd.models.neighbors import NeighborList
 from batchmd.runtime import LaunchCache, WarpViewCache, to_warp, warp_scalar
 
 __all__ = ["LennardJones"]
-
-#: Atoms per partial sum of the per-system energy and virial on GPUs (systems up to this size
-#: are summed by one thread, exactly as on the CPU).
-REDUCE_CHUNK = 256
 
 
 def _positive(name: str, value: float) -> float:
@@ -137,8 +134,8 @@ class LennardJones(Model):
         self._e_shift = 4.0 * self.epsilon * (c6 * c6 - c6) if self.shift else 0.0
         self._scratch: dict = {}
         self._parts = None
-        # Per-system sums in chunks: None = on GPUs for systems above REDUCE_CHUNK atoms;
-        # True/False force it (tests compare both paths on the CPU).
+        # Per-system sums in chunks (batchmd.kernels.reductions.chunk_plan): None = on GPUs for
+        # large systems; True/False force it (tests compare both paths on the CPU).
         self.chunked_reductions: bool | None = None
         self._launch = LaunchCache()
         self._out_views = WarpViewCache()
@@ -187,14 +184,10 @@ class LennardJones(Model):
     def _reduction_chunks(self, max_atoms: int, b: int, dtype: torch.dtype, device: torch.device):
         """Chunk size for the per-system sums (0: one thread walks each system) and the partial-sum buffers.
 
-        Chunked on GPUs when the largest system has more than ``REDUCE_CHUNK`` atoms (or
-        when ``chunked_reductions`` forces it); the buffers grow only, so their Warp views
-        and recorded launches survive refills.
+        The rule is :func:`batchmd.kernels.reductions.chunk_plan`; the buffers grow only, so
+        their Warp views and recorded launches survive refills.
         """
-        chunked = self.chunked_reductions if self.chunked_reductions is not None else device.type != "cpu"
-        count = -(-max_atoms // REDUCE_CHUNK) if chunked else 0
-        chunk = REDUCE_CHUNK if count > 1 or (chunked and self.chunked_reductions) else 0
-        count = max(count, 1)
+        chunk, count = chunk_plan(max_atoms, device, self.chunked_reductions)
         key = (dtype, device)
         parts = self._parts
         if parts is None or parts["key"] != key or parts["rows"] < b or parts["cols"] < count:
