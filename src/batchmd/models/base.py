@@ -19,9 +19,48 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
-__all__ = ["Model"]
+__all__ = ["Model", "UnsupportedSpeciesError", "species_error_message"]
+
+
+class UnsupportedSpeciesError(ValueError):
+    """A batch holds elements a model has no parameters for (one-line message naming them).
+
+    Attributes
+    ----------
+    unsupported : tuple of int
+        The offending atomic numbers, sorted.
+    """
+
+    def __init__(self, message: str, unsupported: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.unsupported = tuple(sorted(int(z) for z in unsupported))
+
+
+def _symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+
+def species_error_message(model_name: str, unsupported: Iterable[int], supported: Iterable[int] | None) -> str:
+    """One line naming the unsupported elements by symbol and the model's coverage.
+
+    Example
+    -------
+    >>> species_error_message("SevenNet-0", [54], range(1, 4))
+    'batchmd: model SevenNet-0 has no parameters for Xe (it covers 3 elements: H Li)'
+    """
+    bad = " ".join(_symbol(z) for z in sorted(set(int(z) for z in unsupported)))
+    msg = f"batchmd: model {model_name} has no parameters for {bad}"
+    if supported is not None:
+        cover = sorted(set(int(z) for z in supported))
+        shown = " ".join(_symbol(z) for z in cover[:30]) + (" ..." if len(cover) > 30 else "")
+        msg += f" (it covers {len(cover)} elements: {shown})"
+    return msg
 
 
 class Model(torch.nn.Module):
@@ -66,6 +105,10 @@ class Model(torch.nn.Module):
         Whether the model does its work in torch ops (True, the default: neural networks,
         the torch adapter). Models that compute in Warp kernels set False, which lets the
         dynamics loop run torch single-threaded on CPU (see ``FusedStage(cpu_threads=...)``).
+    supported_numbers : frozenset of int or None
+        Atomic numbers the model has parameters for; None (the default) means any element.
+        Checked by :meth:`check_species` before a run (the dynamics and the CLI call it), so
+        an uncovered element is one clear error instead of a silent wrong answer.
     """
 
     cutoff: float | None = None
@@ -75,6 +118,47 @@ class Model(torch.nn.Module):
     needs_neighbors: bool = False
     computes_stress: bool = False
     supports_out: bool = False
+    supported_numbers: frozenset[int] | None = None
+
+    @property
+    def model_name(self) -> str:
+        """Short name used in messages and in output metadata (default: the class name)."""
+        return getattr(self, "_model_name", None) or type(self).__name__
+
+    def model_info(self) -> dict[str, str]:
+        """What identifies this model in output files: at least ``{"model": name}``.
+
+        Adapters loaded from a file add ``"file"`` and ``"sha256"``; parametric models add
+        their parameters. Values are strings so they fit any output format.
+        """
+        return {"model": self.model_name}
+
+    def check_species(self, numbers) -> None:
+        """Raise :class:`UnsupportedSpeciesError` if ``numbers`` holds an uncovered element.
+
+        Parameters
+        ----------
+        numbers : torch.Tensor, numpy array or iterable of int
+            Atomic numbers (e.g. ``batch.atomic_numbers``).
+
+        Raises
+        ------
+        UnsupportedSpeciesError
+            One line naming the unsupported elements by symbol, e.g.
+            ``batchmd: model SevenNet-0 has no parameters for Og (it covers 89 elements: ...)``.
+        """
+        supported = self.supported_numbers
+        if supported is None:
+            return
+        if isinstance(numbers, torch.Tensor):
+            present = set(torch.unique(numbers.detach()).cpu().tolist())
+        else:
+            import numpy as np
+
+            present = set(np.unique(np.asarray(list(numbers) if not hasattr(numbers, "shape") else numbers)).tolist())
+        bad = sorted(int(z) for z in present if int(z) not in supported)
+        if bad:
+            raise UnsupportedSpeciesError(species_error_message(self.model_name, bad, supported), bad)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch)")
