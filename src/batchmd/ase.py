@@ -156,6 +156,11 @@ class AtomsDataset:
         ``n_steps``, ``converged``, ...) are dropped, so results can be run again.
     dtype : torch.dtype
         Floating dtype of the samples.
+    edge_cutoff : float, optional
+        Cutoff (Å) of the model's edge list; when given, :meth:`get_metadata` reports a cheap
+        estimate of each frame's full-list edge count
+        (:func:`~batchmd.dynamics.sampler.estimate_num_edges`), so
+        ``SizeAwareSampler(max_edges=...)`` can bound MLIP memory. Default: 0 edges.
 
     Notes
     -----
@@ -171,16 +176,24 @@ class AtomsDataset:
     (2, (5, 0))
     """
 
-    def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64,
+                 edge_cutoff: float | None = None) -> None:
         self.frames = list(frames)
         self.dtype = dtype
+        self.edge_cutoff = None if edge_cutoff is None else float(edge_cutoff)
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def get_metadata(self, index: int) -> tuple[int, int]:
-        """``(num_atoms, num_edges)`` of frame ``index`` (no conversion)."""
-        return len(self.frames[index]), 0
+        """``(num_atoms, num_edges)`` of frame ``index`` (no conversion; edges estimated, see ``edge_cutoff``)."""
+        atoms = self.frames[index]
+        if self.edge_cutoff is None:
+            return len(atoms), 0
+        from batchmd.dynamics.sampler import estimate_num_edges
+
+        volume = atoms.get_volume() if atoms.pbc.all() and atoms.cell.rank == 3 else None
+        return len(atoms), estimate_num_edges(len(atoms), self.edge_cutoff, volume=volume)
 
     def __getitem__(self, index: int) -> tuple[AtomicData, dict]:
         atoms = self.frames[index].copy()  # drops any calculator

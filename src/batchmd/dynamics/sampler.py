@@ -37,13 +37,34 @@ See ``examples/inflight_batching.py``::
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-__all__ = ["SizeAwareSampler"]
+__all__ = ["SizeAwareSampler", "estimate_num_edges"]
+
+
+def estimate_num_edges(num_atoms: int, cutoff: float, volume: float | None = None,
+                       density: float = 0.1) -> int:
+    """Cheap estimate of a system's full-list edge count (for ``SizeAwareSampler(max_edges=...)``).
+
+    ``E ~ N * rho * (4/3) pi rc^3`` with ``rho = N / volume`` for a periodic cell, else the
+    typical condensed-matter ``density`` (atoms/Å^3; 0.1 is about water or silicon), capped
+    at ``N (N - 1)`` for a finite cluster. An estimate, not a bound: leave headroom.
+
+    Example
+    -------
+    >>> estimate_num_edges(8, 5.0, volume=160.2)
+    209
+    """
+    n = int(num_atoms)
+    sphere = 4.0 / 3.0 * math.pi * float(cutoff) ** 3
+    if volume is not None and volume > 0:
+        return int(round(n * n / volume * sphere))
+    return int(min(n * (n - 1), round(n * density * sphere)))
 
 
 class SizeAwareSampler:
@@ -129,6 +150,11 @@ class SizeAwareSampler:
             self._atoms[index] = num_atoms
             self._edges[index] = num_edges
             self._bins.setdefault(num_atoms, deque()).append((rank, index))
+        if self.max_edges is not None and n and not any(self._edges) and max(self._atoms) > 1:
+            raise ValueError(
+                "SizeAwareSampler: max_edges is set but the dataset reports 0 edges for every sample "
+                "(get_metadata -> (num_atoms, 0)), so the budget would bound nothing; give the dataset an "
+                "edge estimate, e.g. AtomsDataset(frames, edge_cutoff=model.cutoff)")
         self._remaining = n
         self._next_system_id = 0
         self._order = order
