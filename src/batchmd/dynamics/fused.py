@@ -46,6 +46,7 @@ import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph
+from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.status import SystemStatus
 from batchmd.kernels import bookkeeping as bk
@@ -78,7 +79,7 @@ def _normalise_stages(sub_stages) -> list:
     return stages
 
 
-class FusedStage(RefillPoints):
+class FusedStage(RefillPoints, OOMRecovery):
     """Chain dynamics stages over one live batch; optionally refill it from a sampler.
 
     Parameters
@@ -128,6 +129,11 @@ class FusedStage(RefillPoints):
         fit the freed space are appended as usual. Same-size samples are thus served ahead
         of their turn: a different serving order, the same per-system results (each
         system's trajectory does not depend on its slot or neighbours). Default False.
+    oom_retry : bool
+        Recover from ``torch.OutOfMemoryError`` in the model's evaluation: shrink the live
+        batch (unmoved systems go back to the sampler), evaluate in chunks if still needed,
+        retry the step; nothing is lost or duplicated (:mod:`batchmd.dynamics.oom`).
+        Default True.
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class FusedStage(RefillPoints):
         cpu_threads: int | str | None = "auto",
         cuda_graph: bool | str = "auto",
         refill_in_place: bool = False,
+        oom_retry: bool = True,
     ) -> None:
         self.stages = _normalise_stages(sub_stages)
         if cuda_graph not in (True, False, "auto"):
@@ -151,6 +158,9 @@ class FusedStage(RefillPoints):
         self.cuda_graph = cuda_graph
         self._graphs = StepGraph()
         self.refill_in_place = bool(refill_in_place)
+        self.oom_retry = bool(oom_retry)
+        self._eval_max_atoms = None  # atoms per model call after an out-of-memory error (oom.py)
+        self._newcomers = {}  # system_id -> sample, for systems served at the last refill point
         if not (cpu_threads is None or cpu_threads == "auto" or (isinstance(cpu_threads, int) and cpu_threads >= 1)):
             raise ValueError(f"FusedStage: cpu_threads must be 'auto', None or an int >= 1, got {cpu_threads!r}")
         self.cpu_threads = cpu_threads
@@ -197,6 +207,7 @@ class FusedStage(RefillPoints):
             cpu_threads=self.cpu_threads,
             cuda_graph=self.cuda_graph,
             refill_in_place=self.refill_in_place,
+            oom_retry=self.oom_retry,
         )
 
     @property
@@ -312,7 +323,7 @@ class FusedStage(RefillPoints):
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
         targets = self._output_fields(batch)
         if targets is None:
-            out = self.model(batch)
+            out = self._call_model(batch)  # in chunks after an out-of-memory error (oom.py)
         elif self._outputs_kept and not self._complete_next and getattr(self.model, "supports_skip_finished", False):
             out = self.model(batch, out=targets, skip_finished=True)  # finished systems keep their outputs
         else:
@@ -409,10 +420,10 @@ class FusedStage(RefillPoints):
         """
         if self._ensure_loop_fields(batch):
             self._init_stage_state(batch)
-            self._evaluate(batch)
+            batch = self._evaluate_safely(batch, first=True)
             self._advance(batch, increment=False)
         elif not batch.has_field("fmax"):
-            self._evaluate(batch)
+            batch = self._evaluate_safely(batch)
         return batch
 
     # ----------------------------------------------------------------- one step
@@ -431,14 +442,15 @@ class FusedStage(RefillPoints):
                 hook(batch, HookContext(step, stage_index, self.stats))
 
     def step(self, batch):
-        """Advance every active system by one step; returns the batch."""
-        self.prime(batch)
+        """Advance every active system by one step; returns the batch (a smaller one after an
+        out-of-memory error in inflight mode, see :mod:`batchmd.dynamics.oom`)."""
+        batch = self.prime(batch)
         if batch.num_graphs == 0:
             return batch
         self._call_hooks(batch, HookStage.BEFORE_STEP)
         for k, stage in enumerate(self.stages):
             stage.pre_force(batch, k)
-        self._evaluate(batch)
+        batch = self._evaluate_safely(batch)
         self._call_hooks(batch, HookStage.AFTER_FORCES)
         for k, stage in enumerate(self.stages):
             stage.post_force(batch, k)
@@ -514,7 +526,7 @@ class FusedStage(RefillPoints):
         if batch is None:
             if self.sampler is None:
                 raise ValueError("FusedStage.run(batch=None) needs a sampler (inflight mode)")
-            batch = self._to_run_device(self.sampler.build_initial_batch())
+            batch = self._initial_batch()
             self.stats = RunStats(systems_total=len(self.sampler), max_atoms=self.sampler.max_atoms)
         else:
             self.stats = RunStats()
@@ -525,7 +537,8 @@ class FusedStage(RefillPoints):
         self._accounted_steps = 0
         self._accounted_in_use = 0
         self._active_atom_steps(batch.device).zero_()
-        self.prime(batch)
+        self._eval_max_atoms = None
+        batch = self.prime(batch)
         limit = n_steps
         taken = 0
         while True:
@@ -549,7 +562,7 @@ class FusedStage(RefillPoints):
                     self._call_hooks(batch, HookStage.AFTER_STEP, replayed=True)
             else:
                 for _ in range(chunk):
-                    self.step(batch)
+                    batch = self.step(batch)
             taken += chunk
         if self.sampler is None:
             batch = self._refill_point(batch)

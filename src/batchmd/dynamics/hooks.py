@@ -73,6 +73,10 @@ class RunStats:
     refills_in_place : int
         Systems that entered a graduated system's slot in place (same atom count,
         ``FusedStage(refill_in_place=True)``).
+    oom_events : int
+        Out-of-memory errors the loop recovered from (see :mod:`batchmd.dynamics.oom`).
+    systems_returned : int
+        Unmoved systems handed back to the sampler after such errors (served again later).
     start_time : float
         ``time.perf_counter()`` at the start of the run.
     """
@@ -87,6 +91,8 @@ class RunStats:
     occupancy_sum: float = 0.0
     max_atoms: int | None = None
     refills_in_place: int = 0
+    oom_events: int = 0
+    systems_returned: int = 0
     start_time: float = field(default_factory=time.perf_counter)
 
     @property

@@ -80,7 +80,25 @@ class RefillPoints:
         samples = self.sampler.take(free_atoms, free_edges, free_slots)
         if not samples:
             return None
+        self._remember_newcomers(samples)
         return self._prepare_new(Batch.from_data_list(samples))
+
+    def _remember_newcomers(self, samples) -> None:
+        """Keep the samples served at this refill point until they move (out-of-memory recovery, oom.py)."""
+        for data in samples:
+            self._newcomers[int(data.system_id.reshape(-1)[0])] = data
+
+    def _initial_batch(self):
+        """The sampler's first live batch, on the run's device (its samples remembered as newcomers)."""
+        from batchmd.data import Batch
+
+        self._newcomers = {}
+        initial = getattr(self.sampler, "initial_samples", None)
+        if initial is None:  # a sampler without it: no give-back of the initial systems
+            return self._to_run_device(self.sampler.build_initial_batch())
+        samples = initial()
+        self._remember_newcomers(samples)
+        return self._to_run_device(Batch.from_data_list(samples))
 
     def _prepare_new(self, new):
         """Newcomers on the run's device with loop fields, PENDING status and stage-0 state."""
@@ -96,6 +114,7 @@ class RefillPoints:
         # The host synchronisations of a refill point: status, sizes, throughput counter.
         status = batch["status"].cpu()
         self._account(batch)
+        self._newcomers = {}  # every system served at the last refill point has moved since
         done = torch.nonzero((status != int(SystemStatus.ACTIVE)) & (status != int(SystemStatus.PENDING))).reshape(-1)
         if self.sampler is None:
             if self._reported is None or self._reported.numel() != batch.num_graphs:
@@ -144,6 +163,7 @@ class RefillPoints:
                 slots.append(s)
                 samples.append(data)
         if samples:
+            self._remember_newcomers(samples)
             new = self._prepare_new(Batch.from_data_list(samples))
             batch.overwrite_systems(slots, new)
             if notify is not None:

@@ -164,6 +164,7 @@ class SizeAwareSampler:
         self._ahead = 0  # ranks below this were submitted to the prefetch thread
         self.prefetch = int(prefetch)
         self._pending: dict[int, Future] = {}
+        self._returned: dict[int, object] = {}  # index -> a stamped sample handed back (give_back)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchmd-prefetch") if self.prefetch else None
 
     # ----------------------------------------------------------------- state
@@ -255,6 +256,9 @@ class SizeAwareSampler:
 
     def _load(self, index: int):
         self._served[index] = True
+        returned = self._returned.pop(index, None)
+        if returned is not None:  # handed back by give_back: served again as it was, same system_id
+            return returned
         future = self._pending.pop(index, None)
         data, meta = future.result() if future is not None else self.dataset[index]
         if data.num_nodes != self._atoms[index]:
@@ -287,16 +291,50 @@ class SizeAwareSampler:
             slots -= 1
         return samples
 
-    def build_initial_batch(self):
-        """Fill the budget (atoms, edges, batch size) with samples in serving order; returns a Batch."""
-        from batchmd.data import Batch
+    def give_back(self, samples) -> None:
+        """Return served samples, unchanged, to the queue at their place in serving order.
 
+        Used when a live batch must shrink before these systems moved (an out-of-memory
+        error at their first evaluation, see :mod:`batchmd.dynamics.budget`): each is served
+        again, as the same object with the same ``system_id``, as soon as it fits, so no
+        system is lost or duplicated.
+
+        Raises
+        ------
+        ValueError
+            If a sample was not served by this sampler or is already queued.
+        """
+        for data in samples:
+            index = int(data.sample_index.reshape(-1)[0])
+            if not 0 <= index < len(self) or not self._served[index] or index in self._returned:
+                raise ValueError(f"SizeAwareSampler.give_back: sample {index} is not out (served and not returned)")
+            rank = self._rank[index]
+            queue = self._bins.setdefault(self._atoms[index], deque())
+            position = next((i for i, item in enumerate(queue) if item[0] > rank), len(queue))
+            queue.insert(position, (rank, index))
+            self._returned[index] = data
+            self._remaining += 1
+
+    def largest_remaining(self) -> tuple[int, int]:
+        """(atoms, edges) of the largest samples not yet served ((0, 0) when exhausted)."""
+        atoms = max((size for size, queue in self._bins.items() if queue), default=0)
+        edges = max((self._edges[index] for queue in self._bins.values() for _, index in queue), default=0)
+        return atoms, edges
+
+    def initial_samples(self) -> list:
+        """The samples of :meth:`build_initial_batch` (fill the budget in serving order)."""
         if self._pool is not None:
             self._prefetch()
         samples = self.take(self.max_atoms, self.max_edges, self.max_batch_size)
         if not samples:
             raise ValueError("SizeAwareSampler.build_initial_batch: the dataset is empty or already exhausted")
-        return Batch.from_data_list(samples)
+        return samples
+
+    def build_initial_batch(self):
+        """Fill the budget (atoms, edges, batch size) with samples in serving order; returns a Batch."""
+        from batchmd.data import Batch
+
+        return Batch.from_data_list(self.initial_samples())
 
     def __repr__(self) -> str:
         return (
