@@ -141,13 +141,13 @@ def test_fire_init_state_resets_only_masked_systems():
     fire = FIRE(model=lambda b: None)
     run_fire(fire, batch, calcs, 10)
     dt_before = batch["fire_dt"].clone()
-    v_before = batch.velocities.clone()
+    v_before = batch["fire_velocities"].clone()
     fire.init_state(batch, torch.tensor([False, True]))
     ptr = batch.ptr.tolist()
     assert batch["fire_dt"][0] == dt_before[0] and batch["fire_dt"][1] == 0.1
     assert batch["fire_nsteps"].tolist()[1] == -1
-    assert torch.equal(batch.velocities[: ptr[1]], v_before[: ptr[1]])
-    assert torch.count_nonzero(batch.velocities[ptr[1] :]) == 0
+    assert torch.equal(batch["fire_velocities"][: ptr[1]], v_before[: ptr[1]])
+    assert torch.count_nonzero(batch["fire_velocities"][ptr[1] :]) == 0
 
 
 def test_fire_batch_invariance_bitwise():
@@ -183,7 +183,7 @@ def test_fire_zero_forces_do_not_produce_nan():
     batch.set_field("forces", torch.zeros_like(batch.positions), "atom")
     for _ in range(3):
         fire.pre_force(batch, 0)
-    assert torch.isfinite(batch.positions).all() and torch.isfinite(batch.velocities).all()
+    assert torch.isfinite(batch.positions).all() and torch.isfinite(batch["fire_velocities"]).all()
 
 
 class AseLJModel:
@@ -260,7 +260,7 @@ def test_skipping_finished_systems_changes_nothing(dtype):
     skipped, full = results
     steps = skipped.n_steps.reshape(-1).tolist()
     assert len(set(steps)) > 1 and steps == full.n_steps.reshape(-1).tolist()
-    for name in ("positions", "forces", "energies", "fmax", "velocities"):
+    for name in ("positions", "forces", "energies", "fmax", "fire_velocities"):
         assert torch.equal(skipped[name], full[name]), name
 
 

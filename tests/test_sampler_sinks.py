@@ -44,7 +44,7 @@ def test_sampler_scans_metadata_only_and_bins_by_size():
     assert len(sampler) == 6 and sampler.remaining == 6 and not sampler.exhausted
 
 
-def test_sampler_serves_in_order_with_increasing_system_ids():
+def test_sampler_serves_in_order_with_system_ids_equal_to_the_sample_identity():
     ds = SizedDataset([4, 5, 6, 4, 5, 6])
     sampler = SizeAwareSampler(ds, max_atoms=12, max_batch_size=4)
     batch = sampler.build_initial_batch()
@@ -53,9 +53,10 @@ def test_sampler_serves_in_order_with_increasing_system_ids():
     data = sampler.request_replacement(num_atoms=3)
     assert data is None
     data = sampler.request_replacement(num_atoms=5)
-    assert int(data.sample_index) == 3 and int(data.system_id) == 2  # sample 2 (6 atoms) does not fit
+    # sample 2 (6 atoms) does not fit; system_id is the sample's identity, not its serving rank
+    assert int(data.sample_index) == 3 and int(data.system_id) == 3
     data = sampler.request_replacement(num_atoms=100)
-    assert int(data.sample_index) == 2 and int(data.system_id) == 3
+    assert int(data.sample_index) == 2 and int(data.system_id) == 2
     rest = [int(sampler.request_replacement(100).sample_index) for _ in range(2)]
     assert rest == [4, 5]
     assert sampler.exhausted and sampler.request_replacement(100) is None

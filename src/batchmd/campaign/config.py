@@ -205,8 +205,7 @@ def build_stages(specs: list, model) -> list:
             from batchmd.dynamics.verlet import NVE as cls
         else:
             from batchmd.dynamics import NVTLangevin as cls
-
-            if "seed" in spec:
-                params["random_seed"] = int(spec["seed"])
+        if method != "fire":  # MD: the seed of the noise and of the velocity policy's draws
+            params["random_seed"] = int(spec.get("seed", 0))
         stages.append(cls(model, **params))
     return stages

@@ -81,6 +81,10 @@ class ShardedDataset:
         """Global input index of local index ``i``."""
         return int(self._indices[i])
 
+    def identity(self, i: int) -> int:
+        """The sampler's ``system_id`` of local index ``i``: its global input index (stable across ranks)."""
+        return int(self._indices[i])
+
     def get_metadata(self, i: int) -> tuple[int, int]:
         """(num_atoms, num_edges) of local index ``i``, from the manifest; edges are not precomputed (0)."""
         return self.manifest.atom_count(int(self._indices[i])), 0

@@ -13,10 +13,11 @@ Every rank runs :func:`run_campaign`::
 
 Between the barriers ranks never wait on each other.
 
-Identity: the sampler stamps each system with a per-run ``system_id`` (0, 1, ... in
-serving order on this rank) and ``sample_index`` (index into this rank's dataset view);
-the runner maps ``sample_index`` to the global input index, which becomes ``system_id``
-and ``index`` in the result shards -- stable across resumes and world sizes.
+Identity: the sampler stamps each system with ``system_id`` = its global input index
+(:meth:`ShardedDataset.identity`) and ``sample_index`` (index into this rank's dataset
+view); the runner maps ``sample_index`` to the global input index, which is ``system_id``
+and ``index`` in the result shards -- stable across resumes and world sizes, so random
+streams keyed on it (Langevin noise, Maxwell-Boltzmann draws) do not depend on either.
 
 Example
 -------
@@ -138,6 +139,9 @@ class _ServedSamples:
 
     def get_metadata(self, i: int):
         return self.dataset.get_metadata(i)
+
+    def identity(self, i: int) -> int:
+        return self.dataset.identity(i)
 
     def __getitem__(self, i: int):
         data, meta = self.dataset[i]

@@ -1,8 +1,10 @@
 """``batchmd md INPUT -o OUTPUT``: molecular dynamics of every frame (Langevin NVT or NVE).
 
 Every frame of INPUT runs ``--steps`` steps of Langevin dynamics at ``--temperature``
-(or velocity Verlet with ``--ensemble nve``) through inflight batching. Frames without
-momenta start from Maxwell-Boltzmann velocities at ``--temperature`` (seeded). OUTPUT
+(or velocity Verlet with ``--ensemble nve``) through inflight batching. Frames with
+momenta keep them; frames without start from Maxwell-Boltzmann velocities at
+``--temperature`` with zero total momentum, drawn per frame from a stream keyed on
+(``--seed``, the frame's index), so a frame's run never depends on the other frames. OUTPUT
 holds the final frame of each input frame, in input order, with momenta, energy (eV),
 forces (eV/Å), ``system_id``, ``input_index``, ``status`` and ``n_steps`` in its info.
 
@@ -71,7 +73,8 @@ def command(args) -> int:
         spec = {"method": "nvt", "temperature": args.temperature, "dt": args.dt, "friction": args.friction,
                 "steps": args.steps, "seed": args.seed}
     else:
-        spec = {"method": "nve", "dt": args.dt, "steps": args.steps}
+        spec = {"method": "nve", "dt": args.dt, "steps": args.steps, "temperature": args.temperature,
+                "seed": args.seed}
     if args.temperature < 0:
         from batchmd.cli.common import CLIError
 
@@ -84,7 +87,7 @@ def command(args) -> int:
     stages()  # every option is checked before the input is read
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     output_writer(args.output)
-    frames = initial_velocities(read_frames(args.input), args.temperature, args.seed)
+    frames = read_frames(args.input)  # velocities: the stage's policy (momenta kept, else a seeded draw)
     stats = run_stages(frames, stages(frames), args.output, max_atoms=args.max_atoms, refill_frequency=args.refill_every,
                        device=device, dtype=dtype, quiet=args.quiet)
     if not args.quiet:

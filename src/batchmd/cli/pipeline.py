@@ -52,7 +52,8 @@ STAGE_KEYS = {
              "maxstep": (False, float, 0.2)},
     "nvt": {"temperature": (True, float, None), "dt": (True, float, None), "friction": (False, float, 0.01),
             "steps": (True, int, None), "seed": (False, int, 0)},
-    "nve": {"dt": (True, float, None), "steps": (True, int, None)},
+    "nve": {"dt": (True, float, None), "steps": (True, int, None), "temperature": (False, float, None),
+            "seed": (False, int, 0)},
 }
 TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages"}
 MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
@@ -111,7 +112,8 @@ def build_stage(spec: dict, model, where: str = "stage"):
                            random_seed=values["seed"], n_steps=values["steps"])
     from batchmd.dynamics import NVE
 
-    return NVE(model, dt=values["dt"], n_steps=values["steps"])
+    return NVE(model, dt=values["dt"], n_steps=values["steps"], temperature=values["temperature"],
+               random_seed=values["seed"])
 
 
 def load_config(path) -> dict:

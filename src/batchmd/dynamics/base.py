@@ -46,6 +46,21 @@ class Dynamics:
 
     # Short name used in messages and in the prefix of state fields.
     name = "dynamics"
+    #: True for optimisers (FIRE, LBFGS, cell filters): their velocities are fictitious state,
+    #: kept in their own fields, and an MD stage entered after one applies its velocity policy.
+    is_optimizer = False
+    #: MD stages: how velocities are set at stage entry ("auto", "maxwell_boltzmann", "zero",
+    #: "keep"; see :mod:`batchmd.dynamics.velocities`). None: the stage does not use velocities.
+    velocity_policy = None
+    #: Seed of the stage's random streams (Maxwell-Boltzmann draws, thermostat noise).
+    random_seed = 0
+
+    def velocity_temperature(self, batch):
+        """Per-system temperature (K, ``[B]`` tensor) of Maxwell-Boltzmann draws, or None (start from rest).
+
+        Called after :meth:`init_state`, so it may read the stage's own parameter fields.
+        """
+        return None
 
     def __init__(self, model, n_steps: int | None = None, convergence_hook=None, hooks=None) -> None:
         if n_steps is not None:

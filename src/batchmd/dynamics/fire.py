@@ -75,8 +75,12 @@ class FIRE(Dynamics):
     (int32), ``fire_finc``, ``fire_fdec``, ``fire_astart``, ``fire_fa``; a tensor is
     indexed by slot at that moment. From then on the values travel with their system
     through slot operations. The state fields are ``fire_dt``, ``fire_alpha`` and
-    ``fire_nsteps`` (int32, ``-1`` until the system's first step), plus the batch's
-    ``velocities`` (FIRE's fictitious velocities, zeroed by :meth:`init_state`).
+    ``fire_nsteps`` (int32, ``-1`` until the system's first step), plus the atom field
+    ``fire_velocities`` (FIRE's fictitious velocities, Å per ASE time unit with mass 1,
+    zeroed by :meth:`init_state`). They are optimiser state, never the physical
+    ``velocities`` (which become ``momenta`` in outputs): FIRE leaves ``velocities`` as it
+    found them, like ``ase.optimize.FIRE``, and an MD stage entered after FIRE applies its
+    velocity policy (:mod:`batchmd.dynamics.velocities`).
 
     The whole FIRE step runs in :meth:`pre_force`, using ``batch.forces`` evaluated at
     the current positions by the previous model call (the loop's prime, or the
@@ -87,6 +91,7 @@ class FIRE(Dynamics):
     """
 
     name = "fire"
+    is_optimizer = True
 
     def __init__(
         self,
@@ -123,7 +128,7 @@ class FIRE(Dynamics):
         Parameters
         ----------
         batch : batchmd.data.Batch
-            Gets/updates system fields ``fire_*`` and atom field ``velocities``.
+            Gets/updates system fields ``fire_*`` and atom field ``fire_velocities``.
         mask : torch.Tensor
             bool ``[B]`` on the batch device.
         """
@@ -134,12 +139,12 @@ class FIRE(Dynamics):
         for field, attr, is_int in _PARAMS:
             set_system_param(batch, field, getattr(self, attr), mask, torch.int32 if is_int else dtype)
         atom_mask = mask[batch.batch_idx.long()].unsqueeze(-1)
-        velocities = batch.velocities if batch.has_field("velocities") else None
-        if velocities is None:
+        current = batch["fire_velocities"] if batch.has_field("fire_velocities") else None
+        if current is None or current.shape != batch.positions.shape or current.dtype != dtype:
             velocities = torch.zeros_like(batch.positions)
         else:
-            velocities = torch.where(atom_mask, torch.zeros((), dtype=dtype, device=mask.device), velocities)
-        batch.set_field("velocities", velocities.contiguous(), "atom")
+            velocities = torch.where(atom_mask, torch.zeros((), dtype=dtype, device=mask.device), current)
+        batch.set_field("fire_velocities", velocities.contiguous(), "atom")
 
     def pre_force(self, batch, stage_index: int) -> None:
         """One FIRE step for the active systems of stage ``stage_index`` (forces at current positions)."""
@@ -151,7 +156,7 @@ class FIRE(Dynamics):
             self._coef = torch.empty(num, 3, dtype=dtype, device=device)
         stage = view("stage", batch["stage"])
         status = view("status", batch["status"])
-        velocities = view("velocities", batch.velocities, vector=True)
+        velocities = view("fire_velocities", batch["fire_velocities"], vector=True)
         forces = view("forces", batch.forces, vector=True)
         coef = view("_coef", self._coef, vector=True)
         inputs = [view("ptr", batch.ptr), stage, status, int(stage_index), velocities, forces]

@@ -41,6 +41,7 @@ See ``examples/inflight_batching.py`` (the seed tutorial)::
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -48,12 +49,18 @@ from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph
 from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
+from batchmd.dynamics.constraints import apply_force_constraints
 from batchmd.dynamics.status import SystemStatus
+from batchmd.dynamics.velocities import apply_velocity_policy
 from batchmd.kernels import bookkeeping as bk
 from batchmd.kernels.reductions import chunk_plan
 from batchmd.runtime import CachedLaunch, torch_threads, WarpViewCache, to_warp
 
-__all__ = ["FusedStage"]
+__all__ = ["FusedStage", "NoProgressWarning"]
+
+
+class NoProgressWarning(UserWarning):
+    """A run advanced no system (all converged at their first evaluation, failed, or had no budget)."""
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +195,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         self.chunked_reductions: bool | None = None  # None: chunked force statistics on GPUs (tests force it)
         self._launch_advance = CachedLaunch(bk.advance_status_overloads)
         self._reported = None
+        self._owned_status = None
         # The first evaluation of a run is always complete: a batch may arrive with outputs
         # from another model or loop, which skipping finished systems would keep.
         self._complete_next = True
@@ -264,7 +272,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             "batch": batch,
             "shape": (b, batch.num_nodes),
             "stats_chunk": (chunk, count, to_warp(part_max_sq), to_warp(part_finite)),
-            "finite": torch.ones(b, dtype=torch.int32, device=dev),
+            "finite": torch.zeros(b, dtype=torch.int32, device=dev),  # failure bits, 0 = finite
             "converged": torch.zeros(b, dtype=torch.bool, device=dev),
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
             "views": WarpViewCache(),
@@ -273,15 +281,6 @@ class FusedStage(RefillPoints, OOMRecovery):
         return buf
 
     # ----------------------------------------------------------------- priming
-    def _ensure_loop_fields(self, batch) -> bool:
-        """Create the loop's system fields if missing; returns True if they were created."""
-        if batch.has_field("status"):
-            return False
-        b, dev = batch.num_graphs, batch.device
-        for name in ("stage", "status", "stage_steps", "n_steps"):
-            batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
-        return True
-
     @staticmethod
     def _store(batch, name: str, value: torch.Tensor, level: str) -> None:
         """Point a batch field at a model output (no copy; nothing to do if it already is that tensor).
@@ -339,6 +338,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         b = batch.num_graphs
         self._store(batch, "forces", forces, "atom")
         self._store(batch, "energies", energy.reshape(b, 1), "system")
+        apply_force_constraints(batch)  # FixAtoms: fixed atoms feel no force (as ASE's get_forces)
         if out.get("stress") is not None:
             self._store(batch, "stress", out["stress"].reshape(b, 3, 3), "system")
         buf = self._buffers(batch)
@@ -405,25 +405,52 @@ class FusedStage(RefillPoints, OOMRecovery):
                 views("entered", buf["entered"]),
                 views("ptr", batch.ptr),
                 views("counter", self._active_atom_steps(dev)),
+                views("failure", batch["failure"]),
             ],
             dev,
         )
         entered = buf["entered"]
         for k in range(1, self.num_stages):
-            self.stages[k].init_state(batch, entered & (stage_field == k))
+            mask = entered & (stage_field == k)
+            self.stages[k].init_state(batch, mask)
+            apply_velocity_policy(self.stages[k], batch, mask, previous=self.stages[k - 1])
 
-    def prime(self, batch):
+    def _reset_loop_fields(self, batch) -> None:
+        """Fresh loop fields: every system ACTIVE in stage 0 with zero step counters (new tensors)."""
+        b, dev = batch.num_graphs, batch.device
+        for name in ("stage", "status", "stage_steps", "n_steps"):
+            batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
+        batch.set_field("failure", torch.zeros(b, dtype=torch.int32, device=dev), "system")
+
+    def _owns(self, batch) -> bool:
+        """Whether ``batch`` is the one this loop last primed or stepped (its ``status`` tensor is ours)."""
+        return batch.has_field("status") and batch["status"] is self._owned_status
+
+    def _claim(self, batch) -> None:
+        self._owned_status = batch["status"] if batch.has_field("status") else None
+
+    def prime(self, batch, resume: bool = False):
         """Prepare a batch for stepping: loop fields, stage-0 state, forces, convergence check.
 
-        Called automatically by :meth:`run` and :meth:`step`; a batch that already
-        carries loop fields (e.g. returned by an earlier run) continues where it stopped.
+        Called automatically by :meth:`run` and :meth:`step`. By default every system
+        starts *fresh* in stage 0: new stage state (FIRE's ``dt``/``a``, MD parameters and
+        the velocity policy), zero step counters, ``status`` ACTIVE, whatever loop or state
+        fields the batch carries from an earlier run. ``resume=True`` continues a batch
+        that already carries loop fields where it stopped (same stage, same counters,
+        same stage state), e.g. a batch returned by ``run(n_steps=...)`` of this pipeline.
         """
-        if self._ensure_loop_fields(batch):
+        if resume and batch.has_field("status"):
+            if not batch.has_field("failure"):
+                batch.set_field("failure", torch.zeros(batch.num_graphs, dtype=torch.int32, device=batch.device),
+                                "system")
+            if not batch.has_field("fmax"):
+                batch = self._evaluate_safely(batch)
+        else:
+            self._reset_loop_fields(batch)
             self._init_stage_state(batch)
             batch = self._evaluate_safely(batch, first=True)
             self._advance(batch, increment=False)
-        elif not batch.has_field("fmax"):
-            batch = self._evaluate_safely(batch)
+        self._claim(batch)
         return batch
 
     # ----------------------------------------------------------------- one step
@@ -443,14 +470,20 @@ class FusedStage(RefillPoints, OOMRecovery):
 
     def step(self, batch):
         """Advance every active system by one step; returns the batch (a smaller one after an
-        out-of-memory error in inflight mode, see :mod:`batchmd.dynamics.oom`)."""
-        batch = self.prime(batch)
+        out-of-memory error in inflight mode, see :mod:`batchmd.dynamics.oom`).
+
+        The first step of a batch this loop has not primed (or that another loop has
+        stepped since) primes it fresh (see :meth:`prime`); later calls continue.
+        """
+        if not self._owns(batch):
+            batch = self.prime(batch)
         if batch.num_graphs == 0:
             return batch
         self._call_hooks(batch, HookStage.BEFORE_STEP)
         for k, stage in enumerate(self.stages):
             stage.pre_force(batch, k)
         batch = self._evaluate_safely(batch)
+        self._claim(batch)  # an out-of-memory recovery may have handed back a smaller batch
         self._call_hooks(batch, HookStage.AFTER_FORCES)
         for k, stage in enumerate(self.stages):
             stage.post_force(batch, k)
@@ -478,6 +511,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
         everyone = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
         self.stages[0].init_state(batch, everyone)
+        apply_velocity_policy(self.stages[0], batch, everyone, first=True)
         for stage in self.stages[1:]:
             stage.init_state(batch, ~everyone)
 
@@ -487,7 +521,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         return batch
 
     # ----------------------------------------------------------------- the run
-    def run(self, batch=None, n_steps: int | None = None):
+    def run(self, batch=None, n_steps: int | None = None, resume: bool = False):
         """Run the stages (torch threads on CPU as set by ``cpu_threads``).
 
         Parameters
@@ -498,6 +532,18 @@ class FusedStage(RefillPoints, OOMRecovery):
             A Batch without a sampler: those systems are run through the stages.
         n_steps : int, optional
             Total step budget (loop iterations).
+        resume : bool
+            False (default): every system of ``batch`` starts this run fresh in stage 0
+            (new stage state, counters and status; see :meth:`prime`), whatever fields an
+            earlier run left in it -- a returned batch runs again. True: continue a batch
+            that carries loop fields where it stopped (mid-stage), e.g. one returned by an
+            earlier ``run(n_steps=...)`` of this pipeline. See ``docs/workflows.rst``.
+
+        Warns
+        -----
+        NoProgressWarning
+            When the run advanced no system (every system converged at its first
+            evaluation, failed, or had no steps to take), naming the counts.
 
         Returns
         -------
@@ -511,9 +557,9 @@ class FusedStage(RefillPoints, OOMRecovery):
         if threads == "auto":
             threads = 1 if not getattr(self.model, "torch_compute", True) else None
         with torch_threads(threads if device.type == "cpu" else None):
-            return self._run(batch, n_steps)
+            return self._run(batch, n_steps, resume)
 
-    def _run(self, batch, n_steps):
+    def _run(self, batch, n_steps, resume=False):
         if n_steps is not None and (int(n_steps) != n_steps or n_steps < 0):
             raise ValueError(f"FusedStage.run: n_steps must be a non-negative integer, got {n_steps!r}")
         if n_steps is None:
@@ -538,13 +584,14 @@ class FusedStage(RefillPoints, OOMRecovery):
         self._accounted_in_use = 0
         self._active_atom_steps(batch.device).zero_()
         self._eval_max_atoms = None
-        batch = self.prime(batch)
+        batch = self.prime(batch, resume=resume and self.sampler is None)
         limit = n_steps
         taken = 0
         while True:
             if batch.num_graphs == 0 and (self.sampler is None or self.sampler.exhausted):
                 break
             batch = self._refill_point(batch)
+            self._claim(batch)
             if batch.num_graphs == 0:
                 if self.sampler is None or self.sampler.exhausted:
                     break
@@ -566,9 +613,26 @@ class FusedStage(RefillPoints, OOMRecovery):
             taken += chunk
         if self.sampler is None:
             batch = self._refill_point(batch)
+            self._claim(batch)
             batch.set_field("converged", (batch["status"] == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
+            self._warn_if_idle(n_steps)
             return batch
         batch = self._refill_point(batch) if batch.num_graphs else batch
+        self._claim(batch)
+        self._warn_if_idle(n_steps)
         if batch.num_graphs == 0 and self.sampler.exhausted:
             return None
         return batch
+
+    def _warn_if_idle(self, n_steps) -> None:
+        """Say so when a run advanced no system (never a silent no-op)."""
+        stats = self.stats
+        if stats.atom_steps or n_steps == 0 or not (stats.systems_graduated or stats.steps):
+            return
+        warnings.warn(
+            f"FusedStage.run: no system took a step: {stats.systems_graduated} systems graduated at their first "
+            f"evaluation ({stats.systems_converged} already met their stage's criterion, {stats.systems_failed} "
+            f"failed, {stats.systems_out_of_steps} had no step budget left)",
+            NoProgressWarning,
+            stacklevel=3,
+        )

@@ -16,6 +16,8 @@ import ase.units
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.constraints import fixed_mask
+from batchmd.dynamics.velocities import check_policy, ensure_rng_counter
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.langevin import langevin_post_force_kernel_overloads, langevin_pre_force_kernel_overloads
 
@@ -46,6 +48,11 @@ class NVTLangevin(Dynamics):
         Hooks run by the loop.
     convergence_hook : object, optional
         Passed to :class:`~batchmd.dynamics.base.Dynamics`.
+    velocities : str
+        Velocity policy at stage entry: ``"auto"`` (default: Maxwell-Boltzmann at
+        ``temperature`` after an optimiser or for systems without velocities; kept
+        after MD or when the input carries momenta), ``"maxwell_boltzmann"``, ``"zero"``,
+        ``"keep"``. See :mod:`batchmd.dynamics.velocities`.
 
     Notes
     -----
@@ -64,15 +71,18 @@ class NVTLangevin(Dynamics):
     **Random numbers and batch invariance.** The noise of atom ``j`` (index local to
     its system) at step ``n`` of a system depends only on ``(random_seed, system_id,
     n, j, component)`` (see :mod:`batchmd.kernels.langevin`), where ``n`` is the
-    system's own counter ``nvt_step`` (int32 [B], reset to 0 by :meth:`init_state`) and
-    ``system_id`` is ``batch["system_id"]``. A system's trajectory therefore does not
+    system's random-stream position ``rng_counter`` (int32 [B]; created as 0, advanced
+    by every Langevin step and by every Maxwell-Boltzmann draw, and *never* reset by a
+    new run, so running the same batch again draws new noise) and ``system_id`` is
+    ``batch["system_id"]`` (inflight runs: the sample's dataset index). The stage's own
+    step counter ``nvt_step`` is reset by :meth:`init_state`. A system's trajectory therefore does not
     depend on its slot, on the batch size or on the other systems: running it alone or
     in any mixed batch gives the same trajectory bitwise. Without a ``system_id`` field
     the system's slot index is used instead, which is reproducible for a fixed batch
     but not batch-invariant: set ``system_id`` for that guarantee.
 
-    Velocities are ``batch.velocities`` (Å / ASE time unit) and are used as given
-    (zeros are created if the batch has none; they thermalise within ~1/friction).
+    Velocities are ``batch.velocities`` (Å / ASE time unit), set at stage entry by the
+    velocity policy. Fixed atoms (``fixed``) get no kick, drift or noise.
     """
 
     name = "nvt_langevin"
@@ -87,8 +97,10 @@ class NVTLangevin(Dynamics):
         n_steps=None,
         hooks=None,
         convergence_hook=None,
+        velocities: str = "auto",
     ):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
+        self.velocity_policy = check_policy("NVTLangevin", velocities)
         self.dt = dt
         self.temperature = temperature
         self.friction = friction
@@ -99,6 +111,7 @@ class NVTLangevin(Dynamics):
         self._launch_pre = CachedLaunch(langevin_pre_force_kernel_overloads)
         self._launch_post = CachedLaunch(langevin_post_force_kernel_overloads)
         self._slot_ids = None
+        self._no_fixed_cache = {}
 
     def init_state(self, batch, mask: torch.Tensor) -> None:
         """Set ``nvt_dt``, ``nvt_temperature``, ``nvt_friction``, reset ``nvt_step`` where ``mask`` [B] is True."""
@@ -107,8 +120,13 @@ class NVTLangevin(Dynamics):
         set_system_param(batch, "nvt_temperature", self.temperature, mask, dtype)
         set_system_param(batch, "nvt_friction", self.friction, mask, dtype)
         set_system_param(batch, "nvt_step", 0, mask, torch.int32)
+        ensure_rng_counter(batch)
         if not batch.has_field("velocities") or batch.velocities is None:
             batch.set_field("velocities", torch.zeros_like(batch.positions), "atom")
+
+    def velocity_temperature(self, batch):
+        """``nvt_temperature`` (K): the temperature of the velocity policy's Maxwell-Boltzmann draws."""
+        return batch["nvt_temperature"]
 
     def _system_ids(self, batch) -> torch.Tensor:
         if batch.has_field("system_id") and batch.system_id is not None:
@@ -131,7 +149,7 @@ class NVTLangevin(Dynamics):
             ase.units.kB,
             self.random_seed,
             view("system_id", self._system_ids(batch)),
-            view("nvt_step", batch["nvt_step"]),
+            view("rng_counter", batch["rng_counter"]),
             view("nvt_dt", batch["nvt_dt"]),
             view("nvt_temperature", batch["nvt_temperature"]),
             view("nvt_friction", batch["nvt_friction"]),
@@ -139,6 +157,7 @@ class NVTLangevin(Dynamics):
             view("forces", batch.forces, vector=True),
             view("velocities", batch.velocities, vector=True),
             view("positions", batch.positions, vector=True),
+            view("fixed", fixed_mask(batch, self._no_fixed_cache)),
         ]
         positions = batch.positions
         self._launch_pre(positions.dtype, positions.shape[0], inputs, positions.device)
@@ -158,6 +177,7 @@ class NVTLangevin(Dynamics):
             view("forces", batch.forces, vector=True),
             view("velocities", batch.velocities, vector=True),
             view("nvt_step", batch["nvt_step"]),
+            view("rng_counter", batch["rng_counter"]),
         ]
         positions = batch.positions
         self._launch_post(positions.dtype, positions.shape[0], inputs, positions.device)

@@ -28,7 +28,7 @@ class RefillPoints:
     """Graduation and refill methods of :class:`~batchmd.dynamics.fused.FusedStage` (a mixin).
 
     Uses the loop's ``stages``, ``hooks``, ``sinks``, ``sampler``, ``stats`` and its
-    ``_ensure_loop_fields`` / ``_init_stage_state`` / ``_to_run_device`` /
+    ``_reset_loop_fields`` / ``_init_stage_state`` / ``_to_run_device`` /
     ``_active_atom_steps`` methods.
     """
 
@@ -103,7 +103,7 @@ class RefillPoints:
     def _prepare_new(self, new):
         """Newcomers on the run's device with loop fields, PENDING status and stage-0 state."""
         new = self._to_run_device(new)
-        self._ensure_loop_fields(new)
+        self._reset_loop_fields(new)  # a sample carrying loop fields from an earlier run starts fresh
         new["status"].fill_(int(SystemStatus.PENDING))
         self._init_stage_state(new)
         return new

@@ -5,15 +5,20 @@ The dataset protocol (three methods)::
     len(dataset)                      number of samples
     dataset[i] -> (AtomicData, dict)  load one sample
     dataset.get_metadata(i) -> (num_atoms, num_edges)   cheap, no loading
+    dataset.identity(i) -> int        optional: the sample's stable identity (default i)
 
 The sampler calls ``get_metadata`` once per sample at construction (it never loads a
 sample to size it), groups samples in bins by atom count, and serves them in a fixed
 *serving order*: dataset order, or a permutation drawn from ``seed`` when
 ``shuffle=True``. :meth:`request_replacement` returns the earliest sample in serving
 order that fits the free atoms (and edges), so the order is deterministic for a given
-seed and a given sequence of requests. Each sample handed out is stamped with a
-monotonically increasing ``system_id`` (0, 1, 2, ...), its dataset index
-``sample_index`` and its ``sample_num_edges``, all int64 system properties.
+seed and a given sequence of requests. Each sample handed out is stamped with its
+``system_id`` -- the sample's stable identity: ``dataset.identity(i)`` when the dataset
+defines it (a campaign's global input index), else its dataset index ``i`` -- its dataset
+index ``sample_index`` and its ``sample_num_edges``, all int64 system properties. The
+identity never depends on the serving order, the batch budgets, refills or the rank
+count, so every random stream keyed on ``system_id`` (Langevin noise, Maxwell-Boltzmann
+draws) gives a sample the same trajectory however it is served.
 
 Prefetching (``prefetch=k``): one background thread loads the next ``k`` samples in
 serving order while the live batch runs, so a refill finds them ready (Warp kernels
@@ -156,7 +161,6 @@ class SizeAwareSampler:
                 "(get_metadata -> (num_atoms, 0)), so the budget would bound nothing; give the dataset an "
                 "edge estimate, e.g. AtomsDataset(frames, edge_cutoff=model.cutoff)")
         self._remaining = n
-        self._next_system_id = 0
         self._order = order
         self._rank = {index: rank for rank, index in enumerate(order)}
         self._served = [False] * n
@@ -265,8 +269,8 @@ class SizeAwareSampler:
             raise ValueError(
                 f"SizeAwareSampler: sample {index} has {data.num_nodes} atoms but get_metadata said {self._atoms[index]}"
             )
-        system_id = self._next_system_id
-        self._next_system_id += 1
+        identity = getattr(self.dataset, "identity", None)
+        system_id = int(identity(index)) if identity is not None else int(index)
         data.add_system_property("system_id", torch.tensor([[system_id]], dtype=torch.int64))
         data.add_system_property("sample_index", torch.tensor([[index]], dtype=torch.int64))
         data.add_system_property("sample_num_edges", torch.tensor([[self._edges[index]]], dtype=torch.int64))

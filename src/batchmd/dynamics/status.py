@@ -1,6 +1,6 @@
 """Per-system status codes and the system-level fields the dynamics loop maintains.
 
-Every system in a live batch carries four int32 system fields, all on the device:
+Every system in a live batch carries five int32 system fields, all on the device:
 
 ``stage``
     Index of the stage (in a :class:`~batchmd.dynamics.fused.FusedStage`) the system is in.
@@ -10,6 +10,8 @@ Every system in a live batch carries four int32 system fields, all on the device
     Steps taken in the current stage (reset to 0 when the system enters a stage).
 ``n_steps``
     Steps taken in total, over all stages.
+``failure``
+    Why a FAILED system failed (:class:`FailureReason` bits; 0 otherwise).
 
 Example
 -------
@@ -20,9 +22,9 @@ Example
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
-__all__ = ["SystemStatus", "LOOP_FIELDS"]
+__all__ = ["SystemStatus", "FailureReason", "LOOP_FIELDS", "failure_text"]
 
 
 class SystemStatus(IntEnum):
@@ -48,5 +50,38 @@ class SystemStatus(IntEnum):
     PENDING = 4
 
 
-#: System-level int32 fields owned by the dynamics loop.
-LOOP_FIELDS = ("stage", "status", "stage_steps", "n_steps")
+class FailureReason(IntFlag):
+    """Why a system is FAILED: bits of its int32 system field ``failure`` (0: not failed).
+
+    ``NONFINITE_ENERGY`` / ``NONFINITE_FORCES``: the model returned NaN or inf for the
+    system (set on the device by the loop). ``HOOK``: a hook set the system's status to
+    FAILED (hooks should also OR this bit into ``failure``). ``INVALID_INPUT``: the input
+    was rejected before the run (``run_frames(..., invalid="skip")``).
+    :func:`failure_text` turns the bits into the text written with results.
+    """
+
+    NONE = 0
+    NONFINITE_ENERGY = 1
+    NONFINITE_FORCES = 2
+    HOOK = 4
+    INVALID_INPUT = 8
+
+
+def failure_text(code: int) -> str:
+    """One line naming the failure bits of ``code`` (``""`` for 0).
+
+    >>> failure_text(3)
+    'non-finite energy; non-finite forces'
+    """
+    words = {
+        FailureReason.NONFINITE_ENERGY: "non-finite energy",
+        FailureReason.NONFINITE_FORCES: "non-finite forces",
+        FailureReason.HOOK: "marked failed by a hook",
+        FailureReason.INVALID_INPUT: "invalid input",
+    }
+    code = int(code)
+    return "; ".join(text for bit, text in words.items() if code & int(bit))
+
+
+#: System-level int32 fields owned by the dynamics loop (``failure``: :class:`FailureReason` bits).
+LOOP_FIELDS = ("stage", "status", "stage_steps", "n_steps", "failure")

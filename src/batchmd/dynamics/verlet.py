@@ -15,6 +15,7 @@ import ase.units
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.velocities import check_policy
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.verlet import verlet_post_force_kernel_overloads, verlet_pre_force_kernel_overloads
 
@@ -40,6 +41,17 @@ class NVE(Dynamics):
         Hooks run by the loop.
     convergence_hook : object, optional
         Rarely useful for MD; passed to :class:`~batchmd.dynamics.base.Dynamics`.
+    temperature : float or torch.Tensor, optional
+        K. Temperature of the Maxwell-Boltzmann draw of the velocity policy (no
+        thermostat). None (default): systems that need velocities start from rest.
+    velocities : str
+        Velocity policy at stage entry: ``"auto"`` (default), ``"maxwell_boltzmann"``,
+        ``"zero"`` or ``"keep"``; see :mod:`batchmd.dynamics.velocities`. With "auto", NVE
+        after an optimiser starts from rest (as ASE's ``VelocityVerlet`` after ``FIRE``)
+        or from a ``temperature`` draw, and keeps the velocities a system carries at the
+        start of a run (file momenta, a previous MD run).
+    random_seed : int, optional
+        Seed of the Maxwell-Boltzmann draws (per system, keyed on ``system_id``).
 
     Notes
     -----
@@ -48,25 +60,44 @@ class NVE(Dynamics):
     then evaluates the model once; :meth:`post_force` does the closing half kick with
     the new forces. One kernel launch each.
 
-    State fields: ``nve_dt`` (system, fs), set by :meth:`init_state` and travelling with
-    the system; ``velocities`` (Å / ASE time unit, as ``atoms.get_velocities()``) are
-    created as zeros if the batch has none, and otherwise left as given.
+    State fields: ``nve_dt`` (system, fs) and ``nve_temperature`` (K, with
+    ``temperature``), set by :meth:`init_state` and travelling with the system;
+    ``velocities`` (Å / ASE time unit, as ``atoms.get_velocities()``) are set at stage
+    entry by the velocity policy. Fixed atoms (``fixed``) have zero force and velocity,
+    so they never move.
     """
 
     name = "nve"
 
-    def __init__(self, model, dt=1.0, n_steps=None, hooks=None, convergence_hook=None):
+    def __init__(self, model, dt=1.0, n_steps=None, hooks=None, convergence_hook=None, temperature=None,
+                 velocities: str = "auto", random_seed=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         self.dt = dt
+        self.temperature = temperature
+        self.velocity_policy = check_policy("NVE", velocities)
+        if velocities == "maxwell_boltzmann" and temperature is None:
+            raise ValueError("NVE: velocities='maxwell_boltzmann' needs a temperature (K)")
+        if random_seed is None:
+            random_seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.random_seed = int(random_seed)
         self._views = WarpViewCache()
         self._launch_pre = CachedLaunch(verlet_pre_force_kernel_overloads)
         self._launch_post = CachedLaunch(verlet_post_force_kernel_overloads)
 
     def init_state(self, batch, mask: torch.Tensor) -> None:
-        """Set ``nve_dt`` for the systems where ``mask`` [B] is True; create zero velocities if missing."""
+        """Set ``nve_dt`` (and ``nve_temperature``) where ``mask`` [B] is True; create zero velocities if missing.
+
+        The loop then applies the velocity policy to the entering systems.
+        """
         set_system_param(batch, "nve_dt", self.dt, mask, batch.positions.dtype)
+        if self.temperature is not None:
+            set_system_param(batch, "nve_temperature", self.temperature, mask, batch.positions.dtype)
         if not batch.has_field("velocities") or batch.velocities is None:
             batch.set_field("velocities", torch.zeros_like(batch.positions), "atom")
+
+    def velocity_temperature(self, batch):
+        """``nve_temperature`` (K) for Maxwell-Boltzmann draws, or None without ``temperature`` (start from rest)."""
+        return batch["nve_temperature"] if self.temperature is not None else None
 
     def _common(self, batch, stage_index):
         view = self._views

@@ -22,6 +22,9 @@ CONVERGED = wp.constant(1)
 OUT_OF_STEPS = wp.constant(2)
 FAILED = wp.constant(3)
 PENDING = wp.constant(4)
+# Failure bits (batchmd.dynamics.status.FailureReason).
+FAILURE_ENERGY = wp.constant(1)
+FAILURE_FORCES = wp.constant(2)
 
 
 @wp.kernel
@@ -64,15 +67,15 @@ def system_force_stats(
     finite: wp.array(dtype=wp.int32),
     force_converged: wp.array(dtype=wp.bool),
 ):
-    """Per system: fmax (eV/Å), finite flag, and ``fmax <= stage_fmax[stage]`` (a threshold < 0: no force criterion).
+    """Per system: fmax (eV/Å), failure bits (0: energy and forces finite), and ``fmax <= stage_fmax[stage]`` (a threshold < 0: no force criterion).
 
     ``chunk > 0``: combine the per-chunk results of ``system_force_stats_chunks`` (GPUs, large
     systems); a maximum does not depend on the order, so both paths give the same numbers.
     """
     s = wp.tid()
     e = energies[s]
-    ok = int(wp.isfinite(e))
-    m2 = e * e * type(e)(0.0)
+    ok = int(1)
+    m2 = type(e)(0.0)
     if chunk > 0:
         for k in range((ptr[s + 1] - ptr[s] + chunk - 1) // chunk):
             ok = ok * part_finite[s, k]
@@ -86,7 +89,12 @@ def system_force_stats(
             m2 = wp.max(m2, n2)
     m = wp.sqrt(m2)
     fmax[s] = m
-    finite[s] = ok
+    bad = int(0)
+    if not wp.isfinite(e):
+        bad = FAILURE_ENERGY
+    if ok == 0:
+        bad = bad | FAILURE_FORCES
+    finite[s] = bad
     threshold = stage_fmax[stage[s]]
     force_converged[s] = threshold >= wp.float64(0.0) and wp.float64(m) <= threshold
 
@@ -137,6 +145,7 @@ def advance_status(
     entered: wp.array(dtype=wp.bool),
     ptr: wp.array(dtype=wp.int32),
     active_atom_steps: wp.array(dtype=wp.int64),
+    failure: wp.array(dtype=wp.int32),
 ):
     """Advance one system's counters and decide its next stage or graduation.
 
@@ -144,6 +153,8 @@ def advance_status(
     ends when the criterion holds (then the next stage, or CONVERGED after the last) or
     when its budget runs out (OUT_OF_STEPS, graduates at once). A stage without a
     criterion ends when its budget runs out (then the next stage, or CONVERGED).
+    ``finite[s] != 0`` (failure bits from the force statistics) marks the system FAILED
+    and ORs the bits into ``failure[s]``.
     A PENDING system (just inserted) becomes ACTIVE without counting a step: this
     evaluation was its priming one.
     ``active_atom_steps[0]`` accumulates the atoms of systems that took this step and
@@ -166,8 +177,9 @@ def advance_status(
         n_steps[s] = n_steps[s] + 1
         wp.atomic_add(active_atom_steps, 0, wp.int64(ptr[s + 1] - ptr[s]))
         wp.atomic_add(active_atom_steps, 1, wp.int64(ptr[s + 1] - ptr[s]))
-    if finite[s] == 0:
+    if finite[s] != 0:
         status[s] = FAILED
+        failure[s] = failure[s] | finite[s]
         return
     k = stage[s]
     budget = stage_budget[k]

@@ -17,7 +17,10 @@ for harmonic systems) and is exact for free particles (velocities N(0, kT/m)).
 Random numbers
 --------------
 Each atom's three normals depend only on ``(seed, system_id, step, local atom index,
-component)``: these are mixed into a 64-bit key with the splitmix64 finaliser, the key
+component)``, where ``step`` is the system's random-stream position ``rng_counter`` (it
+advances with every Langevin step and survives across runs on the same batch, so a
+repeated run draws new noise): these are mixed into a 64-bit key with the splitmix64
+finaliser, the key
 is folded to 32 bits and handed to Warp's counter-style generator as
 ``wp.rand_init(key32, component)`` (Warp: state = pcg(seed + pcg(offset))), and one
 ``wp.randn`` (Box-Muller, two chained PCG draws) is taken per component. A Warp
@@ -96,8 +99,9 @@ def langevin_pre_force_kernel(
     forces: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
     positions: wp.array(dtype=Any),
+    fixed: wp.array(dtype=wp.bool),
 ):
-    """B (half) A (half) O A (half) for one atom.
+    """B (half) A (half) O A (half) for one atom (an atom with ``fixed[i]`` does not move).
 
     Parameters
     ----------
@@ -105,14 +109,16 @@ def langevin_pre_force_kernel(
     stage, status : int32 [B] loop fields;  stage_index : the stage being stepped.
     fs : float ``ase.units.fs``;  kB : float ``ase.units.kB`` (eV/K).
     seed : int64 user seed;  system_id : int64 [B] stable system identity.
-    step : int32 [B] the system's Langevin step counter.
+    step : int32 [B] the system's random-stream position (``rng_counter``; advances every
+        step and is never reset between runs, so repeated runs draw new noise).
     dt_fs : [B] fs;  temperature : [B] K;  friction : [B] 1/fs.
     masses : [N] amu;  forces : vec3 [N] eV/Å (at the current positions).
     velocities, positions : vec3 [N], in/out.
+    fixed : bool [N]  ``FixAtoms`` mask: such atoms get no kick, drift or noise.
     """
     i = wp.tid()
     s = batch_idx[i]
-    if stage[s] != stage_index or status[s] != 0:
+    if stage[s] != stage_index or status[s] != 0 or fixed[i]:
         return
     m = masses[i]
     half = dt_fs[s] * fs * m.dtype(0.5)
@@ -151,10 +157,12 @@ def langevin_post_force_kernel(
     forces: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
     step: wp.array(dtype=wp.int32),
+    counter: wp.array(dtype=wp.int32),
 ):
-    """Closing B half kick ``v += h/2 f'/m``; the system's first atom advances ``step[s]``.
+    """Closing B half kick ``v += h/2 f'/m``; the system's first atom advances ``step[s]`` and
+    the system's random-stream position ``counter[s]``.
 
-    No other thread of this launch reads ``step``, so the increment is race-free.
+    No other thread of this launch reads ``step`` or ``counter``, so the increments are race-free.
     """
     i = wp.tid()
     s = batch_idx[i]
@@ -164,6 +172,7 @@ def langevin_post_force_kernel(
     velocities[i] = velocities[i] + (half / masses[i]) * forces[i]
     if i == ptr[s]:
         step[s] = step[s] + 1
+        counter[s] = counter[s] + 1
 
 
 #: Concrete float32 / float64 overloads keyed by Warp scalar type; launching one of these
@@ -178,8 +187,9 @@ for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
     _v = wp.array(dtype=_vec)
     langevin_pre_force_kernel_overloads[_scalar] = wp.overload(
         langevin_pre_force_kernel,
-        [_i32, _i32, _i32, _i32, wp.int32, _scalar, _scalar, wp.int64, _i64, _i32, _f, _f, _f, _f, _v, _v, _v],
+        [_i32, _i32, _i32, _i32, wp.int32, _scalar, _scalar, wp.int64, _i64, _i32, _f, _f, _f, _f, _v, _v, _v,
+         wp.array(dtype=wp.bool)],
     )
     langevin_post_force_kernel_overloads[_scalar] = wp.overload(
-        langevin_post_force_kernel, [_i32, _i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v, _i32]
+        langevin_post_force_kernel, [_i32, _i32, _i32, _i32, wp.int32, _scalar, _f, _f, _v, _v, _i32, _i32]
     )
