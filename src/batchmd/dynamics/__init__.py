@@ -1,8 +1,9 @@
-"""Dynamics: FIRE, NVE, NVTLangevin, the FusedStage loop, sampler, hooks and sinks.
+"""Dynamics: FIRE, NVE, NVTLangevin, NoseHooverChainNVT, IsotropicMTKNPT, MTKNPT, the FusedStage loop, sampler, hooks and sinks.
 
 Example
 -------
 >>> from batchmd.dynamics import FIRE, NVTLangevin, NVE, FusedStage, ConvergenceHook, SizeAwareSampler
+>>> from batchmd.dynamics import NoseHooverChainNVT, IsotropicMTKNPT, MTKNPT
 
 See ``examples/inflight_batching.py``.
 """
@@ -29,6 +30,9 @@ __all__ = [
     "FIRE",
     "NVE",
     "NVTLangevin",
+    "NoseHooverChainNVT",
+    "IsotropicMTKNPT",
+    "MTKNPT",
 ]
 
 
@@ -46,4 +50,12 @@ def __getattr__(name):
         from batchmd.dynamics.langevin import NVTLangevin
 
         return NVTLangevin
+    if name == "NoseHooverChainNVT":
+        from batchmd.dynamics.nose_hoover import NoseHooverChainNVT
+
+        return NoseHooverChainNVT
+    if name in ("IsotropicMTKNPT", "MTKNPT"):
+        from batchmd.dynamics import npt
+
+        return getattr(npt, name)
     raise AttributeError(f"module 'batchmd.dynamics' has no attribute {name!r}")
