@@ -62,6 +62,10 @@ class Dynamics:
         """
         return None
 
+    #: Whether the stage reads the per-system ``stress`` (barostats, cell filters); the loop
+    #: then asks the model for it at every evaluation.
+    needs_stress = False
+
     def __init__(self, model, n_steps: int | None = None, convergence_hook=None, hooks=None) -> None:
         if n_steps is not None:
             if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 0:

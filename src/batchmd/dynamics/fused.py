@@ -110,9 +110,11 @@ class FusedStage(RefillPoints, OOMRecovery):
         since one evaluation per step serves every stage).
     compute_stress : bool
         Ask models that write into the batch (``supports_out``, e.g. Lennard-Jones) for the
-        stress (eV/Å^3) at every evaluation. Off by default (none of FIRE, NVE or
-        NVTLangevin needs it; it costs ~15% of a Lennard-Jones evaluation); systems then
-        carry a NaN ``stress``, never a stale one.
+        stress (eV/Å^3) at every evaluation. Off by default (none of FIRE, NVE,
+        NVTLangevin or NoseHooverChainNVT needs it; it costs ~15% of a Lennard-Jones
+        evaluation); systems then carry a NaN ``stress``, never a stale one. Stages that
+        declare ``needs_stress`` (the MTK barostats) turn it on whatever this says; a model
+        declaring ``computes_stress=False`` is then refused (``ValueError``).
     cpu_threads : int, None or "auto"
         torch's intra-op threads while :meth:`run` works on a CPU batch (restored after).
         ``"auto"`` (default): 1 when the model computes in Warp kernels
@@ -176,6 +178,11 @@ class FusedStage(RefillPoints, OOMRecovery):
             if len(models) != 1:
                 raise ValueError("FusedStage: all stages must share the same model object (one evaluation per step)")
             model = next(iter(models.values()))
+        self.model = model
+        for k, stage in enumerate(self.stages):
+            if getattr(stage, "needs_stress", False) and getattr(model, "computes_stress", None) is False:
+                raise ValueError(f"FusedStage: stage {k} ({type(stage).__name__}) needs the stress, but the model "
+                                 "does not compute it (computes_stress=False)")
         self.model = model
         self.compute_stress = bool(compute_stress)
         self.sampler = sampler
@@ -293,9 +300,10 @@ class FusedStage(RefillPoints, OOMRecovery):
         batch.set_field(name, value.detach().contiguous(), level)
 
     def _stress_computed(self) -> bool:
-        """Whether evaluations in this loop produce a stress."""
+        """Whether evaluations in this loop produce a stress (asked for, or needed by a stage)."""
         if getattr(self.model, "supports_out", False):
-            return self.compute_stress and bool(getattr(self.model, "computes_stress", False))
+            wanted = self.compute_stress or any(getattr(stage, "needs_stress", False) for stage in self.stages)
+            return wanted and bool(getattr(self.model, "computes_stress", False))
         return bool(getattr(self.model, "computes_stress", False))
 
     def _output_fields(self, batch) -> dict | None:
