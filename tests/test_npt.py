@@ -1,0 +1,152 @@
+"""IsotropicMTKNPT and MTKNPT against ase.md.nose_hoover_chain, batch invariance, pipelines, statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.md import nose_hoover_chain as ase_nhc
+
+from batchmd.dynamics import FIRE, ConvergenceHook, FusedStage, IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
+from batchmd.models.demo import DemoModelWrapper
+from md_argon import argon, ase_lj, batchmd_lj, system_rows, to_batch
+
+CLASSES = {"isotropic": (IsotropicMTKNPT, ase_nhc.IsotropicMTKNPT), "full": (MTKNPT, ase_nhc.MTKNPT)}
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "full"])
+def test_mtk_npt_matches_ase_step_for_step(kind):
+    """Three strained triclinic cells smaller than 2 rc, per-system pressures and chains, 60 steps of 2 fs.
+
+    pdamp is short (the cells change by several percent) so that the test exercises the
+    cell dynamics and the neighbor list's rebuilds under a changing cell.
+    """
+    ours_cls, ase_cls = CLASSES[kind]
+    systems = [argon("cubic", 1, 60.0), argon("primitive", 2, 40.0), argon("dense", 3, 80.0)]
+    params = [
+        dict(temperature=80.0, pressure=0.2 * units.GPa, tdamp=30.0, pdamp=150.0, tchain=3, pchain=3, tloop=1, ploop=1),
+        dict(temperature=40.0, pressure=-0.1 * units.GPa, tdamp=50.0, pdamp=100.0, tchain=4, pchain=2, tloop=2, ploop=3),
+        dict(temperature=60.0, pressure=1.0 * units.GPa, tdamp=40.0, pdamp=120.0, tchain=1, pchain=1, tloop=1, ploop=2),
+    ]
+    dt, n_steps = 2.0, 60
+    batch = to_batch(systems)
+    # float64 tensors: torch.tensor of Python floats would be float32 and round the pressures
+    tensor = {name: torch.tensor([p[name] for p in params], dtype=torch.float64 if name in (
+        "temperature", "pressure", "tdamp", "pdamp") else torch.int32) for name in params[0]}
+    md = ours_cls(batchmd_lj(), dt=dt, **tensor)
+    refs = []
+    for atoms, p in zip(systems, params):
+        atoms = atoms.copy()
+        atoms.calc = ase_lj()
+        refs.append(ase_cls(atoms, timestep=dt * units.fs, temperature_K=p["temperature"], pressure_au=p["pressure"],
+                            tdamp=p["tdamp"] * units.fs, pdamp=p["pdamp"] * units.fs, tchain=p["tchain"],
+                            pchain=p["pchain"], tloop=p["tloop"], ploop=p["ploop"]))
+    volume0 = md.volume(batch).numpy().copy()
+    worst_x = worst_v = worst_c = 0.0
+    for _ in range(n_steps):
+        md.step(batch)
+        for k, dyn in enumerate(refs):
+            dyn.run(1)
+            rows = system_rows(batch, k)
+            worst_x = max(worst_x, float(np.abs(batch.positions[rows].numpy() - dyn.atoms.positions).max()))
+            worst_v = max(worst_v, float(np.abs(batch.velocities[rows].numpy() - dyn.atoms.get_velocities()).max()))
+            worst_c = max(worst_c, float(np.abs(batch.cell[k].numpy() - dyn.atoms.cell[:]).max()))
+    assert torch.isfinite(batch.positions).all() and int(batch["status"].abs().sum()) == 0
+    conserved = md.conserved_energy(batch).numpy()
+    ase_conserved = np.array([dyn.get_conserved_energy() for dyn in refs])
+    change = np.abs(md.volume(batch).numpy() / volume0 - 1)
+    print(f"{ours_cls.__name__} vs ASE over {n_steps} steps: max |dx| {worst_x:.1e} Å, max |dcell| {worst_c:.1e} Å, "
+          f"max |dv| {worst_v:.1e} Å/t, conserved energy {np.abs(conserved - ase_conserved).max():.1e} eV; "
+          f"volume changes {np.round(100 * change, 2)} %")
+    assert worst_x < 1e-8 and worst_c < 1e-8 and worst_v < 1e-8
+    assert np.abs(conserved - ase_conserved).max() < 1e-8
+    assert change.min() > 0.005  # every cell really moved
+    if kind == "full":  # the shape changed too, not only the volume
+        assert np.abs(batch.cell.numpy() / np.cbrt(md.volume(batch).numpy())[:, None, None]
+                      - np.stack([a.cell[:] for a in systems]) / np.cbrt(volume0)[:, None, None]).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "full"])
+def test_mtk_npt_is_batch_invariant(kind):
+    ours_cls = CLASSES[kind][0]
+    target = argon("primitive", 5, 50.0)
+    others = [argon("cubic", 6, 90.0), argon("dense", 7, 20.0)]
+
+    def run(systems, pressure):
+        batch = to_batch(systems)
+        md = ours_cls(batchmd_lj(), dt=2.0, temperature=60.0, pressure=pressure, tdamp=40.0, pdamp=150.0)
+        for _ in range(25):
+            md.step(batch)
+        return batch
+
+    alone = run([target], 0.1 * units.GPa)
+    mixed = run([others[0], target, others[1]], torch.tensor([0.5, 0.1, 2.0], dtype=torch.float64) * units.GPa)
+    rows = system_rows(mixed, 1)
+    assert torch.equal(alone.positions, mixed.positions[rows])
+    assert torch.equal(alone.velocities, mixed.velocities[rows])
+    assert torch.equal(alone.cell[0], mixed.cell[1])
+
+
+def test_mtk_npt_conserves_its_extended_energy():
+    atoms = argon("cubic", 3, 60.0)
+    for cls in (IsotropicMTKNPT, MTKNPT):
+        batch = to_batch([atoms])
+        md = cls(batchmd_lj(), dt=2.0, temperature=60.0, pressure=0.1 * units.GPa, tdamp=50.0, pdamp=300.0)
+        md.step(batch)
+        first = float(md.conserved_energy(batch)[0])
+        worst = max(abs(float(md.conserved_energy(md.step(batch))[0]) - first) for _ in range(200))
+        print(f"{cls.__name__}: conserved energy max |dE| over 200 steps {worst / len(atoms):.1e} eV/atom")
+        assert worst / len(atoms) < 2e-5
+
+
+def test_mtk_npt_needs_stress_and_periodic_cells():
+    with pytest.raises(ValueError, match="stress"):
+        MTKNPT(batchmd_lj(compute_stress=False), pressure=0.0)
+    with pytest.raises(ValueError, match="pressure"):
+        IsotropicMTKNPT(batchmd_lj(), pressure=float("inf"))
+    with pytest.raises(ValueError, match="pdamp"):
+        MTKNPT(batchmd_lj(), pdamp=0.0)
+    atoms = argon("cubic", 1)
+    atoms.pbc = (True, True, False)
+    with pytest.raises(ValueError, match="periodic"):
+        MTKNPT(batchmd_lj(), pressure=0.0).step(to_batch([atoms]))
+    stressless = DemoModelWrapper().double()  # declares no stress
+    with pytest.raises(ValueError, match="stress"):
+        FusedStage([FIRE(stressless, n_steps=2), MTKNPT(lambda b: None, pressure=0.0)], model=stressless)
+
+
+def test_fire_then_npt_then_nvt_inflight_pipeline():
+    """FIRE -> MTKNPT -> NoseHooverChainNVT over one live batch with refills: every system goes through all three
+    stages, its cell changes only in the NPT stage, and each result equals the system run alone."""
+    from batchmd.ase import AtomsDataset
+    from batchmd.dynamics import SizeAwareSampler
+    from batchmd.dynamics.sinks import HostMemory
+
+    frames = [argon(["cubic", "primitive", "dense"][k % 3], 40 + k, 30.0) for k in range(7)]
+    model = batchmd_lj()
+
+    def stages():
+        fire = FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05), n_steps=60)
+        npt = MTKNPT(model, dt=2.0, temperature=50.0, pressure=0.05 * units.GPa, tdamp=40.0, pdamp=200.0, n_steps=15)
+        nvt = NoseHooverChainNVT(model, dt=2.0, temperature=50.0, tdamp=40.0, n_steps=10)
+        return fire + npt + nvt
+
+    pipeline = stages()
+    sink = HostMemory(capacity=len(frames))
+    pipeline.sampler = SizeAwareSampler(AtomsDataset(frames), max_atoms=70, max_batch_size=3)
+    pipeline.sinks = [sink]
+    pipeline.refill_frequency = 4
+    assert pipeline.run(batch=None) is None
+    out = sink.drain()
+    assert sorted(out["sample_index"].reshape(-1).tolist()) == list(range(len(frames)))
+    for k in range(out.num_graphs):
+        got = out.index_select(torch.tensor([k]))
+        index = int(got["sample_index"])
+        assert int(got["stage"]) == 2 and int(got["stage_steps"]) == 10
+        assert not np.allclose(got.cell[0].numpy(), frames[index].cell[:])  # the barostat moved the cell
+        alone = stages().run(to_batch([frames[index]]))
+        assert int(alone["n_steps"]) == int(got["n_steps"])
+        assert torch.allclose(got.positions, alone.positions, rtol=0, atol=1e-10)
+        assert torch.allclose(got.cell, alone.cell, rtol=0, atol=1e-10)
+        assert torch.allclose(got.velocities, alone.velocities, rtol=0, atol=1e-10)
