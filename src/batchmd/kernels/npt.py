@@ -58,6 +58,7 @@ from typing import Any
 
 import warp as wp
 
+from batchmd.kernels.cell import cell_volume
 from batchmd.kernels.nose_hoover import exprel, nhc_integrate
 
 wp.set_module_options({"enable_backward": False})
@@ -87,8 +88,8 @@ def _barostat_masses(n: Any, kT: Any, tau: Any, isotropic: int):
 def _volume(isotropic: int, h: Any, h0: Any, eps: Any):
     """Cell volume, Å^3: ``V0 exp(3 eps)`` (isotropic, as ASE) or ``|det h|``."""
     if isotropic != 0:
-        return wp.abs(wp.determinant(h0)) * wp.exp(type(eps)(3.0) * eps)
-    return wp.abs(wp.determinant(h))
+        return cell_volume(h0) * wp.exp(type(eps)(3.0) * eps)
+    return cell_volume(h)
 
 
 @wp.func
