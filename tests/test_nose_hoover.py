@@ -135,3 +135,48 @@ def test_nose_hoover_chain_kinetic_energy_distribution():
     assert abs(ke.mean() / mean_ref - 1) < 0.015
     assert abs(ke.var() / var_ref - 1) < 0.15
     assert ks < 0.06
+
+
+def test_nose_hoover_chain_with_fixed_atoms_counts_free_degrees_of_freedom():
+    """FixAtoms: fixed atoms never move and the chain counts g = 3 (N - N_fixed) degrees of freedom.
+
+    Reference: ASE's NoseHooverChainNVT with its thermostat built for N - N_fixed atoms and
+    the constrained forces. ASE 3.29 itself keeps 3N with FixAtoms, and its MD force call
+    (``get_forces(md=True)``) does not zero the fixed atoms' forces, so their internal
+    momenta grow and enter the thermostat's kinetic energy (see the class docstring).
+    """
+    from ase.constraints import FixAtoms
+    from ase.md.nose_hoover_chain import NoseHooverChainThermostat
+
+    atoms = argon("cubic", 8, 60.0)
+    fixed = [0, 5, 9, 17, 30]
+    atoms.set_constraint(FixAtoms(indices=fixed))
+    batch = to_batch([atoms])
+    if not batch.has_field("fixed"):  # until AtomicData.from_ase carries FixAtoms (issue 12)
+        mask = torch.zeros(len(atoms), dtype=torch.bool)
+        mask[fixed] = True
+        batch.set_field("fixed", mask, "atom")
+    assert int(batch["fixed"].sum()) == len(fixed)
+    start = batch.positions.clone()
+    md = NoseHooverChainNVT(batchmd_lj(), dt=2.0, temperature=90.0, tdamp=30.0, tchain=3, tloop=2)
+    ref = atoms.copy()
+    ref.set_momenta(ref.get_momenta())  # through FixAtoms: fixed atoms at rest (ASE reads the raw array)
+    ref.calc = ase_lj()
+    class ConstrainedForcesNHC(AseNHC):
+        def _get_forces(self):
+            self._update_atoms()
+            return self.atoms.get_forces()  # FixAtoms applied: zero on fixed atoms
+
+    dyn = ConstrainedForcesNHC(ref, timestep=2.0 * units.fs, temperature_K=90.0, tdamp=30.0 * units.fs, tchain=3, tloop=2)
+    dyn._thermostat = NoseHooverChainThermostat(num_atoms_global=len(atoms) - len(fixed), masses=dyn.masses,
+                                                temperature_K=90.0, tdamp=30.0 * units.fs, tchain=3, tloop=2)
+    worst = 0.0
+    loop = md._solo_loop()
+    for _ in range(50):
+        loop.step(batch)
+        dyn.run(1)
+        worst = max(worst, float(np.abs(batch.positions.numpy() - ref.positions).max()))
+    print(f"NoseHooverChainNVT with {len(fixed)} fixed atoms vs ASE (3(N - N_fixed) dof): max |dx| {worst:.1e} Å")
+    assert worst < 1e-8
+    assert torch.equal(batch.positions[fixed], start[fixed])
+    assert float((batch.positions - start).abs().max()) > 0.05

@@ -128,8 +128,10 @@ def test_fire_then_npt_then_nvt_inflight_pipeline():
 
     def stages():
         fire = FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05), n_steps=60)
-        npt = MTKNPT(model, dt=2.0, temperature=50.0, pressure=0.05 * units.GPa, tdamp=40.0, pdamp=200.0, n_steps=15)
-        nvt = NoseHooverChainNVT(model, dt=2.0, temperature=50.0, tdamp=40.0, n_steps=10)
+        # after FIRE the NPT stage draws Maxwell-Boltzmann velocities (seeded, keyed on system_id)
+        npt = MTKNPT(model, dt=2.0, temperature=50.0, pressure=0.05 * units.GPa, tdamp=40.0, pdamp=200.0, n_steps=15,
+                     random_seed=11)
+        nvt = NoseHooverChainNVT(model, dt=2.0, temperature=50.0, tdamp=40.0, n_steps=10, random_seed=12)
         return fire + npt + nvt
 
     pipeline = stages()
@@ -145,7 +147,8 @@ def test_fire_then_npt_then_nvt_inflight_pipeline():
         index = int(got["sample_index"])
         assert int(got["stage"]) == 2 and int(got["stage_steps"]) == 10
         assert not np.allclose(got.cell[0].numpy(), frames[index].cell[:])  # the barostat moved the cell
-        alone = stages().run(to_batch([frames[index]]))
+        assert float(got.velocities.abs().max()) > 0
+        alone = stages().run(to_batch([frames[index]], ids=[int(got.system_id)]))
         assert int(alone["n_steps"]) == int(got["n_steps"])
         assert torch.allclose(got.positions, alone.positions, rtol=0, atol=1e-10)
         assert torch.allclose(got.cell, alone.cell, rtol=0, atol=1e-10)

@@ -19,6 +19,8 @@ import ase.units
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.constraints import degrees_of_freedom, fixed_mask
+from batchmd.dynamics.velocities import check_policy
 from batchmd.kernels import nose_hoover as nhk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
 
@@ -107,6 +109,14 @@ class NoseHooverChainNVT(Dynamics):
         Hooks run by the loop.
     convergence_hook : object, optional
         Passed to :class:`~batchmd.dynamics.base.Dynamics`.
+    velocities : str
+        Velocity policy at stage entry (:mod:`batchmd.dynamics.velocities`): ``"auto"``
+        (default: Maxwell-Boltzmann at ``temperature`` after an optimiser or for systems
+        without velocities; kept after MD or when the input carries momenta),
+        ``"maxwell_boltzmann"``, ``"zero"``, ``"keep"``.
+    random_seed : int, optional
+        Seed of the Maxwell-Boltzmann draws (per system, keyed on ``system_id``); the
+        dynamics itself is deterministic. ``None`` draws one at construction.
 
     Raises
     ------
@@ -124,8 +134,13 @@ class NoseHooverChainNVT(Dynamics):
     ``[B, width]`` with each system using its first ``nhc_tchain`` columns. Entering the
     stage resets the chain to zero, as a new ASE integrator does.
 
-    **Degrees of freedom** are ``3N`` (``Q_0 = 3N kT tdamp^2``), exactly as ASE (which does
-    not remove the centre-of-mass motion).
+    **Degrees of freedom** are ``g = 3N`` (``Q_0 = g kT tdamp^2``), exactly as ASE (which
+    does not remove the centre-of-mass motion). Atoms fixed by ``FixAtoms`` (the ``fixed``
+    field) never move and are not counted: ``g = 3 (N - N_fixed)``, ASE's
+    ``get_number_of_degrees_of_freedom``; their forces are zeroed by the loop. (ASE 3.29's
+    ``NoseHooverChainNVT`` keeps ``3N`` with fixed atoms, and its ``get_forces(md=True)``
+    leaves their forces, so their internal momenta grow and feed the thermostat while
+    ``FixAtoms`` holds the positions; without fixed atoms the two are identical.)
 
     **Where the step runs.** Before the force call: one thread per system sums
     ``sum m v^2`` and integrates the chain for ``dt/2``, then one thread per atom applies
@@ -133,9 +148,9 @@ class NoseHooverChainNVT(Dynamics):
     kicked velocities, then the kick and scaling per atom (see
     :mod:`batchmd.kernels.nose_hoover`). Four launches a step, no host synchronisation.
 
-    Velocities are ``batch.velocities`` (Å / ASE time unit), used as given (zeros are
-    created if the batch has none; a thermostat cannot heat a system that is exactly at
-    rest in a force-free state).
+    Velocities are ``batch.velocities`` (Å / ASE time unit), set at stage entry by the
+    velocity policy. Per-system tensors should have the batch's dtype (a float32 tensor
+    in a float64 run carries float32 rounding).
 
     References: Martyna, Klein, Tuckerman, J. Chem. Phys. 97, 2635 (1992); Tuckerman et
     al., J. Phys. A 39, 5629 (2006) (the factorisation ASE implements).
@@ -144,9 +159,14 @@ class NoseHooverChainNVT(Dynamics):
     name = "nhc"
 
     def __init__(self, model, dt=1.0, temperature=300.0, tdamp=100.0, tchain=3, tloop=1, n_steps=None, hooks=None,
-                 convergence_hook=None):
+                 convergence_hook=None, velocities: str = "auto", random_seed=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         owner = type(self).__name__
+        self.velocity_policy = check_policy(owner, velocities)
+        if random_seed is None:
+            random_seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.random_seed = int(random_seed)
+        self._no_fixed_cache = {}
         self.dt = check_positive(owner, "dt", dt)
         self.temperature = check_positive(owner, "temperature", temperature)
         self.tdamp = check_positive(owner, "tdamp", tdamp)
@@ -172,6 +192,10 @@ class NoseHooverChainNVT(Dynamics):
         if not batch.has_field("velocities") or batch.velocities is None:
             batch.set_field("velocities", torch.zeros_like(batch.positions), "atom")
 
+    def velocity_temperature(self, batch):
+        """``nhc_temperature`` (K): the temperature of the velocity policy's Maxwell-Boltzmann draws."""
+        return batch["nhc_temperature"]
+
     def _scalar(self, name: str, batch):
         """``ase.units.fs`` or ``ase.units.kB`` as a Warp scalar of the batch dtype (kept while unchanged)."""
         return self._launch.scalar(name, warp_scalar(batch.dtype), getattr(ase.units, name))
@@ -185,7 +209,7 @@ class NoseHooverChainNVT(Dynamics):
             view("nhc_tdamp", batch["nhc_tdamp"]), view("nhc_tchain", batch["nhc_tchain"]),
             view("nhc_tloop", batch["nhc_tloop"]), view("atomic_masses", batch.atomic_masses),
             view("forces", batch.forces, vector=True), view("velocities", batch.velocities, vector=True),
-            view("nhc_eta", batch["nhc_eta"]), view("nhc_p_eta", batch["nhc_p_eta"]),
+            view("fixed", fixed_mask(batch, self._no_fixed_cache)), view("nhc_eta", batch["nhc_eta"]), view("nhc_p_eta", batch["nhc_p_eta"]),
             view("_nhc_scale", batch["_nhc_scale"]),
         ], batch.device, batch.dtype)
 
@@ -219,7 +243,7 @@ class NoseHooverChainNVT(Dynamics):
         own ``nhc_tchain`` columns. Torch ops on the batch device.
         """
         return chain_energy(batch, "nhc_eta", "nhc_p_eta", "nhc_tchain", batch["nhc_temperature"],
-                            batch["nhc_tdamp"], 3.0 * batch.num_atoms_per_system.to(batch.dtype))
+                            batch["nhc_tdamp"], degrees_of_freedom(batch))
 
     @classmethod
     def conserved_energy(cls, batch) -> torch.Tensor:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.velocities import check_policy
 from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count, check_positive, set_chain_rows
 from batchmd.kernels import npt as nptk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
@@ -33,9 +34,14 @@ class _MTK(Dynamics):
     needs_stress = True
 
     def __init__(self, model, dt=1.0, temperature=300.0, pressure=0.0, tdamp=100.0, pdamp=1000.0, tchain=3,
-                 pchain=3, tloop=1, ploop=1, n_steps=None, hooks=None, convergence_hook=None):
+                 pchain=3, tloop=1, ploop=1, n_steps=None, hooks=None, convergence_hook=None, velocities: str = "auto",
+                 random_seed=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         owner = type(self).__name__
+        self.velocity_policy = check_policy(owner, velocities)
+        if random_seed is None:
+            random_seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.random_seed = int(random_seed)
         if getattr(model, "computes_stress", None) is False:
             raise ValueError(f"{owner}: the model does not compute the stress (computes_stress=False), which a "
                              "barostat needs; e.g. LennardJones(compute_stress=True)")
@@ -87,6 +93,10 @@ class _MTK(Dynamics):
         if not batch.has_field("velocities") or batch.velocities is None:
             batch.set_field("velocities", torch.zeros_like(batch.positions), "atom")
 
+    def velocity_temperature(self, batch):
+        """``npt_temperature`` (K): the temperature of the velocity policy's Maxwell-Boltzmann draws."""
+        return batch["npt_temperature"]
+
     def _check(self, batch, stage_index: int) -> None:
         """Once per batch structure (host reads allowed there): stress present, cells periodic and 3-D."""
         owner = type(self).__name__
@@ -105,6 +115,14 @@ class _MTK(Dynamics):
             slots = torch.nonzero(bad).reshape(-1).tolist()
             raise ValueError(f"{owner}: a barostat needs fully periodic systems with a 3-D cell; slot(s) {slots} "
                              "are not (pbc must be (True, True, True) and the cell volume > 0)")
+        if batch.has_field("fixed"):
+            fixed = torch.zeros(batch.num_graphs, dtype=torch.int64).index_add_(
+                0, batch.batch_idx.long().cpu(), batch["fixed"].long().cpu())
+            bad = here & (fixed > 0)
+            if bool(bad.any()):
+                slots = torch.nonzero(bad).reshape(-1).tolist()
+                raise ValueError(f"{owner}: slot(s) {slots} have fixed atoms (FixAtoms); the MTK barostat does not "
+                                 "support constraints (as in ASE, which raises NotImplementedError)")
         self._checked = key
 
     # ----------------------------------------------------------------- step
@@ -238,13 +256,19 @@ class IsotropicMTKNPT(_MTK):
         Sub-steps of each chain's integration (>= 1). Default 1, as ASE.
     n_steps, hooks, convergence_hook
         As for every :class:`~batchmd.dynamics.base.Dynamics`.
+    velocities : str
+        Velocity policy at stage entry (:mod:`batchmd.dynamics.velocities`; default
+        ``"auto"``: Maxwell-Boltzmann at ``temperature`` after an optimiser or for systems
+        without velocities, kept otherwise).
+    random_seed : int, optional
+        Seed of the Maxwell-Boltzmann draws; ``None`` draws one at construction.
 
     Raises
     ------
     ValueError
         Bad parameters; a model that declares ``computes_stress=False``; at the first step,
         a batch without stress or a system in this stage (or before it) that is not fully
-        periodic or has a zero-volume cell.
+        periodic, has a zero-volume cell or has fixed atoms.
 
     Notes
     -----
@@ -260,7 +284,8 @@ class IsotropicMTKNPT(_MTK):
 
     The pressure includes the kinetic term (ASE's ``get_stress(include_ideal_gas=True)``);
     degrees of freedom are ``3N`` (no centre-of-mass removal), as in ASE. Positions are not
-    wrapped. Constraints are not supported (as in ASE).
+    wrapped. Constraints are refused (as in ASE). Per-system tensors should have the
+    batch's dtype (a float32 pressure tensor in a float64 run carries float32 rounding).
 
     References: Martyna, Tobias, Klein, J. Chem. Phys. 101, 4177 (1994); Martyna, Klein,
     Tuckerman, J. Chem. Phys. 97, 2635 (1992); Tuckerman et al., J. Phys. A 39, 5629 (2006).

@@ -165,6 +165,7 @@ def nhc_system_kernel(
     masses: wp.array(dtype=Any),
     forces: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
+    fixed: wp.array(dtype=wp.bool),
     eta: wp.array2d(dtype=Any),
     p_eta: wp.array2d(dtype=Any),
     scale: wp.array(dtype=Any),
@@ -173,7 +174,9 @@ def nhc_system_kernel(
 
     ``kicked = 1``: ``K2`` of ``v + dt/2 F/m`` (after the force call), else of ``v``.
     Shapes: ``ptr`` [B+1]; per-system arrays [B] (dt, tdamp fs; temperature K); ``eta``,
-    ``p_eta`` [B, width]; ``masses`` [N] amu; ``forces``, ``velocities`` vec3 [N].
+    ``p_eta`` [B, width]; ``masses`` [N] amu; ``forces``, ``velocities`` vec3 [N];
+    ``fixed`` bool [N] (FixAtoms: such atoms have zero velocity and force and do not count
+    as degrees of freedom, ``g = 3 (N - N_fixed)``).
     """
     s = wp.tid()
     if stage[s] != stage_index or status[s] != 0:
@@ -182,14 +185,16 @@ def nhc_system_kernel(
     end = ptr[s + 1]
     half_dt = dt_fs[s] * fs * masses.dtype(0.5)
     k2 = masses.dtype(0.0)
+    free = int(0)
     for i in range(start, end):
         v = velocities[i]
         if kicked != 0:
             v = kick(v, forces[i], half_dt, masses[i])
         k2 = k2 + masses[i] * wp.dot(v, v)
+        free = free + wp.where(fixed[i], 0, 1)
     kT = kB * temperature[s]
     tau = tdamp_fs[s] * fs
-    g_kT = masses.dtype(3 * (end - start)) * kT
+    g_kT = masses.dtype(3 * free) * kT
     qj = kT * tau * tau
     q0 = g_kT * tau * tau
     scale[s] = nhc_integrate(s, k2, g_kT, kT, q0, qj, half_dt, tchain[s], tloop[s], eta, p_eta)
