@@ -44,13 +44,15 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from batchmd.data import AtomicData, Batch
 
-__all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "results_to_atoms", "run_frames", "relax"]
+__all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
+           "results_to_atoms", "run_frames", "relax"]
 
 #: ``atoms.info`` keys written on every result frame.
 RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
 
 # Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
-_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy"}
+_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
+                                       "failure"}
 
 
 class Calculator(_ASECalculator):
@@ -120,8 +122,30 @@ class Calculator(_ASECalculator):
             self.results["stress"] = full_3x3_to_voigt_6_stress(full)
 
 
-def check_frames(frames: Sequence[Atoms], source: str = "input") -> None:
-    """Raise ``ValueError`` naming the first bad frame: not Atoms, no atoms, or NaN/inf coordinates.
+def frame_problems(frames: Sequence[Atoms], min_distance: float = 0.1,
+                   ignore_constraints: bool = False) -> dict[int, str]:
+    """``{frame index: phrase}`` for every frame that cannot be run (see :func:`check_frames`)."""
+    from batchmd.data.validate import atoms_problem
+
+    problems = {}
+    for index, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            problems[index] = f"is a {type(atoms).__name__}, not ase.Atoms"
+            continue
+        problem = atoms_problem(atoms, min_distance=min_distance, ignore_constraints=ignore_constraints)
+        if problem is not None:
+            problems[index] = problem
+    return problems
+
+
+def check_frames(frames: Sequence[Atoms], source: str = "input", min_distance: float = 0.1,
+                 ignore_constraints: bool = False) -> None:
+    """Raise ``ValueError`` naming the first bad frame and atom, in one line.
+
+    The rules of :func:`batchmd.data.validate.atoms_problem` (shared with ``batchmd
+    shard``): not Atoms, no atoms, unknown elements, NaN/inf coordinates, cell or momenta,
+    bad masses, periodic directions without a lattice vector, zero-volume periodic cells,
+    atoms closer than ``min_distance`` (Å; 0 disables), unsupported ASE constraints.
 
     Parameters
     ----------
@@ -129,21 +153,20 @@ def check_frames(frames: Sequence[Atoms], source: str = "input") -> None:
         The structures to check.
     source : str
         Name used in the message (e.g. the file name).
+    min_distance : float
+        Smallest allowed interatomic distance, Å.
+    ignore_constraints : bool
+        Accept (and later drop) ASE constraints other than ``FixAtoms``.
+
+    Example: ``"input: frame 1 has non-finite (NaN/inf) momenta (atom 5) (and 2 more bad frames)"``.
     """
     if len(frames) == 0:
         raise ValueError(f"{source}: no frames")
-    for index, atoms in enumerate(frames):
-        if not isinstance(atoms, Atoms):
-            raise ValueError(f"{source}: frame {index} is a {type(atoms).__name__}, not ase.Atoms")
-        if len(atoms) == 0:
-            raise ValueError(f"{source}: frame {index} has no atoms")
-        if not np.isfinite(atoms.positions).all():
-            bad = int(np.nonzero(~np.isfinite(atoms.positions).all(axis=1))[0][0])
-            raise ValueError(f"{source}: frame {index} has non-finite (NaN/inf) coordinates (atom {bad})")
-        if not np.isfinite(atoms.cell.array).all():
-            raise ValueError(f"{source}: frame {index} has a non-finite (NaN/inf) cell")
-        if (atoms.numbers <= 0).any():
-            raise ValueError(f"{source}: frame {index} has atomic number 0 (dummy atom X); batchmd needs real elements")
+    problems = frame_problems(frames, min_distance, ignore_constraints)
+    if problems:
+        first = min(problems)
+        more = f" (and {len(problems) - 1} more bad frames)" if len(problems) > 1 else ""
+        raise ValueError(f"{source}: frame {first} {problems[first]}{more}")
 
 
 class AtomsDataset:
@@ -161,11 +184,14 @@ class AtomsDataset:
         estimate of each frame's full-list edge count
         (:func:`~batchmd.dynamics.sampler.estimate_num_edges`), so
         ``SizeAwareSampler(max_edges=...)`` can bound MLIP memory. Default: 0 edges.
+    ignore_constraints : bool
+        Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame
+        (``FixAtoms`` is always carried, as the atom field ``fixed``).
 
     Notes
     -----
     Each sample carries an int64 system property ``input_index`` (its position in
-    ``frames``); numeric ``atoms.info`` entries become system properties and other info
+    ``frames``) and, stamped by the sampler, ``system_id`` = :meth:`identity`; numeric ``atoms.info`` entries become system properties and other info
     entries travel in ``data.info``.
 
     Example
@@ -177,10 +203,23 @@ class AtomsDataset:
     """
 
     def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64,
-                 edge_cutoff: float | None = None) -> None:
+                 edge_cutoff: float | None = None, ignore_constraints: bool = False) -> None:
         self.frames = list(frames)
         self.dtype = dtype
+        self.ignore_constraints = bool(ignore_constraints)
         self.edge_cutoff = None if edge_cutoff is None else float(edge_cutoff)
+        ids = [a.info.get("system_id") for a in self.frames]
+        usable = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
+        self._ids = [int(i) for i in ids] if usable and len(set(ids)) == len(ids) else None
+
+    def identity(self, index: int) -> int:
+        """The frame's stable identity (its ``system_id``, which keys its random streams).
+
+        ``atoms.info["system_id"]`` when every frame carries a distinct integer one (e.g.
+        results of an earlier run fed back, or ids the user assigned to keep streams fixed
+        when reordering a file); otherwise the frame's index in ``frames``.
+        """
+        return self._ids[index] if self._ids is not None else int(index)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -199,7 +238,10 @@ class AtomsDataset:
         atoms = self.frames[index].copy()  # drops any calculator
         for key in _LOOP_KEYS & set(atoms.info):
             del atoms.info[key]
-        data = AtomicData.from_ase(atoms, dtype=self.dtype)
+        try:
+            data = AtomicData.from_ase(atoms, dtype=self.dtype, ignore_constraints=self.ignore_constraints)
+        except ValueError as error:
+            raise ValueError(f"frame {index}: {error}") from error
         data.add_system_property("input_index", torch.tensor([[index]], dtype=torch.int64))
         return data, {}
 
@@ -228,24 +270,39 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
     list of ase.Atoms
         Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
         momenta come from the result; energy, forces and stress are attached as a
-        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`.
+        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
+        system (``info["status"] == 3``) gets ``info["failure"]`` (why, see
+        :func:`batchmd.dynamics.status.failure_text`) and no calculator results; if its
+        final positions or momenta are not finite, the input structure is kept.
+        Constraints of the input (``FixAtoms``) are kept.
     """
+    from batchmd.dynamics.status import SystemStatus, failure_text
+
     out = []
     for frame in result_frames:
         index = _scalar(frame.info["input_index"])
         atoms = inputs[index].copy()
-        atoms.positions = frame.positions
-        atoms.cell = frame.cell
-        if frame.has("momenta"):
-            atoms.set_momenta(frame.get_momenta())
+        failed = _scalar(frame.info.get("status", 0)) == int(SystemStatus.FAILED)
+        finite = np.isfinite(frame.positions).all() and (
+            not frame.has("momenta") or np.isfinite(frame.get_momenta()).all())
+        if finite:
+            atoms.positions = frame.positions
+            atoms.cell = frame.cell
+            if frame.has("momenta"):
+                atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
         for key in _LOOP_KEYS & set(atoms.info):
             del atoms.info[key]
         for key in RESULT_KEYS:
             if key in frame.info:
                 atoms.info[key] = _scalar(frame.info[key])
         atoms.info["converged"] = bool(atoms.info.get("converged", False))
+        if failed:
+            text = failure_text(_scalar(frame.info.get("failure", 0))) or "failed"
+            if not finite:
+                text += "; non-finite positions or momenta, input structure written instead"
+            atoms.info["failure"] = text
         results = dict(frame.calc.results) if frame.calc is not None else {}
-        if results:
+        if results and not failed:
             atoms.calc = SinglePointCalculator(atoms, **results)
         out.append(atoms)
     out.sort(key=lambda a: a.info["input_index"])
@@ -274,6 +331,8 @@ def run_frames(
     compute_stress: bool = True,
     prefetch: int = 0,
     refill_in_place: bool = True,
+    min_distance: float = 0.1,
+    ignore_constraints: bool = False,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -310,23 +369,37 @@ def run_frames(
         (``FusedStage(refill_in_place=True)``; measured 1.2-1.3x faster inflight runs on
         W4/W4W). Frames are then served out of input order, the results are the same and
         come back in input order. False: strict input order.
+    min_distance : float
+        Frames with atoms closer than this (Å) are refused up front (0 disables).
+    ignore_constraints : bool
+        Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame.
 
     Returns
     -------
     InflightResult
         ``frames`` (list of ase.Atoms in input order, see :func:`results_to_atoms`) and
-        ``stats`` (:class:`~batchmd.dynamics.RunStats`).
+        ``stats`` (:class:`~batchmd.dynamics.RunStats`). A system that failed during the
+        run (non-finite energy or forces) is returned like the others, with
+        ``info["status"] == 3`` (FAILED) and ``info["failure"]`` saying why; it never
+        costs the other systems their results.
+
+    Raises
+    ------
+    ValueError
+        Before anything runs, naming the first invalid frame and atom
+        (:func:`check_frames`).
     """
     from batchmd.dynamics import FusedStage, SizeAwareSampler
     from batchmd.dynamics.sinks import HostMemory
 
-    check_frames(frames)
+    check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
     stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
     largest = max(len(a) for a in frames)
     total = sum(len(a) for a in frames)
     if max_atoms is None:
         max_atoms = max(largest, min(total, 4096))
-    sampler = SizeAwareSampler(AtomsDataset(frames, dtype=dtype), max_atoms=max_atoms, max_batch_size=max_batch_size,
+    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints)
+    sampler = SizeAwareSampler(dataset, max_atoms=max_atoms, max_batch_size=max_batch_size,
                                prefetch=prefetch)
     memory = HostMemory(capacity=len(frames)) if collect else None
     fused = FusedStage(

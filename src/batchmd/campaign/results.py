@@ -106,6 +106,11 @@ def batch_to_table(batch, index: np.ndarray, meta: list[dict], rank: int, attemp
             else pa.nulls(b, pa.list_(f64))
         ),
         "info": pa.array([m["info"] for m in meta], pa.string()),
+        "fixed": (
+            _list(_np(batch["fixed"], bool), ptr, pa.list_(pa.bool_()))
+            if batch.has_field("fixed")
+            else pa.nulls(b, pa.list_(pa.bool_()))
+        ),
         "system_id": pa.array(index, pa.int64()),
         "energy": pa.array(_np(batch.energies).reshape(-1), f64),
         "forces": _list(_np(batch.forces).reshape(-1), 3 * ptr, pa.list_(f64)),
@@ -154,6 +159,10 @@ def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
                       masses=s["atomic_masses"])
         if s["velocities"] is not None:
             atoms.set_velocities(s["velocities"])
+        if s["fixed"] is not None and s["fixed"].any():
+            from ase.constraints import FixAtoms
+
+            atoms.set_constraint(FixAtoms(mask=s["fixed"].astype(bool)))
         if with_input_info and decoded.info[row]:
             atoms.info.update(json.loads(decoded.info[row]))
         atoms.info.update({

@@ -20,6 +20,8 @@ Schema of an input shard (``SCHEMA_VERSION`` 1); lengths per row in brackets::
     pbc             list<bool>   [3]
     velocities      list<double> [3N]  Å / ASE time unit, null when absent
     info            string       JSON of ``atoms.info`` (numpy values as lists)
+    fixed           list<bool>   [N]   ASE ``FixAtoms`` mask, null without constraint
+                                       (absent in shards written before it existed)
 
 Result shards (:mod:`batchmd.campaign.results`) add the outcome columns to the same
 structure columns. :func:`validate_atoms` gives the reason a structure is rejected.
@@ -69,6 +71,7 @@ STRUCTURE_SCHEMA = pa.schema(
         ("pbc", pa.list_(pa.bool_())),
         ("velocities", pa.list_(pa.float64())),
         ("info", pa.string()),
+        ("fixed", pa.list_(pa.bool_())),
     ]
 )
 
@@ -104,40 +107,14 @@ def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = Non
     Returns
     -------
     str or None
-        A one-line reason (e.g. ``"atomic number 0 (dummy atom X) is not an element"``).
+        A one-line reason naming the atom(s), e.g. ``"structure has atoms 0 and 1 closer than
+        min_distance=0.1 Å (0.01 Å apart)"`` -- the rules of
+        :func:`batchmd.data.validate.atoms_problem`, shared by every entry point.
     """
-    n = len(atoms)
-    if n == 0:
-        return "structure has no atoms"
-    if max_atoms is not None and n > max_atoms:
-        return f"structure has {n} atoms, more than max_atoms={max_atoms}"
-    numbers = atoms.get_atomic_numbers()
-    bad = numbers[(numbers < 1) | (numbers > 118)]
-    if bad.size:
-        return f"atomic number {int(bad[0])} is not an element (allowed 1..118)"
-    positions = atoms.get_positions()
-    if not np.isfinite(positions).all():
-        return "positions contain NaN or inf"
-    cell = atoms.cell.array
-    if not np.isfinite(cell).all():
-        return "cell contains NaN or inf"
-    for axis in range(3):
-        if atoms.pbc[axis] and np.linalg.norm(cell[axis]) == 0.0:
-            return f"periodic along axis {axis} but lattice vector {axis} has zero length"
-    if atoms.pbc.any() and abs(np.linalg.det(cell)) < 1e-12 and atoms.pbc.all():
-        return "periodic cell has zero volume"
-    masses = atoms.get_masses()
-    if not (np.isfinite(masses).all() and (masses > 0).all()):
-        return "masses must be finite and > 0 amu"
-    if "momenta" in atoms.arrays and not np.isfinite(atoms.arrays["momenta"]).all():
-        return "momenta contain NaN or inf"
-    if min_distance > 0 and n > 1:
-        from ase.neighborlist import neighbor_list
+    from batchmd.data.validate import atoms_problem
 
-        distances = neighbor_list("d", atoms, float(min_distance))
-        if distances.size:
-            return f"atoms closer than min_distance={min_distance} Å (closest {distances.min():.4g} Å)"
-    return None
+    problem = atoms_problem(atoms, min_distance=min_distance, max_atoms=max_atoms)
+    return None if problem is None else f"structure {problem}"
 
 
 def atoms_to_row(atoms, index: int, source: str, frame: int) -> dict:
@@ -155,7 +132,19 @@ def atoms_to_row(atoms, index: int, source: str, frame: int) -> dict:
         "pbc": atoms.pbc.astype(bool),
         "velocities": None if velocities is None else velocities.reshape(-1),
         "info": json.dumps(_jsonable(dict(atoms.info)), sort_keys=True),
+        "fixed": _fixed_mask(atoms),
     }
+
+
+def _fixed_mask(atoms):
+    """The ``FixAtoms`` mask of ``atoms`` (bool [N]) or None without one."""
+    from ase.constraints import FixAtoms
+
+    mask = np.zeros(len(atoms), dtype=bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            mask[constraint.get_indices()] = True
+    return mask if mask.any() else None
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema = STRUCTURE_SCHEMA) -> pa.Table:
@@ -215,6 +204,8 @@ class DecodedShard:
             name: _ragged(table.column(name))
             for name in ("atomic_numbers", "positions", "masses", "cell", "pbc", "velocities")
         }
+        if "fixed" in table.column_names:
+            self._lists["fixed"] = _ragged(table.column("fixed"))
 
     def _row_values(self, name: str, row: int):
         values, offsets, valid = self._lists[name]
@@ -223,7 +214,8 @@ class DecodedShard:
         return np.array(values[offsets[row] : offsets[row + 1]])  # a writable copy
 
     def structure(self, row: int) -> dict:
-        """Numpy arrays of row ``row``: numbers [N], positions [N,3], masses [N], cell [3,3], pbc [3], velocities."""
+        """Numpy arrays of row ``row``: numbers [N], positions [N,3], masses [N], cell [3,3], pbc [3], velocities,
+        fixed (bool [N] or None)."""
         velocities = self._row_values("velocities", row)
         return {
             "atomic_numbers": self._row_values("atomic_numbers", row).astype(np.int64),
@@ -232,6 +224,7 @@ class DecodedShard:
             "cell": self._row_values("cell", row).reshape(3, 3),
             "pbc": self._row_values("pbc", row).astype(bool),
             "velocities": None if velocities is None else velocities.reshape(-1, 3),
+            "fixed": None if "fixed" not in self._lists else self._row_values("fixed", row),
         }
 
     def atomic_data(self, row: int, dtype: torch.dtype = torch.float64):

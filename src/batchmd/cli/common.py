@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -229,4 +230,7 @@ def run_stages(frames, stages, output, *, max_atoms, refill_frequency, device, d
     writer(done, staging)
     os.replace(staging, output)
     partial.unlink()
+    for index, atoms in enumerate(done):  # failed systems are written (status 3, info "failure") and named here
+        if "failure" in atoms.info:
+            print(f"batchmd: frame {index} failed: {atoms.info['failure']} (written with status=3)", file=sys.stderr)
     return result.stats

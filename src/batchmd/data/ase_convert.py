@@ -42,8 +42,26 @@ def _info_scalar(value: Any) -> bool | int | float | None:
     return None
 
 
-def atoms_to_kwargs(atoms: Atoms) -> tuple[dict, dict, dict]:
+def _fixed(atoms: Atoms, ignore_constraints: bool):
+    """The ``FixAtoms`` mask (bool [N]) or None; other constraints raise unless ignored."""
+    from ase.constraints import FixAtoms
+
+    mask = np.zeros(len(atoms), dtype=bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            mask[constraint.get_indices()] = True
+        elif not ignore_constraints:
+            raise ValueError(
+                f"batchmd: ASE constraint {type(constraint).__name__} is not supported (batchmd honours FixAtoms); "
+                "remove it, or pass ignore_constraints=True to drop it knowingly")
+    return mask if mask.any() else None
+
+
+def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dict, dict, dict]:
     """Split an ``ase.Atoms`` into AtomicData keyword arguments and user fields.
+
+    ``FixAtoms`` becomes ``kwargs["fixed"]``; another ASE constraint raises ``ValueError``
+    naming it unless ``ignore_constraints``.
 
     Returns
     -------
@@ -61,6 +79,9 @@ def atoms_to_kwargs(atoms: Atoms) -> tuple[dict, dict, dict]:
         "cell": atoms.cell.array.copy(),
         "pbc": atoms.pbc.copy(),
     }
+    fixed = _fixed(atoms, ignore_constraints)
+    if fixed is not None:
+        kwargs["fixed"] = fixed
     if "momenta" in atoms.arrays:
         kwargs["velocities"] = atoms.get_velocities()
     results = getattr(atoms.calc, "results", None) or {}
@@ -107,6 +128,10 @@ def data_to_atoms(data) -> Atoms:
     )
     if data.velocities is not None:
         atoms.set_velocities(_numpy(data.velocities))
+    if data.fixed is not None and bool(data.fixed.any()):
+        from ase.constraints import FixAtoms
+
+        atoms.set_constraint(FixAtoms(mask=_numpy(data.fixed).astype(bool)))
     info = dict(data.info)
     for name, spec in data.specs.items():
         if name in KNOWN_FIELDS or name.startswith("_"):

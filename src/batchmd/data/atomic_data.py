@@ -74,16 +74,22 @@ class AtomicData(FieldStore):
         Edges as pairs of system-local atom indices.
     info : dict, optional
         Non-numeric metadata (strings, arrays), carried unchanged.
+    fixed : tensor-like [N] of bool, optional
+        ASE's ``FixAtoms`` as a mask (True: the atom never moves); honoured by every
+        dynamics method, see :mod:`batchmd.dynamics.constraints`.
     dtype : torch.dtype, optional
         float32 or float64 for every floating field.
     device : torch.device or str, optional
         Device of every tensor.
+    validate : bool
+        Run the value checks below (default). :meth:`Batch.to_data_list` skips them: a
+        system that failed in a run (NaN positions) must still reach its sink.
 
     Raises
     ------
     ValueError
         Naming the field and the problem: wrong shape, NaN/inf in positions,
-        cell, masses, non-positive masses, atomic numbers outside 1..118,
+        cell, velocities (naming the atom), masses, non-positive masses, atomic numbers outside 1..118,
         periodic direction with zero lattice vector, mismatched lengths.
 
     Examples
@@ -105,9 +111,11 @@ class AtomicData(FieldStore):
         system_id: Any = None,
         edge_index: Any = None,
         info: dict | None = None,
+        fixed: Any = None,
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        validate: bool = True,
     ) -> None:
         object.__setattr__(self, "_fields", {})
         object.__setattr__(self, "_specs", {})
@@ -146,11 +154,12 @@ class AtomicData(FieldStore):
             pbc = pbc.expand(3).clone()
         self._set("pbc", pbc, dtype)
         optional = {"velocities": velocities, "forces": forces, "energies": energies, "stress": stress,
-                    "system_id": system_id, "edge_index": edge_index}
+                    "system_id": system_id, "edge_index": edge_index, "fixed": fixed}
         for name, value in optional.items():
             if value is not None:
                 self._set(name, _as_tensor(name, value, device), dtype)
-        self._check_values()
+        if validate:
+            self._check_values()
 
     # ------------------------------------------------------------------ validation
     def _rows(self, level: str, exclude: str) -> int | None:
@@ -201,6 +210,10 @@ class AtomicData(FieldStore):
         for name in ("positions", "cell"):
             if not bool(torch.isfinite(self._fields[name]).all()):
                 raise ValueError(f"batchmd: field {name!r} contains NaN or inf")
+        if "velocities" in self._fields:
+            bad = (~torch.isfinite(self._fields["velocities"]).all(dim=1)).nonzero().flatten()
+            if bad.numel():
+                raise ValueError(f"batchmd: field 'velocities' contains NaN or inf (atom {int(bad[0])})")
         lengths = torch.linalg.vector_norm(self._fields["cell"], dim=1)
         bad = (self._fields["pbc"] & (lengths == 0)).nonzero().flatten().tolist()
         if bad:
@@ -310,7 +323,8 @@ class AtomicData(FieldStore):
 
     # ------------------------------------------------------------------ ASE
     @classmethod
-    def from_ase(cls, atoms, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> AtomicData:
+    def from_ase(cls, atoms, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                 ignore_constraints: bool = False) -> AtomicData:
         """Build from an ``ase.Atoms`` (float64 unless ``dtype`` is given).
 
         Reads positions, numbers, masses, cell, pbc, velocities (momenta/masses),
@@ -318,7 +332,9 @@ class AtomicData(FieldStore):
         a calculation; Voigt stress becomes 3x3), ``atoms.info`` (int/float/bool
         scalars become system properties, ``system_id`` the system id, anything
         else stays in :attr:`info`) and extra numeric per-atom arrays (user atom
-        fields). ASE constraints are not carried.
+        fields). ``FixAtoms`` becomes the atom field ``fixed``; any other ASE
+        constraint raises ``ValueError`` naming it, unless ``ignore_constraints=True``
+        (then it is dropped).
 
         Example
         -------
@@ -328,7 +344,7 @@ class AtomicData(FieldStore):
         """
         from batchmd.data.ase_convert import atoms_to_kwargs
 
-        kwargs, node_props, system_props = atoms_to_kwargs(atoms)
+        kwargs, node_props, system_props = atoms_to_kwargs(atoms, ignore_constraints=ignore_constraints)
         data = cls(**kwargs, dtype=dtype or torch.float64, device=device)
         for name, value in node_props.items():
             data.add_node_property(name, value)

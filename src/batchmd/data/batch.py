@@ -140,17 +140,27 @@ class Batch(FieldStore):
 
     @classmethod
     def from_ase(cls, atoms_list: Sequence, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> Batch:
+                 device: torch.device | str | None = None, ignore_constraints: bool = False) -> Batch:
         """Build from a list of ``ase.Atoms`` (float64 unless ``dtype`` is given).
 
-        See :meth:`AtomicData.from_ase` for what is read. Example in the module docstring.
+        See :meth:`AtomicData.from_ase` for what is read (``FixAtoms`` becomes ``fixed``;
+        other constraints are refused unless ``ignore_constraints``). A bad frame raises
+        ``ValueError`` starting with ``"frame k: "``. Example in the module docstring.
         """
-        return cls.from_data_list([AtomicData.from_ase(a, dtype=dtype, device=device) for a in atoms_list])
+        data = []
+        for index, atoms in enumerate(atoms_list):
+            try:
+                data.append(AtomicData.from_ase(atoms, dtype=dtype, device=device,
+                                                ignore_constraints=ignore_constraints))
+            except ValueError as error:
+                raise ValueError(f"frame {index}: {error}") from error
+        return cls.from_data_list(data)
 
     def to_data_list(self) -> list[AtomicData]:
         """Split into one :class:`AtomicData` per system (one host sync).
 
-        ``edge_index`` becomes system-local again; global-level fields are dropped.
+        ``edge_index`` becomes system-local again; global-level fields are dropped. Values
+        are not re-validated: a system that failed in a run (NaN positions) still splits.
         """
         ptr = self._ptr.tolist()
         eptr = self._edge_ptr.tolist()
@@ -175,7 +185,7 @@ class Batch(FieldStore):
                     kwargs[name] = part.clone()
                 else:
                     extra.append((name, spec.level, part.clone()))
-            data = AtomicData(**kwargs, info=dict(infos[i]), dtype=self.dtype)
+            data = AtomicData(**kwargs, info=dict(infos[i]), dtype=self.dtype, validate=False)
             for name, level, part in extra:
                 data._add(name, part, level)
             out.append(data)

@@ -90,6 +90,8 @@ KNOWN_FIELDS: dict[str, FieldSpec] = {
     "cell": FieldSpec("system", "float", (3, 3), unit="Å"),
     "pbc": FieldSpec("system", "bool", (3,)),
     "system_id": FieldSpec("system", "int", (1,), single_shape=(1, 1)),
+    # ASE's FixAtoms: True for atoms that never move (see batchmd.dynamics.constraints).
+    "fixed": FieldSpec("atom", "bool", ()),
     "edge_index": FieldSpec("edge", "int", (2,), dim=1, atom_index=True),
 }
 """Registry of the fields every layer may rely on (see ``docs/design_contracts.md``)."""
