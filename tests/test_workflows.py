@@ -203,3 +203,21 @@ def test_maxwell_boltzmann_draw_statistics_and_identity_keying():
         shuffled = stage.run(Batch.from_ase([frames[9], frames[7], frames[3]]))
     assert torch.equal(alone.velocities, v[7])
     assert torch.equal(shuffled.velocities[n_atoms:2 * n_atoms], v[7])
+
+
+def test_cli_relax_writes_no_optimizer_momenta_and_md_draws_its_temperature(tmp_path):
+    """The issue's CLI chain: relax, then 300 K NVE on the relaxed file (7 K before the fix)."""
+    import ase.io
+
+    from batchmd.cli.main import main
+
+    source = tmp_path / "in.extxyz"
+    ase.io.write(source, [argon32(seed=k) for k in range(3)])
+    relaxed, md = tmp_path / "relaxed.extxyz", tmp_path / "md.extxyz"
+    assert main(["relax", str(source), "-o", str(relaxed), "--fmax", "0.01", "--quiet"]) == 0
+    assert not any(a.has("momenta") for a in ase.io.read(relaxed, index=":"))
+    assert main(["md", str(relaxed), "-o", str(md), "--ensemble", "nve", "--temperature", "300", "--steps", "40",
+                 "--dt", "2", "--seed", "1", "--quiet"]) == 0
+    temperatures = [a.get_temperature() for a in ase.io.read(md, index=":")]
+    print("NVE from a relaxed file, 300 K draw, after 40 steps:", [round(t, 1) for t in temperatures])
+    assert all(80.0 < t < 300.0 for t in temperatures)  # equipartition: ~150 K

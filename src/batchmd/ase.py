@@ -182,7 +182,7 @@ class AtomsDataset:
     edge_cutoff : float, optional
         Cutoff (Å) of the model's edge list; when given, :meth:`get_metadata` reports a cheap
         estimate of each frame's full-list edge count
-        (:func:`~batchmd.dynamics.sampler.estimate_num_edges`), so
+        (``batchmd.dynamics.sampler.estimate_num_edges``), so
         ``SizeAwareSampler(max_edges=...)`` can bound MLIP memory. Default: 0 edges.
     ignore_constraints : bool
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame

@@ -1,7 +1,7 @@
 """Input validation shared by every entry point: one line naming what is wrong and where.
 
 :func:`atoms_problem` is the single rule set behind :func:`batchmd.ase.check_frames`
-(``run_frames``, ``relax``, every CLI command) and :func:`batchmd.campaign.shards.validate_atoms`
+(``run_frames``, ``relax``, every CLI command) and ``batchmd.campaign.shards.validate_atoms``
 (``batchmd shard``): no atoms, unknown elements, non-finite positions / cell / momenta,
 non-positive masses, periodic directions without a lattice vector, zero-volume periodic
 cells, overlapping atoms (closer than ``min_distance``), and ASE constraints batchmd does

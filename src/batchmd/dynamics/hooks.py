@@ -218,7 +218,8 @@ class TrajectoryHook(Hook):
         Record every ``frequency`` steps (each record is one host synchronisation).
     fields : tuple of str
         System-level fields to record; ``"temperature"`` is the instantaneous kinetic
-        temperature from ``velocities`` and ``atomic_masses`` (3N degrees of freedom).
+        temperature from ``velocities`` and ``atomic_masses`` with ASE's degrees of
+        freedom (3N, minus 3 per fixed atom; see :mod:`batchmd.dynamics.constraints`).
 
     Notes
     -----
@@ -240,19 +241,14 @@ class TrajectoryHook(Hook):
         self.records: list[dict] = []
 
     def __call__(self, batch, context: HookContext) -> None:
-        from ase.units import kB
-
         record = {"step": context.step}
         if batch.has_field("system_id"):
             record["system_id"] = batch.system_id.reshape(-1).cpu().clone()
         for name in self.fields:
             if name == "temperature":
-                v = batch.velocities
-                ke = 0.5 * (batch.atomic_masses[:, None] * v * v).sum(dim=1)
-                per_sys = torch.zeros(batch.num_graphs, dtype=ke.dtype, device=ke.device)
-                per_sys.index_add_(0, batch.batch_idx.long(), ke)
-                n = (batch.ptr[1:] - batch.ptr[:-1]).to(ke.dtype)
-                record[name] = (2.0 * per_sys / (3.0 * n * kB)).cpu()
+                from batchmd.dynamics.constraints import system_temperature
+
+                record[name] = system_temperature(batch).cpu()
             else:
                 record[name] = batch[name].reshape(batch.num_graphs, -1)[:, 0].detach().cpu().clone()
         self.records.append(record)

@@ -16,7 +16,7 @@ returns at once, so the launch is cheap when nobody enters. For an entering syst
 
 Random numbers: atom ``j`` (local index) of a system draws from the key
 ``(seed ^ MB_TAG, system_id, counter, j)`` (the hash of
-:func:`batchmd.kernels.langevin.langevin_noise_key`), where ``counter`` is the system's
+``batchmd.kernels.langevin.langevin_noise_key``), where ``counter`` is the system's
 random-stream position ``rng_counter``; a draw advances it by one. Nothing depends on the
 slot, the batch or the serving order: the draw of a system is the same alone or in any batch.
 
