@@ -24,11 +24,15 @@ from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count,
 from batchmd.kernels import npt as nptk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
 
-__all__ = ["IsotropicMTKNPT", "MTKNPT"]
+__all__ = ["IsotropicMTKNPT", "MTKNPT", "MTKBase"]
 
 
-class _MTK(Dynamics):
-    """Shared implementation of the isotropic and full-cell MTK barostats (see the subclasses)."""
+class MTKBase(Dynamics):
+    """Shared implementation of :class:`IsotropicMTKNPT` and :class:`MTKNPT` (use those).
+
+    Holds the parameters, the ``npt_*`` state, the launches and the observables
+    (``volume``, ``kinetic_tensor``, ``instantaneous_pressure``, ``conserved_energy``).
+    """
 
     isotropic = False
     needs_stress = True
@@ -229,7 +233,7 @@ class _MTK(Dynamics):
                 + batch["npt_pressure"] * volume)
 
 
-class IsotropicMTKNPT(_MTK):
+class IsotropicMTKNPT(MTKBase):
     """Isothermal-isobaric MD with isotropic cell fluctuations, as ASE's ``IsotropicMTKNPT``.
 
     The cell keeps its shape: ``h = h0 exp(eps)`` with ``h0`` the cell at stage entry.
@@ -295,7 +299,7 @@ class IsotropicMTKNPT(_MTK):
     isotropic = True
 
 
-class MTKNPT(_MTK):
+class MTKNPT(MTKBase):
     """Isothermal-isobaric MD with full (9 degrees of freedom) cell fluctuations, as ASE's ``MTKNPT``.
 
     The cell evolves as ``h <- h exp(dt p_cell / W)``. A lone system follows

@@ -31,7 +31,7 @@ Isotropic (``IsotropicMTKNPT``, one volume momentum ``p_eps``)::
 ASE's ``get_stress(include_ideal_gas=True)`` (the model's stress is symmetrised first, as
 ASE's Voigt form does), ``P = tr(sigma)/3`` and ``exprel(x) = (e^x - 1)/x``. The barostat
 chain has masses ``R_0 = 9 kT pdamp^2``, ``R_j = kT pdamp^2`` and drives ``|p_cell|^2/W``
-(``p_eps^2/W``) towards ``9 kT`` (``kT``); it is :func:`batchmd.kernels.nose_hoover.nhc_integrate`.
+(``p_eps^2/W``) towards ``9 kT`` (``kT``); it is ``batchmd.kernels.nose_hoover.nhc_integrate``.
 
 Launches, one thread per system walking its atoms in order (batch invariant) or one per atom:
 
