@@ -14,7 +14,7 @@ import torch
 from ase import units
 from ase.build import bulk, fcc100
 from ase.calculators.lj import LennardJones as ASELennardJones
-from ase.constraints import FixAtoms, FixBondLengths, FixCom
+from ase.constraints import FixAtoms, FixBondLengths, FixCartesian, FixCom
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import FIRE as ASEFIRE
 
@@ -126,10 +126,10 @@ def test_other_constraints_are_refused_by_name_or_dropped_knowingly():
         check_frames([atoms])
     with pytest.raises(ValueError, match="FixBondLengths is not supported"):
         AtomicData.from_ase(atoms)
-    with pytest.raises(ValueError, match="frame 1: .*FixCom"):
-        com = argon32()
-        com.set_constraint(FixCom())
-        Batch.from_ase([argon32(), com])
+    with pytest.raises(ValueError, match="frame 1: .*FixCartesian"):
+        other = argon32()
+        other.set_constraint(FixCartesian(0))
+        Batch.from_ase([argon32(), other])
     assert not AtomicData.from_ase(atoms, ignore_constraints=True).has_field("fixed")
     out = run_frames([atoms], [FIRE(lj(), convergence_hook=ConvergenceHook.from_forces(0.05))],
                      ignore_constraints=True).frames[0]
@@ -240,3 +240,48 @@ def test_failure_bits_in_batch_mode():
     out = NVE(model, dt=1.0, n_steps=5).run(batch)
     assert out["status"].tolist() == [SystemStatus.FAILED, SystemStatus.CONVERGED]
     assert out["failure"].tolist() == [int(FailureReason.NONFINITE_FORCES), 0]
+
+
+def mixed_cluster():
+    """Ar/Ne cluster (unequal masses) away from equilibrium."""
+    atoms = bulk("Ar", "fcc", a=5.4, cubic=True).repeat((2, 1, 1))
+    atoms.pbc = False
+    atoms.center(vacuum=4.0)
+    atoms.rattle(0.2, seed=4)
+    atoms.numbers[::3] = 10
+    atoms.set_constraint(FixCom())
+    return atoms
+
+
+def test_fixcom_relaxation_equals_ase_with_unequal_masses():
+    reference = mixed_cluster()
+    reference.calc = ase_lj()
+    ASEFIRE(reference, logfile=None).run(fmax=1e-3, steps=2000)
+    start = mixed_cluster()
+    out = relax([start], lj(), fmax=1e-3, max_steps=2000)[0]
+    assert out.info["converged"]
+    print(f"FixCom FIRE: batchmd E = {out.get_potential_energy():.8f} eV, ASE {reference.get_potential_energy():.8f}")
+    assert abs(out.get_potential_energy() - reference.get_potential_energy()) < 1e-7
+    np.testing.assert_allclose(out.positions, reference.positions, atol=1e-6)
+    np.testing.assert_allclose(out.get_center_of_mass(), start.get_center_of_mass(), atol=1e-10)
+    assert any(isinstance(c, FixCom) for c in out.constraints)
+
+
+def test_fixcom_md_equals_ase_and_keeps_the_centre_of_mass():
+    start = argon32()
+    start.set_constraint(FixCom())
+    start.set_momenta(np.random.default_rng(3).normal(scale=0.05, size=(32, 3)))  # COM part removed by ASE
+    reference = start.copy()
+    reference.calc = ase_lj()
+    VelocityVerlet(reference, timestep=2.0 * units.fs).run(20)
+    out = run_frames([start], [NVE(lj(), dt=2.0, n_steps=20)]).frames[0]
+    np.testing.assert_allclose(out.positions, reference.positions, atol=1e-10)
+    np.testing.assert_allclose(out.get_momenta(), reference.get_momenta(), atol=1e-10)
+    com = start.get_center_of_mass()
+    nvt = run_frames([start], [NVTLangevin(lj(), dt=2.0, temperature=100.0, friction=0.05, random_seed=1,
+                                           n_steps=30)]).frames[0]
+    np.testing.assert_allclose(nvt.get_center_of_mass(), com, atol=1e-10)
+    assert float(np.abs(nvt.get_momenta().sum(axis=0)).max()) < 1e-12
+    batch = Batch.from_ase([nvt])
+    assert float(degrees_of_freedom(batch)[0]) == 3 * 32 - 3
+    assert abs(float(system_temperature(batch)[0]) - nvt.get_temperature()) < 1e-9

@@ -111,6 +111,8 @@ def batch_to_table(batch, index: np.ndarray, meta: list[dict], rank: int, attemp
             if batch.has_field("fixed")
             else pa.nulls(b, pa.list_(pa.bool_()))
         ),
+        "fix_com": (pa.array([bool(x) or None for x in _np(batch["fix_com"], bool).reshape(-1)], pa.bool_())
+                    if batch.has_field("fix_com") else pa.nulls(b, pa.bool_())),
         "system_id": pa.array(index, pa.int64()),
         "energy": pa.array(_np(batch.energies).reshape(-1), f64),
         "forces": _list(_np(batch.forces).reshape(-1), 3 * ptr, pa.list_(f64)),
@@ -159,10 +161,17 @@ def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
                       masses=s["atomic_masses"])
         if s["velocities"] is not None:
             atoms.set_velocities(s["velocities"])
+        constraints = []
         if s["fixed"] is not None and s["fixed"].any():
             from ase.constraints import FixAtoms
 
-            atoms.set_constraint(FixAtoms(mask=s["fixed"].astype(bool)))
+            constraints.append(FixAtoms(mask=s["fixed"].astype(bool)))
+        if s["fix_com"]:
+            from ase.constraints import FixCom
+
+            constraints.append(FixCom())
+        if constraints:
+            atoms.set_constraint(constraints)
         if with_input_info and decoded.info[row]:
             atoms.info.update(json.loads(decoded.info[row]))
         atoms.info.update({

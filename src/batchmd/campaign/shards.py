@@ -22,6 +22,7 @@ Schema of an input shard (``SCHEMA_VERSION`` 1); lengths per row in brackets::
     info            string       JSON of ``atoms.info`` (numpy values as lists)
     fixed           list<bool>   [N]   ASE ``FixAtoms`` mask, null without constraint
                                        (absent in shards written before it existed)
+    fix_com         bool         ASE ``FixCom`` (null: none; absent in older shards)
 
 Result shards (:mod:`batchmd.campaign.results`) add the outcome columns to the same
 structure columns. :func:`validate_atoms` gives the reason a structure is rejected.
@@ -72,6 +73,7 @@ STRUCTURE_SCHEMA = pa.schema(
         ("velocities", pa.list_(pa.float64())),
         ("info", pa.string()),
         ("fixed", pa.list_(pa.bool_())),
+        ("fix_com", pa.bool_()),
     ]
 )
 
@@ -133,6 +135,7 @@ def atoms_to_row(atoms, index: int, source: str, frame: int) -> dict:
         "velocities": None if velocities is None else velocities.reshape(-1),
         "info": json.dumps(_jsonable(dict(atoms.info)), sort_keys=True),
         "fixed": _fixed_mask(atoms),
+        "fix_com": True if any(type(c).__name__ == "FixCom" for c in atoms.constraints) else None,
     }
 
 
@@ -206,6 +209,8 @@ class DecodedShard:
         }
         if "fixed" in table.column_names:
             self._lists["fixed"] = _ragged(table.column("fixed"))
+        self.fix_com = (table.column("fix_com").to_pylist() if "fix_com" in table.column_names
+                        else [None] * self.num_rows)
 
     def _row_values(self, name: str, row: int):
         values, offsets, valid = self._lists[name]
@@ -225,6 +230,7 @@ class DecodedShard:
             "pbc": self._row_values("pbc", row).astype(bool),
             "velocities": None if velocities is None else velocities.reshape(-1, 3),
             "fixed": None if "fixed" not in self._lists else self._row_values("fixed", row),
+            "fix_com": True if self.fix_com[row] else None,
         }
 
     def atomic_data(self, row: int, dtype: torch.dtype = torch.float64):

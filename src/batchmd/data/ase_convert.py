@@ -42,26 +42,34 @@ def _info_scalar(value: Any) -> bool | int | float | None:
     return None
 
 
-def _fixed(atoms: Atoms, ignore_constraints: bool):
-    """The ``FixAtoms`` mask (bool [N]) or None; other constraints raise unless ignored."""
-    from ase.constraints import FixAtoms
+def _constraints(atoms: Atoms, ignore_constraints: bool):
+    """``(fixed mask bool [N] or None, fix_com)``; other constraints raise unless ignored.
+
+    ``FixCom`` is also recognised from ``atoms.info["fix_com"] is True`` (how extended XYZ
+    files written by batchmd carry it: ASE's extxyz writer stores only ``FixAtoms``).
+    """
+    from ase.constraints import FixAtoms, FixCom
 
     mask = np.zeros(len(atoms), dtype=bool)
+    fix_com = atoms.info.get("fix_com") is True or isinstance(atoms.info.get("fix_com"), np.bool_) and bool(
+        atoms.info["fix_com"])
     for constraint in atoms.constraints:
         if isinstance(constraint, FixAtoms):
             mask[constraint.get_indices()] = True
+        elif type(constraint) is FixCom:
+            fix_com = True
         elif not ignore_constraints:
             raise ValueError(
-                f"batchmd: ASE constraint {type(constraint).__name__} is not supported (batchmd honours FixAtoms); "
-                "remove it, or pass ignore_constraints=True to drop it knowingly")
-    return mask if mask.any() else None
+                f"batchmd: ASE constraint {type(constraint).__name__} is not supported (batchmd honours FixAtoms "
+                "and FixCom); remove it, or pass ignore_constraints=True to drop it knowingly")
+    return (mask if mask.any() else None), bool(fix_com)
 
 
 def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dict, dict, dict]:
     """Split an ``ase.Atoms`` into AtomicData keyword arguments and user fields.
 
-    ``FixAtoms`` becomes ``kwargs["fixed"]``; another ASE constraint raises ``ValueError``
-    naming it unless ``ignore_constraints``.
+    ``FixAtoms`` becomes ``kwargs["fixed"]``, ``FixCom`` ``kwargs["fix_com"]``; another ASE
+    constraint raises ``ValueError`` naming it unless ``ignore_constraints``.
 
     Returns
     -------
@@ -79,9 +87,11 @@ def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dic
         "cell": atoms.cell.array.copy(),
         "pbc": atoms.pbc.copy(),
     }
-    fixed = _fixed(atoms, ignore_constraints)
+    fixed, fix_com = _constraints(atoms, ignore_constraints)
     if fixed is not None:
         kwargs["fixed"] = fixed
+    if fix_com:
+        kwargs["fix_com"] = np.array(True)
     if "momenta" in atoms.arrays:
         kwargs["velocities"] = atoms.get_velocities()
     results = getattr(atoms.calc, "results", None) or {}
@@ -96,6 +106,8 @@ def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dic
     system_props: dict[str, Any] = {}
     for key, value in atoms.info.items():
         scalar = _info_scalar(value)
+        if key == "fix_com":
+            continue  # read by _constraints
         if key == "system_id" and isinstance(scalar, int) and not isinstance(scalar, bool):
             kwargs["system_id"] = np.array([[scalar]], dtype=np.int64)
         elif scalar is not None and key not in KNOWN_FIELDS and str(key).isidentifier():
@@ -128,10 +140,17 @@ def data_to_atoms(data) -> Atoms:
     )
     if data.velocities is not None:
         atoms.set_velocities(_numpy(data.velocities))
+    constraints = []
     if data.fixed is not None and bool(data.fixed.any()):
         from ase.constraints import FixAtoms
 
-        atoms.set_constraint(FixAtoms(mask=_numpy(data.fixed).astype(bool)))
+        constraints.append(FixAtoms(mask=_numpy(data.fixed).astype(bool)))
+    if data.fix_com is not None and bool(data.fix_com):
+        from ase.constraints import FixCom
+
+        constraints.append(FixCom())
+    if constraints:
+        atoms.set_constraint(constraints)
     info = dict(data.info)
     for name, spec in data.specs.items():
         if name in KNOWN_FIELDS or name.startswith("_"):

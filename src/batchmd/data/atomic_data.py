@@ -77,6 +77,8 @@ class AtomicData(FieldStore):
     fixed : tensor-like [N] of bool, optional
         ASE's ``FixAtoms`` as a mask (True: the atom never moves); honoured by every
         dynamics method, see :mod:`batchmd.dynamics.constraints`.
+    fix_com : bool, optional
+        ASE's ``FixCom``: the centre of mass never moves (see the same module).
     dtype : torch.dtype, optional
         float32 or float64 for every floating field.
     device : torch.device or str, optional
@@ -112,6 +114,7 @@ class AtomicData(FieldStore):
         edge_index: Any = None,
         info: dict | None = None,
         fixed: Any = None,
+        fix_com: Any = None,
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -154,7 +157,7 @@ class AtomicData(FieldStore):
             pbc = pbc.expand(3).clone()
         self._set("pbc", pbc, dtype)
         optional = {"velocities": velocities, "forces": forces, "energies": energies, "stress": stress,
-                    "system_id": system_id, "edge_index": edge_index, "fixed": fixed}
+                    "system_id": system_id, "edge_index": edge_index, "fixed": fixed, "fix_com": fix_com}
         for name, value in optional.items():
             if value is not None:
                 self._set(name, _as_tensor(name, value, device), dtype)
@@ -332,8 +335,8 @@ class AtomicData(FieldStore):
         a calculation; Voigt stress becomes 3x3), ``atoms.info`` (int/float/bool
         scalars become system properties, ``system_id`` the system id, anything
         else stays in :attr:`info`) and extra numeric per-atom arrays (user atom
-        fields). ``FixAtoms`` becomes the atom field ``fixed``; any other ASE
-        constraint raises ``ValueError`` naming it, unless ``ignore_constraints=True``
+        fields). ``FixAtoms`` becomes the atom field ``fixed`` and ``FixCom`` the
+        system field ``fix_com``; any other ASE constraint raises ``ValueError`` naming it, unless ``ignore_constraints=True``
         (then it is dropped).
 
         Example

@@ -92,6 +92,8 @@ KNOWN_FIELDS: dict[str, FieldSpec] = {
     "system_id": FieldSpec("system", "int", (1,), single_shape=(1, 1)),
     # ASE's FixAtoms: True for atoms that never move (see batchmd.dynamics.constraints).
     "fixed": FieldSpec("atom", "bool", ()),
+    # ASE's FixCom: the system's centre of mass never moves.
+    "fix_com": FieldSpec("system", "bool", (), single_shape=()),
     "edge_index": FieldSpec("edge", "int", (2,), dim=1, atom_index=True),
 }
 """Registry of the fields every layer may rely on (see ``docs/design_contracts.md``)."""

@@ -5,7 +5,7 @@
 (``batchmd shard``): no atoms, unknown elements, non-finite positions / cell / momenta,
 non-positive masses, periodic directions without a lattice vector, zero-volume periodic
 cells, overlapping atoms (closer than ``min_distance``), and ASE constraints batchmd does
-not honour (it honours ``FixAtoms``; see :mod:`batchmd.dynamics.constraints`).
+not honour (it honours ``FixAtoms`` and ``FixCom``; see :mod:`batchmd.dynamics.constraints`).
 
 Example
 -------
@@ -21,7 +21,7 @@ import numpy as np
 __all__ = ["SUPPORTED_CONSTRAINTS", "atoms_problem", "unsupported_constraints"]
 
 #: ASE constraints carried into the batch and honoured by every dynamics method.
-SUPPORTED_CONSTRAINTS = ("FixAtoms",)
+SUPPORTED_CONSTRAINTS = ("FixAtoms", "FixCom")
 
 
 def unsupported_constraints(atoms) -> list[str]:
@@ -43,7 +43,7 @@ def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None
     max_atoms : int, optional
         Largest allowed structure.
     ignore_constraints : bool
-        Do not report ASE constraints other than ``FixAtoms`` (they will be dropped).
+        Do not report ASE constraints other than ``FixAtoms`` and ``FixCom`` (they will be dropped).
     """
     n = len(atoms)
     if n == 0:

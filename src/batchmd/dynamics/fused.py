@@ -49,7 +49,7 @@ from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph
 from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
-from batchmd.dynamics.constraints import apply_force_constraints
+from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
 from batchmd.dynamics.status import SystemStatus
 from batchmd.dynamics.velocities import apply_velocity_policy
 from batchmd.kernels import bookkeeping as bk
@@ -249,6 +249,8 @@ class FusedStage(RefillPoints, OOMRecovery):
             crit_t = torch.tensor(crit, dtype=torch.int32, device=device)
             fmax_t = torch.tensor(fmax, dtype=torch.float64, device=device)
             self._tables = {
+                "md": torch.tensor([s.velocity_policy is not None for s in self.stages], dtype=torch.bool,
+                                   device=device),
                 "device": device,
                 "custom": custom,
                 "tensors": (budget_t, crit_t, fmax_t),
@@ -495,6 +497,9 @@ class FusedStage(RefillPoints, OOMRecovery):
         self._call_hooks(batch, HookStage.AFTER_FORCES)
         for k, stage in enumerate(self.stages):
             stage.post_force(batch, k)
+        if batch.has_field("fix_com"):  # FixCom after an MD step: centre of mass and its velocity back
+            md = self._stage_tables(batch.device)["md"]
+            apply_com_constraint(batch, md[batch["stage"].long()] & (batch["status"] == 0))
         self._advance(batch, increment=True)
         self._step_index += 1
         self.stats.steps += 1
@@ -518,6 +523,7 @@ class FusedStage(RefillPoints, OOMRecovery):
     def _init_stage_state(self, batch) -> None:
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
         everyone = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
+        record_com_reference(batch)  # FixCom: where each centre of mass stays during this run
         self.stages[0].init_state(batch, everyone)
         apply_velocity_policy(self.stages[0], batch, everyone, first=True)
         for stage in self.stages[1:]:

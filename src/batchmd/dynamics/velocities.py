@@ -38,7 +38,7 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.constraints import fixed_mask
+from batchmd.dynamics.constraints import fixed_mask, remove_com_velocity
 from batchmd.runtime import CachedLaunch, WarpViewCache
 
 __all__ = ["VELOCITY_POLICIES", "ensure_rng_counter", "check_policy", "apply_velocity_policy"]
@@ -135,3 +135,4 @@ def apply_velocity_policy(stage, batch, enter: torch.Tensor, previous=None, firs
         view("velocities", batch.velocities, vector=True),
     ]
     _Launcher.launch(batch.dtype, batch.num_graphs, inputs, batch.device)
+    remove_com_velocity(batch, enter)  # FixCom systems: zero centre-of-mass velocity (kept ones too)
