@@ -127,6 +127,12 @@ class MTKBase(Dynamics):
                 slots = torch.nonzero(bad).reshape(-1).tolist()
                 raise ValueError(f"{owner}: slot(s) {slots} have fixed atoms (FixAtoms); the MTK barostat does not "
                                  "support constraints (as in ASE, which raises NotImplementedError)")
+        if batch.has_field("fix_com"):
+            bad = here & batch["fix_com"].reshape(-1).cpu()
+            if bool(bad.any()):
+                slots = torch.nonzero(bad).reshape(-1).tolist()
+                raise ValueError(f"{owner}: slot(s) {slots} have FixCom; the MTK barostat does not support "
+                                 "constraints (as in ASE, which raises NotImplementedError)")
         self._checked = key
 
     # ----------------------------------------------------------------- step
