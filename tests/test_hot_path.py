@@ -75,6 +75,9 @@ def _methods(model):
         "FIRE": FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-9)),
         "NVTLangevin": NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=1),
         "NVE": NVE(model, dt=2.0),
+        # a pipeline: the entry of stage 1 (state reset and velocity policy) runs every step
+        "FIRE+NVTLangevin": FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-9))
+        + NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=1),
     }
 
 
@@ -94,3 +97,19 @@ def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
             dynamics.step(batch)
     allocations = [e.name for e in prof.events() if e.cpu_memory_usage > 0]
     assert allocations == [], f"{method}: allocations in the steady-state step: {allocations}"
+
+
+def test_pipeline_step_with_stage_entry_has_no_host_reads():
+    """FIRE + NVT: the per-step entry of stage 1 (state reset, velocity policy kernel) never syncs.
+
+    (It allocates its parameter tensors, as stage entry always has; single stages do not.)
+    """
+    model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    dynamics = _methods(model)["FIRE+NVTLangevin"]
+    batch = _argon_batch()
+    for _ in range(4):
+        dynamics.step(batch)
+    with count_host_reads() as reads:
+        for _ in range(5):
+            dynamics.step(batch)
+    assert reads == [], f"host reads in the steady-state pipeline step: {reads}"

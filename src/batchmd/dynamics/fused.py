@@ -284,6 +284,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             "finite": torch.zeros(b, dtype=torch.int32, device=dev),  # failure bits, 0 = finite
             "converged": torch.zeros(b, dtype=torch.bool, device=dev),
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
+            "enter": torch.zeros(max(self.num_stages - 1, 0), b, dtype=torch.bool, device=dev),
             "views": WarpViewCache(),
         }
         self._buf = buf
@@ -421,7 +422,9 @@ class FusedStage(RefillPoints, OOMRecovery):
         )
         entered = buf["entered"]
         for k in range(1, self.num_stages):
-            mask = entered & (stage_field == k)
+            mask = buf["enter"][k - 1]  # persistent buffers: the policy kernel's views stay cached
+            torch.eq(stage_field, k, out=mask)
+            mask.logical_and_(entered)
             self.stages[k].init_state(batch, mask)
             apply_velocity_policy(self.stages[k], batch, mask, previous=self.stages[k - 1])
 
