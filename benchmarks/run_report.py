@@ -127,8 +127,20 @@ class Inputs:
 
 
 def load_peer(name: str):
-    """Import a peer runner and run its setup(); returns (module, None) or (None, reason)."""
+    """Import a peer runner and run its setup(); returns (module, None) or (None, reason).
+
+    With ``BENCH_<NAME>_PYTHON`` set (e.g. ``BENCH_TORCHSIM_PYTHON=/work/venv-ts312/bin/python``
+    for TorchSim 0.6, which needs Python 3.12 and its own torch), the peer runs in a warm
+    worker process under that interpreter (``peers/remote.py``).
+    """
     try:
+        python = os.environ.get(f"BENCH_{name.upper()}_PYTHON")
+        if python:
+            from benchmarks.peers.remote import RemotePeer
+
+            mod = RemotePeer(name, python)
+            mod.setup()
+            return mod, None
         mod = importlib.import_module(f"benchmarks.peers.{name}_peer")
         mod.setup()
         return mod, None

@@ -137,3 +137,87 @@ def shape_sweep_structure(n_cells_per_side: int) -> Atoms:
     """A rattled cubic box of n^3 FCC cells (4 n^3 atoms) for the system-size sweep."""
     rng = np.random.default_rng(W1_SEED + n_cells_per_side)
     return _rattled((n_cells_per_side,) * 3, W1_RATTLE, rng)
+
+
+# W5 (a structure-prediction-style relaxation campaign)
+W5_N_STRUCTURES = 300
+W5_SEED = 5151
+W5_FMAX = 0.05  # eV/Å
+W5_MAX_STEPS = 400
+#: Compositions (formula units) and a rough volume per atom (Å^3) to start from.
+W5_CHEMISTRIES = {"Si": ({"Si": 1}, 20.0), "SiO2": ({"Si": 1, "O": 2}, 15.0), "TiO2": ({"Ti": 1, "O": 2}, 10.5),
+                  "NaCl": ({"Na": 1, "Cl": 1}, 22.0), "LiCoO2": ({"Li": 1, "Co": 1, "O": 2}, 8.5)}
+#: Space groups with few symmetry operations (so 4-32 atoms), by lattice system.
+W5_SPACEGROUPS = [(1, "triclinic"), (2, "triclinic"), (3, "monoclinic"), (4, "monoclinic"), (5, "monoclinic"),
+                  (6, "monoclinic"), (10, "monoclinic"), (14, "monoclinic"), (16, "orthorhombic"),
+                  (19, "orthorhombic"), (25, "orthorhombic"), (47, "orthorhombic")]
+W5_MIN_ATOMS, W5_MAX_ATOMS = 4, 32
+W5_MIN_DISTANCE = 1.6  # Å: random cells are scaled so that no two atoms start closer
+
+
+def _random_cellpar(lattice: str, rng: np.random.Generator) -> list[float]:
+    a, b, c = rng.uniform(0.8, 1.25, size=3)
+    if lattice == "triclinic":
+        alpha, beta, gamma = rng.uniform(75.0, 105.0, size=3)
+    elif lattice == "monoclinic":
+        alpha, beta, gamma = 90.0, rng.uniform(90.0, 120.0), 90.0
+    else:
+        alpha = beta = gamma = 90.0
+    return [a, b, c, alpha, beta, gamma]
+
+
+def random_symmetric_crystal(rng: np.random.Generator, chemistry: str | None = None) -> Atoms:
+    """One random symmetric crystal of a W5 chemistry with 4..32 atoms (``ase.spacegroup.crystal``).
+
+    A space group with few operations and a composition are drawn, each species gets
+    random fractional positions (whole formula units in the cell), the cell gets random
+    lengths and angles for its lattice system and is scaled to the chemistry's volume per
+    atom, then stretched if two atoms are closer than ``W5_MIN_DISTANCE``. Draws that
+    land outside 4..32 atoms (atoms on special positions merge) are redrawn.
+    """
+    from ase.geometry import get_distances
+    from ase.spacegroup import Spacegroup, crystal
+
+    names = list(W5_CHEMISTRIES)
+    while True:
+        name = chemistry or names[int(rng.integers(len(names)))]
+        formula, vol_per_atom = W5_CHEMISTRIES[name]
+        number, lattice = W5_SPACEGROUPS[int(rng.integers(len(W5_SPACEGROUPS)))]
+        n_ops = len(Spacegroup(number).get_symop())
+        units_per_orbit = int(rng.integers(1, 3))
+        symbols, basis = [], []
+        for element, count in formula.items():
+            for _ in range(count * units_per_orbit):
+                symbols.append(element)
+                basis.append(rng.uniform(0.0, 1.0, size=3))
+        if not W5_MIN_ATOMS <= len(symbols) * n_ops <= W5_MAX_ATOMS:
+            continue
+        try:
+            atoms = crystal(symbols, basis=basis, spacegroup=number, cellpar=_random_cellpar(lattice, rng),
+                            symprec=1e-3, onduplicates="keep")
+        except Exception:  # an inconsistent draw (ASE refuses it): draw again
+            continue
+        if not W5_MIN_ATOMS <= len(atoms) <= W5_MAX_ATOMS:
+            continue
+        atoms.set_cell(atoms.cell * (vol_per_atom * len(atoms) / atoms.get_volume()) ** (1 / 3), scale_atoms=True)
+        _, d = get_distances(atoms.positions, cell=atoms.cell, pbc=True)
+        d = d + np.eye(len(atoms)) * 1e9
+        dmin = float(d.min())
+        if dmin < 1e-3:
+            continue
+        if dmin < W5_MIN_DISTANCE:
+            atoms.set_cell(atoms.cell * (W5_MIN_DISTANCE / dmin), scale_atoms=True)
+        atoms.info["chemistry"] = name
+        atoms.info["spacegroup"] = number
+        return atoms
+
+
+def w5_structures(n: int = W5_N_STRUCTURES) -> list[Atoms]:
+    """W5: ``n`` random symmetric crystals of mixed chemistry (Si, SiO2, TiO2, NaCl, LiCoO2), 4..32 atoms.
+
+    One generator (seed ``W5_SEED``) draws them in order, so the first k structures are
+    the same whatever ``n`` is; chemistries cycle so that every subset mixes all five.
+    """
+    rng = np.random.default_rng(W5_SEED)
+    names = list(W5_CHEMISTRIES)
+    return [random_symmetric_crystal(rng, names[i % len(names)]) for i in range(n)]

@@ -1,9 +1,17 @@
-"""TorchSim 0.3.0 (torch-sim-atomistic) through its public API.
+"""TorchSim (torch-sim-atomistic) 0.6.x, or 0.3.0, through its public API.
+
+0.6.x (the current release; Python >= 3.12, so it runs in its own venv through
+``peers/remote.py``: ``BENCH_TORCHSIM_PYTHON=/work/venv-ts312/bin/python``): FIRE is
+``torch_sim.optimizers.fire_init`` / ``fire_step`` (``fire_flavor="ase_fire"``), Langevin
+``nvt_langevin_init`` / ``nvt_langevin_step``, NVE ``nve_init`` / ``nve_step``; its LJ forces
+equal -dE/dx (no halving). Its ``ase_fire`` follows ASE's FIRE until the first step with
+``n_pos > n_min``, then scales alpha before mixing (ASE after): final W1 energies differ
+from ASE's by up to ~8e-3 eV (shared/PEERS.md).
 
 Fairness notes (shared/PEERS.md):
-- Its ``LennardJonesModel`` returns forces of exactly 2x -dE/dx (full neighbor list, both
-  directions added); ``HalvedForcesLJ`` halves them, after which ``ts.fire`` (ASE flavour)
-  follows ASE's FIRE step for step. Its LJ loops over systems in Python.
+- 0.3.0 only: its ``LennardJonesModel`` returns forces of exactly 2x -dE/dx (full neighbor
+  list, both directions added); ``HalvedForcesLJ`` halves them, after which ``ts.fire`` (ASE
+  flavour) follows ASE's FIRE step for step. Its LJ loops over systems in Python.
 - Its LJ energy is unshifted: ASE's shift is added outside the timed region.
 - W1 is run two ways and the report keeps both:
   "batch": one fixed batch of all structures driven by ``ts.fire``'s (init, step) pair,
@@ -12,7 +20,9 @@ Fairness notes (shared/PEERS.md):
   "inflight": ``ts.optimize`` with an ``InFlightAutoBatcher`` given an explicit atom budget
   (``memory_scales_with="n_atoms"``; its memory estimator refuses to run on CPU), which
   checks convergence every ``steps_between_swaps`` steps.
-- W2 uses ``ts.nvt_langevin`` (BAOAB) on one batch.
+- W2 uses its Langevin (BAOAB) on one batch.
+- W5 (``run_w5``): ``ts.optimize`` with FIRE (ase flavour) and an ``InFlightAutoBatcher``
+  given an explicit atom budget, with TorchSim's own MACE adapter on the same MACE module.
 """
 
 from __future__ import annotations
@@ -32,7 +42,47 @@ _model_cls = None
 
 
 def setup() -> None:
-    require("torch_sim", "torch-sim-atomistic==0.3.0")
+    require("torch_sim", "torch-sim-atomistic (0.6.x in a Python 3.12 venv, or 0.3.0)")
+
+
+def _new_api() -> bool:
+    """TorchSim >= 0.4: optimizers as (init, step) functions, LJ forces no longer doubled."""
+    import torch_sim.optimizers as opt
+
+    return hasattr(opt, "fire_init")
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("torch-sim-atomistic")
+
+
+def _max_force(state):
+    import torch_sim as ts
+
+    if hasattr(ts, "system_wise_max_force"):
+        return ts.system_wise_max_force(state)
+    from torch_sim.quantities import systemwise_max_force
+
+    return systemwise_max_force(state)
+
+
+def _fire_pair(model):
+    """(init, step) of ASE-flavoured FIRE bound to ``model``."""
+    if _new_api():
+        from torch_sim.optimizers import fire_init, fire_step
+
+        return (lambda state: fire_init(state, model, fire_flavor="ase_fire"),
+                lambda state: fire_step(state, model, fire_flavor="ase_fire"))
+    from torch_sim.optimizers import fire
+
+    return fire(model=model, md_flavor="ase_fire")
+
+
+def _notes():
+    base = ["LJ energy shift-corrected outside the timing", f"torch-sim-atomistic {_version()}"]
+    return base if _new_api() else ["forces halved"] + base
 
 
 def _dtype():
@@ -43,6 +93,12 @@ def _dtype():
 
 def _model():
     global _model_cls
+    if _new_api():
+        import torch
+        from torch_sim.models.lennard_jones import LennardJonesModel
+
+        return LennardJonesModel(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF,
+                                 device=torch.device(bench_device()), dtype=_dtype())
     if _model_cls is None:
         from torch_sim.models.lennard_jones import LennardJonesModel
 
@@ -75,13 +131,11 @@ def _shifted(structures, positions, ptr, energies):
 def run_w1_batch(structures) -> Result:
     setup()
     import torch
-    import torch_sim as ts
-    from torch_sim.optimizers import fire
-    from torch_sim.quantities import systemwise_max_force
 
     model = _model()
     state = _state(structures, model)
-    init_fn, step_fn = fire(model=model, md_flavor="ase_fire")
+    init_fn, step_fn = _fire_pair(model)
+    systemwise_max_force = _max_force
     B = len(structures)
     with Timer() as t:
         state = init_fn(state)
@@ -116,24 +170,15 @@ def run_w1_batch(structures) -> Result:
     atom_evals = wl.n_atoms(structures) * evals  # a fixed batch evaluates every atom each step
     return Result(NAME, "W1", t.elapsed, atom_evals, evals, energies, steps,
                   [bool(d) for d in done.tolist()],
-                  variant=f"fire(ase_fire), one fixed batch ({DTYPE}, {bench_device()})",
-                  notes=["forces halved", "LJ energy shift-corrected outside the timing"])
+                  variant=f"fire(ase_fire), one fixed batch ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes())
 
 
 def run_w1_inflight(structures, max_atoms: int = INFLIGHT_ATOMS) -> Result:
     setup()
-    import torch_sim as ts
-    from torch_sim.optimizers import fire
-
     model = _model()
     state = _state(structures, model)
-    batcher = ts.InFlightAutoBatcher(model=model, memory_scales_with="n_atoms",
-                                     max_memory_scaler=float(max_atoms))
-    convergence = ts.generate_force_convergence_fn(force_tol=wl.FMAX, include_cell_forces=False)
     with Timer() as t:
-        final = ts.optimize(state, model, optimizer=fire, convergence_fn=convergence,
-                            autobatcher=batcher, max_steps=wl.FIRE_MAX_STEPS,
-                            steps_between_swaps=STEPS_BETWEEN_SWAPS, md_flavor="ase_fire")
+        final = _optimize(state, model, max_atoms, wl.FMAX, wl.FIRE_MAX_STEPS)
     ptr = [0]
     for a in structures:
         ptr.append(ptr[-1] + len(a))
@@ -141,8 +186,23 @@ def run_w1_inflight(structures, max_atoms: int = INFLIGHT_ATOMS) -> Result:
                         final.energy.detach().double().tolist())
     return Result(NAME, "W1", t.elapsed, float("nan"), None, energies, None, None,
                   variant=f"optimize + InFlightAutoBatcher({max_atoms} atoms, swap every "
-                          f"{STEPS_BETWEEN_SWAPS}) ({DTYPE}, {bench_device()})",
-                  notes=["forces halved", "LJ energy shift-corrected outside the timing"])
+                          f"{STEPS_BETWEEN_SWAPS}) ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes())
+
+
+def _optimize(state, model, max_atoms: int, fmax: float, max_steps: int):
+    """``ts.optimize`` with ASE-flavoured FIRE and an in-flight autobatcher of ``max_atoms`` atoms."""
+    import torch_sim as ts
+
+    batcher = ts.InFlightAutoBatcher(model=model, memory_scales_with="n_atoms", max_memory_scaler=float(max_atoms))
+    convergence = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False)
+    if _new_api():
+        return ts.optimize(state, model, optimizer=ts.Optimizer.fire, convergence_fn=convergence,
+                           autobatcher=batcher, max_steps=max_steps, steps_between_swaps=STEPS_BETWEEN_SWAPS,
+                           init_kwargs={"fire_flavor": "ase_fire"}, fire_flavor="ase_fire")
+    from torch_sim.optimizers import fire
+
+    return ts.optimize(state, model, optimizer=fire, convergence_fn=convergence, autobatcher=batcher,
+                       max_steps=max_steps, steps_between_swaps=STEPS_BETWEEN_SWAPS, md_flavor="ase_fire")
 
 
 def run_w1(structures) -> Result:
@@ -153,9 +213,22 @@ VARIANTS_W1 = {"batch": run_w1_batch, "inflight": run_w1_inflight}
 
 
 def _md(structures, integrator, n_steps, **kwargs) -> float:
+    """Time ``n_steps`` of ``integrator`` ("nvt_langevin" or "nve") from its init."""
     model = _model()
     state = _state(structures, model)
-    init_fn, step_fn = integrator(model=model, **kwargs)
+    if _new_api():
+        import torch_sim.integrators as integ
+
+        init, step = getattr(integ, f"{integrator}_init"), getattr(integ, f"{integrator}_step")
+        seed = kwargs.pop("seed", None)
+        if seed is not None:
+            state.rng = seed
+        init_fn = lambda s: init(s, model, kT=kwargs["kT"])  # noqa: E731
+        step_fn = lambda s: step(s, model, **kwargs)  # noqa: E731
+    else:
+        import torch_sim as ts
+
+        init_fn, step_fn = getattr(ts, integrator)(model=model, **kwargs)
     with Timer() as t:
         state = init_fn(state)
         for _ in range(n_steps):
@@ -170,12 +243,12 @@ def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
     from ase import units
 
     d = dict(dtype=_dtype(), device=torch.device(bench_device()))
-    wall = _md(structures, ts.nvt_langevin, n_steps,
+    wall = _md(structures, "nvt_langevin", n_steps,
                dt=torch.tensor(wl.W2_DT * units.fs, **d),
                kT=torch.tensor(wl.W2_TEMPERATURE * units.kB, **d),
                gamma=torch.tensor(wl.W2_FRICTION / units.fs, **d), seed=0)
     return Result(NAME, "W2", wall, wl.n_atoms(structures) * n_steps, n_steps + 1,
-                  variant=f"nvt_langevin, one batch ({DTYPE}, {bench_device()})", notes=["forces halved"])
+                  variant=f"nvt_langevin, one batch ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes()[:1])
 
 
 W3_MAX_STEPS = int(os.environ.get("BENCH_W3_PEER_STEPS", "10"))
@@ -189,8 +262,8 @@ def run_w3(atoms, n_steps: int) -> Result:
 
     run_steps = min(n_steps, W3_MAX_STEPS)
     d = dict(dtype=_dtype(), device=torch.device(bench_device()))
-    wall = _md([atoms], ts.nve, run_steps, dt=torch.tensor(wl.W3_DT * units.fs, **d),
+    wall = _md([atoms], "nve", run_steps, dt=torch.tensor(wl.W3_DT * units.fs, **d),
                kT=torch.tensor(wl.W3_TEMPERATURE * units.kB, **d))
     return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps,
                   extrapolated_from=run_steps if run_steps < n_steps else None,
-                  variant=f"nve ({DTYPE}, {bench_device()})", notes=["forces halved"])
+                  variant=f"nve ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes()[:1])

@@ -73,6 +73,12 @@ class RunStats:
     refills_in_place : int
         Systems that entered a graduated system's slot in place (same atom count,
         ``FusedStage(refill_in_place=True)``).
+    refill_points : int
+        Refill points reached (graduation checks; inflight refills happen there).
+    refill_seconds : float
+        Host time spent at refill points after reading the status (graduation, sinks,
+        sampling, the new live batch): the refill overhead of a run is
+        ``refill_seconds / elapsed``.
     oom_events : int
         Out-of-memory errors the loop recovered from (see :mod:`batchmd.dynamics.oom`).
     systems_returned : int
@@ -91,6 +97,8 @@ class RunStats:
     occupancy_sum: float = 0.0
     max_atoms: int | None = None
     refills_in_place: int = 0
+    refill_points: int = 0
+    refill_seconds: float = 0.0
     oom_events: int = 0
     systems_returned: int = 0
     start_time: float = field(default_factory=time.perf_counter)

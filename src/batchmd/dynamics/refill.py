@@ -16,6 +16,8 @@ Used through :class:`~batchmd.dynamics.fused.FusedStage`; see ``examples/infligh
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage
@@ -110,9 +112,21 @@ class RefillPoints:
 
 
     def _refill_point(self, batch):
-        """Graduate finished systems and (inflight) refill; returns the new live batch."""
+        """Graduate finished systems and (inflight) refill; returns the new live batch.
+
+        Host time spent here after the status read (which waits for queued device work) is
+        added to ``stats.refill_seconds``; ``stats.refill_points`` counts the calls.
+        """
         # The host synchronisations of a refill point: status, sizes, throughput counter.
         status = batch["status"].cpu()
+        started = time.perf_counter()
+        try:
+            return self._refill_after_status(batch, status)
+        finally:
+            self.stats.refill_seconds += time.perf_counter() - started
+            self.stats.refill_points += 1
+
+    def _refill_after_status(self, batch, status: torch.Tensor):
         self._account(batch)
         self._newcomers = {}  # every system served at the last refill point has moved since
         done = torch.nonzero((status != int(SystemStatus.ACTIVE)) & (status != int(SystemStatus.PENDING))).reshape(-1)
