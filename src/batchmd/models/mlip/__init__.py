@@ -1,0 +1,11 @@
+"""Machine-learned potentials (MLIPs) on batchmd batches: the adapter contract and adapters.
+
+- :mod:`batchmd.models.mlip.base`: :class:`~batchmd.models.mlip.base.GraphModel`, the contract
+  (``compute_energy(graph) -> [B]``) and everything shared (edges, species, autograd, chunks).
+- :mod:`batchmd.models.mlip.sevennet`: SevenNet (SevenNet-0 ships in the ``sevenn`` package).
+- :mod:`batchmd.models.mlip.mace`: MACE from any ``.model`` file.
+- :mod:`batchmd.models.mlip.metatomic`: models exported to metatomic.
+
+Load them by name with :func:`batchmd.models.load_model`. Nothing here imports an MLIP
+package until a model is built.
+"""

@@ -1,0 +1,250 @@
+"""The adapter contract for edge-based machine-learned potentials (MLIPs).
+
+An MLIP adapter is a :class:`GraphModel`: it declares its ``cutoff`` (Å) and the elements it
+covers, and implements one method, :meth:`GraphModel.compute_energy`, mapping a
+:class:`Graph` (a chunk of the batch with its edge list, on the model's device and dtype) to
+per-system energies (eV). Everything else is shared here:
+
+- the edge list (:class:`~batchmd.models.edges.EdgeNeighborList`: full list, pairs with
+  ``|r_ij| < cutoff``, Verlet skin reuse);
+- the element-coverage check (:meth:`~batchmd.models.base.Model.check_species`) whenever the
+  batch's systems change;
+- dtype and device: the wrapped module follows the batch (``module.to(batch.dtype,
+  batch.device)`` on first use, again if either changes); results are returned in the
+  batch's dtype on the batch's device;
+- forces ``F = -dE/dx`` and stress ``sigma = (1/V) dE/d(eps)`` (eV/Å^3, ASE's sign: what
+  ``atoms.get_stress(voigt=False)`` reports) by one autograd pass through positions and a
+  symmetric strain ``eps`` applied to positions and cell (Knuth, Carbogno et al.,
+  Comput. Phys. Commun. 190, 33 (2015); the scheme of MACE's and SevenNet's own stress);
+  systems whose cell has zero volume (no cell) get zero stress;
+- chunked evaluation: the batch is evaluated in consecutive chunks of whole systems of at
+  most ``chunk_atoms`` atoms (default per device, see :data:`DEFAULT_CHUNK_ATOMS`), so one huge
+  collated graph never loses to a loop where large edge tensors are allocation-bound (CPU).
+  Per-system results do not depend on chunking beyond floating-point summation order.
+
+What :meth:`GraphModel.compute_energy` receives
+-------------------------------------------------
+A :class:`Graph` with (``N`` atoms, ``B`` systems, ``E`` edges of the chunk; indices local to it)
+
+=====================  ====================  ===================================================
+``positions``          [N, 3] float, Å       strained positions; differentiable (do not detach)
+``cell``               [B, 3, 3] float, Å    strained cells (rows are lattice vectors)
+``pbc``                [B, 3] bool
+``atomic_numbers``     [N] int64
+``batch``              [N] int64             system of each atom
+``ptr``                [B+1] int64           atom offsets
+``edge_index``         [2, E] int64          ``(i, j)``, ASE's convention (MACE: sender, receiver)
+``unit_shifts``        [E, 3] int64          lattice images of ``j``
+``shifts``             [E, 3] float, Å       ``unit_shifts @ cell[s]``, differentiable
+``edge_vectors``       [E, 3] float, Å       ``x_j - x_i + shifts``, differentiable
+``num_graphs``         int                   ``B``
+=====================  ====================  ===================================================
+
+It returns energies [B] (eV), built from those tensors so gradients flow. That is the whole
+contract: a new MLIP is a subclass with ``cutoff``, ``supported_numbers``, a constructor that
+loads the package's module, and ``compute_energy`` translating the graph to the package's
+input format (see ``docs/mlip.rst`` for a worked example, and
+:mod:`batchmd.models.mlip.sevennet` / :mod:`batchmd.models.mlip.mace`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from batchmd.models.base import Model
+from batchmd.models.edges import EdgeNeighborList, Edges
+
+__all__ = ["DEFAULT_CHUNK_ATOMS", "Graph", "GraphModel", "file_sha256"]
+
+# Atoms per evaluation chunk by device type (None: the whole batch at once). On the 2-core CPU
+# machine one SevenNet-0 or MACE call costs time linear in atoms from ~32 atoms upward, and
+# collated batches above ~256 atoms get slower per atom (allocation-bound edge tensors):
+# benchmarks/mlip_step_split.py measures it.
+DEFAULT_CHUNK_ATOMS = {"cpu": 256, "cuda": None}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (identifies a model file in output metadata)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Graph:
+    """One chunk of a batch as a graph (see the module docstring for shapes and units)."""
+
+    positions: torch.Tensor
+    cell: torch.Tensor
+    pbc: torch.Tensor
+    atomic_numbers: torch.Tensor
+    batch: torch.Tensor
+    ptr: torch.Tensor
+    edge_index: torch.Tensor
+    unit_shifts: torch.Tensor
+    shifts: torch.Tensor
+    edge_vectors: torch.Tensor
+    num_graphs: int
+
+
+class GraphModel(Model):
+    """Base class of MLIP adapters: edges, species check, dtype/device, autograd forces and stress, chunks.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The package's network (kept in ``self.module``; moved to the batch's dtype/device).
+    cutoff : float
+        Interaction cutoff (Å).
+    supported_numbers : iterable of int or None
+        Elements the model covers (None: any).
+    skin : float
+        Verlet skin of the edge list (Å).
+    compute_stress : bool
+        Return ``"stress"`` [B, 3, 3] eV/Å^3 (one extra gradient; default True).
+    chunk_atoms : int, optional
+        Largest number of atoms per evaluation (whole systems; a system larger than this is
+        evaluated alone). Default by device type: :data:`DEFAULT_CHUNK_ATOMS`.
+    device, dtype : optional
+        Move the module now (otherwise on first use, following the batch).
+
+    Subclasses implement :meth:`compute_energy`.
+    """
+
+    needs_neighbors = True
+    torch_compute = True
+
+    def __init__(self, module: torch.nn.Module, cutoff: float, supported_numbers=None, skin: float = 1.0,
+                 compute_stress: bool = True, chunk_atoms: int | None = None, device=None, dtype=None,
+                 name: str | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.cutoff = float(cutoff)
+        self.supported_numbers = None if supported_numbers is None else frozenset(int(z) for z in supported_numbers)
+        self.computes_stress = bool(compute_stress)
+        if chunk_atoms is not None and int(chunk_atoms) < 1:
+            raise ValueError(f"batchmd: chunk_atoms must be >= 1 or None, got {chunk_atoms!r}")
+        self.chunk_atoms = chunk_atoms
+        self.neighbors = EdgeNeighborList(cutoff=self.cutoff, skin=skin, half=False)
+        self._model_name = name
+        self._info: dict[str, str] = {}
+        self._placed: tuple | None = None
+        self._checked = None
+        self.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        if device is not None or dtype is not None:
+            self._place(torch.device(device) if device is not None else next(self._tensors()).device,
+                        dtype or next(self._tensors()).dtype)
+
+    # ---------------------------------------------------------------- contract
+    def compute_energy(self, graph: Graph) -> torch.Tensor:  # pragma: no cover - interface
+        """Per-system energies [B] (eV) of ``graph``, differentiable w.r.t. its positions and cell."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_energy(graph)")
+
+    def model_info(self) -> dict[str, str]:
+        """``{"model": name, ...}`` plus file and checksum for models loaded from a file."""
+        info = {"model": self.model_name, "cutoff": f"{self.cutoff:g}"}
+        info.update(self._info)
+        return info
+
+    # ---------------------------------------------------------------- plumbing
+    def _tensors(self):
+        yield from self.module.parameters()
+        yield from self.module.buffers()
+        yield torch.zeros(())
+
+    def _place(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the module to ``device``/``dtype`` (floating tensors only) once per change."""
+        key = (device, dtype)
+        if self._placed != key:
+            self.module.to(device=device, dtype=dtype)
+            self._placed = key
+
+    def systems_replaced(self, batch, systems: torch.Tensor) -> None:
+        """In-place refills: rebuild those systems' edges and re-check species."""
+        self.neighbors.systems_replaced(batch, systems)
+        self._checked = None
+
+    def _chunks(self, batch) -> list[tuple[int, int]]:
+        limit = self.chunk_atoms if self.chunk_atoms is not None else DEFAULT_CHUNK_ATOMS.get(batch.device.type)
+        b = batch.num_graphs
+        if limit is None or batch.num_nodes <= limit:
+            return [(0, b)]
+        ptr = batch.ptr.tolist()
+        chunks, start = [], 0
+        for s in range(1, b + 1):
+            if ptr[s] - ptr[start] > limit and s - 1 > start:
+                chunks.append((start, s - 1))
+                start = s - 1
+        chunks.append((start, b))
+        return chunks
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        """Energies [B,1] (eV), forces [N,3] (eV/Å) and stress [B,3,3] (eV/Å^3) of ``batch``.
+
+        Raises
+        ------
+        UnsupportedSpeciesError
+            The batch holds an element the model does not cover (one line, by symbol).
+        """
+        if self._checked is not batch.atomic_numbers:
+            self.check_species(batch.atomic_numbers)
+            self._checked = batch.atomic_numbers
+        self._place(batch.device, batch.dtype)
+        edges = self.neighbors.update(batch)
+        chunks = self._chunks(batch)
+        if len(chunks) == 1:
+            return self._evaluate(batch.positions, batch.cell, batch.pbc, batch.atomic_numbers, batch.batch_idx,
+                                  batch.ptr, edges)
+        ptr = batch.ptr.tolist()
+        parts = []
+        for a, b in chunks:
+            lo, hi = ptr[a], ptr[b]
+            sub = edges.select_systems(a, b, ptr)
+            parts.append(self._evaluate(batch.positions[lo:hi], batch.cell[a:b], batch.pbc[a:b],
+                                        batch.atomic_numbers[lo:hi], batch.batch_idx[lo:hi] - a,
+                                        batch.ptr[a:b + 1] - lo, sub))
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _evaluate(self, positions, cell, pbc, numbers, batch_idx, ptr, edges: Edges) -> dict[str, torch.Tensor]:
+        b = cell.shape[0]
+        dtype, device = positions.dtype, positions.device
+        batch_idx = batch_idx.long()
+        with torch.enable_grad():
+            pos = positions.detach().requires_grad_(True)
+            inputs = [pos]
+            cell_ = cell.detach()
+            if self.computes_stress:
+                strain = torch.zeros((b, 3, 3), dtype=dtype, device=device, requires_grad=True)
+                sym = 0.5 * (strain + strain.transpose(1, 2))
+                pos_ = pos + torch.bmm(pos.unsqueeze(1), sym[batch_idx]).squeeze(1)
+                cell_ = cell_ + torch.bmm(cell_, sym)
+                inputs.append(strain)
+            else:
+                pos_ = pos
+            i, j = edges.edge_index
+            shifts = edges.shifts(cell_, batch_idx)
+            graph = Graph(positions=pos_, cell=cell_, pbc=pbc, atomic_numbers=numbers.long(), batch=batch_idx,
+                          ptr=ptr.long(), edge_index=edges.edge_index, unit_shifts=edges.unit_shifts, shifts=shifts,
+                          edge_vectors=pos_[j] - pos_[i] + shifts, num_graphs=b)
+            energy = self.compute_energy(graph).reshape(-1)
+            if energy.shape[0] != b:
+                raise ValueError(f"batchmd: {self.model_name}.compute_energy returned {energy.shape[0]} energies "
+                                 f"for {b} systems")
+            grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
+        forces = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
+        out = {"energy": energy.detach().to(dtype).reshape(b, 1), "forces": forces.detach().to(dtype)}
+        if self.computes_stress:
+            d = grads[1] if grads[1] is not None else torch.zeros((b, 3, 3), dtype=dtype, device=device)
+            volume = torch.linalg.det(cell).abs()
+            periodic = volume > 0  # like the ASE calculators: any full-rank cell (a slab with vacuum too)
+            safe = torch.where(periodic, volume, torch.ones_like(volume))
+            out["stress"] = torch.where(periodic[:, None, None], d / safe[:, None, None], torch.zeros_like(d)).detach()
+        return out
