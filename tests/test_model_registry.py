@@ -78,3 +78,15 @@ def test_check_species_one_line_with_symbols():
 def test_any_species_by_default():
     LennardJones().check_species(torch.tensor([1, 92, 118]))
     assert LennardJones().model_info()["model"] == "LennardJones"
+
+
+@pytest.mark.parametrize("spec,extra", [("sevennet-0", "sevennet"), ("mace:x.model", "mace"),
+                                        ("metatomic:x.pt", "metatomic")])
+def test_missing_mlip_package_names_the_extra(monkeypatch, spec, extra):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("sevenn", "mace", "metatomic") else real(name, *a))
+    with pytest.raises(MissingExtraError, match=rf"pip install 'batchmd\[{extra}\]'"):
+        load_model(spec)
