@@ -125,8 +125,17 @@ def test_skin_rebuild_only_when_needed():
     nl.update(batch)
     assert nl.rebuild.tolist() == [0, 0, 1, 0, 0, 0]
 
-    # a cell change (in place) rebuilds that system
+    # a small in-place cell change that fits the skin keeps the rows (strain-aware test:
+    # every atom within (r_list (1 - |E|) - cutoff) / 2 of its affinely moved reference) ...
     batch.cell[4] *= 1.01
+    nl.update(batch)
+    assert nl.rebuild.tolist() == [0] * len(atoms_list)
+    for s, atoms in enumerate(batch.to_ase()):
+        got = {p[:2] for p in full_pairs(listed_pairs(batch, s))}
+        assert {p[:2] for p in brute_force_pairs(atoms, CUTOFF)} <= got
+
+    # ... a larger one rebuilds that system
+    batch.cell[4] *= 1.08
     nl.update(batch)
     assert nl.rebuild.tolist() == [0, 0, 0, 0, 1, 0]
 

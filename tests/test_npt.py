@@ -8,6 +8,7 @@ import torch
 from ase import units
 from ase.md import nose_hoover_chain as ase_nhc
 
+from batchmd.data import Batch
 from batchmd.dynamics import FIRE, ConvergenceHook, FusedStage, IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
 from batchmd.models.demo import DemoModelWrapper
 from md_argon import argon, ase_lj, batchmd_lj, system_rows, to_batch
@@ -209,3 +210,28 @@ def test_isotropic_mtk_pressure_and_volume_fluctuations():
     kappa_fluct, error = per_replica.mean(), per_replica.std(ddof=1) / np.sqrt(replicas)
     print(f"compressibility: equation of state {kappa_eos:.1f}, fluctuations {kappa_fluct:.1f} +- {error:.1f} Å^3/eV")
     assert abs(kappa_fluct / kappa_eos - 1) < 0.25
+
+
+def test_neighbor_list_under_in_place_cell_changes_is_exact_and_strain_aware():
+    """A cell changed in place (as a barostat does): forces, energies and stress equal a fresh model's, and the
+    Verlet rows are kept while the strain fits the skin (strain-aware test), rebuilt when it does not."""
+    systems = [argon("cubic", 1), argon("primitive", 2), argon("dense", 3)]
+    batch = to_batch(systems)
+    model = batchmd_lj(skin=1.0)
+    model(batch)
+    rng = np.random.default_rng(0)
+
+    def deform(strain: float, jiggle: float) -> None:
+        m = np.eye(3) + strain * rng.normal(size=(3, 3))
+        m = torch.from_numpy(0.5 * (m + m.T))
+        batch.cell.copy_(batch.cell @ m)  # rows: h <- h M, in place
+        batch.positions.copy_(batch.positions @ m + jiggle * torch.from_numpy(rng.normal(size=(batch.num_nodes, 3))))
+
+    for strain, jiggle, rebuilt in ((1e-3, 0.01, False), (2e-3, 0.02, False), (0.05, 0.0, True), (1e-3, 0.3, True)):
+        deform(strain, jiggle)
+        ours = model(batch)
+        flags = model.neighbor_list.rebuild.clone()
+        fresh = batchmd_lj(skin=1.0)(Batch.from_data_list(batch.to_data_list()))  # new model, new list
+        for name in ("energy", "forces", "stress"):
+            assert torch.allclose(ours[name], fresh[name], rtol=0, atol=1e-12), (strain, jiggle, name)
+        assert bool(flags.bool().all()) == rebuilt, (strain, jiggle, flags)

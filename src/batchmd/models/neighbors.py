@@ -104,6 +104,8 @@ BINS_PER_CUTOFF = 1
 # Model scratch (not batch fields): name -> (size class, row shape, kind); see NeighborList._reserve.
 _SCRATCH = {
     "rebuild": ("system", (), "int"),
+    "affine": ("system", (3, 3), "mat"),
+    "margin_sq": ("system", (), "float"),
     "nbins": ("system", (3,), "vec3i"),
     "bin_offset": ("system", (), "int"),
     "frame": ("system", (3, 3), "mat"),
@@ -320,7 +322,7 @@ class NeighborList:
         for name, (size_class, row, kind) in _SCRATCH.items():
             if changed or size_class in grow:
                 t = torch.zeros((reserved[size_class] if size_class else 1, *row),
-                                dtype=dtype if kind in ("vec", "mat") else torch.int32, device=device)
+                                dtype=dtype if kind in ("vec", "mat", "float") else torch.int32, device=device)
                 if name == "width":
                     t.fill_(1.0)
                 self._buf[name] = t
@@ -487,11 +489,11 @@ class NeighborList:
         launch, sc = self.launch, self.launch.scalar
         r_list = sc("r_list", T, self.r_list)
         code = sc("code", T, -self.r_list if self.half else self.r_list)
-        launch(nlk.nl_flag_systems, b, [v["cell"], v["ref_cell"], v["ref_cutoff"], code, int(force), v["rebuild"]],
-               device, batch.dtype)
-        launch(nlk.nl_flag_atoms, n, [v["x"], v["ref_x"], v["count"], v["batch_idx"],
-                                      sc("half_skin_sq", T, (0.5 * self.skin) ** 2), self.capacity,
-                                      int(check_overflow), v["rebuild"]], device, batch.dtype)
+        launch(nlk.nl_flag_systems, b, [v["cell"], v["ref_cell"], v["ref_cutoff"], v["pbc"], code, r_list,
+                                        sc("cutoff", T, self.cutoff), int(force), v["rebuild"], v["affine"],
+                                        v["margin_sq"]], device, batch.dtype)
+        launch(nlk.nl_flag_atoms, n, [v["x"], v["ref_x"], v["count"], v["batch_idx"], v["affine"], v["margin_sq"],
+                                      self.capacity, int(check_overflow), v["rebuild"]], device, batch.dtype)
         launch(nlk.nl_frame, b, [v["x"], v["cell"], v["pbc"], v["ptr"], v["nbins"], r_list, code, v["rebuild"],
                                  v["frame"], v["lower"], v["width"], v["search"], v["ref_cell"], v["ref_cutoff"]],
                device, batch.dtype)
