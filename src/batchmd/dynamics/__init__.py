@@ -1,4 +1,4 @@
-"""Dynamics: FIRE, NVE, NVTLangevin, NoseHooverChainNVT, IsotropicMTKNPT, MTKNPT, the FusedStage loop, sampler, hooks and sinks.
+"""Dynamics: FIRE, LBFGS (with cell filters), NVE, NVTLangevin, NoseHooverChainNVT, IsotropicMTKNPT, MTKNPT, the FusedStage loop, sampler, hooks and sinks.
 
 Example
 -------
@@ -33,6 +33,9 @@ __all__ = [
     "NoseHooverChainNVT",
     "IsotropicMTKNPT",
     "MTKNPT",
+    "LBFGS",
+    "FrechetCellFilter",
+    "UnitCellFilter",
 ]
 
 
@@ -58,4 +61,12 @@ def __getattr__(name):
         from batchmd.dynamics import npt
 
         return getattr(npt, name)
+    if name == "LBFGS":
+        from batchmd.dynamics.lbfgs import LBFGS
+
+        return LBFGS
+    if name in ("FrechetCellFilter", "UnitCellFilter"):
+        from batchmd.dynamics import cell_filter
+
+        return getattr(cell_filter, name)
     raise AttributeError(f"module 'batchmd.dynamics' has no attribute {name!r}")

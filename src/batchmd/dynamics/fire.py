@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.kernels import cell_filter as cfk
 from batchmd.kernels.fire import fire_atom_kernel_overloads, fire_system_kernel_overloads
-from batchmd.runtime import CachedLaunch, WarpViewCache
+from batchmd.runtime import CachedLaunch, LaunchCache, WarpViewCache
 
 __all__ = ["FIRE"]
 
@@ -66,6 +67,12 @@ class FIRE(Dynamics):
         Step budget of the stage.
     hooks : list, optional
         Hooks run by the loop.
+    cell_filter : FrechetCellFilter or UnitCellFilter, optional
+        Relax the cell too: FIRE runs over the filter's ``N + 3`` rows per system, as
+        ``ase.optimize.FIRE(FrechetCellFilter(atoms))`` (see
+        :mod:`batchmd.dynamics.cell_filter`); a force criterion then applies to the filter's
+        rows. The model must compute the stress. The cell rows' FIRE velocity is the system
+        field ``fire_cell_velocities`` [B, 3, 3].
 
     Notes
     -----
@@ -107,8 +114,12 @@ class FIRE(Dynamics):
         convergence_hook=None,
         n_steps=None,
         hooks=None,
+        cell_filter=None,
     ):
+        if cell_filter is not None:
+            convergence_hook = cell_filter.wrap_convergence(convergence_hook)
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
+        self.cell_filter = cell_filter
         self.dt = dt
         self.maxstep = maxstep
         self.dtmax = dtmax
@@ -121,6 +132,13 @@ class FIRE(Dynamics):
         self._launch_system = CachedLaunch(fire_system_kernel_overloads)
         self._launch_atoms = CachedLaunch(fire_atom_kernel_overloads)
         self._coef = None
+        self._launch_filter = LaunchCache()
+        self._cell_scratch = None
+
+    @property
+    def needs_stress(self) -> bool:
+        """Whether the model must compute the stress (with a cell filter)."""
+        return self.cell_filter is not None
 
     def init_state(self, batch, mask: torch.Tensor) -> None:
         """Reset FIRE's state (and copy its parameters) for the systems where ``mask`` is True.
@@ -145,6 +163,12 @@ class FIRE(Dynamics):
         else:
             velocities = torch.where(atom_mask, torch.zeros((), dtype=dtype, device=mask.device), current)
         batch.set_field("fire_velocities", velocities.contiguous(), "atom")
+        if self.cell_filter is not None:
+            self.cell_filter.init_state(batch, mask)
+            zero = torch.zeros(batch.num_graphs, 3, 3, dtype=dtype, device=mask.device)
+            if batch.has_field("fire_cell_velocities") and batch["fire_cell_velocities"].shape == zero.shape:
+                zero = torch.where(mask.view(-1, 1, 1), zero, batch["fire_cell_velocities"])
+            batch.set_field("fire_cell_velocities", zero.contiguous(), "system")
 
     def pre_force(self, batch, stage_index: int) -> None:
         """One FIRE step for the active systems of stage ``stage_index`` (forces at current positions)."""
@@ -159,6 +183,9 @@ class FIRE(Dynamics):
         velocities = view("fire_velocities", batch["fire_velocities"], vector=True)
         forces = view("forces", batch.forces, vector=True)
         coef = view("_coef", self._coef, vector=True)
+        if self.cell_filter is not None:
+            self._filter_step(batch, stage_index, stage, status, velocities, forces, coef)
+            return
         inputs = [view("ptr", batch.ptr), stage, status, int(stage_index), velocities, forces]
         inputs += [view(name, batch[name]) for name in _STATE]
         inputs += [view(field, batch[field]) for field, _, _ in _PARAMS]
@@ -168,6 +195,28 @@ class FIRE(Dynamics):
         positions = view("positions", positions, vector=True)
         inputs = [view("batch_idx", batch.batch_idx), stage, status, int(stage_index), coef, forces, velocities]
         self._launch_atoms(dtype, n_atoms, inputs + [positions], device)
+
+    def _filter_step(self, batch, stage_index, stage, status, velocities, forces, coef) -> None:
+        """FIRE over the cell filter's rows: filter kernel, per-system FIRE + cell move, per-atom move."""
+        view = self._views
+        sc = self.cell_filter.compute(batch, stage_index)["w"]
+        num, dtype, device = batch.num_graphs, batch.positions.dtype, batch.device
+        if self._cell_scratch is None or self._cell_scratch.shape[0] != num or self._cell_scratch.dtype != dtype \
+                or self._cell_scratch.device != device:
+            self._cell_scratch = torch.zeros(num, 3, 3, dtype=dtype, device=device)
+        transform = view("_transform", self._cell_scratch, matrix=True)
+        inputs = [view("ptr", batch.ptr), stage, status, int(stage_index), view("filter_kind", batch["filter_kind"]),
+                  velocities, forces, sc["deform"], sc["cell_x"], sc["cell_f"],
+                  view("fire_cell_velocities", batch["fire_cell_velocities"], matrix=True),
+                  view("filter_ref_cell", batch["filter_ref_cell"], matrix=True),
+                  view("filter_mask", batch["filter_mask"], matrix=True), view("filter_factor", batch["filter_factor"])]
+        inputs += [view(name, batch[name]) for name in _STATE]
+        inputs += [view(field, batch[field]) for field, _, _ in _PARAMS]
+        inputs += [view("cell", batch.cell, matrix=True), transform, coef]
+        self._launch_filter(cfk.fire_filter_system_kernel, num, inputs, device, dtype)
+        inputs = [view("batch_idx", batch.batch_idx), stage, status, int(stage_index), coef, sc["deform"],
+                  sc["inv_deform"], transform, forces, velocities, view("positions", batch.positions, vector=True)]
+        self._launch_filter(cfk.fire_filter_atom_kernel, batch.positions.shape[0], inputs, device, dtype)
 
     def post_force(self, batch, stage_index: int) -> None:
         """Nothing: FIRE's whole step runs in :meth:`pre_force`."""

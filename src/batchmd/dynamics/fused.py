@@ -113,7 +113,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         stress (eV/Å^3) at every evaluation. Off by default (none of FIRE, NVE,
         NVTLangevin or NoseHooverChainNVT needs it; it costs ~15% of a Lennard-Jones
         evaluation); systems then carry a NaN ``stress``, never a stale one. Stages that
-        declare ``needs_stress`` (the MTK barostats) turn it on whatever this says; a model
+        declare ``needs_stress`` (the MTK barostats, optimizers with a cell filter) turn it on whatever this says; a model
         declaring ``computes_stress=False`` is then refused (``ValueError``).
     cpu_threads : int, None or "auto"
         torch's intra-op threads while :meth:`run` works on a CPU batch (restored after).

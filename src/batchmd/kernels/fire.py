@@ -46,7 +46,62 @@ from batchmd.kernels.reductions import fire_sums
 
 wp.set_module_options({"enable_backward": False})
 
-__all__ = ["fire_system_kernel_overloads", "fire_atom_kernel_overloads", "fire_system_kernel", "fire_atom_kernel"]
+__all__ = ["fire_update", "fire_system_kernel_overloads", "fire_atom_kernel_overloads", "fire_system_kernel", "fire_atom_kernel"]
+
+
+@wp.func
+def fire_update(
+    s: wp.int32,
+    vf: Any,
+    f2: Any,
+    v2: Any,
+    dt: wp.array(dtype=Any),
+    alpha: wp.array(dtype=Any),
+    nsteps: wp.array(dtype=wp.int32),
+    maxstep: wp.array(dtype=Any),
+    dtmax: wp.array(dtype=Any),
+    nmin: wp.array(dtype=wp.int32),
+    finc: wp.array(dtype=Any),
+    fdec: wp.array(dtype=Any),
+    astart: wp.array(dtype=Any),
+    fa: wp.array(dtype=Any),
+):
+    """One FIRE parameter update of system ``s`` from its sums ``v·f``, ``|f|^2``, ``|v|^2``.
+
+    Updates ``dt``, ``alpha``, ``nsteps`` of ``s`` and returns ``vec3(c_v, c_f, c_x)`` (see the
+    module docstring); shared by the plain and the cell-filter FIRE kernels.
+    """
+    one = dt.dtype(1.0)
+    zero = dt.dtype(0.0)
+    h = dt[s]
+    a = alpha[s]
+    n = nsteps[s]
+    c_v = zero
+    c_mix = zero
+    if n < 0:
+        # First step: ASE starts from vel = 0 and changes neither dt, a nor Nsteps.
+        n = 0
+    elif vf > zero:
+        c_v = one - a
+        c_mix = a * wp.sqrt(v2) / wp.sqrt(f2)
+        if n > nmin[s]:
+            h = wp.min(h * finc[s], dtmax[s])
+            a = a * fa[s]
+        n = n + 1
+    else:
+        a = astart[s]
+        h = h * fdec[s]
+        n = 0
+    c_f = c_mix + h
+    # |dt v'|^2 with v' = c_v v + c_f f.
+    norm_dr = h * wp.sqrt(c_v * c_v * v2 + dt.dtype(2.0) * c_v * c_f * vf + c_f * c_f * f2)
+    c_x = h
+    if norm_dr > maxstep[s]:
+        c_x = h * maxstep[s] / norm_dr
+    dt[s] = h
+    alpha[s] = a
+    nsteps[s] = n
+    return wp.vector(c_v, c_f, c_x)
 
 
 @wp.kernel
@@ -88,38 +143,7 @@ def fire_system_kernel(
         coef[s] = coef.dtype(one, zero, zero)
         return
     sums = fire_sums(ptr[s], ptr[s + 1], velocities, forces)
-    vf = sums[0]
-    f2 = sums[1]
-    v2 = sums[2]
-    h = dt[s]
-    a = alpha[s]
-    n = nsteps[s]
-    c_v = zero
-    c_mix = zero
-    if n < 0:
-        # First step: ASE starts from vel = 0 and changes neither dt, a nor Nsteps.
-        n = 0
-    elif vf > zero:
-        c_v = one - a
-        c_mix = a * wp.sqrt(v2) / wp.sqrt(f2)
-        if n > nmin[s]:
-            h = wp.min(h * finc[s], dtmax[s])
-            a = a * fa[s]
-        n = n + 1
-    else:
-        a = astart[s]
-        h = h * fdec[s]
-        n = 0
-    c_f = c_mix + h
-    # |dt v'|^2 with v' = c_v v + c_f f.
-    norm_dr = h * wp.sqrt(c_v * c_v * v2 + dt.dtype(2.0) * c_v * c_f * vf + c_f * c_f * f2)
-    c_x = h
-    if norm_dr > maxstep[s]:
-        c_x = h * maxstep[s] / norm_dr
-    dt[s] = h
-    alpha[s] = a
-    nsteps[s] = n
-    coef[s] = coef.dtype(c_v, c_f, c_x)
+    coef[s] = fire_update(s, sums[0], sums[1], sums[2], dt, alpha, nsteps, maxstep, dtmax, nmin, finc, fdec, astart, fa)
 
 
 @wp.kernel

@@ -1,0 +1,240 @@
+"""Cell filters for the optimizers: ASE's ``FrechetCellFilter`` and ``UnitCellFilter``, batched.
+
+A filter adds three "rows" per system (the cell's degrees of freedom) to what an optimizer
+moves, and turns the stress into forces on them, so that :class:`~batchmd.dynamics.FIRE`
+and :class:`~batchmd.dynamics.LBFGS` relax atoms and cell together, step for step as
+``ase.optimize.FIRE(FrechetCellFilter(atoms))`` does. The math is in
+:mod:`batchmd.kernels.cell_filter`.
+
+Example
+-------
+>>> from batchmd.dynamics import FIRE, ConvergenceHook, FrechetCellFilter
+>>> relax = FIRE(model, cell_filter=FrechetCellFilter(scalar_pressure=0.01),
+...              convergence_hook=ConvergenceHook.from_forces(0.01))     # doctest: +SKIP
+>>> relaxed = relax.run(batch, n_steps=1000)                             # doctest: +SKIP
+
+``convergence_hook=ConvergenceHook.from_forces(fmax)`` then means ASE's criterion through
+the filter: the largest norm over the ``N`` transformed atom forces and the 3 cell-force rows
+is ``<= fmax``. The model must compute the stress (Lennard-Jones does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from batchmd.dynamics.base import set_system_param
+from batchmd.dynamics.convergence import ConvergenceHook
+from batchmd.kernels import cell_filter as cfk
+from batchmd.runtime import LaunchCache, WarpViewCache
+
+__all__ = ["CellFilter", "FrechetCellFilter", "UnitCellFilter", "GPA", "FILTER_FIELDS"]
+
+#: 1 GPa in eV/Å^3 (``ase.units.GPa``).
+GPA = 1.0 / 160.21766208
+
+#: System fields a filter keeps in the batch (they follow each system through refills).
+FILTER_FIELDS = {
+    "filter_kind": "int32: 0 UnitCellFilter, 1 FrechetCellFilter",
+    "filter_ref_cell": "[3, 3] Å: the cell when the filter was attached (ASE's orig_cell)",
+    "filter_pressure": "eV/Å^3: scalar_pressure",
+    "filter_hydrostatic": "int32: hydrostatic_strain",
+    "filter_constant_volume": "int32: constant_volume",
+    "filter_mask": "[3, 3] 0/1: mask (ASE's mask3x3)",
+    "filter_factor": "cell_factor (unit) or exp_cell_factor (Fréchet); default the atom count",
+    "filter_fmax": "eV/Å: ASE's fmax through the filter (N + 3 rows), after each evaluation",
+}
+
+
+def _mask3x3(mask) -> np.ndarray:
+    """ASE's mask (6 Voigt flags or 3x3) as a 3x3 float array."""
+    m = np.asarray(mask, dtype=np.float64)
+    if m.shape == (6,):
+        xx, yy, zz, yz, xz, xy = m
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    if m.shape == (3, 3):
+        return m.copy()
+    raise ValueError(f"batchmd: cell filter mask must have shape (6,) or (3, 3), got {m.shape}")
+
+
+class CellFilter:
+    """Base of :class:`FrechetCellFilter` and :class:`UnitCellFilter` (use those).
+
+    Parameters
+    ----------
+    scalar_pressure : float, torch.Tensor [B] or str
+        External pressure ``P`` in **eV/Å^3** (``GPA`` converts: ``10 * GPA``); the virial
+        becomes ``-V (sigma + P I)``, i.e. the relaxation minimises the enthalpy ``E + P V``.
+        A tensor is indexed by slot when a system enters the stage; a string names a system
+        field of the batch holding each system's own pressure (eV/Å^3), so that in inflight
+        runs every sample brings its own.
+    hydrostatic_strain : bool, bool tensor [B] or str
+        Only isotropic deformation (the virial is replaced by its trace over 3).
+    constant_volume : bool, bool tensor [B] or str
+        Project the trace out of the cell forces (volume kept approximately, as in ASE).
+    mask : None, sequence of 6 or 3x3 (0/1), tensor [B, 6] / [B, 3, 3], or str
+        Which strain components relax (Voigt order ``xx, yy, zz, yz, xz, xy``); None: all.
+    factor : None, float, tensor [B] or str
+        ``cell_factor`` (unit) / ``exp_cell_factor`` (Fréchet); None: the system's atom count
+        (ASE's default).
+
+    Notes
+    -----
+    :meth:`init_state` writes the fields of :data:`FILTER_FIELDS` for the systems entering
+    the stage; the reference cell is their cell at that moment (as attaching a new ASE filter).
+    """
+
+    kind: int = -1
+    ase_name = ""
+
+    def __init__(self, scalar_pressure=0.0, hydrostatic_strain=False, constant_volume=False, mask=None,
+                 factor=None):
+        for name, value in (("scalar_pressure", scalar_pressure), ("factor", factor)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isfinite(value):
+                raise ValueError(f"batchmd: {type(self).__name__} {name} must be finite, got {value!r}")
+        if isinstance(factor, (int, float)) and factor <= 0:
+            raise ValueError(f"batchmd: {type(self).__name__} cell factor must be > 0, got {factor!r}")
+        if mask is not None and not isinstance(mask, (str, torch.Tensor)):
+            mask = _mask3x3(mask)
+        self.scalar_pressure = scalar_pressure
+        self.hydrostatic_strain = hydrostatic_strain
+        self.constant_volume = constant_volume
+        self.mask = mask
+        self.factor = factor
+        self._views = WarpViewCache()
+        self._launch = LaunchCache()
+        self._scratch = None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(scalar_pressure={self.scalar_pressure!r}, hydrostatic_strain="
+                f"{self.hydrostatic_strain!r}, constant_volume={self.constant_volume!r})")
+
+    # ----------------------------------------------------------------- state
+    @staticmethod
+    def _value(batch, value, name):
+        if isinstance(value, str):
+            if not batch.has_field(value):
+                raise ValueError(f"batchmd: cell filter {name}={value!r} names a batch field the batch does not have")
+            return batch[value].reshape(batch.num_graphs, *batch[value].shape[1:])
+        return value
+
+    def init_state(self, batch, mask: torch.Tensor) -> None:
+        """Attach the filter to the systems where ``mask`` [B] is True (reference cell = current cell)."""
+        if batch.cell is None:
+            raise ValueError("batchmd: a cell filter needs systems with a cell")
+        dtype, num, dev = batch.positions.dtype, batch.num_graphs, mask.device
+        set_system_param(batch, "filter_kind", self.kind, mask, torch.int32)
+        pressure = self._value(batch, self.scalar_pressure, "scalar_pressure")
+        set_system_param(batch, "filter_pressure", pressure.reshape(-1) if torch.is_tensor(pressure) else pressure,
+                         mask, dtype)
+        for field, attr in (("filter_hydrostatic", "hydrostatic_strain"), ("filter_constant_volume", "constant_volume")):
+            value = self._value(batch, getattr(self, attr), attr)
+            value = value.reshape(-1).to(torch.int32) if torch.is_tensor(value) else int(bool(value))
+            set_system_param(batch, field, value, mask, torch.int32)
+        factor = self._value(batch, self.factor, "factor")
+        if factor is None:
+            factor = batch.num_atoms_per_system.to(device=dev, dtype=dtype)
+        set_system_param(batch, "filter_factor", factor.reshape(-1) if torch.is_tensor(factor) else factor, mask, dtype)
+        m = self._value(batch, self.mask, "mask")
+        if m is None:
+            m = torch.ones(num, 3, 3, dtype=dtype, device=dev)
+        elif isinstance(m, np.ndarray):
+            m = torch.as_tensor(m, dtype=dtype, device=dev).expand(num, 3, 3)
+        else:
+            m = m.to(device=dev, dtype=dtype)
+            if m.shape[-1] == 6:
+                m = m[:, [[0, 5, 4], [5, 1, 3], [4, 3, 2]]]
+            if tuple(m.shape) != (num, 3, 3):
+                raise ValueError(f"batchmd: per-system cell filter mask must be [{num}, 6] or [{num}, 3, 3]")
+        pick = mask.view(-1, 1, 1)
+        for field, value in (("filter_mask", m), ("filter_ref_cell", batch.cell.to(dtype).clone())):
+            if batch.has_field(field) and tuple(batch[field].shape) == (num, 3, 3):
+                value = torch.where(pick, value, batch[field])
+            batch.set_field(field, value.contiguous(), "system")
+        if not batch.has_field("filter_fmax") or batch["filter_fmax"].shape != (num,):
+            batch.set_field("filter_fmax", torch.full((num,), float("nan"), dtype=dtype, device=dev), "system")
+
+    # ----------------------------------------------------------------- kernels
+    def scratch(self, batch) -> dict:
+        """Per-system ``F``, ``F^{-1}``, cell rows and cell forces (mat33 [B]), reused while B holds."""
+        num, dtype, dev = batch.num_graphs, batch.positions.dtype, batch.device
+        sc = self._scratch
+        if sc is None or sc["key"] != (num, dtype, dev):
+            t = {name: torch.zeros(num, 3, 3, dtype=dtype, device=dev)
+                 for name in ("deform", "inv_deform", "cell_x", "cell_f")}
+            self._scratch = sc = {"key": (num, dtype, dev), "t": t}
+        views = self._views
+        sc["w"] = {name: views("_" + name, tensor, matrix=True) for name, tensor in sc["t"].items()}
+        return sc
+
+    def compute(self, batch, stage_index: int, active_only: bool = True) -> dict:
+        """Launch :func:`~batchmd.kernels.cell_filter.filter_system_kernel`; returns the scratch views.
+
+        Raises
+        ------
+        ValueError
+            The batch carries no stress (the model must compute it; see ``Model.computes_stress``).
+        """
+        if not batch.has_field("stress"):
+            raise ValueError(f"batchmd: {type(self).__name__} needs the stress (eV/Å^3) of every system; "
+                             "use a model that computes it (model.computes_stress) in a loop that asks for it")
+        sc = self.scratch(batch)
+        v, w = self._views, sc["w"]
+        self._launch(cfk.filter_system_kernel, batch.num_graphs, [
+            v("ptr", batch.ptr), v("stage", batch["stage"]), v("status", batch["status"]), int(stage_index),
+            int(bool(active_only)), v("kind", batch["filter_kind"]), v("cell", batch.cell, matrix=True),
+            v("ref_cell", batch["filter_ref_cell"], matrix=True), v("stress", batch.stress, matrix=True),
+            v("pressure", batch["filter_pressure"]), v("hydro", batch["filter_hydrostatic"]),
+            v("constvol", batch["filter_constant_volume"]), v("mask", batch["filter_mask"], matrix=True),
+            v("factor", batch["filter_factor"]), v("forces", batch.forces, vector=True),
+            w["deform"], w["inv_deform"], w["cell_x"], w["cell_f"], v("fmax", batch["filter_fmax"]),
+        ], batch.device, batch.positions.dtype)
+        return sc
+
+    def fmax(self, batch) -> torch.Tensor:
+        """ASE's ``fmax`` through the filter for every system, eV/Å (``[B]``; also in field ``filter_fmax``)."""
+        self.compute(batch, -1, active_only=False)
+        return batch["filter_fmax"]
+
+    def convergence_hook(self, threshold: float) -> ConvergenceHook:
+        """Converged when ASE's ``fmax`` through this filter is ``<= threshold`` (eV/Å)."""
+        if not threshold > 0:
+            raise ValueError(f"batchmd: convergence threshold must be > 0 eV/Å, got {threshold}")
+        threshold = float(threshold)
+        return ConvergenceHook("filter_fmax", threshold, predicate=lambda batch: self.fmax(batch) <= threshold)
+
+    def wrap_convergence(self, hook):
+        """A plain force criterion (``ConvergenceHook.from_forces``) becomes the filter's; others are kept."""
+        if hook is not None and hook.field == "fmax" and hook.predicate is None:
+            return self.convergence_hook(hook.threshold)
+        return hook
+
+
+class FrechetCellFilter(CellFilter):
+    """Batched ``ase.filters.FrechetCellFilter``: cell rows ``exp_cell_factor * log(F)``.
+
+    Parameters as :class:`CellFilter`, with ASE's name ``exp_cell_factor`` for the factor.
+    The default filter for variable-cell relaxation (ASE's recommendation); its cell forces
+    are exact gradients of the (enthalpy) energy with respect to the log-strain rows.
+    """
+
+    kind = cfk.FRECHET
+    ase_name = "FrechetCellFilter"
+
+    def __init__(self, scalar_pressure=0.0, hydrostatic_strain=False, constant_volume=False, mask=None,
+                 exp_cell_factor=None):
+        super().__init__(scalar_pressure, hydrostatic_strain, constant_volume, mask, exp_cell_factor)
+
+
+class UnitCellFilter(CellFilter):
+    """Batched ``ase.filters.UnitCellFilter``: cell rows ``cell_factor * F``.
+
+    Parameters as :class:`CellFilter`, with ASE's name ``cell_factor`` for the factor.
+    """
+
+    kind = cfk.UNIT
+    ase_name = "UnitCellFilter"
+
+    def __init__(self, scalar_pressure=0.0, hydrostatic_strain=False, constant_volume=False, mask=None,
+                 cell_factor=None):
+        super().__init__(scalar_pressure, hydrostatic_strain, constant_volume, mask, cell_factor)

@@ -1,0 +1,190 @@
+"""Cell filters against ase.filters (FrechetCellFilter, UnitCellFilter) with FIRE, step for step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+import torch
+from ase.filters import FrechetCellFilter as AseFrechet
+from ase.filters import UnitCellFilter as AseUnit
+from ase.optimize import FIRE as AseFIRE
+
+from batchmd.data import Batch
+from batchmd.dynamics import ConvergenceHook, FusedStage
+from batchmd.dynamics.cell_filter import GPA, FrechetCellFilter, UnitCellFilter
+from batchmd.dynamics.fire import FIRE
+from batchmd.kernels.cell import matrix_function_check
+from batchmd.models.lj import LennardJones
+
+from cell_helpers import CUTOFF, EPS, SIGMA, argon_cell, ase_relax, ase_trajectory, drive, lj_calc, max_deviation
+
+FILTERS = {"frechet": (FrechetCellFilter, AseFrechet), "unit": (UnitCellFilter, AseUnit)}
+OPTIONS = {
+    "plain": {},
+    "pressure": {"scalar_pressure": 0.002},
+    "hydrostatic": {"hydrostatic_strain": True},
+    "hydrostatic+pressure": {"hydrostatic_strain": True, "scalar_pressure": -0.001},
+    "constant_volume": {"constant_volume": True},
+    "mask": {"mask": [1, 1, 0, 0, 0, 1]},
+}
+
+
+def test_matrix_functions_match_scipy():
+    rng = np.random.default_rng(0)
+    worst = [0.0, 0.0, 0.0]
+    for scale in (1e-4, 0.05, 0.3, 1.0, 2.0):
+        for _ in range(4):
+            a = scale * rng.normal(size=(3, 3))
+            e = rng.normal(size=(3, 3))
+            exp_a, log_exp_a, frechet = matrix_function_check(a, e)
+            ref = sl.expm(a)
+            worst[0] = max(worst[0], np.abs(exp_a - ref).max() / np.abs(ref).max())
+            worst[1] = max(worst[1], np.abs(log_exp_a - sl.logm(ref)).max())
+            ref_d = sl.expm_frechet(a, e, compute_expm=False)
+            worst[2] = max(worst[2], np.abs(frechet - ref_d).max() / np.abs(ref_d).max())
+    assert worst[0] < 1e-13 and worst[1] < 1e-12 and worst[2] < 1e-13, worst
+
+
+# ASE's FrechetCellFilter costs ~0.05 s per force call (scipy logm + 9 expm_frechet): its
+# less common options run with the slow tests.
+CASES = [(kind, option) for kind in FILTERS for option in OPTIONS]
+CASES = [pytest.param(k, o, marks=pytest.mark.slow) if k == "frechet" and o in ("constant_volume", "mask",
+         "hydrostatic+pressure") else (k, o) for k, o in CASES]
+
+
+@pytest.mark.parametrize("kind,option", CASES)
+def test_fire_with_cell_filter_matches_ase_step_for_step(kind, option):
+    ours_cls, ase_cls = FILTERS[kind]
+    kwargs = OPTIONS[option]
+    systems = [argon_cell(1), argon_cell(2, repeat=(2, 1, 1))]
+    n_steps = 50
+    batch, traj = drive(FIRE(model=lambda b: None, cell_filter=ours_cls(**kwargs)), systems, n_steps)
+    ptr = batch.ptr.tolist()
+    worst = 0.0
+    for k, atoms in enumerate(systems):
+        ref = ase_trajectory(atoms, AseFIRE, n_steps, ase_cls, kwargs)
+        worst = max(worst, max_deviation(traj, ptr, k, ref))
+        if option not in ("constant_volume", "mask"):
+            assert np.abs(ref[-1][1] - atoms.cell[:]).max() > 0.1  # the cell really moved
+    print(f"FIRE + {kind} {option}: max |Δx|, |Δcell| over {n_steps} steps {worst:.1e} Å")
+    assert worst < 1e-8
+
+
+def test_filter_fmax_is_ases_fmax_through_the_filter():
+    atoms = argon_cell(3, repeat=(1, 2, 1))
+    atoms.calc = lj_calc()
+    for ours_cls, ase_cls in FILTERS.values():
+        for kwargs in OPTIONS.values():
+            _, traj = drive(FIRE(model=lambda b: None, cell_filter=ours_cls(**kwargs)), [atoms], 3)
+            batch = Batch.from_ase([atoms], dtype=torch.float64)
+            batch.set_field("stress", torch.from_numpy(atoms.get_stress(voigt=False))[None], "system")
+            batch.set_field("forces", torch.from_numpy(atoms.get_forces()), "atom")
+            for name in ("stage", "status"):
+                batch.set_field(name, torch.zeros(1, dtype=torch.int32), "system")
+            filt = ours_cls(**kwargs)
+            filt.init_state(batch, torch.ones(1, dtype=torch.bool))
+            ref = np.linalg.norm(ase_cls(atoms, **kwargs).get_forces(), axis=1).max()
+            assert float(filt.fmax(batch)[0]) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+
+
+def relax_systems(seed_list, pressures=None):
+    return [argon_cell(seed, repeat=(1, 1, 2) if seed % 2 else (1, 1, 1)) for seed in seed_list]
+
+
+@pytest.mark.parametrize("kind", list(FILTERS))
+def test_fire_cell_relaxation_with_batchmd_lj_matches_ase(kind):
+    """The whole loop with batchmd's LJ: relaxed cells, positions, energies and step counts equal ASE's
+    (one system at zero pressure, one at 0.003 eV/Å^3, in one batch)."""
+    ours_cls, ase_cls = FILTERS[kind]
+    systems = relax_systems([4, 5])
+    pressures = [0.0, 0.003]
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
+    filt = ours_cls(scalar_pressure=torch.tensor(pressures, dtype=torch.float64))
+    relax = FIRE(model, cell_filter=filt, convergence_hook=ConvergenceHook.from_forces(1e-4))
+    out = relax.run(Batch.from_ase(systems, dtype=torch.float64), n_steps=2000)
+    ptr = out.ptr.tolist()
+    for k, atoms in enumerate(systems):
+        atoms, nsteps = ase_relax(atoms, AseFIRE, 1e-4, 2000, ase_cls, {"scalar_pressure": pressures[k]})
+        assert bool(out["converged"][k]) and int(out["n_steps"][k]) == nsteps
+        assert np.abs(out.cell[k].numpy() - atoms.cell[:]).max() < 1e-8
+        assert np.abs(out.positions[ptr[k]:ptr[k + 1]].numpy() - atoms.positions).max() < 1e-8
+        assert float(out.energies[k, 0]) == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+        assert float(out["filter_fmax"][k]) < 1e-4
+
+
+def test_model_without_stress_is_refused():
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF, compute_stress=False)
+    with pytest.raises(ValueError, match="needs the stress"):
+        FIRE(model, cell_filter=FrechetCellFilter(), n_steps=5).run(Batch.from_ase([argon_cell(1)], dtype=torch.float64))
+    batch = Batch.from_ase([argon_cell(1)], dtype=torch.float64)
+    batch.set_field("forces", torch.zeros_like(batch.positions), "atom")
+    for name in ("stage", "status"):
+        batch.set_field(name, torch.zeros(1, dtype=torch.int32), "system")
+    fire = FIRE(model=lambda b: None, cell_filter=UnitCellFilter())
+    fire.init_state(batch, torch.ones(1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="stress"):
+        fire.pre_force(batch, 0)
+
+
+def test_bad_filter_arguments():
+    with pytest.raises(ValueError, match="mask"):
+        FrechetCellFilter(mask=[1, 1, 1])
+    with pytest.raises(ValueError, match="finite"):
+        UnitCellFilter(scalar_pressure=float("nan"))
+    with pytest.raises(ValueError, match="> 0"):
+        UnitCellFilter(cell_factor=0.0)
+
+
+def test_batch_invariance_and_per_system_options():
+    """Each system's relaxation is bitwise the same alone and in a mixed batch with other options."""
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
+    systems = relax_systems([6, 7, 8])
+    pressure = torch.tensor([0.0, 0.004, -0.002], dtype=torch.float64)
+    hydro = torch.tensor([False, True, False])
+    filt = FrechetCellFilter(scalar_pressure=pressure, hydrostatic_strain=hydro)
+    mixed = FIRE(model, cell_filter=filt, convergence_hook=ConvergenceHook.from_forces(1e-3)).run(
+        Batch.from_ase(systems, dtype=torch.float64), n_steps=600)
+    ptr = mixed.ptr.tolist()
+    for k, atoms in enumerate(systems):
+        alone_filter = FrechetCellFilter(scalar_pressure=float(pressure[k]), hydrostatic_strain=bool(hydro[k]))
+        alone = FIRE(model, cell_filter=alone_filter, convergence_hook=ConvergenceHook.from_forces(1e-3)).run(
+            Batch.from_ase([atoms], dtype=torch.float64), n_steps=600)
+        assert torch.equal(alone.cell[0], mixed.cell[k])
+        assert torch.equal(alone.positions, mixed.positions[ptr[k]:ptr[k + 1]])
+        assert int(alone["n_steps"][0]) == int(mixed["n_steps"][k])
+    assert mixed["filter_pressure"].tolist() == pressure.tolist()
+
+
+def test_pressure_from_a_field_travels_with_each_system_through_refills():
+    """Inflight: every sample brings its own pressure (a system field); refills keep it with its system."""
+    from batchmd.ase import AtomsDataset
+    from batchmd.dynamics import SizeAwareSampler
+    from batchmd.dynamics.sinks import HostMemory
+
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
+    pressures = [0.0, 0.003, -0.001, 0.006, 0.001]
+    frames = []
+    for k, p in enumerate(pressures):
+        atoms = argon_cell(10 + k)
+        atoms.info["pressure"] = p  # eV/Å^3, becomes the system field "pressure"
+        frames.append(atoms)
+    sampler = SizeAwareSampler(AtomsDataset(frames), max_atoms=8)
+    sink = HostMemory(capacity=10)
+    relax = FIRE(model, cell_filter=UnitCellFilter(scalar_pressure="pressure"),
+                 convergence_hook=ConvergenceHook.from_forces(1e-3), n_steps=1000)
+    assert FusedStage([relax], sampler=sampler, sinks=[sink], refill_frequency=3).run(None) is None
+    done = sink.drain()
+    assert done.num_graphs == len(pressures)
+    for k in range(done.num_graphs):
+        index = int(done["input_index"][k])
+        atoms, nsteps = ase_relax(frames[index], AseFIRE, 1e-3, 1000, AseUnit, {"scalar_pressure": pressures[index]})
+        assert int(done["n_steps"][k]) == nsteps
+        assert np.abs(done.cell[k].numpy() - atoms.cell[:]).max() < 1e-8
+        assert float(done["filter_pressure"][k]) == pressures[index]
+
+
+def test_gpa_constant():
+    from ase.units import GPa
+
+    assert GPA == pytest.approx(GPa, rel=1e-12)
