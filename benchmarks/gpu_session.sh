@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh setup test overhead bench123   # then, in a later call:
 #   bash benchmarks/gpu_session.sh setup eager123 w4 profile
+#   bash benchmarks/gpu_session.sh all      # one ~10-minute lease: setup, CUDA tests, W1-W5 (quick)
 #
 # Inputs (git-ignored, made on a machine with pip; see benchmarks/README.md "On a GPU"):
 #   /root/gpu_parts/warpso.xz.part.aa   first part of warp.so (xz), carried by an earlier call
@@ -37,7 +38,28 @@ stage_setup() {
 }
 
 stage_test() {
-    timeout 150 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$REPORT/test_cuda.log" | tail -40
+    timeout 150 $PY -m pytest tests/test_cuda.py tests/test_cuda_budget.py -v -p no:cacheprovider -o addopts="" 2>&1 \
+        | tee "$REPORT/test_cuda.log" | tail -40
+}
+
+stage_w5() {
+    # W5 on the GPU: the demo network (always there), then a random-weight MACE if its adapter imports.
+    timeout "${W5_TIMEOUT:-100}" $PY -m benchmarks.w5 --device cuda --model demo --n "${W5_N:-300}" --batch-sizes 32,64,128,300 \
+        --chunks 0 --rounds 2 --auto-budget --threads 0 --out "$REPORT/w5_demo.md" 2>&1 | tee "$REPORT/w5_demo.log" | tail -8
+    timeout "${W5_TIMEOUT:-130}" $PY -m benchmarks.w5 --device cuda --model mace-random --n "${W5_N:-300}" --batch-sizes 32,64,128,300 \
+        --chunks 0 --rounds 2 --auto-budget --threads 0 --out "$REPORT/w5_mace.md" 2>&1 | tee "$REPORT/w5_mace.log" | tail -8
+}
+
+stage_quick123() {
+    # W1-W3 (quick sizes), batchmd and whichever peers import, 2 rounds.
+    timeout 150 $PY -m benchmarks.run_report --device cuda --workloads W1,W2,W3 --quick --peers "${PEERS123:-batchmd,torchsim,nvalchemi}" \
+        --rounds 2 --no-sweep --out-dir "$REPORT/quick" 2>&1 | tee "$REPORT/quick123.log" | grep -v "^\[round" | tail -25
+}
+
+stage_all() {
+    # One call of at most ~13 minutes (timeouts 60+150+150+180+230 s; typically less): everything the
+    # issue asks of a GPU lease. Results are copied to $OUT after every stage (see the loop below).
+    stage_setup; stage_test; stage_quick123; W4_ROUNDS=2 W4_TIMEOUT=180 stage_w4; stage_w5
 }
 
 stage_overhead() {
@@ -66,7 +88,7 @@ stage_final() {
 }
 
 stage_w4() {
-    timeout 200 $PY -m benchmarks.run_report --device cuda --workloads W4,W4W --peers batchmd --rounds "${W4_ROUNDS:-3}" --no-sweep \
+    timeout "${W4_TIMEOUT:-200}" $PY -m benchmarks.run_report --device cuda --workloads W4,W4W --peers batchmd --rounds "${W4_ROUNDS:-3}" --no-sweep \
         --merge --out-dir "$REPORT" 2>&1 | tee "$REPORT/w4.log" | tail -25
 }
 

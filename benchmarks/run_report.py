@@ -404,8 +404,9 @@ def w4_table(s: dict) -> list[str]:
     occ_static = static.get("extra", {}).get("mean_occupancy")
     e_static = static.get("energies")
     lines = ["| mode | wall (median) | min | mean occupancy | steps min/med/max | static / this | "
-             "recomputing static / this | occupancy / static's | max abs dE vs static (eV) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "recomputing static / this | occupancy / static's | refill overhead | ms per refill point | "
+             "max abs dE vs static (eV) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in s.items():
         occ = r.get("extra", {}).get("mean_occupancy")
         steps = r.get("n_steps") or []
@@ -416,7 +417,9 @@ def w4_table(s: dict) -> list[str]:
         w = r["wall_median"]
         lines.append(f"| {r['variant']} | {fmt(w)} s | {fmt(r.get('wall_min'))} s | "
                      f"{fmt(occ, '.1%')} | {spread} | {fmt(st / w if st else None)} | "
-                     f"{fmt(st_re / w if st_re else None)} | {fmt(bound)} | {fmt(de, '.2e')} |")
+                     f"{fmt(st_re / w if st_re else None)} | {fmt(bound)} | "
+                     f"{fmt(r.get('extra', {}).get('refill_overhead'), '.1%')} | "
+                     f"{fmt(r.get('extra', {}).get('refill_ms'), '.2f')} | {fmt(de, '.2e')} |")
     return lines
 
 

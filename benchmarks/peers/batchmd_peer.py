@@ -225,6 +225,8 @@ def _inflight(structures, batch_size: int, refill_frequency: int | None = None, 
         "energies": out.energies.reshape(-1)[order].double().tolist(),
         "n_steps": out["n_steps"].reshape(-1)[order].tolist(),
         "mean_occupancy": fused.stats.mean_occupancy,
+        "refill_seconds": fused.stats.refill_seconds,
+        "refill_points": fused.stats.refill_points,
     }
 
 
@@ -241,4 +243,6 @@ def run_w4_inflight(structures, batch_size: int, refill_frequency: int | None = 
                   variant=f"inflight ({DEVICE}), {batch_size} slots, refill every {refill_frequency or os.environ.get('BENCH_W4_REFILL', '5')}"
                           + (", same-size refills in place" if in_place else "")
                           + (", CUDA graphs" if cuda_graph and DEVICE.startswith("cuda") else ""),
-                  extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan")))})
+                  extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan"))),
+                         "refill_overhead": out["refill_seconds"] / t.elapsed,
+                         "refill_ms": 1e3 * out["refill_seconds"] / max(out["refill_points"], 1)})
