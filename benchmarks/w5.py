@@ -88,21 +88,37 @@ class _DemoEnergy(torch.nn.Module):
         return energy.index_add_(0, batch_idx, net.element_energy(numbers).squeeze(-1))
 
 
+#: Elements of the W5 chemistries (Li, O, Na, Si, Cl, Ti, Co).
+W5_NUMBERS = (3, 8, 11, 14, 17, 22, 27)
+
+
 def build_model(name: str, dtype: torch.dtype, device: str):
-    """The batchmd model for ``name`` (demo, mace-random, sevennet-0, mace:PATH)."""
+    """(batchmd model, MACE model file or None) for ``name``: demo, mace-random, sevennet-0, mace:PATH.
+
+    ``mace-random``: a small MACE with random weights (``batchmd.models.mlip.mace.random_mace``,
+    seed 0) saved to ``benchmarks/.cache/mace_random_w5.model`` and loaded back through
+    ``load_model("mace:PATH")``, so that TorchSim can load the very same file.
+    """
     if name == "demo":
         from batchmd.models.torch_adapter import TorchModelAdapter
 
-        return TorchModelAdapter(_DemoEnergy().to(device=device, dtype=dtype))
-    if name == "mace-random":
-        from batchmd.models.mlip.mace import random_mace  # issue 14
-
-        torch.manual_seed(0)
-        numbers = sorted({8, 11, 14, 17, 22, 3, 27})
-        return random_mace(atomic_numbers=numbers).to(device=device, dtype=dtype)
+        return TorchModelAdapter(_DemoEnergy().to(device=device, dtype=dtype)), None
     from batchmd.models import load_model  # issue 14: "sevennet-0", "mace:PATH"
 
-    return load_model(name).to(device=device, dtype=dtype)
+    path = None
+    if name == "mace-random":
+        from batchmd.models.mlip.mace import random_mace
+
+        path = HERE / ".cache" / "mace_random_w5.model"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(random_mace(atomic_numbers=W5_NUMBERS, seed=0, dtype=torch.float64), path)
+        name = f"mace:{path}"
+    elif name.startswith("mace:"):
+        path = Path(name[5:])
+    model = load_model(name)
+    if hasattr(model, "to"):
+        model = model.to(device=device, dtype=dtype)
+    return model, (str(path) if path is not None else None)
 
 
 class Chunked(torch.nn.Module):
@@ -204,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--refill", type=int, default=5, help="inflight refill frequency (steps)")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds of the best static and inflight")
     p.add_argument("--auto-budget", action="store_true", help="also run inflight with choose_budget's budget")
+    p.add_argument("--torchsim", default=os.environ.get("BENCH_TORCHSIM_PYTHON"),
+                   help="python of a TorchSim 0.6 venv: adds TorchSim's ts.optimize + InFlightAutoBatcher row "
+                        "(MACE models only, same model file and atom budget)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     p.add_argument("--out", default=str(HERE / "w5_report.md"))
     args = p.parse_args(argv)
@@ -212,7 +231,7 @@ def main(argv=None) -> int:
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     structures = wl.w5_structures(args.n)
-    model = build_model(args.model, dtype, args.device)
+    model, model_file = build_model(args.model, dtype, args.device)
     mean_atoms = sum(len(a) for a in structures) / len(structures)
     copies = lambda: [a.copy() for a in structures]  # noqa: E731
     print(f"W5: {len(structures)} structures, {sum(len(a) for a in structures)} atoms, model {args.model}, "
@@ -242,12 +261,27 @@ def main(argv=None) -> int:
                              device=args.device, dtype=dtype, cache=False)
         rows["inflight auto budget"] = []
         print(f"[budget] {auto.source}: max_atoms {auto.max_atoms}", flush=True)
+    torchsim = None
+    if args.torchsim and model_file:
+        from benchmarks.peers.remote import RemotePeer
+
+        if args.threads:  # the same torch threads in TorchSim's worker
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torchsim = RemotePeer("torchsim", args.torchsim)
+        torchsim.setup()
+        rows["torchsim"] = []
+        torchsim.run_w5(copies()[:8], model_file, budget, args.dtype)  # warm-up
     for k in range(args.rounds):
         rows["static"].append(run_static(copies(), model, best["batch_size"], best["chunk"], dtype, args.device))
         rows["inflight"].append(run_inflight(copies(), model, budget, best["chunk"], args.refill, dtype, args.device))
         if auto is not None:
             rows["inflight auto budget"].append(run_inflight(copies(), model, auto.max_atoms, 0, args.refill, dtype,
                                                              args.device, label=" (choose_budget)"))
+        if torchsim is not None:
+            res = torchsim.run_w5(copies(), model_file, budget, args.dtype)
+            rows["torchsim"].append({"mode": f"TorchSim: {res.variant}", "wall": res.wall, "cpu": float("nan"),
+                                     "energies": res.energies, "steps": [], "occupancy": float("nan"),
+                                     "refill_overhead": float("nan")})
         print(f"[round {k}] " + ", ".join(f"{name} {rs[-1]['wall']:.2f} s (CPU {rs[-1]['cpu']:.2f} s)" for name, rs in rows.items()), flush=True)
     write(args, structures, sweep, rows, best, budget)
     return 0
@@ -290,6 +324,10 @@ def write(args, structures, sweep, rows, best, budget) -> None:
                      f"{ref['wall_median'] / r['wall_median']:.2f} | {r['cpu_median']:.2f} s | "
                      f"{ref['cpu_median'] / r['cpu_median']:.2f} | {r['occupancy']:.1%} | "
                      f"{r['refill_overhead']:.1%} | {r.get('refill_ms', 0.0):.2f} | {de:.2e} |")
+    if "torchsim" in summ:
+        lines += ["", f"TorchSim's wall / batchmd inflight's: "
+                  f"{summ['torchsim']['wall_median'] / summ['inflight']['wall_median']:.2f} (target >= 3). TorchSim's FIRE "
+                  "(ase flavour) scales alpha before mixing, unlike ASE and batchmd, so its relaxed energies differ."]
     lines += ["", "Occupancy: atoms of systems still moving (or getting their first evaluation) over the atoms "
               "evaluated (static: the whole batch at every step) or budgeted (inflight). Refill overhead: host time "
               "at refill points after the status read (graduation, sinks, sampling, the new live batch) over "

@@ -267,3 +267,31 @@ def run_w3(atoms, n_steps: int) -> Result:
     return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps,
                   extrapolated_from=run_steps if run_steps < n_steps else None,
                   variant=f"nve ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes()[:1])
+
+
+def run_w5(structures, model_path: str, max_atoms: int, dtype: str = "float32") -> Result:
+    """W5 with TorchSim's best API: ``ts.optimize`` (FIRE, ase flavour) + ``InFlightAutoBatcher``.
+
+    ``model_path``: a MACE model file (``torch.save`` of the module), wrapped by TorchSim's
+    own MACE adapter (``torch_sim.models.mace.MaceModel``, forces only, no stress). The
+    autobatcher gets ``max_atoms`` as its budget (its memory estimator refuses the CPU), the
+    same live-batch budget as batchmd's inflight row.
+    """
+    setup()
+    import torch
+    from torch_sim.models.mace import MaceModel
+
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    device = torch.device(bench_device())
+    module = torch.load(model_path, weights_only=False, map_location=device)
+    model = MaceModel(model=module, device=device, dtype=torch_dtype, compute_forces=True, compute_stress=False)
+    state = _state(structures, model)
+    with Timer() as t:
+        final = _optimize(state, model, max_atoms, wl.W5_FMAX, wl.W5_MAX_STEPS)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    energies = final.energy.detach().double().cpu().tolist()
+    return Result(NAME, "W5", t.elapsed, float("nan"), None, energies, None, None,
+                  variant=f"optimize + InFlightAutoBatcher({max_atoms} atoms, swap every {STEPS_BETWEEN_SWAPS}), "
+                          f"MaceModel ({dtype}, {device}, TorchSim {_version()})",
+                  notes=[f"torch-sim-atomistic {_version()}"])
