@@ -315,6 +315,12 @@ class MTKNPT(MTKBase):
 
     The model's stress is symmetrised before use (as ASE's Voigt stress is), so the cell
     does not rotate.
+
+    Known issue (shared with ASE's ``MTKNPT``, whose steps this reproduces): the barostat
+    chain targets 9 cell degrees of freedom while a symmetric ``p_cell`` has 6, and the
+    measured volume fluctuations of LJ argon are 3.6-4.6x those the equation of state
+    predicts (``docs/ensembles.rst``). Use :class:`IsotropicMTKNPT` for equilibrium volume
+    statistics.
     """
 
     name = "npt"
