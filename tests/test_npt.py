@@ -9,7 +9,7 @@ from ase import units
 from ase.md import nose_hoover_chain as ase_nhc
 
 from batchmd.data import Batch
-from batchmd.dynamics import FIRE, ConvergenceHook, FusedStage, IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
+from batchmd.dynamics import FIRE, ConvergenceHook, FrechetCellFilter, FusedStage, IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
 from batchmd.models.demo import DemoModelWrapper
 from md_argon import argon, ase_lj, batchmd_lj, system_rows, to_batch
 
@@ -117,9 +117,11 @@ def test_mtk_npt_needs_stress_and_periodic_cells():
         FusedStage([FIRE(stressless, n_steps=2), MTKNPT(lambda b: None, pressure=0.0)], model=stressless)
 
 
-def test_fire_then_npt_then_nvt_inflight_pipeline():
-    """FIRE -> MTKNPT -> NoseHooverChainNVT over one live batch with refills: every system goes through all three
-    stages, its cell changes only in the NPT stage, and each result equals the system run alone."""
+@pytest.mark.parametrize("cell_filter", [False, True])
+def test_fire_then_npt_then_nvt_inflight_pipeline(cell_filter):
+    """FIRE (optionally with a FrechetCellFilter at the same pressure) -> MTKNPT -> NoseHooverChainNVT over one live
+    batch with refills: every system goes through all three stages, its cell changes, and each result equals the
+    system run alone."""
     from batchmd.ase import AtomsDataset
     from batchmd.dynamics import SizeAwareSampler
     from batchmd.dynamics.sinks import HostMemory
@@ -128,7 +130,8 @@ def test_fire_then_npt_then_nvt_inflight_pipeline():
     model = batchmd_lj()
 
     def stages():
-        fire = FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05), n_steps=60)
+        relax_cell = FrechetCellFilter(scalar_pressure=0.05 * units.GPa) if cell_filter else None
+        fire = FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05), n_steps=60, cell_filter=relax_cell)
         # after FIRE the NPT stage draws Maxwell-Boltzmann velocities (seeded, keyed on system_id)
         npt = MTKNPT(model, dt=2.0, temperature=50.0, pressure=0.05 * units.GPa, tdamp=40.0, pdamp=200.0, n_steps=15,
                      random_seed=11)
