@@ -285,3 +285,19 @@ def test_fixcom_md_equals_ase_and_keeps_the_centre_of_mass():
     batch = Batch.from_ase([nvt])
     assert float(degrees_of_freedom(batch)[0]) == 3 * 32 - 3
     assert abs(float(system_temperature(batch)[0]) - nvt.get_temperature()) < 1e-9
+
+
+def test_a_hook_that_fails_a_system_gives_it_a_reason():
+    from batchmd.dynamics.hooks import Hook, HookStage
+
+    class FailFirst(Hook):
+        stage = HookStage.AFTER_STEP
+        frequency = 3
+
+        def __call__(self, batch, context):
+            batch["status"].masked_fill_(batch.system_id.reshape(-1) == 0, int(SystemStatus.FAILED))
+
+    frames = [argon32(seed=0), argon32(seed=1)]
+    out = run_frames(frames, [NVE(lj(), dt=1.0, n_steps=10)], hooks=[FailFirst()]).frames
+    assert [a.info["status"] for a in out] == [3, 1]
+    assert out[0].info["failure"] == "marked failed by a hook"

@@ -9,6 +9,8 @@ velocities) plus the outcome::
     forces      list<double> [3N] eV/Å
     stress      list<double> [9]  eV/Å^3, null if the model gives none
     status      int32        SystemStatus (1 CONVERGED, 2 OUT_OF_STEPS, 3 FAILED)
+    failure     int32        FailureReason bits of a FAILED structure (0 otherwise); frames read
+                             with ``as_atoms=True`` get ``info["failure"]`` as text
     converged   bool
     n_steps     int32        steps taken over all stages
     fmax        double       largest atomic force at the end, eV/Å
@@ -48,6 +50,7 @@ RESULT_SCHEMA = pa.schema(
         ("forces", pa.list_(pa.float64())),
         ("stress", pa.list_(pa.float64())),
         ("status", pa.int32()),
+        ("failure", pa.int32()),
         ("converged", pa.bool_()),
         ("n_steps", pa.int32()),
         ("fmax", pa.float64()),
@@ -122,6 +125,8 @@ def batch_to_table(batch, index: np.ndarray, meta: list[dict], rank: int, attemp
             else pa.nulls(b, pa.list_(f64))
         ),
         "status": pa.array(_np(batch["status"], np.int32).reshape(-1)),
+        "failure": pa.array(_np(batch["failure"], np.int32).reshape(-1) if batch.has_field("failure")
+                            else np.zeros(b, np.int32)),
         "converged": pa.array(_np(batch["status"]).reshape(-1) == 1),
         "n_steps": pa.array(_np(batch["n_steps"], np.int32).reshape(-1)),
         "fmax": pa.array(_np(batch["fmax"]).reshape(-1), f64),
@@ -152,6 +157,9 @@ def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
     decoded = DecodedShard(table)
     cols = {name: table.column(name).to_numpy(zero_copy_only=False)
             for name in ("system_id", "energy", "status", "converged", "n_steps", "fmax", "rank", "attempt")}
+    from batchmd.dynamics.status import failure_text
+
+    failure = table.column("failure").to_numpy() if "failure" in table.column_names else None  # older shards: none
     forces = table.column("forces").to_pylist()
     stress = table.column("stress").to_pylist()
     frames = []
@@ -184,6 +192,8 @@ def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
             "n_steps": int(cols["n_steps"][row]),
             "fmax": float(cols["fmax"][row]),
         })
+        if failure is not None and failure[row]:
+            atoms.info["failure"] = failure_text(int(failure[row]))
         results = {"energy": float(cols["energy"][row]), "forces": np.asarray(forces[row]).reshape(-1, 3)}
         if stress[row] is not None:
             results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(stress[row]).reshape(3, 3))

@@ -21,7 +21,7 @@ import time
 import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage
-from batchmd.dynamics.status import SystemStatus
+from batchmd.dynamics.status import FailureReason, SystemStatus
 
 __all__ = ["RefillPoints"]
 
@@ -42,6 +42,10 @@ class RefillPoints:
         graduated = batch.without_fields(prefix="_").index_select(indices.to(batch.device)).to("cpu")
         status = graduated["status"]
         graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
+        if graduated.has_field("failure"):  # FAILED without a reason: a hook set the status
+            unexplained = (status == int(SystemStatus.FAILED)) & (graduated["failure"] == 0)
+            graduated.set_field("failure", torch.where(unexplained, int(FailureReason.HOOK), graduated["failure"]),
+                                "system")
         self.stats.systems_graduated += int(status.numel())
         self.stats.systems_converged += int((status == int(SystemStatus.CONVERGED)).sum())
         self.stats.systems_out_of_steps += int((status == int(SystemStatus.OUT_OF_STEPS)).sum())
