@@ -18,7 +18,7 @@ from ase.build import bulk
 from torch.profiler import ProfilerActivity, profile
 
 from batchmd.data import Batch
-from batchmd.dynamics import FIRE, NVE, ConvergenceHook, NVTLangevin
+from batchmd.dynamics import FIRE, MTKNPT, NVE, ConvergenceHook, IsotropicMTKNPT, NoseHooverChainNVT, NVTLangevin
 from batchmd.models.lj import LennardJones
 
 _HOST_READS = [
@@ -75,13 +75,21 @@ def _methods(model):
         "FIRE": FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-9)),
         "NVTLangevin": NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=1),
         "NVE": NVE(model, dt=2.0),
+        "NoseHooverChainNVT": NoseHooverChainNVT(model, dt=2.0, temperature=80.0, tdamp=100.0, random_seed=1),
+        "IsotropicMTKNPT": IsotropicMTKNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, tdamp=100.0, pdamp=500.0,
+                                           random_seed=1),
+        "MTKNPT": MTKNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, tdamp=100.0, pdamp=500.0, random_seed=1),
+        # (FIRE without a criterion: its step budget is the normal end of the stage)
+        "FIRE+MTKNPT+NoseHooverChainNVT": FIRE(model, n_steps=2)
+        + MTKNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, tdamp=100.0, pdamp=500.0, random_seed=1, n_steps=3)
+        + NoseHooverChainNVT(model, dt=2.0, temperature=80.0, tdamp=100.0, random_seed=1),
         # a pipeline: the entry of stage 1 (state reset and velocity policy) runs every step
         "FIRE+NVTLangevin": FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-9))
         + NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.01, random_seed=1),
     }
 
 
-@pytest.mark.parametrize("method", ["FIRE", "NVTLangevin", "NVE"])
+@pytest.mark.parametrize("method", ["FIRE", "NVTLangevin", "NVE", "NoseHooverChainNVT", "IsotropicMTKNPT", "MTKNPT"])
 def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
     model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
     dynamics = _methods(model)[method]
@@ -99,13 +107,14 @@ def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
     assert allocations == [], f"{method}: allocations in the steady-state step: {allocations}"
 
 
-def test_pipeline_step_with_stage_entry_has_no_host_reads():
-    """FIRE + NVT: the per-step entry of stage 1 (state reset, velocity policy kernel) never syncs.
+@pytest.mark.parametrize("pipeline", ["FIRE+NVTLangevin", "FIRE+MTKNPT+NoseHooverChainNVT"])
+def test_pipeline_step_with_stage_entry_has_no_host_reads(pipeline):
+    """FIRE + MD stages: the per-step entry of later stages (state reset, velocity policy kernel) never syncs.
 
     (It allocates its parameter tensors, as stage entry always has; single stages do not.)
     """
     model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
-    dynamics = _methods(model)["FIRE+NVTLangevin"]
+    dynamics = _methods(model)[pipeline]
     batch = _argon_batch()
     for _ in range(4):
         dynamics.step(batch)
@@ -113,3 +122,5 @@ def test_pipeline_step_with_stage_entry_has_no_host_reads():
         for _ in range(5):
             dynamics.step(batch)
     assert reads == [], f"host reads in the steady-state pipeline step: {reads}"
+    if pipeline == "FIRE+MTKNPT+NoseHooverChainNVT":  # every system entered the NPT, then the NVT stage
+        assert int(batch["status"].abs().sum()) == 0 and int(batch["stage"].min()) == dynamics.num_stages - 1

@@ -245,3 +245,17 @@ def nhc_post_atom_kernel(
         return
     half_dt = dt_fs[s] * fs * masses.dtype(0.5)
     velocities[i] = scale[s] * kick(velocities[i], forces[i], half_dt, masses[i])
+
+
+def _overload_all() -> None:
+    """Concrete float32/float64 overloads (ahead-of-time compilation; launches infer the same ones)."""
+    for scalar, vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
+        f, v, f2 = wp.array(dtype=scalar), wp.array(dtype=vec), wp.array2d(dtype=scalar)
+        wp.overload(nhc_system_kernel, {"fs": scalar, "kB": scalar, "dt_fs": f, "temperature": f, "tdamp_fs": f,
+                                        "masses": f, "forces": v, "velocities": v, "eta": f2, "p_eta": f2, "scale": f})
+        atom = {"fs": scalar, "dt_fs": f, "scale": f, "masses": f, "forces": v, "velocities": v}
+        wp.overload(nhc_pre_atom_kernel, {**atom, "positions": v})
+        wp.overload(nhc_post_atom_kernel, atom)
+
+
+_overload_all()

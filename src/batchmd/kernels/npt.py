@@ -333,3 +333,21 @@ def npt_post_atom_kernel(
         return
     half_dt = dt_fs[s] * fs * type(fs)(0.5)
     velocities[i] = scale[s] * npt_kick(maps[s, 0], maps[s, 1], half_dt, masses[i], velocities[i], forces[i])
+
+
+def _overload_all() -> None:
+    """Concrete float32/float64 overloads (ahead-of-time compilation; launches infer the same ones)."""
+    for scalar, vec, mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.vec3d, wp.mat33d)):
+        f, v, m = wp.array(dtype=scalar), wp.array(dtype=vec), wp.array(dtype=mat)
+        f2, m2 = wp.array2d(dtype=scalar), wp.array2d(dtype=mat)
+        system = {"fs": scalar, "kB": scalar, "dt_fs": f, "temperature": f, "tdamp_fs": f, "pdamp_fs": f,
+                  "pressure": f, "masses": f, "velocities": v, "stress": m, "cell": m, "cell0": m, "eps": f,
+                  "p_eps": f, "p_cell": m, "eta": f2, "p_eta": f2, "xi": f2, "p_xi": f2, "maps": m2, "scale": f}
+        wp.overload(npt_pre_system_kernel, system)
+        wp.overload(npt_post_system_kernel, {**system, "forces": v})
+        atom = {"fs": scalar, "dt_fs": f, "scale": f, "maps": m2, "masses": f, "forces": v, "velocities": v}
+        wp.overload(npt_pre_atom_kernel, {**atom, "positions": v})
+        wp.overload(npt_post_atom_kernel, atom)
+
+
+_overload_all()
