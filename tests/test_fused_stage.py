@@ -340,8 +340,12 @@ def test_refill_in_place_serves_each_sample_once_with_the_same_results(model, si
     assert fused.stats.refills_in_place > 0
     assert sorted(got.system_id.reshape(-1).tolist()) == list(range(len(sizes)))
     assert got["sample_index"].reshape(-1).tolist() == list(range(len(sizes)))
-    for name in ("positions", "forces", "energies", "n_steps", "status"):
+    for name in ("n_steps", "status"):
         assert torch.equal(got[name], ref[name]), name
+    # The torch demo model's autograd sums are not bitwise batch-invariant (a system alone and in a
+    # batch differ by ~1e-18 eV/Å); the Warp Lennard-Jones test below checks bitwise equality.
+    for name in ("positions", "forces", "energies"):
+        assert torch.allclose(got[name], ref[name], rtol=0, atol=1e-12), name
 
 
 def test_refill_in_place_with_lennard_jones_neighbor_lists():
