@@ -105,6 +105,13 @@ def test_resume_is_an_explicit_choice():
     done = loop.run(part, resume=True)
     assert int(done["n_steps"][0]) == int(whole["n_steps"][0])
     assert torch.equal(done.positions, whole.positions)
+    # the same through a method's own run
+    fire = FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-3), n_steps=400)
+    part = fire.run(Batch.from_ase([argon32()]), n_steps=10)
+    assert torch.equal(fire.run(part, resume=True).positions, whole.positions)
+    # without resume the same batch starts over: FIRE's state is reset, so the path differs
+    fresh = fire.run(fire.run(Batch.from_ase([argon32()]), n_steps=10))
+    assert int(fresh["n_steps"][0]) != int(whole["n_steps"][0]) or not torch.equal(fresh.positions, whole.positions)
 
 
 def test_a_run_that_advances_no_system_warns():

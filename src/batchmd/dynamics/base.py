@@ -97,11 +97,14 @@ class Dynamics:
             self._solo = FusedStage(sub_stages=[(0, self)])
         return self._solo
 
-    def run(self, batch, n_steps: int | None = None, check_frequency: int = 10):
+    def run(self, batch, n_steps: int | None = None, check_frequency: int = 10, resume: bool = False):
         """Advance every system of ``batch`` until all have graduated or ``n_steps`` is spent.
 
         Forces are computed before the first step. Per-system step counters, ``status``
-        and ``converged`` are left in the batch, which is returned.
+        and ``converged`` are left in the batch, which is returned. Every system starts
+        this method afresh (a returned batch runs again), unless ``resume=True``
+        continues it where an earlier ``run(n_steps=...)`` of this method stopped
+        (see :meth:`FusedStage.run <batchmd.dynamics.FusedStage.run>`).
 
         Parameters
         ----------
@@ -115,7 +118,7 @@ class Dynamics:
         """
         loop = self._solo_loop()
         loop.refill_frequency = int(check_frequency)
-        return loop.run(batch, n_steps=n_steps)
+        return loop.run(batch, n_steps=n_steps, resume=resume)
 
     def step(self, batch):
         """Advance ``batch`` by one step (priming forces and state on first use); returns the batch."""
