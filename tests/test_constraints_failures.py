@@ -301,3 +301,42 @@ def test_a_hook_that_fails_a_system_gives_it_a_reason():
     out = run_frames(frames, [NVE(lj(), dt=1.0, n_steps=10)], hooks=[FailFirst()]).frames
     assert [a.info["status"] for a in out] == [3, 1]
     assert out[0].info["failure"] == "marked failed by a hook"
+
+
+def test_fixatoms_and_fixcom_with_lbfgs_equal_ase():
+    """A later optimiser (LBFGS) honours the constraints through the loop's force projection alone."""
+    from ase.optimize import LBFGS as ASELBFGS
+
+    from batchmd.dynamics.lbfgs import LBFGS
+
+    for make in (slab, mixed_cluster):
+        reference = make()
+        reference.calc = ase_lj()
+        ASELBFGS(reference, logfile=None).run(fmax=1e-3, steps=1000)
+        out = run_frames([make()], [LBFGS(lj(), convergence_hook=ConvergenceHook.from_forces(1e-3),
+                                          n_steps=1000)]).frames[0]
+        assert out.info["converged"]
+        assert abs(out.get_potential_energy() - reference.get_potential_energy()) < 1e-7
+        np.testing.assert_allclose(out.positions, reference.positions, atol=1e-6)
+
+
+def test_fixatoms_under_a_frechet_cell_filter_equals_ase():
+    """FIRE + FrechetCellFilter with FixAtoms: as ASE (fixed atoms follow only the cell deformation)."""
+    from ase.filters import FrechetCellFilter as ASEFrechetCellFilter
+
+    from batchmd.dynamics.cell_filter import FrechetCellFilter
+
+    def make():
+        atoms = bulk("Ar", "fcc", a=5.5, cubic=True).repeat(2)
+        atoms.rattle(0.1, seed=2)
+        atoms.set_constraint(FixAtoms(indices=[0, 5]))
+        return atoms
+
+    reference = make()
+    reference.calc = ase_lj()
+    ASEFIRE(ASEFrechetCellFilter(reference), logfile=None).run(fmax=1e-3, steps=2000)
+    out = run_frames([make()], [FIRE(lj(), convergence_hook=ConvergenceHook.from_forces(1e-3), n_steps=2000,
+                                     cell_filter=FrechetCellFilter())]).frames[0]
+    assert abs(out.get_potential_energy() - reference.get_potential_energy()) < 1e-9
+    np.testing.assert_allclose(out.positions, reference.positions, atol=1e-8)
+    np.testing.assert_allclose(out.cell.array, reference.cell.array, atol=1e-8)
