@@ -18,7 +18,7 @@ from ase.build import bulk
 from torch.profiler import ProfilerActivity, profile
 
 from batchmd.data import Batch
-from batchmd.dynamics import FIRE, MTKNPT, NVE, ConvergenceHook, IsotropicMTKNPT, NoseHooverChainNVT, NVTLangevin
+from batchmd.dynamics import FIRE, MTKNPT, NVE, ConvergenceHook, CRescaleNPT, IsotropicMTKNPT, NoseHooverChainNVT, NVTLangevin
 from batchmd.models.lj import LennardJones
 
 _HOST_READS = [
@@ -79,6 +79,8 @@ def _methods(model):
         "IsotropicMTKNPT": IsotropicMTKNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, tdamp=100.0, pdamp=500.0,
                                            random_seed=1),
         "MTKNPT": MTKNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, tdamp=100.0, pdamp=500.0, random_seed=1),
+        "CRescaleNPT": CRescaleNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, compressibility=50.0, taup=500.0,
+                                   tdamp=100.0, random_seed=1),
         # (FIRE without a criterion: its step budget is the normal end of the stage)
         "FIRE+MTKNPT+NoseHooverChainNVT": FIRE(model, n_steps=2)
         + MTKNPT(model, dt=2.0, temperature=80.0, pressure=1e-3, tdamp=100.0, pdamp=500.0, random_seed=1, n_steps=3)
@@ -89,7 +91,8 @@ def _methods(model):
     }
 
 
-@pytest.mark.parametrize("method", ["FIRE", "NVTLangevin", "NVE", "NoseHooverChainNVT", "IsotropicMTKNPT", "MTKNPT"])
+@pytest.mark.parametrize("method", ["FIRE", "NVTLangevin", "NVE", "NoseHooverChainNVT", "IsotropicMTKNPT", "MTKNPT",
+                                    "CRescaleNPT"])
 def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
     model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
     dynamics = _methods(model)[method]

@@ -33,6 +33,7 @@ __all__ = [
     "NoseHooverChainNVT",
     "IsotropicMTKNPT",
     "MTKNPT",
+    "CRescaleNPT",
     "LBFGS",
     "FrechetCellFilter",
     "UnitCellFilter",
@@ -57,6 +58,10 @@ def __getattr__(name):
         from batchmd.dynamics.nose_hoover import NoseHooverChainNVT
 
         return NoseHooverChainNVT
+    if name == "CRescaleNPT":
+        from batchmd.dynamics.crescale import CRescaleNPT
+
+        return CRescaleNPT
     if name in ("IsotropicMTKNPT", "MTKNPT"):
         from batchmd.dynamics import npt
 

@@ -24,7 +24,7 @@ from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count,
 from batchmd.kernels import npt as nptk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
 
-__all__ = ["IsotropicMTKNPT", "MTKNPT", "MTKBase"]
+__all__ = ["IsotropicMTKNPT", "MTKNPT", "MTKBase", "check_pressure", "check_barostat_batch"]
 
 
 class MTKBase(Dynamics):
@@ -51,12 +51,7 @@ class MTKBase(Dynamics):
                              "barostat needs; e.g. LennardJones(compute_stress=True)")
         self.dt = check_positive(owner, "dt", dt)
         self.temperature = check_positive(owner, "temperature", temperature)
-        if isinstance(pressure, torch.Tensor):
-            if pressure.dim() != 1 or not bool(torch.isfinite(pressure.detach().double().cpu()).all()):
-                raise ValueError(f"{owner}: pressure must be a finite number or a finite 1-D tensor (eV/Å^3)")
-        elif isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not np.isfinite(pressure):
-            raise ValueError(f"{owner}: pressure must be a finite number (eV/Å^3), got {pressure!r}")
-        self.pressure = pressure if isinstance(pressure, torch.Tensor) else float(pressure)
+        self.pressure = check_pressure(owner, pressure)
         self.tdamp = check_positive(owner, "tdamp", tdamp)
         self.pdamp = check_positive(owner, "pdamp", pdamp)
         self.tchain = check_count(owner, "tchain", tchain)
@@ -102,38 +97,8 @@ class MTKBase(Dynamics):
         return batch["npt_temperature"]
 
     def _check(self, batch, stage_index: int) -> None:
-        """Once per batch structure (host reads allowed there): stress present, cells periodic and 3-D."""
-        owner = type(self).__name__
-        if not batch.has_field("stress") or batch.stress is None:
-            raise ValueError(f"{owner}: the batch has no stress; the model must compute it (a barostat needs "
-                             "it) and the loop must ask for it (FusedStage does for this stage)")
-        key = (batch.ptr, batch.pbc, batch.cell, stage_index)
-        if self._checked is not None and all(a is b for a, b in zip(self._checked, key)):
-            return
-        here = (batch["stage"] <= stage_index).cpu() if batch.has_field("stage") else torch.ones(batch.num_graphs,
-                                                                                                  dtype=torch.bool)
-        pbc = batch.pbc.reshape(-1, 3).cpu()
-        volume = torch.linalg.det(batch.cell.detach().double().cpu()).abs()
-        bad = here & (~pbc.all(dim=1) | (volume < 1e-8))
-        if bool(bad.any()):
-            slots = torch.nonzero(bad).reshape(-1).tolist()
-            raise ValueError(f"{owner}: a barostat needs fully periodic systems with a 3-D cell; slot(s) {slots} "
-                             "are not (pbc must be (True, True, True) and the cell volume > 0)")
-        if batch.has_field("fixed"):
-            fixed = torch.zeros(batch.num_graphs, dtype=torch.int64).index_add_(
-                0, batch.batch_idx.long().cpu(), batch["fixed"].long().cpu())
-            bad = here & (fixed > 0)
-            if bool(bad.any()):
-                slots = torch.nonzero(bad).reshape(-1).tolist()
-                raise ValueError(f"{owner}: slot(s) {slots} have fixed atoms (FixAtoms); the MTK barostat does not "
-                                 "support constraints (as in ASE, which raises NotImplementedError)")
-        if batch.has_field("fix_com"):
-            bad = here & batch["fix_com"].reshape(-1).cpu()
-            if bool(bad.any()):
-                slots = torch.nonzero(bad).reshape(-1).tolist()
-                raise ValueError(f"{owner}: slot(s) {slots} have FixCom; the MTK barostat does not support "
-                                 "constraints (as in ASE, which raises NotImplementedError)")
-        self._checked = key
+        """Once per batch structure: see :func:`check_barostat_batch`."""
+        self._checked = check_barostat_batch(type(self).__name__, batch, stage_index, self._checked)
 
     # ----------------------------------------------------------------- step
     def _scalar(self, name: str, batch):
@@ -325,3 +290,54 @@ class MTKNPT(MTKBase):
 
     name = "npt"
     isotropic = False
+
+
+def check_pressure(owner: str, pressure):
+    """Validate an external pressure (eV/Å^3): a finite number or a finite 1-D tensor; returns it."""
+    if isinstance(pressure, torch.Tensor):
+        if pressure.dim() != 1 or not bool(torch.isfinite(pressure.detach().double().cpu()).all()):
+            raise ValueError(f"{owner}: pressure must be a finite number or a finite 1-D tensor (eV/Å^3)")
+        return pressure
+    if isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not np.isfinite(pressure):
+        raise ValueError(f"{owner}: pressure must be a finite number (eV/Å^3), got {pressure!r}")
+    return float(pressure)
+
+
+def check_barostat_batch(owner: str, batch, stage_index: int, checked):
+    """Checks of a barostat stage, on the host once per batch structure; returns the new ``checked`` key.
+
+    Raises ``ValueError`` when the batch has no stress, or when a system in this stage or an
+    earlier one (it may enter this stage) is not fully periodic, has no volume, or carries
+    fixed atoms (``fixed``) or ``fix_com`` (barostats here do not support constraints, as in
+    ASE, which raises NotImplementedError). ``checked`` is the key of the last batch checked.
+    """
+    if not batch.has_field("stress") or batch.stress is None:
+        raise ValueError(f"{owner}: the batch has no stress; the model must compute it (a barostat needs "
+                         "it) and the loop must ask for it (FusedStage does for this stage)")
+    key = (batch.ptr, batch.pbc, batch.cell, stage_index)
+    if checked is not None and all(a is b for a, b in zip(checked, key)):
+        return checked
+    here = (batch["stage"] <= stage_index).cpu() if batch.has_field("stage") else torch.ones(batch.num_graphs,
+                                                                                              dtype=torch.bool)
+    pbc = batch.pbc.reshape(-1, 3).cpu()
+    volume = torch.linalg.det(batch.cell.detach().double().cpu()).abs()
+    bad = here & (~pbc.all(dim=1) | (volume < 1e-8))
+    if bool(bad.any()):
+        slots = torch.nonzero(bad).reshape(-1).tolist()
+        raise ValueError(f"{owner}: a barostat needs fully periodic systems with a 3-D cell; slot(s) {slots} "
+                         "are not (pbc must be (True, True, True) and the cell volume > 0)")
+    if batch.has_field("fixed"):
+        fixed = torch.zeros(batch.num_graphs, dtype=torch.int64).index_add_(
+            0, batch.batch_idx.long().cpu(), batch["fixed"].long().cpu())
+        bad = here & (fixed > 0)
+        if bool(bad.any()):
+            slots = torch.nonzero(bad).reshape(-1).tolist()
+            raise ValueError(f"{owner}: slot(s) {slots} have fixed atoms (FixAtoms); the barostat does not "
+                             "support constraints (as in ASE, which raises NotImplementedError)")
+    if batch.has_field("fix_com"):
+        bad = here & batch["fix_com"].reshape(-1).cpu()
+        if bool(bad.any()):
+            slots = torch.nonzero(bad).reshape(-1).tolist()
+            raise ValueError(f"{owner}: slot(s) {slots} have FixCom; the barostat does not support "
+                             "constraints (as in ASE, which raises NotImplementedError)")
+    return key
