@@ -106,7 +106,9 @@ def test_relax_returns_atoms_in_input_order_with_results():
     assert out[0].info["label"] == "first"
     assert [len(a) for a in out] == [len(a) for a in frames]
     for atoms, original in zip(out, frames):
-        assert atoms.info["converged"] is True and atoms.info["status"] == int(SystemStatus.CONVERGED)
+        assert atoms.info["converged"] is True and atoms.info["status"] == "converged"
+        assert atoms.info["stage0_status"] == "converged" and atoms.info["stage0_steps"] == atoms.info["n_steps"]
+        assert atoms.info["stage0_fmax"] == atoms.info["fmax"]
         assert 0 < atoms.info["n_steps"] <= 400 and atoms.info["fmax"] <= 0.01
         ref = original.copy()
         ref.calc = ase_lj()
@@ -119,7 +121,7 @@ def test_relax_returns_atoms_in_input_order_with_results():
 def test_relax_out_of_steps_and_bad_fmax():
     out = relax([argon((1, 1, 1), rattle=0.3)], bj_lj(), fmax=1e-6, max_steps=3)
     assert out[0].info["converged"] is False and out[0].info["n_steps"] == 3
-    assert out[0].info["status"] == int(SystemStatus.OUT_OF_STEPS)
+    assert out[0].info["status"] == "out_of_steps" and out[0].info["stage0_status"] == "out_of_steps"
     with pytest.raises(ValueError, match="fmax"):
         relax([argon()], bj_lj(), fmax=-1.0)
 

@@ -75,9 +75,17 @@ def test_check_species_one_line_with_symbols():
     assert isinstance(err.value, ValueError)
 
 
-def test_any_species_by_default():
-    LennardJones().check_species(torch.tensor([1, 92, 118]))
-    assert LennardJones().model_info()["model"] == "LennardJones"
+def test_any_species_with_one_explicit_pair():
+    LennardJones(sigma=1.0, epsilon=1.0).check_species(torch.tensor([1, 92, 118]))
+    assert LennardJones(sigma=1.0, epsilon=1.0).model_info()["model"] == "lj"
+
+
+def test_lennard_jones_default_is_argon_only():
+    """LennardJones() is the argon preset (issue 13: API and CLI defaults agree): other elements are refused."""
+    LennardJones().check_species(torch.tensor([18, 18]))
+    with pytest.raises(UnsupportedSpeciesError, match="no parameters for Cu"):
+        LennardJones().check_species(torch.tensor([29]))
+    assert LennardJones().model_info()["lj_sigma"] == "Ar:3.405"
 
 
 @pytest.mark.parametrize("spec,extra", [("sevennet-0", "sevennet"), ("mace:x.model", "mace"),

@@ -32,6 +32,7 @@ Example
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -47,12 +48,19 @@ from batchmd.data import AtomicData, Batch
 __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
            "results_to_atoms", "run_frames", "relax"]
 
-#: ``atoms.info`` keys written on every result frame.
+#: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
+#: of :mod:`batchmd.dynamics.stage_results`).
 RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
 
 # Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
 _LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
                                        "failure"}
+_STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method)$")
+
+
+def _loop_keys(info) -> list:
+    """Keys of ``info`` owned by the dynamics loop (results of an earlier run)."""
+    return [key for key in info if key in _LOOP_KEYS or _STAGE_KEY.match(key)]
 
 
 class Calculator(_ASECalculator):
@@ -191,7 +199,9 @@ class AtomsDataset:
     Notes
     -----
     Each sample carries an int64 system property ``input_index`` (its position in
-    ``frames``) and, stamped by the sampler, ``system_id`` = :meth:`identity`; numeric ``atoms.info`` entries become system properties and other info
+    ``frames``, or ``input_indices[i]`` when given: e.g. the frame's position in the
+    original file when resuming a run over some of its frames) and, stamped by the
+    sampler, ``system_id`` = :meth:`identity`; numeric ``atoms.info`` entries become system properties and other info
     entries travel in ``data.info``.
 
     Example
@@ -203,11 +213,14 @@ class AtomsDataset:
     """
 
     def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64,
-                 edge_cutoff: float | None = None, ignore_constraints: bool = False) -> None:
+                 edge_cutoff: float | None = None, ignore_constraints: bool = False, input_indices=None) -> None:
         self.frames = list(frames)
         self.dtype = dtype
         self.ignore_constraints = bool(ignore_constraints)
         self.edge_cutoff = None if edge_cutoff is None else float(edge_cutoff)
+        self.input_indices = list(range(len(self.frames))) if input_indices is None else [int(i) for i in input_indices]
+        if len(self.input_indices) != len(self.frames):
+            raise ValueError(f"AtomsDataset: {len(self.input_indices)} input_indices for {len(self.frames)} frames")
         ids = [a.info.get("system_id") for a in self.frames]
         usable = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
         self._ids = [int(i) for i in ids] if usable and len(set(ids)) == len(ids) else None
@@ -217,12 +230,17 @@ class AtomsDataset:
 
         ``atoms.info["system_id"]`` when every frame carries a distinct integer one (e.g.
         results of an earlier run fed back, or ids the user assigned to keep streams fixed
-        when reordering a file); otherwise the frame's index in ``frames``.
+        when reordering a file); otherwise the frame's input index (``input_indices[index]``,
+        by default its index in ``frames``).
         """
-        return self._ids[index] if self._ids is not None else int(index)
+        return self._ids[index] if self._ids is not None else self.input_indices[index]
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def identity(self, index: int) -> int:
+        """The stable identity (``system_id``) of frame ``index``: its input index."""
+        return self.input_indices[index]
 
     def get_metadata(self, index: int) -> tuple[int, int]:
         """``(num_atoms, num_edges)`` of frame ``index`` (no conversion; edges estimated, see ``edge_cutoff``)."""
@@ -236,13 +254,13 @@ class AtomsDataset:
 
     def __getitem__(self, index: int) -> tuple[AtomicData, dict]:
         atoms = self.frames[index].copy()  # drops any calculator
-        for key in _LOOP_KEYS & set(atoms.info):
+        for key in _loop_keys(atoms.info):
             del atoms.info[key]
         try:
             data = AtomicData.from_ase(atoms, dtype=self.dtype, ignore_constraints=self.ignore_constraints)
         except ValueError as error:
-            raise ValueError(f"frame {index}: {error}") from error
-        data.add_system_property("input_index", torch.tensor([[index]], dtype=torch.int64))
+            raise ValueError(f"frame {self.input_indices[index]}: {error}") from error
+        data.add_system_property("input_index", torch.tensor([[self.input_indices[index]]], dtype=torch.int64))
         return data, {}
 
 
@@ -271,7 +289,7 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
         Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
         momenta come from the result; energy, forces and stress are attached as a
         single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
-        system (``info["status"] == 3``) gets ``info["failure"]`` (why, see
+        system (``info["status"] == "failed"``) gets ``info["failure"]`` (why, see
         :func:`batchmd.dynamics.status.failure_text`) and no calculator results; if its
         final positions or momenta are not finite, the input structure is kept.
         Constraints of the input (``FixAtoms``) are kept.
@@ -282,7 +300,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
     for frame in result_frames:
         index = _scalar(frame.info["input_index"])
         atoms = inputs[index].copy()
-        failed = _scalar(frame.info.get("status", 0)) == int(SystemStatus.FAILED)
+        status = frame.info.get("status", 0)
+        failed = status == "failed" or (not isinstance(status, str) and _scalar(status) == int(SystemStatus.FAILED))
         finite = np.isfinite(frame.positions).all() and (
             not frame.has("momenta") or np.isfinite(frame.get_momenta()).all())
         if finite:
@@ -290,12 +309,13 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
             atoms.cell = frame.cell
             if frame.has("momenta"):
                 atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
-        for key in _LOOP_KEYS & set(atoms.info):
+        for key in _loop_keys(atoms.info):
             del atoms.info[key]
         for key in RESULT_KEYS:
             if key in frame.info:
-                atoms.info[key] = _scalar(frame.info[key])
-        atoms.info["converged"] = bool(atoms.info.get("converged", False))
+                value = frame.info[key]
+                atoms.info[key] = value if isinstance(value, str) else _scalar(value)
+        _stage_info(atoms.info, frame.info)
         if failed:
             text = failure_text(_scalar(frame.info.get("failure", 0))) or "failed"
             if not finite:
@@ -307,6 +327,34 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
         out.append(atoms)
     out.sort(key=lambda a: a.info["input_index"])
     return out
+
+
+def _stage_info(info: dict, source: dict) -> None:
+    """Per-stage keys from ``source`` with statuses as names; overall ``status`` and ``converged``.
+
+    The overall status is that of the last stage the system entered (an MD stage that ran
+    its steps is ``completed``, never ``converged``); ``converged`` is True when every
+    optimizer stage converged and no later stage failed (False for pure MD runs).
+    """
+    from batchmd.dynamics.stage_results import status_name
+
+    stages = sorted({int(m.group(0)[5:].split("_")[0]) for key in source if (m := _STAGE_KEY.match(key))})
+    for k in stages:
+        for suffix in ("status", "steps", "fmax", "temperature"):
+            key = f"stage{k}_{suffix}"
+            if key in source:
+                value = _scalar(source[key]) if not isinstance(source[key], str) else source[key]
+                info[key] = status_name(value) if suffix == "status" else value
+    names = [info[f"stage{k}_status"] for k in stages if f"stage{k}_status" in info]
+    entered = [n for n in names if n != "skipped"]
+    if entered:
+        info["status"] = entered[-1]
+        optimizers = [info[f"stage{k}_status"] for k in stages if f"stage{k}_fmax" in info]
+        info["converged"] = bool(optimizers) and all(n == "converged" for n in optimizers) and entered[-1] != "failed"
+    else:
+        if "status" in info:
+            info["status"] = status_name(info["status"])
+        info["converged"] = info.get("status") == "converged"
 
 
 class InflightResult(NamedTuple):
@@ -333,6 +381,7 @@ def run_frames(
     refill_in_place: bool = True,
     min_distance: float = 0.1,
     ignore_constraints: bool = False,
+    input_indices=None,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -364,6 +413,11 @@ def run_frames(
         Frames converted ahead by a background thread (default 0: convert on request;
         converting in Python competes with the loop for the GIL, see
         :class:`~batchmd.dynamics.SizeAwareSampler`).
+    input_indices : sequence of int, optional
+        The identity of each frame: its ``input_index`` and ``system_id`` (default
+        ``0 .. len(frames) - 1``). Pass the original positions when running a subset of
+        a file's frames (e.g. resuming): results are then bitwise those of a run over the
+        whole file (the Langevin noise of a system depends on its ``system_id``).
     refill_in_place : bool
         Refill a graduated slot first with a frame of the same atom count, in place
         (``FusedStage(refill_in_place=True)``; measured 1.2-1.3x faster inflight runs on
@@ -380,7 +434,7 @@ def run_frames(
         ``frames`` (list of ase.Atoms in input order, see :func:`results_to_atoms`) and
         ``stats`` (:class:`~batchmd.dynamics.RunStats`). A system that failed during the
         run (non-finite energy or forces) is returned like the others, with
-        ``info["status"] == 3`` (FAILED) and ``info["failure"]`` saying why; it never
+        ``info["status"] == "failed"`` and ``info["failure"]`` saying why; it never
         costs the other systems their results.
 
     Raises
@@ -398,7 +452,7 @@ def run_frames(
     total = sum(len(a) for a in frames)
     if max_atoms is None:
         max_atoms = max(largest, min(total, 4096))
-    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints)
+    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices)
     sampler = SizeAwareSampler(dataset, max_atoms=max_atoms, max_batch_size=max_batch_size,
                                prefetch=prefetch)
     memory = HostMemory(capacity=len(frames)) if collect else None

@@ -161,10 +161,12 @@ def config_from_cli_args(args):
     else:
         source, output = args.input, args.output
         model = {"name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
+        if model["sigma"] is None:  # the campaign layer takes one LJ pair: argon, the LennardJones() default
+            model.update(sigma=3.405, epsilon=0.0104)
         stages = [{"method": "fire", "fmax": args.fmax, "max_steps": args.max_steps}]
         dtype, max_atoms, refill = args.dtype, args.max_atoms, args.refill_every
     if model["name"] == "lj":
-        model["cutoff"] = model.get("cutoff") or 2.5 * model.get("sigma", 3.405)
+        model["cutoff"] = model.get("cutoff") or 3.0 * model.get("sigma", 3.405)
         model = {k: v for k, v in model.items() if v is not None}
     else:
         model = {"name": model["name"]}
@@ -188,9 +190,7 @@ def maybe_run_distributed(args) -> int | None:
     Returns None when ``WORLD_SIZE`` is not set (the caller runs its single-process path).
     Re-running the same command resumes (exactly-once results in OUTDIR).
     """
-    from batchmd.campaign.distributed import under_torchrun
-
-    if not under_torchrun():
+    if "WORLD_SIZE" not in os.environ:  # batchmd.campaign.distributed.under_torchrun, without importing torch
         return None
     config = config_from_cli_args(args)
     device = getattr(args, "device", None)

@@ -1,33 +1,32 @@
-"""Shared pieces of the ``batchmd`` commands: reading inputs, building models, writing outputs.
+"""Shared pieces of the ``batchmd`` commands: inputs, run options, devices, output formats.
 
 Every user error is raised as :class:`CLIError` with a one-line message naming the file,
-frame or option; :func:`batchmd.cli.main.main` prints it and exits non-zero.
+frame or option; :func:`batchmd.cli.main.main` prints it and exits with status 2.
 
-Outputs are written atomically: graduated systems stream into ``OUTPUT.partial`` (a
-durable :class:`~batchmd.dynamics.sinks.ExtXYZSink`, so a crash keeps what finished), and
-only at the end are they sorted by input index, written to a temporary file and renamed
-onto ``OUTPUT``. A file named ``OUTPUT`` therefore always holds a complete run.
+Nothing heavy is imported at module level (torch, Warp and ASE are imported inside the
+functions that need them), so building the parser stays fast.
 
-New output formats register a writer in :data:`OUTPUT_FORMATS` (extension -> callable
-``writer(frames, path)`` writing a complete file at ``path``); see :func:`output_writer`.
+Output formats: any format ASE writes, chosen by the output's extension (``.extxyz``,
+``.xyz``, ``.traj``, ``.cif``, ``.vasp``/``POSCAR``, ...). Formats that keep per-frame
+info (extxyz, traj) carry the results in each frame; every run also writes the
+per-structure summary ``OUTPUT_STEM.summary.csv`` beside it (see :mod:`batchmd.cli.runner`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from pathlib import Path
 
-import torch
+from batchmd.cli.errors import CLIError
 
 __all__ = [
     "CLIError",
     "OUTPUT_FORMATS",
-    "add_model_arguments",
     "add_run_arguments",
-    "build_model",
+    "check_positive_int",
+    "default_device",
+    "output_format",
     "output_writer",
     "read_frames",
     "resolve_device",
@@ -36,28 +35,24 @@ __all__ = [
 ]
 
 
-class CLIError(Exception):
-    """A user error: the message is printed as one line and the command exits with status 2."""
-
-
 # ----------------------------------------------------------------------------- inputs
 def read_frames(path) -> list:
-    """Read every frame of ``path`` with ASE (extxyz, ASE trajectory, ASE database, ...).
+    """Read every frame of ``path`` with ASE (extxyz, ASE trajectory, ASE database, CIF, POSCAR, ...).
 
     Raises
     ------
     CLIError
         Missing or unreadable file, no frames, a frame with no atoms, NaN/inf coordinates.
     """
-    import ase.io
-
-    from batchmd.ase import check_frames
-
     path = Path(path)
     if not path.exists():
         raise CLIError(f"{path}: no such file")
     if not path.is_file():
         raise CLIError(f"{path}: not a file")
+    import ase.io
+
+    from batchmd.ase import check_frames
+
     try:
         frames = ase.io.read(path, index=":")
     except Exception as error:  # ASE raises many types for unreadable files
@@ -72,83 +67,45 @@ def read_frames(path) -> list:
     return frames
 
 
-# ----------------------------------------------------------------------------- models
-MODELS = ("lj", "emt")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--sigma``, ``--epsilon``, ``--cutoff`` (Lennard-Jones defaults: argon)."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="lj", choices=MODELS,
-                       help="lj: batchmd's Lennard-Jones (Warp); emt: ASE's EMT through ASECalculatorModel (slow)")
-    group.add_argument("--sigma", type=float, default=3.405, help="LJ sigma, Å (default: argon, 3.405)")
-    group.add_argument("--epsilon", type=float, default=0.0104, help="LJ epsilon, eV (default: argon, 0.0104)")
-    group.add_argument("--cutoff", type=float, default=None, help="LJ cutoff, Å (default: 2.5 sigma)")
-
-
-def neighbor_capacity(frames, cutoff: float, skin: float = 1.0) -> int:
-    """Neighbors per atom to allocate for ``frames`` (1.5x the densest frame's estimate + 16).
-
-    One capacity for every system keeps the model's neighbor-list fields the same width
-    across refills (systems refilled into the live batch carry lists of that width).
-    """
-    reach = 4.0 / 3.0 * math.pi * (cutoff + skin) ** 3
-    worst = 1
-    for atoms in frames:
-        if atoms.pbc.all() and atoms.cell.rank == 3:
-            worst = max(worst, int(len(atoms) / atoms.cell.volume * reach) + 1)
-        else:
-            worst = max(worst, len(atoms) * (1 + int(atoms.pbc.sum()) * 8))
-    return int(1.5 * worst) + 16
-
-
-def build_model(name: str, sigma: float = 3.405, epsilon: float = 0.0104, cutoff: float | None = None,
-                frames=None):
-    """Build the model named ``name`` ("lj" or "emt"); a bad parameter raises :class:`CLIError`.
-
-    ``frames`` (optional) sizes the Lennard-Jones neighbor list once for all of them.
-    """
-    if name == "lj":
-        from batchmd.models.lj import LennardJones
-
-        for option, value in (("--sigma", sigma), ("--epsilon", epsilon), ("--cutoff", cutoff)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise CLIError(f"{option} must be a positive finite number, got {value}")
-        cutoff = 2.5 * sigma if cutoff is None else cutoff
-        capacity = None if frames is None else neighbor_capacity(frames, cutoff)
-        return LennardJones(sigma=sigma, epsilon=epsilon, cutoff=cutoff, capacity=capacity)
-    if name == "emt":
-        from ase.calculators.emt import EMT
-
-        from batchmd.models.ase_calculator import ASECalculatorModel
-
-        return ASECalculatorModel(EMT())
-    raise CLIError(f"--model: unknown model {name!r} (choose from {', '.join(MODELS)})")
-
-
 # ----------------------------------------------------------------------------- run options
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every run command shares: output, batch budget, device, dtype, progress."""
-    parser.add_argument("-o", "--output", required=True, help="output file (.extxyz or .xyz)")
+def add_run_arguments(parser: argparse.ArgumentParser, output_required: bool = True) -> None:
+    """Options every run command shares: output, resume, batch budget, device, dtype, verbosity."""
+    from batchmd.cli.main import add_verbosity_arguments
+
+    parser.add_argument("-o", "--output", required=output_required,
+                        help="output file; format from the extension (.extxyz, .xyz, .traj, .cif, .vasp, ...)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from OUTPUT.partial (finished frames are not recomputed)")
     parser.add_argument("--max-atoms", type=int, default=None,
                         help="atom budget of the live batch (default: all atoms, at most 4096)")
-    parser.add_argument("--refill-every", type=int, default=10, help="steps between refill points (default 10)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="default float64")
-    parser.add_argument("--quiet", action="store_true", help="no progress line and no summary")
+    parser.add_argument("--refill-every", type=int, default=10, help="steps between refill points")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="floating precision")
+    add_verbosity_arguments(parser)
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def default_device() -> str:
+    """``"cuda"`` when torch sees a GPU, else ``"cpu"``: the default of every command's ``--device``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str):
     """``"float32"`` / ``"float64"`` to a torch dtype."""
     if name not in ("float32", "float64"):
         raise CLIError(f"--dtype: expected float32 or float64, got {name!r}")
+    import torch
+
     return getattr(torch, name)
 
 
-def resolve_device(name: str) -> torch.device:
-    """Validate ``--device`` (cpu, cuda, cuda:N) and check that CUDA is there when asked for."""
+def resolve_device(name):
+    """Validate ``--device`` (cpu, cuda, cuda:N; None = :func:`default_device`) and check CUDA is there."""
+    import torch
+
+    if name is None:
+        name = default_device()
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as error:
@@ -156,7 +113,7 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise CLIError(f"--device: expected cpu or cuda, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: CUDA is not available on this machine")
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
     return device
 
 
@@ -168,69 +125,82 @@ def check_positive_int(option: str, value, allow_none: bool = True) -> None:
         raise CLIError(f"{option} must be a positive integer, got {value!r}")
 
 
+def check_number(option: str, value, low: float = 0.0, strict: bool = True) -> None:
+    """Raise :class:`CLIError` unless ``value`` is a finite number > ``low`` (>= when not ``strict``)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (strict and value == low):
+        raise CLIError(f"{option} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
 # ----------------------------------------------------------------------------- outputs
-def _write_extxyz(frames, path) -> None:
+def _fsync_write(frames, path, format) -> None:
+    import os
+
     import ase.io
 
-    with open(path, "w") as handle:
-        ase.io.write(handle, frames, format="extxyz")
-        handle.flush()
+    ase.io.write(os.fspath(path), frames, format=format)
+    with open(path, "rb+") as handle:  # durable before it is renamed onto the output
         os.fsync(handle.fileno())
 
 
-#: Output writers by file extension; ``writer(frames, path)`` writes a complete file.
-#: The hook point for more formats (e.g. the campaign layer's columnar writer).
-OUTPUT_FORMATS = {".extxyz": _write_extxyz, ".xyz": _write_extxyz}
+#: Output formats by extension: ASE format name (``writer(frames, path)`` is ASE's writer).
+#: Formats not listed are looked up in ASE by the file name (``ase.io.formats.filetype``).
+OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj", ".cif": "cif", ".vasp": "vasp",
+                  ".poscar": "vasp", ".pdb": "proteindatabank", ".json": "json", ".db": "db"}
+
+#: Formats that keep each frame's info (results, model) in the file itself.
+KEEPS_INFO = {"extxyz", "traj", "json", "db"}
 
 
-def output_writer(path):
-    """The writer for ``path``'s extension; :class:`CLIError` for an unknown one."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
+def output_format(path) -> str:
+    """ASE format name for ``path`` (by extension; ``POSCAR``/``CONTCAR`` names are VASP); CLIError if unknown."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in OUTPUT_FORMATS:
+        return OUTPUT_FORMATS[suffix]
+    if path.name.upper().startswith(("POSCAR", "CONTCAR")):
+        return "vasp"
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
+    try:
+        name = filetype(str(path), read=False)
+    except (UnknownFileTypeError, ValueError) as error:
         known = ", ".join(sorted(OUTPUT_FORMATS))
-        raise CLIError(f"{path}: unsupported output format {suffix or '(no extension)'!r}; use one of {known}")
+        raise CLIError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use one of {known} "
+                       "(or any extension ASE writes)") from error
+    if name not in ioformats or not ioformats[name].can_write:
+        raise CLIError(f"{path}: ASE cannot write format {name!r}")
+    return name
+
+
+def output_writer(path, n_frames: int | None = None):
+    """The writer ``writer(frames, path)`` for ``path``'s format; CLIError for an unknown one.
+
+    Also checks the output directory exists and that a single-structure format (CIF,
+    POSCAR, ...) is not asked to hold several frames.
+    """
+    name = output_format(path)
     directory = Path(path).resolve().parent
     if not directory.is_dir():
         raise CLIError(f"{path}: directory {directory} does not exist")
-    return OUTPUT_FORMATS[suffix]
+    if n_frames is not None and n_frames > 1 and name not in ("extxyz", "traj", "json", "db", "cif", "proteindatabank"):
+        from ase.io.formats import ioformats
+
+        if name in ioformats and ioformats[name].single:
+            raise CLIError(f"{path}: format {name} holds one structure, the input has {n_frames} frames; "
+                           "use .extxyz or .traj")
+
+    def writer(frames, target):
+        _fsync_write(frames, target, name)
+
+    writer.format = name
+    return writer
 
 
-def run_stages(frames, stages, output, *, max_atoms, refill_frequency, device, dtype, quiet):
-    """Run ``stages`` over ``frames`` with inflight batching and write ``output`` atomically.
+def run_stages(frames, stages, output, **kwargs):
+    """Run ``stages`` over ``frames`` and write ``output``; see :func:`batchmd.cli.runner.run_stages`."""
+    from batchmd.cli.runner import run_stages as run
 
-    Returns the :class:`~batchmd.dynamics.RunStats` of the run. On an exception the
-    streamed ``OUTPUT.partial`` is kept (it holds every finished system) and no ``OUTPUT``
-    is created.
-    """
-    from batchmd.ase import results_to_atoms, run_frames
-    from batchmd.dynamics.sinks import ExtXYZSink, read_extxyz
-    from batchmd.progress import ProgressHook
-
-    writer = output_writer(output)
-    check_positive_int("--max-atoms", max_atoms)
-    check_positive_int("--refill-every", refill_frequency, allow_none=False)
-    largest = max(len(a) for a in frames)
-    if max_atoms is not None and max_atoms < largest:
-        index = next(i for i, a in enumerate(frames) if len(a) == largest)
-        raise CLIError(f"--max-atoms {max_atoms} is smaller than frame {index} ({largest} atoms)")
-    output = Path(output)
-    partial = output.with_name(output.name + ".partial")
-    staging = output.with_name(f".{output.name}.tmp")
-    partial.unlink(missing_ok=True)
-    progress = ProgressHook(frequency=refill_frequency, enabled=None if not quiet else False)
-    try:
-        result = run_frames(frames, stages, max_atoms=max_atoms, refill_frequency=refill_frequency,
-                            sinks=[ExtXYZSink(partial)], hooks=[progress], device=device, dtype=dtype,
-                            collect=False)
-    finally:
-        progress.close()
-    done = results_to_atoms(read_extxyz(partial), frames)
-    if len(done) != len(frames):
-        raise CLIError(f"{partial}: {len(done)} of {len(frames)} systems were written; output not created")
-    writer(done, staging)
-    os.replace(staging, output)
-    partial.unlink()
-    for index, atoms in enumerate(done):  # failed systems are written (status 3, info "failure") and named here
-        if "failure" in atoms.info:
-            print(f"batchmd: frame {index} failed: {atoms.info['failure']} (written with status=3)", file=sys.stderr)
-    return result.stats
+    return run(frames, stages, output, **kwargs)

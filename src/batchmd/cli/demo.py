@@ -5,7 +5,7 @@ them with FIRE on batchmd's Lennard-Jones potential and then runs a short Langev
 all through inflight batching: a live batch of at most ``--max-atoms`` atoms is refilled
 as systems graduate. Prints the one-line summary and where it wrote the output.
 
-Example::
+Example:
 
     batchmd demo                      # writes ./batchmd_demo.extxyz
     batchmd demo --systems 16 -o /tmp/demo.extxyz
@@ -13,7 +13,8 @@ Example::
 
 from __future__ import annotations
 
-from batchmd.cli.common import CLIError, check_positive_int, resolve_device, resolve_dtype, run_stages
+from batchmd.cli.common import check_positive_int
+from batchmd.cli.errors import CLIError
 
 __all__ = ["add_parser", "argon_structures", "command"]
 
@@ -42,44 +43,35 @@ def argon_structures(count: int = 64, seed: int = 0) -> list:
 
 def add_parser(subparsers) -> None:
     """Register ``batchmd demo``."""
+    from batchmd.cli.main import add_verbosity_arguments
+
     parser = subparsers.add_parser("demo", help="relax + NVT of generated argon crystals (no input needed)",
-                                   description=__doc__.split("\n\n")[1])
-    parser.add_argument("-o", "--output", default="batchmd_demo.extxyz",
-                        help="output file (default ./batchmd_demo.extxyz)")
-    parser.add_argument("--systems", type=int, default=64, help="number of structures (default 64)")
-    parser.add_argument("--max-atoms", type=int, default=512, help="atom budget of the live batch (default 512)")
-    parser.add_argument("--nvt-steps", type=int, default=50, help="NVT steps after relaxing (default 50)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
-    parser.add_argument("--quiet", action="store_true", help="print nothing")
+                                   description=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("-o", "--output", default="batchmd_demo.extxyz", help="output file")
+    parser.add_argument("--systems", type=int, default=64, help="number of structures")
+    parser.add_argument("--max-atoms", type=int, default=512, help="atom budget of the live batch")
+    parser.add_argument("--nvt-steps", type=int, default=50, help="NVT steps after relaxing")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="floating precision")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    add_verbosity_arguments(parser)
     parser.set_defaults(command=command)
 
 
 def command(args) -> int:
     """Run ``batchmd demo``."""
-    from batchmd.cli.common import build_model, output_writer
-    from batchmd.cli.pipeline import build_stage
-    from batchmd.progress import format_summary
+    from batchmd.cli.run import execute
 
     check_positive_int("--systems", args.systems, allow_none=False)
     check_positive_int("--nvt-steps", args.nvt_steps, allow_none=False)
     if args.max_atoms < 48:
         raise CLIError(f"--max-atoms must be at least 48 (the largest demo structure), got {args.max_atoms}")
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    output_writer(args.output)
     frames = argon_structures(args.systems)
-    model = build_model("lj", sigma=3.405, epsilon=0.0104, cutoff=8.5125, frames=frames)
-    stages = [
-        build_stage({"method": "fire", "fmax": 0.05, "max_steps": 300}, model, where="demo"),
-        build_stage({"method": "nvt", "temperature": 40.0, "dt": 5.0, "friction": 0.02, "steps": args.nvt_steps,
-                     "seed": 0}, model, where="demo"),
-    ]
     if not args.quiet:
         print(f"batchmd demo: {len(frames)} argon crystals ({sum(len(a) for a in frames)} atoms), "
               f"FIRE to fmax 0.05 eV/Å then {args.nvt_steps} steps of NVT at 40 K, live batch of {args.max_atoms} atoms")
-    stats = run_stages(frames, stages, args.output, max_atoms=args.max_atoms, refill_frequency=10,
-                       device=device, dtype=dtype, quiet=args.quiet)
-    if not args.quiet:
-        print(format_summary(stats))
-        print(f"wrote {args.output}")
-    return 0
+    stages = [{"method": "fire", "fmax": 0.05, "max_steps": 300},
+              {"method": "nvt", "temperature": 40.0, "dt": 5.0, "friction": 0.02, "steps": args.nvt_steps, "seed": 0}]
+    return execute(args, "demo", stages, output=args.output, frames=frames,
+                   model_spec={"name": "lj", "sigma": 3.405, "epsilon": 0.0104, "cutoff": 8.5125},
+                   max_atoms=args.max_atoms, refill_every=10)

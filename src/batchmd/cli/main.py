@@ -1,8 +1,18 @@
-"""The ``batchmd`` command: ``relax``, ``md``, ``pipeline`` and ``demo``.
+"""The ``batchmd`` command: ``relax``, ``md``, ``pipeline``, ``demo``, ``shard`` and ``campaign``.
 
 Every user error (missing or unreadable file, bad frame, unknown option, bad model
-parameter) prints one line, ``batchmd: error: ...``, to stderr and exits with status 2;
-no output file is created. Run ``batchmd COMMAND --help`` for the options.
+parameter, elements the model has no parameters for) prints one line,
+``batchmd: error: ...``, to stderr and exits with status 2; no output file is created.
+Run ``batchmd COMMAND --help`` for the options.
+
+Start-up: parsing arguments imports only the standard library and the ``batchmd.cli``
+modules, so ``--help``, ``--version`` and argument errors answer in a fraction of a
+second; torch, Warp and ASE are imported by the commands that run (see
+``benchmarks/cli_startup.py``).
+
+Verbosity: ``--quiet`` prints nothing but errors (Warp's messages included); ``-v`` logs
+the model, device, dtype, batch budget, refills, neighbor-list rebuilds and the time of
+each phase (``batchmd`` logger, INFO level, on stderr).
 
 Example
 -------
@@ -17,9 +27,14 @@ import argparse
 import logging
 import sys
 
-from batchmd.cli.common import CLIError
+from batchmd.cli.errors import CLIError
 
 __all__ = ["build_parser", "main"]
+
+#: Command modules, each with ``add_parser(subparsers)``; imported when the parser is built
+#: (they import only the standard library at module level).
+COMMANDS = ("batchmd.cli.relax", "batchmd.cli.md", "batchmd.cli.pipeline", "batchmd.cli.demo",
+            "batchmd.cli.shard", "batchmd.cli.campaign_cmds")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,36 +44,63 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``batchmd`` with every subcommand registered."""
-    from batchmd import __version__
-    from batchmd.cli import demo, md, pipeline, relax
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Descriptions shown as written; every option's default shown (unless its help already says it)."""
 
-    parser = _Parser(prog="batchmd", description="Batched molecular dynamics and relaxation with inflight batching.")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``batchmd`` with every subcommand registered (no heavy imports)."""
+    import importlib
+
+    from batchmd import __version__
+
+    parser = _Parser(prog="batchmd", formatter_class=HelpFormatter,
+                     description="Batched molecular dynamics and relaxation with inflight batching.")
     parser.add_argument("--version", action="version", version=f"batchmd {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does (INFO level)")
     subparsers = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
-    for module in (relax, md, pipeline, demo):
+    for name in COMMANDS:
+        module = importlib.import_module(name)
         module.add_parser(subparsers)
-    _register_optional(subparsers)
+    for sub in subparsers.choices.values():
+        _inherit_formatter(sub)
     return parser
 
 
-def _register_optional(subparsers) -> None:
-    """Commands of optional layers: a module exposing ``add_parser(subparsers)`` is registered."""
-    import importlib
+def _inherit_formatter(parser) -> None:
+    """Every (sub)parser shows defaults and keeps its description's layout."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _inherit_formatter(sub)
 
-    for name in ("batchmd.cli.shard", "batchmd.cli.campaign_cmds"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "add_parser"):
-            module.add_parser(subparsers)
+
+def add_verbosity_arguments(parser) -> None:
+    """``-v/--verbose`` and ``--quiet`` (each run command has both)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="log model, device, dtype, batch budget, refills, neighbor-list rebuilds, timings")
+    group.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+
+def _configure_logging(args) -> None:
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    if getattr(args, "quiet", False):
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="batchmd: %(message)s", stream=sys.stderr, force=True)
 
 
 def main(argv=None) -> int:
-    """Run the ``batchmd`` command line; returns the exit status (0 on success, 2 on a user error).
+    """Run the ``batchmd`` command line; returns the exit status.
+
+    0 on success, 2 on a user error (one line on stderr), 130 when interrupted
+    (SIGINT or SIGTERM; finished frames are kept, see ``--resume``).
 
     Parameters
     ----------
@@ -72,13 +114,18 @@ def main(argv=None) -> int:
         if getattr(args, "command", None) is None:
             parser.print_help(sys.stderr)
             return 2
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        _configure_logging(args)
         return int(args.command(args) or 0)
     except CLIError as error:
         print(f"batchmd: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        from batchmd.cli.errors import Interrupted
+
+        if isinstance(error, Interrupted) and len(error.args) == 2:
+            signum, message = error.args
+            print(f"batchmd: {message}", file=sys.stderr)
+            return 128 + int(signum)
         print("batchmd: interrupted", file=sys.stderr)
         return 130
 

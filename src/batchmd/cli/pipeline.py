@@ -1,19 +1,19 @@
-"""``batchmd pipeline CONFIG``: a multi-stage run (e.g. FIRE then NVT) described in TOML.
+"""batchmd pipeline CONFIG: a multi-stage run (e.g. FIRE then NVT) described in TOML.
 
 Schema (every key is checked; an unknown one is an error naming it)::
 
     input = "structures.extxyz"        # any file ASE reads; relative to the config file
-    output = "relaxed_then_nvt.extxyz" # .extxyz or .xyz; relative to the config file
-    device = "cpu"                     # optional: cpu | cuda
+    output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file
+    device = "cuda"                    # optional: cpu | cuda (default: cuda when available)
     dtype = "float64"                  # optional: float32 | float64
     max_atoms = 2048                   # optional: atom budget of the live batch
     refill_every = 10                  # optional: steps between refill points
 
-    [model]                            # optional; default Lennard-Jones argon
-    name = "lj"                        # lj | emt
-    sigma = 3.405                      # Å
-    epsilon = 0.0104                   # eV
-    cutoff = 8.5125                    # Å
+    [model]                            # optional; default: name = "lj" (noble-gas presets)
+    name = "lj"                        # lj | emt | sevennet-0 | mace:PATH | metatomic:PATH | ...
+    sigma = 3.405                      # Å; LJ only: one pair for every element (default: presets)
+    epsilon = 0.0104                   # eV; LJ only, with sigma
+    cutoff = 8.5125                    # Å; LJ only (default: 3 x the largest sigma)
 
     [[stages]]                         # run in order; each system goes through all of them
     method = "fire"
@@ -33,20 +33,20 @@ Schema (every key is checked; an unknown one is an error naming it)::
     dt = 1.0                           # fs
     steps = 100
 
-A full example is ``examples/pipeline.toml``.
+A full example is examples/pipeline.toml (run it from anywhere: paths are relative to the file).
 """
 
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
-from batchmd.cli.common import CLIError, build_model, resolve_device, resolve_dtype
+from batchmd.cli.errors import CLIError
 
-__all__ = ["STAGE_KEYS", "add_parser", "build_stage", "load_config", "command"]
+__all__ = ["STAGE_KEYS", "add_parser", "build_stage", "check_stage", "load_config", "command"]
 
-# method -> {key: (required, type, default)}
+# method -> {key: (required, type, default)}. A new method (e.g. an optimizer or an ensemble)
+# is one entry here and one builder in _BUILDERS.
 STAGE_KEYS = {
     "fire": {"fmax": (False, float, 0.05), "max_steps": (False, int, 500), "dt": (False, float, 0.1),
              "maxstep": (False, float, 0.2)},
@@ -68,23 +68,15 @@ def _value(where: str, key: str, value, kind):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CLIError(f"{where}: {key} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and key not in ("friction",)):
-        raise CLIError(f"{where}: {key} must be {'>= 0' if key == 'friction' else '> 0'}, got {value!r}")
+    if value < 0 or (value == 0 and key not in ("friction", "temperature")):
+        raise CLIError(f"{where}: {key} must be {'>= 0' if key in ('friction', 'temperature') else '> 0'}, got {value!r}")
     return float(value)
 
 
-def build_stage(spec: dict, model, where: str = "stage"):
-    """A dynamics stage from a stage table (``{"method": "fire", "fmax": 0.05, ...}``).
-
-    Parameters
-    ----------
-    spec : dict
-        ``method`` (fire | nvt | nve) and that method's keys (see the module docstring).
-    model : callable
-        The batchmd model every stage shares.
-    where : str
-        Prefix of error messages (e.g. ``"run.toml: stages[1]"``).
-    """
+def check_stage(spec: dict, where: str = "stage") -> dict:
+    """Check a stage table against :data:`STAGE_KEYS`; returns its values with defaults filled in."""
+    if not isinstance(spec, dict):
+        raise CLIError(f"{where} must be a table ([[stages]])")
     method = spec.get("method")
     if method not in STAGE_KEYS:
         raise CLIError(f"{where}: method must be one of {', '.join(STAGE_KEYS)}, got {method!r}")
@@ -100,24 +92,53 @@ def build_stage(spec: dict, model, where: str = "stage"):
             values[key] = default
         else:
             values[key] = _value(f"{where} ({method})", key, spec[key], kind)
-    if method == "fire":
-        from batchmd.dynamics import FIRE, ConvergenceHook
+    return values
 
-        return FIRE(model, dt=values["dt"], maxstep=values["maxstep"],
-                    convergence_hook=ConvergenceHook.from_forces(values["fmax"]), n_steps=values["max_steps"])
-    if method == "nvt":
-        from batchmd.dynamics import NVTLangevin
 
-        return NVTLangevin(model, dt=values["dt"], temperature=values["temperature"], friction=values["friction"],
-                           random_seed=values["seed"], n_steps=values["steps"])
+def _fire(values, model):
+    from batchmd.dynamics import FIRE, ConvergenceHook
+
+    return FIRE(model, dt=values["dt"], maxstep=values["maxstep"],
+                convergence_hook=ConvergenceHook.from_forces(values["fmax"]), n_steps=values["max_steps"])
+
+
+def _nvt(values, model):
+    from batchmd.dynamics import NVTLangevin
+
+    return NVTLangevin(model, dt=values["dt"], temperature=values["temperature"], friction=values["friction"],
+                       random_seed=values["seed"], n_steps=values["steps"])
+
+
+def _nve(values, model):
     from batchmd.dynamics import NVE
 
     return NVE(model, dt=values["dt"], n_steps=values["steps"], temperature=values["temperature"],
                random_seed=values["seed"])
 
 
+_BUILDERS = {"fire": _fire, "nvt": _nvt, "nve": _nve}
+
+
+def build_stage(spec: dict, model, where: str = "stage"):
+    """A dynamics stage from a stage table (``{"method": "fire", "fmax": 0.05, ...}``).
+
+    Parameters
+    ----------
+    spec : dict
+        ``method`` (a key of :data:`STAGE_KEYS`) and that method's keys (see the module docstring).
+    model : callable
+        The batchmd model every stage shares.
+    where : str
+        Prefix of error messages (e.g. ``"run.toml: stages[1]"``).
+    """
+    values = check_stage(spec, where)
+    return _BUILDERS[spec["method"]](values, model)
+
+
 def load_config(path) -> dict:
     """Read and check a pipeline TOML file; returns the table with paths resolved."""
+    import tomllib
+
     path = Path(path)
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
@@ -135,6 +156,8 @@ def load_config(path) -> dict:
     stages = config.get("stages")
     if not isinstance(stages, list) or not stages:
         raise CLIError(f"{path}: at least one [[stages]] table is required")
+    for i, spec in enumerate(stages):
+        check_stage(spec, where=f"{path}: stages[{i}]")
     model = config.get("model", {})
     if not isinstance(model, dict):
         raise CLIError(f"{path}: [model] must be a table")
@@ -146,11 +169,16 @@ def load_config(path) -> dict:
 
 def add_parser(subparsers) -> None:
     """Register ``batchmd pipeline``."""
+    from batchmd.cli.main import add_verbosity_arguments
+
     parser = subparsers.add_parser("pipeline", help="multi-stage run described in a TOML file",
-                                   description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="TOML file (schema: docs/cli.rst, example: examples/pipeline.toml)")
+                                   description=__doc__)
+    parser.add_argument("config", help="TOML file (schema above; example: examples/pipeline.toml)")
     parser.add_argument("-o", "--output", default=None, help="override the config's output file")
-    parser.add_argument("--quiet", action="store_true", help="no progress line and no summary")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from OUTPUT.partial (finished frames are not recomputed)")
+    parser.add_argument("--device", default=None, help="override the config's device (default: cuda when available)")
+    add_verbosity_arguments(parser)
     parser.set_defaults(command=command)
 
 
@@ -161,31 +189,11 @@ def command(args) -> int:
     rc = maybe_run_distributed(args)
     if rc is not None:
         return rc
-    from batchmd.cli.common import output_writer, read_frames, run_stages
-    from batchmd.progress import format_summary
+    from batchmd.cli.run import execute
 
     config = load_config(args.config)
     output = args.output or config["output"]
-
-    def stages(frames=None):
-        model_spec = dict(config.get("model", {}))
-        model = build_model(model_spec.pop("name", "lj"), **model_spec, frames=frames)
-        return [build_stage(spec, model, where=f"{args.config}: stages[{i}]") if isinstance(spec, dict)
-                else _not_a_table(args.config, i) for i, spec in enumerate(config["stages"])]
-
-    stages()  # every option is checked before the input is read
-    device = resolve_device(config.get("device", "cpu"))
-    dtype = resolve_dtype(config.get("dtype", "float64"))
-    output_writer(output)
-    frames = read_frames(config["input"])
-    stats = run_stages(frames, stages(frames), output, max_atoms=config.get("max_atoms"),
-                       refill_frequency=config.get("refill_every", 10), device=device, dtype=dtype,
-                       quiet=args.quiet)
-    if not args.quiet:
-        print(format_summary(stats))
-        print(f"wrote {output}")
-    return 0
-
-
-def _not_a_table(path, index):
-    raise CLIError(f"{path}: stages[{index}] must be a table ([[stages]])")
+    model = {"name": "lj", **config.get("model", {})}
+    return execute(args, "pipeline", config["stages"], input_path=config["input"], output=output, model_spec=model,
+                   max_atoms=config.get("max_atoms"), refill_every=config.get("refill_every", 10),
+                   device=args.device or config.get("device"), dtype=config.get("dtype", "float64"))

@@ -27,7 +27,9 @@ fresh neighbor list) at their initial positions before their first move; see
 :mod:`batchmd.dynamics.refill`.
 
 ``n_steps`` on graduated systems counts the steps taken in total, over all stages
-(``stage_steps`` counts steps in the last stage).
+(``stage_steps`` counts steps in the last stage). Each stage's outcome per system (status,
+steps, final fmax of optimizers, mean temperature of MD) is recorded on the device and
+given to graduated systems as ``stage{k}_*`` fields (:mod:`batchmd.dynamics.stage_results`).
 
 Example
 -------
@@ -50,6 +52,7 @@ from batchmd.dynamics.cuda_graph import StepGraph
 from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
+from batchmd.dynamics.stage_results import StageRecorder
 from batchmd.dynamics.status import SystemStatus
 from batchmd.dynamics.velocities import apply_velocity_policy
 from batchmd.kernels import bookkeeping as bk
@@ -162,6 +165,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         oom_retry: bool = True,
     ) -> None:
         self.stages = _normalise_stages(sub_stages)
+        self._recorder = StageRecorder(self.stages)
         if cuda_graph not in (True, False, "auto"):
             raise ValueError(f"FusedStage: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
         self.cuda_graph = cuda_graph
@@ -399,6 +403,8 @@ class FusedStage(RefillPoints, OOMRecovery):
         for k, hook in tables["custom"]:
             hit = hook(batch)
             converged.logical_or_(hit if self.num_stages == 1 else (hit & (stage_field == k)))
+        self._recorder.ensure_fields(batch)
+        self._recorder.before_advance(batch, views, increment)
         self._launch_advance(
             batch.dtype,
             b,
@@ -421,6 +427,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             dev,
         )
         entered = buf["entered"]
+        self._recorder.after_advance(batch, views, entered)
         for k in range(1, self.num_stages):
             mask = buf["enter"][k - 1]  # persistent buffers: the policy kernel's views stay cached
             torch.eq(stage_field, k, out=mask)
@@ -434,6 +441,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         for name in ("stage", "status", "stage_steps", "n_steps"):
             batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
         batch.set_field("failure", torch.zeros(b, dtype=torch.int32, device=dev), "system")
+        self._recorder.ensure_fields(batch, fresh=True)
 
     def _owns(self, batch) -> bool:
         """Whether ``batch`` is the one this loop last primed or stepped (its ``status`` tensor is ours)."""

@@ -61,7 +61,8 @@ class RunStats:
     atom_steps : int
         Sum over steps of the atoms of active systems (counted at refill points).
     systems_graduated, systems_converged, systems_out_of_steps, systems_failed : int
-        Graduation counts by outcome.
+        Graduation counts by outcome (``systems_converged``: the last stage, an optimizer,
+        met its criterion).
     systems_total : int or None
         Dataset size when a sampler drives the run.
     occupancy_sum : float
@@ -83,6 +84,11 @@ class RunStats:
         Out-of-memory errors the loop recovered from (see :mod:`batchmd.dynamics.oom`).
     systems_returned : int
         Unmoved systems handed back to the sampler after such errors (served again later).
+    systems_completed : int
+        Graduated systems whose last stage was MD and ran its steps (not "converged").
+    stage_counts : dict
+        Per stage (``"k:name"``), graduated systems by stage status name (``converged``,
+        ``completed``, ``out_of_steps``, ``failed``, ``skipped``).
     start_time : float
         ``time.perf_counter()`` at the start of the run.
     """
@@ -101,7 +107,40 @@ class RunStats:
     refill_seconds: float = 0.0
     oom_events: int = 0
     systems_returned: int = 0
-    start_time: float = field(default_factory=time.perf_counter)
+    systems_completed: int = 0
+    stage_counts: dict = field(default_factory=dict)
+    start_time: float = field(default_factory=time.perf_counter, repr=False)
+
+    def count_graduated(self, graduated, recorder=None) -> None:
+        """Count graduated systems by outcome (host batch with ``status`` and ``stage{k}_status`` fields).
+
+        ``systems_converged``: the last stage is an optimizer that converged;
+        ``systems_completed``: the last stage is MD and ran its steps; ``stage_counts``:
+        ``{"0:fire": {"converged": 3, ...}, "1:nvt_langevin": {...}}`` (names of
+        :mod:`batchmd.dynamics.stage_results`).
+        """
+        from batchmd.dynamics.stage_results import status_name
+
+        status = graduated["status"].reshape(-1)
+        n = int(status.numel())
+        self.systems_graduated += n
+        self.systems_out_of_steps += int((status == 2).sum())
+        self.systems_failed += int((status == 3).sum())
+        done = status == 1
+        if recorder is None:
+            self.systems_converged += int(done.sum())
+            return
+        last_md = torch.tensor(recorder.is_md, dtype=torch.bool)[graduated["stage"].reshape(-1).long()]
+        self.systems_converged += int((done & ~last_md).sum())
+        self.systems_completed += int((done & last_md).sum())
+        for k, name in enumerate(recorder.names):
+            key = f"{k}:{name}"
+            if not graduated.has_field(f"stage{k}_status"):
+                continue
+            counts = self.stage_counts.setdefault(key, {})
+            for code in graduated[f"stage{k}_status"].reshape(-1).tolist():
+                label = status_name(code)
+                counts[label] = counts.get(label, 0) + 1
 
     @property
     def elapsed(self) -> float:

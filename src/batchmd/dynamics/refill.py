@@ -40,16 +40,14 @@ class RefillPoints:
             return
         # Caches (neighbor lists, ...) stay behind: results carry physics and bookkeeping only.
         graduated = batch.without_fields(prefix="_").index_select(indices.to(batch.device)).to("cpu")
+        graduated = self._recorder.expand(graduated)
         status = graduated["status"]
         graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
         if graduated.has_field("failure"):  # FAILED without a reason: a hook set the status
             unexplained = (status == int(SystemStatus.FAILED)) & (graduated["failure"] == 0)
             graduated.set_field("failure", torch.where(unexplained, int(FailureReason.HOOK), graduated["failure"]),
                                 "system")
-        self.stats.systems_graduated += int(status.numel())
-        self.stats.systems_converged += int((status == int(SystemStatus.CONVERGED)).sum())
-        self.stats.systems_out_of_steps += int((status == int(SystemStatus.OUT_OF_STEPS)).sum())
-        self.stats.systems_failed += int((status == int(SystemStatus.FAILED)).sum())
+        self.stats.count_graduated(graduated, self._recorder)
         written: set[int] = set()
         last_stage = graduated["stage"]
         for stage_index, stage in enumerate(self.stages):

@@ -5,6 +5,12 @@ Pair energy, with ``r_c`` the cutoff and ``shift`` the energy at the cutoff
 
     u(r) = 4 eps [(sigma/r)^12 - (sigma/r)^6] - shift      for r <= r_c
 
+Several species: ``sigma``, ``eps`` and ``shift`` are those of the pair of species
+``(s_i, s_j)``, read from ``[S*S]`` tables at ``s_i * S + s_j`` (``S`` species; atom ``i``'s
+species is ``species_of[Z_i]``, a table over atomic numbers). The mixing rule that fills
+the tables is the model's (:class:`batchmd.models.lj.LennardJones`); one species gives
+bitwise the numbers of a single parameter pair.
+
 ``lj_atoms`` runs one thread per atom over that atom's neighbor row, in row order.
 
 - Full list (``half = 0``, the CUDA default): every pair is seen from both atoms; each
@@ -143,10 +149,13 @@ def lj_atoms(
     images: wp.array2d(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
     cutoff_sq: Any,
-    sigma_sq: Any,
-    eps4: Any,
-    eps24: Any,
-    e_shift: Any,
+    numbers: wp.array(dtype=wp.int64),
+    species_of: wp.array(dtype=wp.int32),
+    num_species: int,
+    pair_sigma_sq: wp.array(dtype=Any),
+    pair_eps4: wp.array(dtype=Any),
+    pair_eps24: wp.array(dtype=Any),
+    pair_shift: wp.array(dtype=Any),
     want_virial: int,
     half: int,
     status: wp.array(dtype=wp.int32),
@@ -177,8 +186,9 @@ def lj_atoms(
     xi = x[i]
     h = cell[s]
     n = count[i]
+    si = species_of[int(numbers[i])]
     f = xi - xi
-    e = sigma_sq - sigma_sq
+    e = cutoff_sq - cutoff_sq
     vd = f
     vo = f
     if n >= 0:  # a complete row (a truncated one stores -count)
@@ -190,8 +200,9 @@ def lj_atoms(
             else:  # periodic image: stored as -1 - local index, with its packed lattice image
                 j = base - 1 - neighbors[i, t]
                 d = x[j] - xi + image_shift(unpack_image(images[i, t]), h)
-            e, f, vd, vo = add_pair(d, j, cutoff_sq, sigma_sq, eps4, eps24, e_shift, want_virial, half, forces,
-                                    e, f, vd, vo)
+            p = si * num_species + species_of[int(numbers[j])]
+            e, f, vd, vo = add_pair(d, j, cutoff_sq, pair_sigma_sq[p], pair_eps4[p], pair_eps24[p], pair_shift[p],
+                                    want_virial, half, forces, e, f, vd, vo)
     else:
         nb = nbins[s]
         sr = search[s]
@@ -220,11 +231,13 @@ def lj_atoms(
                                 if not in_phase(k, phase):
                                     continue
                                 d = x[j] - xi + image_shift(k, h)
-                                e, f, vd, vo = add_pair(d, j, cutoff_sq, sigma_sq, eps4, eps24, e_shift, want_virial,
-                                                        half, forces, e, f, vd, vo)
-    w = sigma_sq / sigma_sq  # each pair once (half list): full weight
+                                p = si * num_species + species_of[int(numbers[j])]
+                                e, f, vd, vo = add_pair(d, j, cutoff_sq, pair_sigma_sq[p], pair_eps4[p],
+                                                        pair_eps24[p], pair_shift[p], want_virial, half, forces,
+                                                        e, f, vd, vo)
+    w = cutoff_sq / cutoff_sq  # each pair once (half list): full weight
     if half == 0:
-        w = sigma_sq / (sigma_sq + sigma_sq)  # each pair seen from both atoms: half weight
+        w = cutoff_sq / (cutoff_sq + cutoff_sq)  # each pair seen from both atoms: half weight
         forces[i] = f
     else:
         forces[i] = forces[i] + f
@@ -315,10 +328,10 @@ for _scalar, _vec, _mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.v
         {
             "x": wp.array(dtype=_vec),
             "cutoff_sq": _scalar,
-            "sigma_sq": _scalar,
-            "eps4": _scalar,
-            "eps24": _scalar,
-            "e_shift": _scalar,
+            "pair_sigma_sq": wp.array(dtype=_scalar),
+            "pair_eps4": wp.array(dtype=_scalar),
+            "pair_eps24": wp.array(dtype=_scalar),
+            "pair_shift": wp.array(dtype=_scalar),
             "cell": wp.array(dtype=_mat),
             "wrapped": wp.array(dtype=_vec),
             "r_list_sq": _scalar,

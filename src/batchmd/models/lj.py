@@ -43,7 +43,66 @@ from batchmd.models.base import Model
 from batchmd.models.neighbors import NeighborList
 from batchmd.runtime import LaunchCache, WarpViewCache, to_warp, warp_scalar
 
-__all__ = ["LennardJones"]
+__all__ = ["LennardJones", "LJ_PRESETS", "LJ_CUTOFF_FACTOR", "mix"]
+
+#: Per-element Lennard-Jones parameters ``symbol: (sigma Å, epsilon eV)``: the defaults of
+#: ``LennardJones()`` (argon), ``LennardJones(species=[...])`` and the CLI's ``--model lj``.
+#: Noble gases from Ashcroft & Mermin, *Solid State Physics* (1976), Table 20.5 (fits to
+#: gas-phase data, Bernardes 1958); argon's sigma 3.405 Å as in Rahman, Phys. Rev. 136,
+#: A405 (1964). No other element has honest Lennard-Jones parameters.
+LJ_PRESETS = {
+    "He": (2.56, 0.00088),
+    "Ne": (2.74, 0.0031),
+    "Ar": (3.405, 0.0104),
+    "Kr": (3.65, 0.0140),
+    "Xe": (3.98, 0.0200),
+}
+
+#: Default cutoff: this many times the largest sigma (ASE's ``LennardJones`` default ``rc = 3 sigma``).
+LJ_CUTOFF_FACTOR = 3.0
+
+
+def mix(a: tuple[float, float], b: tuple[float, float], rule: str = "lorentz-berthelot") -> tuple[float, float]:
+    """Cross parameters ``(sigma_ij, epsilon_ij)`` of species ``a = (sigma_i, epsilon_i)`` and ``b``.
+
+    ``"lorentz-berthelot"`` (default): ``sigma_ij = (sigma_i + sigma_j) / 2``,
+    ``epsilon_ij = sqrt(epsilon_i epsilon_j)`` (Lorentz 1881, Berthelot 1898).
+    ``"geometric"``: both geometric means (as in OPLS).
+
+    Example
+    -------
+    >>> mix((3.0, 0.01), (4.0, 0.04))
+    (3.5, 0.02)
+    """
+    if rule == "lorentz-berthelot":
+        return 0.5 * (a[0] + b[0]), math.sqrt(a[1] * b[1])
+    if rule == "geometric":
+        return math.sqrt(a[0] * b[0]), math.sqrt(a[1] * b[1])
+    raise ValueError(f"batchmd: LennardJones mixing must be 'lorentz-berthelot' or 'geometric', got {rule!r}")
+
+
+def _species_table(species) -> dict:
+    """``{symbol: (sigma, epsilon)}`` from symbols (presets) or a mapping; checked."""
+    from ase.data import atomic_numbers
+
+    if isinstance(species, str):
+        species = [species]
+    if not isinstance(species, dict):
+        species = list(species)
+        missing = [sym for sym in species if sym not in LJ_PRESETS]
+        if missing:
+            raise ValueError(f"batchmd: LennardJones has no preset for {' '.join(missing)} "
+                             f"(presets: {' '.join(LJ_PRESETS)}); pass species={{symbol: (sigma, epsilon)}}")
+        species = {sym: LJ_PRESETS[sym] for sym in species}
+    if not species:
+        raise ValueError("batchmd: LennardJones species must name at least one element")
+    table = {}
+    for sym, pair in species.items():
+        if sym not in atomic_numbers or atomic_numbers[sym] == 0:
+            raise ValueError(f"batchmd: LennardJones species: unknown element {sym!r}")
+        sigma, epsilon = pair
+        table[sym] = (_positive(f"sigma of {sym}", sigma), _positive(f"epsilon of {sym}", epsilon))
+    return table
 
 
 def _positive(name: str, value: float) -> float:
@@ -55,14 +114,31 @@ def _positive(name: str, value: float) -> float:
 class LennardJones(Model):
     """12-6 Lennard-Jones model for batches of systems (energy, forces, stress).
 
+    Three ways to give parameters (the defaults are stated here and in :data:`LJ_PRESETS`):
+
+    - ``LennardJones()``: argon (sigma 3.405 Å, epsilon 0.0104 eV), for Ar only;
+    - ``LennardJones(species=["Ar", "Kr"])`` or ``species={"Na": (2.6, 0.005), ...}``:
+      per-element parameters (presets of :data:`LJ_PRESETS` by symbol), cross pairs by
+      the ``mixing`` rule (Lorentz-Berthelot by default); only those elements are accepted
+      (:meth:`check_species`);
+    - ``LennardJones(sigma, epsilon)``: one parameter pair for every element (reduced
+      units or a deliberate choice; no element check).
+
+    The cutoff defaults to ``3 x`` the largest sigma (:data:`LJ_CUTOFF_FACTOR`, ASE's
+    default ``rc``), for the API and the ``batchmd`` command alike.
+
     Parameters
     ----------
-    sigma : float
-        Length scale (Å), > 0.
-    epsilon : float
-        Well depth (eV), > 0.
+    sigma : float, optional
+        Length scale (Å), > 0, for every element (with ``epsilon``).
+    epsilon : float, optional
+        Well depth (eV), > 0, for every element (with ``sigma``).
     cutoff : float, optional
-        Cutoff radius (Å), > 0. Default ``3 * sigma`` (ASE's default ``rc``).
+        Cutoff radius (Å), > 0. Default ``3 * max(sigma)`` (ASE's default ``rc``).
+    species : sequence of str or dict, optional
+        Elements by symbol (presets) or ``{symbol: (sigma Å, epsilon eV)}``.
+    mixing : str
+        ``"lorentz-berthelot"`` (default) or ``"geometric"``; see :func:`mix`.
     shift : bool
         Shift pair energies to zero at the cutoff (ASE's ``smooth=False`` behaviour).
     skin : float
@@ -112,26 +188,42 @@ class LennardJones(Model):
 
     def __init__(
         self,
-        sigma: float = 1.0,
-        epsilon: float = 1.0,
+        sigma: float | None = None,
+        epsilon: float | None = None,
         cutoff: float | None = None,
         shift: bool = True,
         skin: float = 1.0,
         compute_stress: bool = True,
         capacity: int | None = None,
         half_list: bool | None = None,
+        species=None,
+        mixing: str = "lorentz-berthelot",
     ) -> None:
         super().__init__()
-        self.sigma = _positive("sigma", sigma)
-        self.epsilon = _positive("epsilon", epsilon)
-        self.cutoff = _positive("cutoff", 3.0 * self.sigma if cutoff is None else cutoff)
+        if (sigma is None) != (epsilon is None):
+            raise ValueError("batchmd: LennardJones needs both sigma and epsilon (or species=..., or neither: argon)")
+        if sigma is not None and species is not None:
+            raise ValueError("batchmd: LennardJones takes sigma/epsilon (one pair for every element) or species, not both")
+        mix((1.0, 1.0), (1.0, 1.0), mixing)  # checks the rule's name
+        self.mixing = mixing
+        if sigma is not None:
+            self.species = None  # one pair, any element
+            self.sigma, self.epsilon = _positive("sigma", sigma), _positive("epsilon", epsilon)
+            self.supported_numbers = None
+        else:
+            from ase.data import atomic_numbers
+
+            self.species = _species_table("Ar" if species is None else species)
+            self.sigma = max(p[0] for p in self.species.values())
+            self.epsilon = max(p[1] for p in self.species.values())
+            self.supported_numbers = frozenset(atomic_numbers[sym] for sym in self.species)
+        self.cutoff = _positive("cutoff", LJ_CUTOFF_FACTOR * self.sigma if cutoff is None else cutoff)
         if not isinstance(skin, (int, float)) or not math.isfinite(skin) or skin < 0:
             raise ValueError(f"batchmd: LennardJones skin must be >= 0 (Å), got {skin!r}")
         self.shift = bool(shift)
         self.computes_stress = bool(compute_stress)
         self.neighbor_list = NeighborList(self.cutoff, skin=skin, capacity=capacity, half=half_list)
-        c6 = (self.sigma / self.cutoff) ** 6
-        self._e_shift = 4.0 * self.epsilon * (c6 * c6 - c6) if self.shift else 0.0
+        self._pair_tables: dict = {}
         self._scratch: dict = {}
         self._parts = None
         # Per-system sums in chunks (batchmd.kernels.reductions.chunk_plan): None = on GPUs for
@@ -141,8 +233,67 @@ class LennardJones(Model):
         self._out_views = WarpViewCache()
 
     def extra_repr(self) -> str:
-        return (f"sigma={self.sigma}, epsilon={self.epsilon}, cutoff={self.cutoff}, shift={self.shift}, "
-                f"skin={self.neighbor_list.skin}")
+        params = (f"species={self.species}, mixing={self.mixing!r}" if self.species is not None
+                  else f"sigma={self.sigma}, epsilon={self.epsilon}")
+        return f"{params}, cutoff={self.cutoff}, shift={self.shift}, skin={self.neighbor_list.skin}"
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self, "_model_name", None) or "lj"
+
+    def model_info(self) -> dict[str, str]:
+        """``model``, and the parameters: ``lj_sigma``/``lj_epsilon`` (Å, eV; per element when
+        species are set), ``lj_mixing``, ``lj_cutoff`` (Å), ``lj_shift``."""
+        if self.species is None:
+            sigma, epsilon = f"{self.sigma:g}", f"{self.epsilon:g}"
+        else:
+            sigma = " ".join(f"{sym}:{p[0]:g}" for sym, p in self.species.items())
+            epsilon = " ".join(f"{sym}:{p[1]:g}" for sym, p in self.species.items())
+        info = {"model": self.model_name, "lj_sigma": sigma, "lj_epsilon": epsilon, "lj_cutoff": f"{self.cutoff:g}",
+                "lj_shift": str(self.shift)}
+        if self.species is not None and len(self.species) > 1:
+            info["lj_mixing"] = self.mixing
+        return info
+
+    def pair_parameters(self) -> dict:
+        """``{(symbol_i, symbol_j): (sigma Å, epsilon eV)}`` for every pair of species (mixed)."""
+        if self.species is None:
+            return {("*", "*"): (self.sigma, self.epsilon)}
+        return {(a, b): mix(pa, pb, self.mixing) if a != b else pa
+                for a, pa in self.species.items() for b, pb in self.species.items()}
+
+    def _tables(self, dtype, device) -> dict:
+        """Warp views of the species map (over Z) and the ``[S*S]`` pair tables, cached per dtype and device."""
+        key = (dtype, device)
+        hit = self._pair_tables.get(key)
+        if hit is not None:
+            return hit
+        from ase.data import atomic_numbers
+
+        species_of = torch.zeros(119, dtype=torch.int32)
+        if self.species is None:
+            pairs = [(self.sigma, self.epsilon)]
+        else:
+            symbols = list(self.species)
+            for k, sym in enumerate(symbols):
+                species_of[atomic_numbers[sym]] = k
+            table = self.pair_parameters()
+            pairs = [table[(a, b)] for a in symbols for b in symbols]
+        shifts = []
+        for sigma, epsilon in pairs:
+            c6 = (sigma / self.cutoff) ** 6
+            shifts.append(4.0 * epsilon * (c6 * c6 - c6) if self.shift else 0.0)
+        t = {
+            "species_of": species_of.to(device),
+            "sigma_sq": torch.tensor([p[0] ** 2 for p in pairs], dtype=dtype, device=device),
+            "eps4": torch.tensor([4.0 * p[1] for p in pairs], dtype=dtype, device=device),
+            "eps24": torch.tensor([24.0 * p[1] for p in pairs], dtype=dtype, device=device),
+            "shift": torch.tensor(shifts, dtype=dtype, device=device),
+        }
+        hit = {"t": t, "num_species": 1 if self.species is None else len(self.species),
+               **{name: to_warp(value) for name, value in t.items()}}
+        self._pair_tables[key] = hit
+        return hit
 
     def _output_buffers(self, n: int, b: int, dtype: torch.dtype, device: torch.device) -> dict:
         """Persistent per-atom/per-system buffers and their Warp views, reused while the shapes hold."""
@@ -261,10 +412,15 @@ class LennardJones(Model):
         if half:  # reaction forces are added into forces: clear those about to be computed
             launch(ljk.lj_zero_forces, n, [v["batch_idx"], w_status, skip, w["forces"]], device, dtype)
         want = int(self.computes_stress and (out is None or "stress" in out))
+        tables = self._tables(dtype, device)
+        numbers = batch.atomic_numbers
+        if numbers.dtype != torch.int64:
+            raise ValueError(f"LennardJones: atomic_numbers must be int64, got {numbers.dtype}")
         launch(ljk.lj_atoms, n, [
             v["x"], v["batch_idx"], v["ptr"], v["neighbors"], v["images"], v["count"],
-            sc("cutoff_sq", T, self.cutoff**2), sc("sigma_sq", T, self.sigma**2), sc("eps4", T, 4.0 * self.epsilon),
-            sc("eps24", T, 24.0 * self.epsilon), sc("e_shift", T, self._e_shift), want, half, w_status, skip,
+            sc("cutoff_sq", T, self.cutoff**2), self._out_views("numbers", numbers), tables["species_of"],
+            tables["num_species"], tables["sigma_sq"], tables["eps4"], tables["eps24"], tables["shift"],
+            want, half, w_status, skip,
             v["cell"], v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],
             v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"], sc("r_list_sq", T, nl.r_list**2),
             w["forces"], w["atom_energy"], w["atom_virial"],

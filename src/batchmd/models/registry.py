@@ -218,3 +218,29 @@ register_model("sevennet-0", lambda argument, **kw: _sevennet(None, **kw),
 register_model("sevennet:PATH", _sevennet, "a SevenNet checkpoint file or a pretrained name known to sevenn")
 register_model("mace:PATH", _mace, "a MACE .model file (e.g. MACE-MP-0 downloaded elsewhere)")
 register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (.pt)")
+
+
+def _lennard_jones(argument: str | None, *, device=None, dtype=None):
+    from batchmd.models.lj import LJ_PRESETS, LennardJones
+
+    symbols = list(LJ_PRESETS) if not argument else [s.strip() for s in argument.split(",") if s.strip()]
+    return LennardJones(species=symbols)
+
+
+def _emt(argument: str | None, *, device=None, dtype=None):
+    from ase.calculators.emt import EMT, parameters
+    from ase.data import atomic_numbers
+
+    from batchmd.models.ase_calculator import ASECalculatorModel
+
+    model = ASECalculatorModel(EMT())
+    model.supported_numbers = frozenset(atomic_numbers[sym] for sym in parameters)
+    model._model_name = "emt"
+    return model
+
+
+register_model("lj", _lennard_jones,
+               "Lennard-Jones presets for the noble gases He Ne Ar Kr Xe (batchmd.models.lj.LJ_PRESETS), "
+               "Lorentz-Berthelot mixing, cutoff 3 x largest sigma")
+register_model("lj:ELEMENTS", _lennard_jones, "Lennard-Jones presets for some noble gases, e.g. lj:Ar,Kr")
+register_model("emt", _emt, "ASE's EMT (Al Cu Ag Au Ni Pd Pt, H C N O), through ASECalculatorModel (slow)")

@@ -1,0 +1,130 @@
+"""The body every run command shares: check options, read input, build model and stages, run, report.
+
+Phases (each timed and logged with ``-v``): options, read, model, run, write. See
+:mod:`batchmd.cli.runner` for partial files, interruption and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from batchmd.cli.errors import CLIError
+
+__all__ = ["execute", "init_warp_quietly"]
+
+log = logging.getLogger("batchmd")
+
+
+def init_warp_quietly(verbose: bool = False) -> None:
+    """Initialise Warp with its start-up messages captured (file descriptor 2 redirected).
+
+    Warp prints "Could not find or load the NVIDIA CUDA driver" from C on machines
+    without a GPU; that is not news to a CPU run. The captured text is logged at INFO
+    level (shown with ``-v``), never printed otherwise.
+    """
+    import os
+    import tempfile
+
+    from batchmd import runtime
+
+    if runtime._INITIALISED:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            runtime.init_warp(quiet=True)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace").strip()
+    if text:
+        for line in text.splitlines():
+            log.info("warp: %s", line.strip())
+
+
+def _stage_label(spec: dict) -> str:
+    return spec["method"]
+
+
+def execute(args, command: str, stage_specs: list, *, input_path=None, output, frames=None, frames_hook=None,
+            model_spec=None, extra_fingerprint=None, max_atoms=None, refill_every=None, device=None,
+            dtype=None) -> int:
+    """Run ``stage_specs`` over the frames of ``input_path`` (or ``frames``) and write ``output``; returns 0.
+
+    ``frames_hook(frames) -> frames`` prepares the frames (e.g. initial velocities);
+    ``model_spec`` overrides the model options of ``args`` (pipeline files).
+    """
+    from batchmd.cli.common import output_writer, resolve_device, resolve_dtype
+    from batchmd.cli.pipeline import build_stage, check_stage
+
+    quiet = getattr(args, "quiet", False)
+    timings = {}
+    t0 = time.perf_counter()
+    for i, spec in enumerate(stage_specs):
+        check_stage(spec, where=f"{command}" if len(stage_specs) == 1 else f"{command}: stages[{i}]")
+    output_writer(output)
+    device = resolve_device(device if device is not None else getattr(args, "device", None))
+    dtype = resolve_dtype(dtype or getattr(args, "dtype", "float64"))
+    init_warp_quietly()
+    timings["options"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    from batchmd.cli.common import read_frames
+    from batchmd.cli.runner import file_checksum
+
+    if frames is None:
+        frames = read_frames(input_path)
+        checksum = file_checksum(input_path)
+    else:
+        checksum = f"generated: {len(frames)} frames"
+    output_writer(output, len(frames))
+    if frames_hook is not None:
+        frames = frames_hook(frames)
+    timings["read"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    from batchmd.cli.models import build_model, model_info, model_text
+
+    spec = dict(model_spec) if model_spec is not None else {
+        "name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
+    name = spec.pop("name", "lj")
+    model = build_model(name, frames, device=device, dtype=dtype, **spec)
+    info = model_info(model, name)
+    stages = [build_stage(s, model, where=command) for s in stage_specs]
+    labels = [_stage_label(s) for s in stage_specs]
+    timings["model"] = time.perf_counter() - t0
+    max_atoms = max_atoms if max_atoms is not None else getattr(args, "max_atoms", None)
+    refill_every = refill_every if refill_every is not None else getattr(args, "refill_every", 10)
+    log.info("model: %s", model_text(info))
+    log.info("device %s, dtype %s, %d frames (%d atoms), live batch budget %s atoms, refill every %d steps",
+             device, str(dtype).removeprefix("torch."), len(frames), sum(len(a) for a in frames),
+             max_atoms if max_atoms is not None else "auto", refill_every)
+    log.info("stages: %s", " -> ".join(f"{s}" for s in stage_specs))
+
+    from batchmd.cli.runner import run_stages, summary_lines
+
+    fingerprint = {"command": command, "input": checksum, "model": info, "stages": stage_specs,
+                   "dtype": str(dtype), **(extra_fingerprint or {})}
+    report = run_stages(frames, stages, output, max_atoms=max_atoms, refill_frequency=refill_every, device=device,
+                        dtype=dtype, quiet=quiet, resume=getattr(args, "resume", False), fingerprint=fingerprint,
+                        model_info=info, stage_labels=labels)
+    timings.update(report.timings)
+    stats = report.stats
+    refill_points = stats.steps // max(1, refill_every)
+    log.info("run: %d steps, %d refill points, %d in-place refills, %d atom-steps", stats.steps, refill_points,
+             stats.refills_in_place, stats.atom_steps)
+    nl = getattr(model, "neighbor_list", None)
+    if nl is not None and getattr(nl, "capacity", None):
+        log.info("neighbor list: cutoff %.4g Å + skin %.3g Å, capacity %d neighbors per atom", nl.cutoff
+                 if hasattr(nl, "cutoff") else model.cutoff, nl.skin, nl.capacity)
+    log.info("timings: %s", ", ".join(f"{k} {v:.3f} s" for k, v in timings.items()))
+    if not quiet:
+        for line in summary_lines(report, model_text(info), labels):
+            print(line)
+        print(f"wrote {output} and {report.summary}")
+    return 0

@@ -1,0 +1,290 @@
+"""How a ``batchmd`` run command runs: streamed partial results, interruption, resume, summaries.
+
+While a command runs, every finished system is appended to ``OUTPUT.partial`` (extended
+XYZ, flushed and fsynced per write) and the run's identity (input checksum, model,
+stages, dtype, seeds) to ``OUTPUT.partial.json``. At the end the finished frames are put
+in input order and written to ``OUTPUT`` in its format (atomically: a temporary file
+renamed onto it), the per-structure summary ``OUTPUT_STEM.summary.csv`` is written beside
+it, and the partial files are removed. A file named ``OUTPUT`` therefore always holds a
+complete run.
+
+Interruption: SIGINT (Ctrl-C) and SIGTERM stop the run; the finished frames stay in
+``OUTPUT.partial`` and the message says so; the exit status is 130 (SIGINT) or 143
+(SIGTERM). ``--resume`` (same command) reads the partial file, checks it belongs to the
+same run (else one error line), and runs only the frames not finished. Each system's
+result depends only on its own input and its input index (its ``system_id``, which seeds
+its Langevin noise), so the final file is bitwise what an uninterrupted run writes.
+Without ``--resume`` an existing partial file is an error (nothing is deleted).
+
+Identity: every result frame carries ``input_index``, its position in the input file
+(0-based) -- the identity to use. ``system_id`` equals it in command-line runs (in the
+library, :class:`~batchmd.dynamics.SizeAwareSampler` numbers systems in serving order
+unless given ``system_ids``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+from batchmd.cli.errors import CLIError, Interrupted
+
+__all__ = ["RunReport", "file_checksum", "run_stages", "summary_path"]
+
+log = logging.getLogger("batchmd")
+
+
+def file_checksum(path) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def summary_path(output) -> Path:
+    """``relaxed.extxyz`` -> ``relaxed.summary.csv`` (``POSCAR`` -> ``POSCAR.summary.csv``)."""
+    output = Path(output)
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return output.with_name(stem + ".summary.csv")
+
+
+class RunReport:
+    """What a run command produced: ``frames`` (input order), ``stats``, per-phase ``timings`` (s)."""
+
+    def __init__(self, frames, stats, timings, output, summary, resumed: int) -> None:
+        self.frames, self.stats, self.timings = frames, stats, timings
+        self.output, self.summary, self.resumed = output, summary, resumed
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGTERM raises :class:`Interrupted` (like Ctrl-C) while the run is in progress."""
+
+    def on_term(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, resume: bool) -> dict:
+    """Finished frames of an interrupted run, by input index (empty when starting fresh)."""
+    if not partial.exists():
+        if resume:
+            log.info("--resume: no %s; starting from the beginning", partial)
+        meta_path.unlink(missing_ok=True)
+        return {}
+    if not resume:
+        raise CLIError(f"{partial} holds the finished frames of an interrupted run: add --resume to continue it, "
+                       "or delete it to start over")
+    try:
+        saved = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--resume: {meta_path} is missing or unreadable; delete {partial} to start over") from error
+    changed = sorted(key for key in set(saved) | set(fingerprint) if saved.get(key) != fingerprint.get(key))
+    if changed:
+        raise CLIError(f"--resume: {partial} is from a different run ({', '.join(changed)} changed); "
+                       f"rerun the original command or delete {partial}")
+    from batchmd.ase import _scalar
+    from batchmd.dynamics.sinks import read_extxyz
+
+    done = {}
+    for atoms in read_extxyz(partial):
+        index = _scalar(atoms.info.get("input_index", -1))
+        if not 0 <= index < len(frames) or len(atoms) != len(frames[index]) \
+                or (atoms.numbers != frames[index].numbers).any():
+            raise CLIError(f"--resume: {partial} has a frame (input_index {index}) that does not match the input")
+        done.setdefault(index, atoms)
+    # Rewrite the partial file with its complete frames only (an interrupted write may have
+    # left a truncated last frame), then append the rest of the run after them.
+    staging = partial.with_name(f".{partial.name}.tmp")
+    import ase.io
+
+    with open(staging, "w") as handle:
+        ase.io.write(handle, [done[i] for i in sorted(done)], format="extxyz")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, partial)
+    return done
+
+
+def _summary_rows(frames, stage_labels) -> list[dict]:
+    rows = []
+    for atoms in frames:
+        info = atoms.info
+        energy = atoms.calc.results.get("energy") if atoms.calc is not None else None
+        row = {"input_index": info.get("input_index"), "formula": atoms.get_chemical_formula(),
+               "n_atoms": len(atoms), "status": info.get("status"), "failure": info.get("failure", ""),
+               "energy_eV": energy,
+               "fmax_eV_per_A": info.get("fmax"), "n_steps": info.get("n_steps")}
+        for k, label in enumerate(stage_labels):
+            for suffix in ("status", "steps", "fmax", "temperature"):
+                key = f"stage{k}_{suffix}"
+                if key in info:
+                    unit = {"fmax": "_eV_per_A", "temperature": "_K"}.get(suffix, "")
+                    row[f"{label}_{suffix}{unit}"] = info[key]
+        rows.append(row)
+    return rows
+
+
+def _write_summary(path: Path, rows) -> None:
+    fields = []
+    for row in rows:
+        fields += [key for key in row if key not in fields]
+    staging = path.with_name(f".{path.name}.tmp")
+    with open(staging, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(staging, path)
+
+
+def summary_lines(report: RunReport, model_text: str, stage_labels) -> list[str]:
+    """The end-of-run summary: model, counts per stage and status, energy range, failures, throughput."""
+    from batchmd.progress import format_duration
+
+    frames, stats = report.frames, report.stats
+    lines = [f"model: {model_text}"]
+    for k, label in enumerate(stage_labels):
+        counts: dict = {}
+        for atoms in frames:
+            name = atoms.info.get(f"stage{k}_status", "?")
+            counts[name] = counts.get(name, 0) + 1
+        lines.append(f"stage {k} ({label}): " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
+    energies = [(a.calc.results["energy"], len(a)) for a in frames
+                if a.calc is not None and "energy" in a.calc.results and math.isfinite(a.calc.results["energy"])]
+    if energies:
+        per_atom = [e / n for e, n in energies]
+        lines.append(f"energy: {min(e for e, _ in energies):.6g} .. {max(e for e, _ in energies):.6g} eV "
+                     f"({min(per_atom):.6g} .. {max(per_atom):.6g} eV/atom)")
+    failed = [a.info["input_index"] for a in frames if a.info.get("status") == "failed"]
+    if failed:
+        shown = ", ".join(str(i) for i in failed[:20]) + (", ..." if len(failed) > 20 else "")
+        lines.append(f"failed (input index): {shown}")
+    elapsed = report.timings.get("run", 0.0)
+    rate = stats.atom_steps / elapsed if elapsed > 0 else 0.0
+    resumed = f", {report.resumed} from the interrupted run" if report.resumed else ""
+    lines.append(f"{len(frames)} systems{resumed} in {format_duration(elapsed)} ({rate:.3g} atom-steps/s)")
+    return lines
+
+
+def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int = 10, device=None, dtype=None,
+               quiet: bool = False, resume: bool = False, fingerprint: dict | None = None,
+               model_info: dict | None = None, stage_labels=None) -> RunReport:
+    """Run ``stages`` over ``frames`` with inflight batching; write ``output`` and its summary.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+        Every input frame (in file order).
+    stages : list of Dynamics
+        The stages (sharing one model).
+    output : path
+        Output file (format from its extension, see :func:`batchmd.cli.common.output_format`).
+    resume : bool
+        Continue from ``OUTPUT.partial`` (see the module docstring).
+    fingerprint : dict
+        JSON-able identity of the run (input checksum, model, stages, dtype, ...);
+        ``--resume`` refuses a partial file whose fingerprint differs.
+    model_info : dict
+        ``atoms.info`` entries naming the model and its parameters, added to every frame.
+    stage_labels : list of str
+        Names of the stages (``fire``, ``nvt``, ...), recorded as ``stage{k}_method``.
+
+    Returns
+    -------
+    RunReport
+    """
+    from batchmd.cli.common import check_positive_int, output_writer
+
+    timings = {}
+    writer = output_writer(output, len(frames))
+    check_positive_int("--max-atoms", max_atoms)
+    check_positive_int("--refill-every", refill_frequency, allow_none=False)
+    largest = max(len(a) for a in frames)
+    if max_atoms is not None and max_atoms < largest:
+        index = next(i for i, a in enumerate(frames) if len(a) == largest)
+        raise CLIError(f"--max-atoms {max_atoms} is smaller than frame {index} ({largest} atoms)")
+    output = Path(output)
+    partial = output.with_name(output.name + ".partial")
+    meta_path = output.with_name(output.name + ".partial.json")
+    fingerprint = json.loads(json.dumps(fingerprint or {}, default=str))
+    done = _load_partial(partial, meta_path, fingerprint, frames, resume)
+    todo = [i for i in range(len(frames)) if i not in done]
+    if done:
+        log.info("resuming: %d of %d frames finished in %s; running %d", len(done), len(frames), partial, len(todo))
+    meta_path.write_text(json.dumps(fingerprint, indent=1))
+    stats = None
+    if todo:
+        from batchmd.ase import run_frames
+        from batchmd.dynamics.sinks import ExtXYZSink
+        from batchmd.progress import ProgressHook
+
+        progress = ProgressHook(frequency=refill_frequency, enabled=None if not quiet else False)
+        sink = ExtXYZSink(partial)
+        start = time.perf_counter()
+        try:
+            with _interruptible():
+                result = run_frames([frames[i] for i in todo], stages, max_atoms=max_atoms,
+                                    refill_frequency=refill_frequency, sinks=[sink], hooks=[progress], device=device,
+                                    dtype=dtype, collect=False, input_indices=todo)
+        except KeyboardInterrupt as error:
+            progress.close()
+            finished = len(done) + len(sink)
+            signum = error.args[0] if isinstance(error, Interrupted) and error.args else signal.SIGINT
+            name = signal.Signals(signum).name
+            raise Interrupted(signum, f"interrupted ({name}): {finished} of {len(frames)} frames finished are in "
+                                      f"{partial}; run the same command with --resume to continue") from None
+        progress.close()
+        stats = result.stats
+        timings["run"] = time.perf_counter() - start
+    else:
+        from batchmd.dynamics.hooks import RunStats
+
+        stats = RunStats(systems_total=0)
+        timings["run"] = 0.0
+    start = time.perf_counter()
+    from batchmd.ase import results_to_atoms
+    from batchmd.dynamics.sinks import read_extxyz
+
+    finished = results_to_atoms(read_extxyz(partial), frames)
+    if [a.info["input_index"] for a in finished] != list(range(len(frames))):
+        raise CLIError(f"{partial}: {len(finished)} of {len(frames)} systems were written; output not created")
+    for atoms in finished:
+        for k, label in enumerate(stage_labels or []):
+            atoms.info[f"stage{k}_method"] = label
+        atoms.info.update(model_info or {})
+    staging = output.with_name(f".{output.name}.tmp{output.suffix}")
+    try:
+        writer(finished, staging)
+    except Exception as error:
+        staging.unlink(missing_ok=True)
+        raise CLIError(f"{output}: cannot write it as {writer.format} ({str(error).splitlines()[0]})") from error
+    os.replace(staging, output)
+    summary = summary_path(output)
+    _write_summary(summary, _summary_rows(finished, stage_labels or []))
+    for atoms in finished:  # failed systems are written (status "failed", info "failure") and named here
+        if "failure" in atoms.info:
+            log.error("frame %d failed: %s (written with status=failed)", atoms.info["input_index"],
+                      atoms.info["failure"])
+    partial.unlink()
+    meta_path.unlink(missing_ok=True)
+    timings["write"] = time.perf_counter() - start
+    return RunReport(finished, stats, timings, output, summary, resumed=len(done))
