@@ -185,7 +185,7 @@ def test_a_system_failing_mid_run_is_reported_and_every_healthy_result_written(t
     result = run_frames(frames, [NVE(model, dt=2.0, n_steps=20, temperature=50.0, random_seed=1)],
                         max_atoms=64, refill_frequency=4, sinks=[ExtXYZSink(path)])
     status = [a.info["status"] for a in result.frames]
-    assert status == [1, 3, 1, 1]
+    assert status == ["completed", "failed", "completed", "completed"]
     assert result.frames[1].info["failure"].startswith("non-finite forces")
     assert all("failure" not in a.info for k, a in enumerate(result.frames) if k != 1)
     assert len(read_extxyz(path)) == 4  # the failed system reached the sink too
@@ -212,14 +212,11 @@ def test_the_issue_nan_case_through_the_cli(tmp_path, capsys):
 
 
 def test_a_failure_during_a_cli_run_is_written_and_named(tmp_path, capsys, monkeypatch):
-    from batchmd.cli import common
+    from batchmd.cli import models
     from batchmd.cli.main import main
 
-    real = common.build_model
-    monkeypatch.setattr(common, "build_model", lambda *a, **k: PoisonOne(bad=1, after=2))
-    import batchmd.cli.md as md
-
-    monkeypatch.setattr(md, "build_model", lambda *a, **k: PoisonOne(bad=1, after=2))
+    real = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: PoisonOne(bad=1, after=2))
     path = tmp_path / "in.extxyz"
     ase.io.write(path, [argon32(seed=0), argon32(seed=1)])
     out = tmp_path / "out.extxyz"
@@ -227,7 +224,7 @@ def test_a_failure_during_a_cli_run_is_written_and_named(tmp_path, capsys, monke
                "--dt", "2", "--quiet"])
     assert rc == 0
     frames = ase.io.read(out, index=":")
-    assert [a.info["status"] for a in frames] == [1, 3]
+    assert [a.info["status"] for a in frames] == ["completed", "failed"]
     assert "non-finite forces" in frames[1].info["failure"]
     assert "frame 1 failed: non-finite forces" in capsys.readouterr().err
     assert real is not None

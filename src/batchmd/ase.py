@@ -238,10 +238,6 @@ class AtomsDataset:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def identity(self, index: int) -> int:
-        """The stable identity (``system_id``) of frame ``index``: its input index."""
-        return self.input_indices[index]
-
     def get_metadata(self, index: int) -> tuple[int, int]:
         """``(num_atoms, num_edges)`` of frame ``index`` (no conversion; edges estimated, see ``edge_cutoff``)."""
         atoms = self.frames[index]
