@@ -79,4 +79,8 @@ ax.set_xlabel("loop step")
 ax.set_ylabel("atoms")
 ax.legend()
 fig.tight_layout()
-plt.show()
+# Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
+if plt.get_backend().lower().endswith("agg"):
+    plt.savefig("custom_hook.png", dpi=100)
+else:
+    plt.show()

@@ -91,4 +91,8 @@ ax.set_xlabel("FIRE step")
 ax.set_ylabel("Morse energy (eV)")
 ax.legend()
 fig.tight_layout()
-plt.show()
+# Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
+if plt.get_backend().lower().endswith("agg"):
+    plt.savefig("custom_model.png", dpi=100)
+else:
+    plt.show()

@@ -51,4 +51,8 @@ ax.set_xlabel("time (ps)")
 ax.set_ylabel("temperature (K)")
 ax.legend()
 fig.tight_layout()
-plt.show()
+# Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
+if plt.get_backend().lower().endswith("agg"):
+    plt.savefig("nvt_temperature.png", dpi=100)
+else:
+    plt.show()

@@ -63,4 +63,8 @@ bottom.set_ylabel("fmax (eV/Å)")
 bottom.set_xlabel("FIRE step")
 top.legend()
 fig.tight_layout()
-plt.show()
+# Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
+if plt.get_backend().lower().endswith("agg"):
+    plt.savefig("relaxation.png", dpi=100)
+else:
+    plt.show()

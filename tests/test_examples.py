@@ -33,11 +33,14 @@ def test_every_example_is_covered():
 
 
 @pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "inflight_batching.py"])
-def test_example_runs(name):
+def test_example_runs(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     namespace = run(name)
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums(), f"{name} drew no figure"
+    stem = name.removeprefix("plot_").removesuffix(".py")
+    assert (tmp_path / f"{stem}.png").stat().st_size > 0, "headless: the figure is saved, not shown"
     if name == "plot_relaxation.py":
         assert bool(namespace["relaxed"].converged.all())
     if name == "plot_pipeline.py":

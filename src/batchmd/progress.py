@@ -51,8 +51,10 @@ def format_summary(stats, elapsed: float | None = None) -> str:
     elapsed = stats.elapsed if elapsed is None else float(elapsed)
     rate = stats.atom_steps / elapsed if elapsed > 0 else 0.0
     total = stats.systems_total if stats.systems_total is not None else stats.systems_graduated
+    completed = getattr(stats, "systems_completed", 0)
+    done = f"{stats.systems_converged} converged, " + (f"{completed} completed (MD), " if completed else "")
     return (
-        f"{total} systems: {stats.systems_converged} converged, {stats.systems_out_of_steps} out of steps, "
+        f"{total} systems: {done}{stats.systems_out_of_steps} out of steps, "
         f"{stats.systems_failed} failed in {format_duration(elapsed)} ({rate:.3g} atom-steps/s)"
     )
 

@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _inherit_formatter(parser) -> None:
     """Every (sub)parser shows defaults and keeps its description's layout."""
     parser.formatter_class = HelpFormatter
+    if parser.description:  # help is plain text: no reStructuredText markup
+        parser.description = parser.description.replace("``", "").replace("::\n", ":\n")
     for action in parser._actions:
+        if action.help:
+            action.help = action.help.replace("``", "")
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _inherit_formatter(sub)

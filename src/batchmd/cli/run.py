@@ -106,6 +106,9 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
              max_atoms if max_atoms is not None else "auto", refill_every)
     log.info("stages: %s", " -> ".join(f"{s}" for s in stage_specs))
 
+    nl = getattr(model, "neighbor_list", None)
+    if nl is not None and log.isEnabledFor(logging.INFO):
+        nl.count_rebuilds = True  # per-system rebuilds summed on the device (reported below)
     from batchmd.cli.runner import run_stages, summary_lines
 
     fingerprint = {"command": command, "input": checksum, "model": info, "stages": stage_specs,
@@ -118,10 +121,10 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     refill_points = stats.steps // max(1, refill_every)
     log.info("run: %d steps, %d refill points, %d in-place refills, %d atom-steps", stats.steps, refill_points,
              stats.refills_in_place, stats.atom_steps)
-    nl = getattr(model, "neighbor_list", None)
     if nl is not None and getattr(nl, "capacity", None):
-        log.info("neighbor list: cutoff %.4g Å + skin %.3g Å, capacity %d neighbors per atom", nl.cutoff
-                 if hasattr(nl, "cutoff") else model.cutoff, nl.skin, nl.capacity)
+        count = getattr(nl, "rebuild_count", None)
+        log.info("neighbor list: cutoff %.4g Å + skin %.3g Å, capacity %d neighbors per atom, %s system rebuilds",
+                 getattr(nl, "cutoff", model.cutoff), nl.skin, nl.capacity, "?" if count is None else int(count))
     log.info("timings: %s", ", ".join(f"{k} {v:.3f} s" for k, v in timings.items()))
     if not quiet:
         for line in summary_lines(report, model_text(info), labels):

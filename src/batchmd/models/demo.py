@@ -20,7 +20,7 @@ Example
 >>> model = DemoModelWrapper()
 >>> # out = model(batch); out["energy"] is [B, 1] eV, out["forces"] is [N, 3] eV/Å
 
-Used by ``examples/plot_inflight_batching.py`` (the seed tutorial).
+Used by ``examples/inflight_batching.py`` (the seed tutorial).
 """
 
 from __future__ import annotations

@@ -441,6 +441,10 @@ class NeighborList:
             self._allocate_fields(batch, self._grown())
             v = self.views(batch)
             self._build(batch, v, force=True, check_overflow=False)
+        if getattr(self, "count_rebuilds", False):  # opt-in diagnostics (batchmd -v): one device add per update
+            if getattr(self, "rebuild_count", None) is None or self.rebuild_count.device != batch.device:
+                self.rebuild_count = torch.zeros((), dtype=torch.int64, device=batch.device)
+            self.rebuild_count += (self.rebuild != 0).sum()
         return v
 
     def systems_replaced(self, batch, systems: torch.Tensor) -> None:
