@@ -90,6 +90,24 @@ class _DemoEnergy(torch.nn.Module):
 
 #: Elements of the W5 chemistries (Li, O, Na, Si, Cl, Ti, Co).
 W5_NUMBERS = (3, 8, 11, 14, 17, 22, 27)
+#: Lennard-Jones baseline under the random MACE ("mace-random+lj"): sigma (Å), epsilon (eV),
+#: cutoff (Å). A random-weight MACE alone has forces below fmax almost everywhere (W5 FIRE
+#: steps 0 / 0 / 25 min / median / max), so it gets a pair baseline with minima, as MLIPs
+#: get ZBL or D3 terms; FIRE then needs ~3..120 steps (median ~36) with the baseline alone.
+W5_LJ = (2.2, 0.1, 5.0)
+
+
+class SumModel(torch.nn.Module):
+    """Energies and forces of several batchmd models added (e.g. an MLIP on a pair baseline)."""
+
+    def __init__(self, *models):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(models)
+        self.cutoff = max(getattr(m, "cutoff", 0.0) or 0.0 for m in models)
+
+    def forward(self, batch):
+        outs = [m(batch) for m in self.parts]
+        return {k: sum(o[k] for o in outs) for k in ("energy", "forces")}
 
 
 def build_model(name: str, dtype: torch.dtype, device: str):
@@ -105,7 +123,13 @@ def build_model(name: str, dtype: torch.dtype, device: str):
         return TorchModelAdapter(_DemoEnergy().to(device=device, dtype=dtype)), None
     from batchmd.models import load_model  # issue 14: "sevennet-0", "mace:PATH"
 
-    path = None
+    path, baseline = None, None
+    if name == "mace-random+lj":
+        from batchmd.models.lj import LennardJones
+
+        sigma, epsilon, cutoff = W5_LJ
+        baseline = LennardJones(sigma=sigma, epsilon=epsilon, cutoff=cutoff)
+        name = "mace-random"
     if name == "mace-random":
         from batchmd.models.mlip.mace import random_mace
 
@@ -118,6 +142,8 @@ def build_model(name: str, dtype: torch.dtype, device: str):
     model = load_model(name)
     if hasattr(model, "to"):
         model = model.to(device=device, dtype=dtype)
+    if baseline is not None:
+        model = SumModel(model, baseline)
     return model, (str(path) if path is not None else None)
 
 
@@ -270,7 +296,8 @@ def main(argv=None) -> int:
         torchsim = RemotePeer("torchsim", args.torchsim)
         torchsim.setup()
         rows["torchsim"] = []
-        torchsim.run_w5(copies()[:8], model_file, budget, args.dtype)  # warm-up
+        lj = W5_LJ if args.model.endswith("+lj") else None
+        torchsim.run_w5(copies()[:8], model_file, budget, args.dtype, lj=lj)  # warm-up
     for k in range(args.rounds):
         rows["static"].append(run_static(copies(), model, best["batch_size"], best["chunk"], dtype, args.device))
         rows["inflight"].append(run_inflight(copies(), model, budget, best["chunk"], args.refill, dtype, args.device))
@@ -278,7 +305,7 @@ def main(argv=None) -> int:
             rows["inflight auto budget"].append(run_inflight(copies(), model, auto.max_atoms, 0, args.refill, dtype,
                                                              args.device, label=" (choose_budget)"))
         if torchsim is not None:
-            res = torchsim.run_w5(copies(), model_file, budget, args.dtype)
+            res = torchsim.run_w5(copies(), model_file, budget, args.dtype, lj=lj)
             rows["torchsim"].append({"mode": f"TorchSim: {res.variant}", "wall": res.wall, "cpu": float("nan"),
                                      "energies": res.energies, "steps": [], "occupancy": float("nan"),
                                      "refill_overhead": float("nan")})

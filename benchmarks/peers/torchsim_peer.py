@@ -269,13 +269,15 @@ def run_w3(atoms, n_steps: int) -> Result:
                   variant=f"nve ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes()[:1])
 
 
-def run_w5(structures, model_path: str, max_atoms: int, dtype: str = "float32") -> Result:
+def run_w5(structures, model_path: str, max_atoms: int, dtype: str = "float32", lj=None) -> Result:
     """W5 with TorchSim's best API: ``ts.optimize`` (FIRE, ase flavour) + ``InFlightAutoBatcher``.
 
     ``model_path``: a MACE model file (``torch.save`` of the module), wrapped by TorchSim's
     own MACE adapter (``torch_sim.models.mace.MaceModel``, forces only, no stress). The
     autobatcher gets ``max_atoms`` as its budget (its memory estimator refuses the CPU), the
-    same live-batch budget as batchmd's inflight row.
+    same live-batch budget as batchmd's inflight row. ``lj=(sigma, epsilon, cutoff)`` adds
+    TorchSim's Lennard-Jones through its ``SumModel`` (W5's "mace-random+lj"; its LJ energies are
+    unshifted, batchmd's shifted to zero at the cutoff: energies differ by a constant per pair).
     """
     setup()
     import torch
@@ -285,6 +287,13 @@ def run_w5(structures, model_path: str, max_atoms: int, dtype: str = "float32") 
     device = torch.device(bench_device())
     module = torch.load(model_path, weights_only=False, map_location=device)
     model = MaceModel(model=module, device=device, dtype=torch_dtype, compute_forces=True, compute_stress=False)
+    if lj is not None:
+        from torch_sim.models.interface import SumModel
+        from torch_sim.models.lennard_jones import LennardJonesModel
+
+        sigma, epsilon, cutoff = lj
+        model = SumModel(model, LennardJonesModel(sigma=sigma, epsilon=epsilon, cutoff=cutoff, device=device,
+                                                  dtype=torch_dtype))
     state = _state(structures, model)
     with Timer() as t:
         final = _optimize(state, model, max_atoms, wl.W5_FMAX, wl.W5_MAX_STEPS)
