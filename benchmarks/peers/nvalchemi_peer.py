@@ -1,4 +1,10 @@
-"""nvalchemi-toolkit 0.2.0: FIRE inside a FusedStage (W1), NVTLangevin (W2), NVE (W3).
+"""nvalchemi-toolkit 0.3.0 (or 0.2.0): FIRE inside a FusedStage (W1), NVTLangevin (W2), NVE (W3).
+
+0.3.0 needs Python >= 3.11 and numpy >= 2, which batchmd's benchmark venv (numpy 2.3.5 for
+0.2.0) does not give it: run it in the TorchSim venv through ``peers/remote.py``
+(``BENCH_NVALCHEMI_PYTHON=/work/venv-ts312/bin/python``; torch 2.14.1 there). The same
+calls work with both versions. Measured on the loaded 2-core machine (2026-11-29, W1 quick):
+its W1 steps are 33 / 41 / 44 (ASE 29 / 31 / 41) and final energies within 6.9e-3 eV of ASE's.
 
 Fairness settings (shared/PEERS.md):
 - Its FIRE integrates ``v += dt F/m`` while ASE's uses no masses, so W1 atoms get unit
@@ -25,8 +31,14 @@ DTYPE = os.environ.get("BENCH_NVALCHEMI_DTYPE", "float64")
 
 
 def setup() -> None:
-    require("nvalchemi", "nvalchemi-toolkit==0.2.0")
-    require("nvalchemi.dynamics", "nvalchemi-toolkit==0.2.0")
+    require("nvalchemi", "nvalchemi-toolkit (0.3.0 in a Python >= 3.11 venv with numpy >= 2, or 0.2.0)")
+    require("nvalchemi.dynamics", "nvalchemi-toolkit")
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("nvalchemi-toolkit")
 
 
 def _dtype():
@@ -97,7 +109,7 @@ def run_w1(structures) -> Result:
         atom_evals = wl.n_atoms(structures) * ((loop_steps or 0) + 1)
     return Result(NAME, "W1", t.elapsed, atom_evals, (loop_steps or 0) + 1, energies, n_steps,
                   [s == fused.exit_status for s in status],
-                  variant=f"FusedStage(FIRE), one batch ({DTYPE}, {bench_device()})",
+                  variant=f"FusedStage(FIRE), one batch ({DTYPE}, {bench_device()}, nvalchemi {_version()})",
                   notes=["unit masses", "LJ energy shift-corrected outside the timing"])
 
 
@@ -121,7 +133,7 @@ def run_w2(structures, n_steps: int = wl.W2_STEPS) -> Result:
                       friction=wl.W2_FRICTION, random_seed=0, n_steps=n_steps)
     wall = _md(structures, dyn)
     return Result(NAME, "W2", wall, wl.n_atoms(structures) * n_steps, n_steps + 1,
-                  variant=f"FusedStage(NVTLangevin), one batch ({DTYPE}, {bench_device()})")
+                  variant=f"FusedStage(NVTLangevin), one batch ({DTYPE}, {bench_device()}, nvalchemi {_version()})")
 
 
 W3_MAX_STEPS = int(os.environ.get("BENCH_W3_PEER_STEPS", "20"))  # ~8k atom-steps/s on 32k atoms here: 1,000 steps would take minutes
@@ -136,4 +148,4 @@ def run_w3(atoms, n_steps: int) -> Result:
     wall = _md([atoms], dyn)
     return Result(NAME, "W3", wall * n_steps / run_steps, len(atoms) * n_steps, n_steps + 1,
                   extrapolated_from=run_steps if run_steps < n_steps else None,
-                  variant=f"FusedStage(NVE) ({DTYPE}, {bench_device()})")
+                  variant=f"FusedStage(NVE) ({DTYPE}, {bench_device()}, nvalchemi {_version()})")
