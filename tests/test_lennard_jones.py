@@ -222,3 +222,71 @@ def test_chunked_system_sums_equal_plain_sums(dtype):
     rel = 1e-14 if dtype == torch.float64 else 1e-5
     assert torch.allclose(plain["energy"][2], chunked["energy"][2], rtol=rel, atol=0)
     assert torch.allclose(plain["stress"][2], chunked["stress"][2], rtol=rel, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- several species (issue 13)
+def _reference_lj(atoms, params, cutoff, rule="lorentz-berthelot"):
+    """Energy (eV) and forces (eV/Å) of a non-periodic cluster by a direct pair sum, shifted at the cutoff."""
+    from batchmd.models.lj import mix
+
+    syms = atoms.get_chemical_symbols()
+    x = atoms.positions
+    energy, forces = 0.0, np.zeros_like(x)
+    for i in range(len(atoms)):
+        for j in range(i + 1, len(atoms)):
+            sigma, eps = mix(params[syms[i]], params[syms[j]], rule) if syms[i] != syms[j] else params[syms[i]]
+            d = x[j] - x[i]
+            r = np.linalg.norm(d)
+            if r > cutoff:
+                continue
+            sr6, sc6 = (sigma / r) ** 6, (sigma / cutoff) ** 6
+            energy += 4 * eps * (sr6 * sr6 - sr6) - 4 * eps * (sc6 * sc6 - sc6)
+            dudr = 4 * eps * (-12 * sr6 * sr6 + 6 * sr6) / r
+            forces[i] += dudr * d / r
+            forces[j] -= dudr * d / r
+    return energy, forces
+
+
+@pytest.mark.parametrize("rule", ["lorentz-berthelot", "geometric"])
+def test_several_species_match_a_direct_pair_sum(rule):
+    from ase import Atoms
+
+    from batchmd.models.lj import LJ_PRESETS, LennardJones
+
+    rng = np.random.default_rng(4)
+    grid = np.array([[a, b, c] for a in range(2) for b in range(2) for c in range(2)], dtype=float)
+    atoms = Atoms("ArKrXeNeArKrArXe", positions=3.9 * grid + rng.normal(scale=0.15, size=(8, 3)))
+    model = LennardJones(species=["Ne", "Ar", "Kr", "Xe"], mixing=rule, cutoff=9.0)
+    out = model(Batch.from_ase([atoms], dtype=torch.float64))
+    energy, forces = _reference_lj(atoms, LJ_PRESETS, 9.0, rule)
+    assert float(out["energy"]) == pytest.approx(energy, rel=1e-12, abs=1e-14)
+    np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=1e-10, atol=1e-12)
+    assert model.model_info()["lj_mixing"] == rule
+    with pytest.raises(Exception, match="no parameters for Cu"):
+        model.check_species(torch.tensor([29, 18]))
+
+
+def test_one_species_is_bitwise_one_parameter_pair():
+    """Per-species tables with one element give exactly the numbers of LennardJones(sigma, epsilon)."""
+    from batchmd.models.lj import LennardJones
+
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 1))
+    atoms.rattle(0.1, seed=3)
+    for dtype in (torch.float32, torch.float64):
+        batch = Batch.from_ase([atoms], dtype=dtype)
+        a = LennardJones()(batch)  # the argon preset
+        b = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=3 * 3.405)(Batch.from_ase([atoms], dtype=dtype))
+        for key in ("energy", "forces", "stress"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_parameters_are_checked():
+    from batchmd.models.lj import LennardJones
+
+    for kwargs, message in [({"sigma": 3.0}, "both sigma and epsilon"),
+                            ({"sigma": 3.0, "epsilon": 0.01, "species": ["Ar"]}, "not both"),
+                            ({"species": ["Cu"]}, "no preset for Cu"),
+                            ({"species": {"Ar": (3.4, -1.0)}}, "epsilon of Ar"),
+                            ({"species": ["Ar"], "mixing": "arithmetic"}, "mixing")]:
+        with pytest.raises(ValueError, match=message):
+            LennardJones(**kwargs)
