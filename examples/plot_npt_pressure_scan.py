@@ -66,4 +66,8 @@ right.set_xlabel("mean volume (Å$^3$/atom)")
 right.set_ylabel("pressure (GPa)")
 right.set_title("LJ argon, 40 K")
 fig.tight_layout()
-plt.show()
+# Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
+if plt.get_backend().lower().endswith("agg"):
+    plt.savefig("npt_pressure_scan.png", dpi=100)
+else:
+    plt.show()

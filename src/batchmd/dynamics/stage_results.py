@@ -1,9 +1,9 @@
 """Per-stage outcomes of every system of a :class:`~batchmd.dynamics.FusedStage` run.
 
 Each system goes through the stages in order; for each stage the loop records, on the
-device (:mod:`batchmd.kernels.stage_results`, no host synchronisation), the step at which
-the system entered it, its largest force when it left it and, for MD stages, the sum of
-its instantaneous temperatures. At graduation these become plain per-system fields of
+device (kernels in ``batchmd.kernels.stage_results``, no host synchronisation), the step at
+which the system entered it, its largest force when it left it and, for MD stages, the
+running mean of its instantaneous temperature. At graduation these become plain per-system fields of
 the graduated systems (and so ``atoms.info`` keys of result frames), for stage ``k``:
 
 ``stage{k}_status``
@@ -97,14 +97,14 @@ class StageRecorder:
         """Create the ``[B, K]`` fields (zeros; NaN exit fmax) if missing, of another width, or ``fresh``."""
         b, k, dev = batch.num_graphs, self.num_stages, batch.device
         for name in STAGE_FIELDS:
-            if not fresh and batch.has_field(name) and tuple(batch[name].shape) == (b, k):
+            dtype = torch.int32 if name == "stage_start" else batch.dtype
+            if not fresh and batch.has_field(name) and tuple(batch[name].shape) == (b, k) \
+                    and batch[name].dtype == dtype:
                 continue
-            if name == "stage_start":
-                value = torch.zeros(b, k, dtype=torch.int32, device=dev)
-            elif name == "stage_exit_fmax":
-                value = torch.full((b, k), float("nan"), dtype=torch.float64, device=dev)
+            if name == "stage_exit_fmax":
+                value = torch.full((b, k), float("nan"), dtype=dtype, device=dev)
             else:
-                value = torch.zeros(b, k, dtype=torch.float64, device=dev)
+                value = torch.zeros(b, k, dtype=dtype, device=dev)
             batch.set_field(name, value, "system")
 
     def _md_table(self, device):
@@ -126,7 +126,7 @@ class StageRecorder:
         self._launch_temperature(batch.dtype, batch.num_graphs, [
             1, views("ptr", batch.ptr), views("velocities", batch.velocities, vector=True),
             views("masses", batch.atomic_masses), views("stage", batch["stage"]), views("status", batch["status"]),
-            self._md_table(batch.device), self.num_stages, float(kB), views("stage_tsum", batch["stage_tsum"].view(-1)),
+            views("stage_steps", batch["stage_steps"]), self._md_table(batch.device), self.num_stages, float(kB), views("stage_tsum", batch["stage_tsum"].view(-1)),
         ], batch.device)
 
     def after_advance(self, batch, views, entered) -> None:
@@ -151,7 +151,7 @@ class StageRecorder:
         status = graduated["status"].reshape(-1)
         total = graduated["n_steps"].reshape(-1)
         start = graduated["stage_start"].long()
-        exit_fmax = graduated["stage_exit_fmax"]
+        exit_fmax = graduated["stage_exit_fmax"].to(torch.float64)
         tsum = graduated["stage_tsum"]
         fmax_now = graduated["fmax"].reshape(-1).to(torch.float64)
         n = final.numel()
@@ -168,7 +168,7 @@ class StageRecorder:
             graduated.set_field(f"stage{k}_status", code, "system")
             graduated.set_field(f"stage{k}_steps", steps, "system")
             if self.is_md[k]:
-                mean = tsum[:, k] / steps.to(torch.float64)
+                mean = tsum[:, k].to(torch.float64)
                 mean = torch.where((before | at) & (steps > 0), mean, torch.full_like(mean, float("nan")))
                 graduated.set_field(f"stage{k}_temperature", mean, "system")
             else:

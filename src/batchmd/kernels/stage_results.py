@@ -7,12 +7,13 @@ Per system ``s`` and stage ``k`` (row-major ``[B, K]`` arrays, ``K`` stages):
 ``stage_fmax[s, k]``
     Its largest atomic force (eV/Å) when it left stage ``k`` (written at the exit).
 ``stage_tsum[s, k]``
-    Sum over the MD steps it took in stage ``k`` of its instantaneous kinetic temperature
-    ``T = 2 KE / (3 N kB)`` (K; 3N degrees of freedom, as ``ase.Atoms.get_temperature``
-    without constraints), sampled after each step.
+    Running mean over the MD steps it took in stage ``k`` of its instantaneous kinetic
+    temperature ``T = 2 KE / (3 N kB)`` (K; 3N degrees of freedom, as
+    ``ase.Atoms.get_temperature`` without constraints), sampled after each step and updated
+    as ``mean += (T - mean) / n`` (stable in float32 for any number of steps).
 
-One thread per system; no host synchronisation. Both kernels are dtype-generic over the
-positions' float type.
+One thread per system; no host synchronisation. Both kernels are dtype-generic: the float
+arrays are in the batch's dtype (sums are taken in float64).
 """
 
 from __future__ import annotations
@@ -34,12 +35,17 @@ def accumulate_md_temperature(
     masses: wp.array(dtype=Any),
     stage: wp.array(dtype=wp.int32),
     status: wp.array(dtype=wp.int32),
+    stage_steps: wp.array(dtype=wp.int32),
     stage_is_md: wp.array(dtype=wp.int32),
     num_stages: wp.int32,
     kB: wp.float64,
-    stage_tsum: wp.array(dtype=wp.float64),
+    stage_tsum: wp.array(dtype=Any),
 ):
-    """Add the temperature after this step of every ACTIVE system in an MD stage (before ``advance_status``)."""
+    """Fold this step's temperature into the running mean of every ACTIVE system in an MD stage.
+
+    Called before ``advance_status``: ``stage_steps[s] + 1`` is the number of steps taken in
+    the stage with this one.
+    """
     s = wp.tid()
     k = stage[s]
     if increment == 0 or status[s] != ACTIVE or stage_is_md[k] == 0:
@@ -51,7 +57,10 @@ def accumulate_md_temperature(
         v = velocities[i]
         ke = ke + wp.float64(0.5) * wp.float64(masses[i]) * wp.float64(wp.dot(v, v))
     n = wp.float64(end - start)
-    stage_tsum[s * num_stages + k] = stage_tsum[s * num_stages + k] + wp.float64(2.0) * ke / (wp.float64(3.0) * n * kB)
+    t = wp.float64(2.0) * ke / (wp.float64(3.0) * n * kB)
+    mean = wp.float64(stage_tsum[s * num_stages + k])
+    count = wp.float64(stage_steps[s] + 1)
+    stage_tsum[s * num_stages + k] = stage_tsum.dtype(mean + (t - mean) / count)
 
 
 @wp.kernel
@@ -62,7 +71,7 @@ def record_stage_entry(
     fmax: wp.array(dtype=Any),
     num_stages: wp.int32,
     stage_start: wp.array(dtype=wp.int32),
-    stage_fmax: wp.array(dtype=wp.float64),
+    stage_fmax: wp.array(dtype=Any),
 ):
     """For systems that just entered stage k > 0: its start step, and fmax at the exit of stage k - 1."""
     s = wp.tid()
@@ -70,12 +79,14 @@ def record_stage_entry(
         return
     k = stage[s]
     stage_start[s * num_stages + k] = n_steps[s]
-    stage_fmax[s * num_stages + k - 1] = wp.float64(fmax[s])
+    stage_fmax[s * num_stages + k - 1] = fmax[s]
 
 
 accumulate_md_temperature_overloads = {}
 record_stage_entry_overloads = {}
 for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
     accumulate_md_temperature_overloads[_scalar] = wp.overload(
-        accumulate_md_temperature, {"velocities": wp.array(dtype=_vec), "masses": wp.array(dtype=_scalar)})
-    record_stage_entry_overloads[_scalar] = wp.overload(record_stage_entry, {"fmax": wp.array(dtype=_scalar)})
+        accumulate_md_temperature, {"velocities": wp.array(dtype=_vec), "masses": wp.array(dtype=_scalar),
+                                    "stage_tsum": wp.array(dtype=_scalar)})
+    record_stage_entry_overloads[_scalar] = wp.overload(
+        record_stage_entry, {"fmax": wp.array(dtype=_scalar), "stage_fmax": wp.array(dtype=_scalar)})
