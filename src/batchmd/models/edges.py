@@ -35,7 +35,7 @@ Cost and synchronisation
 ------------------------
 Each :meth:`EdgeNeighborList.update` runs the Verlet list's device-side skin check (rebuild
 only systems in which an atom moved more than ``skin / 2`` or whose cell changed), then two
-launches of :func:`batchmd.kernels.edge_list.edge_atoms` (count, write) around a prefix sum.
+launches of ``batchmd.kernels.edge_list.edge_atoms`` (count, write) around a prefix sum.
 The only host synchronisation is reading the edge count ``E`` (8 bytes) to allocate the
 output: torch needs it for the shapes of everything downstream, so any graph model pays it
 anyway. Rows that overflowed the list's capacity are re-walked over the cell list (never a

@@ -6,6 +6,6 @@
 - :mod:`batchmd.models.mlip.mace`: MACE from any ``.model`` file.
 - :mod:`batchmd.models.mlip.metatomic`: models exported to metatomic.
 
-Load them by name with :func:`batchmd.models.load_model`. Nothing here imports an MLIP
+Load them by name with :func:`batchmd.models.registry.load_model`. Nothing here imports an MLIP
 package until a model is built.
 """

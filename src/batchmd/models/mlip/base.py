@@ -7,7 +7,7 @@ per-system energies (eV). Everything else is shared here:
 
 - the edge list (:class:`~batchmd.models.edges.EdgeNeighborList`: full list, pairs with
   ``|r_ij| < cutoff``, Verlet skin reuse);
-- the element-coverage check (:meth:`~batchmd.models.base.Model.check_species`) whenever the
+- the element-coverage check (:meth:`~batchmd.models.Model.check_species`) whenever the
   batch's systems change;
 - dtype and device: the wrapped module follows the batch (``module.to(batch.dtype,
   batch.device)`` on first use, again if either changes); results are returned in the
@@ -49,6 +49,7 @@ input format (see ``docs/mlip.rst`` for a worked example, and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,9 @@ from batchmd.models.edges import EdgeNeighborList, Edges
 
 __all__ = ["DEFAULT_CHUNK_ATOMS", "Graph", "GraphModel", "file_sha256"]
 
-# Atoms per evaluation chunk by device type (None: the whole batch at once). On the 2-core CPU
-# machine one SevenNet-0 or MACE call costs time linear in atoms from ~32 atoms upward, and
-# collated batches above ~256 atoms get slower per atom (allocation-bound edge tensors):
-# benchmarks/mlip_step_split.py measures it.
+#: Atoms per evaluation chunk by device type (None: the whole batch at once). On the 2-core
+#: CPU machine collated graphs of many structures get slower per atom beyond a few hundred
+#: atoms (allocation-bound edge tensors); ``benchmarks/mlip_step_split.py --chunks`` measures it.
 DEFAULT_CHUNK_ATOMS = {"cpu": 256, "cuda": None}
 
 
@@ -136,6 +136,9 @@ class GraphModel(Model):
         self._info: dict[str, str] = {}
         self._placed: tuple | None = None
         self._checked = None
+        # Optional phase timer (benchmarks/mlip_step_split.py): a callable ``timer(phase)``
+        # returning a context manager, phases "neighbors", "graph", "forward", "backward".
+        self.timer = None
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -198,7 +201,8 @@ class GraphModel(Model):
             self.check_species(batch.atomic_numbers)
             self._checked = batch.atomic_numbers
         self._place(batch.device, batch.dtype)
-        edges = self.neighbors.update(batch)
+        with self._phase("neighbors"):
+            edges = self.neighbors.update(batch)
         chunks = self._chunks(batch)
         if len(chunks) == 1:
             return self._evaluate(batch.positions, batch.cell, batch.pbc, batch.atomic_numbers, batch.batch_idx,
@@ -213,11 +217,16 @@ class GraphModel(Model):
                                         batch.ptr[a:b + 1] - lo, sub))
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    def _phase(self, name: str):
+        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
+
     def _evaluate(self, positions, cell, pbc, numbers, batch_idx, ptr, edges: Edges) -> dict[str, torch.Tensor]:
         b = cell.shape[0]
         dtype, device = positions.dtype, positions.device
         batch_idx = batch_idx.long()
+        phase = self._phase("graph")
         with torch.enable_grad():
+            phase.__enter__()
             pos = positions.detach().requires_grad_(True)
             inputs = [pos]
             cell_ = cell.detach()
@@ -234,11 +243,14 @@ class GraphModel(Model):
             graph = Graph(positions=pos_, cell=cell_, pbc=pbc, atomic_numbers=numbers.long(), batch=batch_idx,
                           ptr=ptr.long(), edge_index=edges.edge_index, unit_shifts=edges.unit_shifts, shifts=shifts,
                           edge_vectors=pos_[j] - pos_[i] + shifts, num_graphs=b)
-            energy = self.compute_energy(graph).reshape(-1)
+            phase.__exit__(None, None, None)
+            with self._phase("forward"):
+                energy = self.compute_energy(graph).reshape(-1)
             if energy.shape[0] != b:
                 raise ValueError(f"batchmd: {self.model_name}.compute_energy returned {energy.shape[0]} energies "
                                  f"for {b} systems")
-            grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
+            with self._phase("backward"):
+                grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
         forces = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
         out = {"energy": energy.detach().to(dtype).reshape(b, 1), "forces": forces.detach().to(dtype)}
         if self.computes_stress:
