@@ -1,7 +1,10 @@
-"""``batchmd md INPUT -o OUTPUT``: molecular dynamics of every frame (Langevin NVT or NVE).
+"""``batchmd md INPUT -o OUTPUT``: molecular dynamics of every frame (NVT, NPT or NVE).
 
 Every frame of INPUT runs --steps steps of the chosen ensemble through inflight batching:
-nvt (Langevin thermostat at --temperature, friction --friction) or nve (velocity Verlet).
+nvt or nvt-langevin (Langevin thermostat at --temperature, friction --friction),
+nvt-nose-hoover (Nosé-Hoover chain, time scale --tdamp), npt (MTK barostat at --pressure
+GPa with a Nosé-Hoover chain; --barostat isotropic or full; the output cells are the final
+ones) or nve (velocity Verlet).
 Frames with momenta keep them; frames without start from Maxwell-Boltzmann velocities
 at --temperature with zero total momentum, drawn per frame from a stream keyed on
 (--seed, the frame's index), so a frame's run never depends on the other frames (for nve
@@ -15,6 +18,7 @@ Example:
 
     batchmd md relaxed.extxyz -o nvt.extxyz --temperature 300 --steps 1000 --dt 2 --friction 0.01
     batchmd md relaxed.extxyz -o nve.extxyz --ensemble nve --steps 1000 --dt 1
+    batchmd md relaxed.extxyz -o npt.extxyz --ensemble npt --temperature 300 --pressure 1.0 --steps 5000 --dt 2
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ __all__ = ["ENSEMBLES", "add_parser", "command", "initial_velocities"]
 #: whether --temperature is required). A new ensemble is one entry here (and its stage there).
 ENSEMBLES = {
     "nvt": ("nvt", ("temperature", "dt", "friction", "steps", "seed"), True),
+    "nvt-langevin": ("nvt", ("temperature", "dt", "friction", "steps", "seed"), True),
+    "nvt-nose-hoover": ("nvt-nose-hoover", ("temperature", "dt", "tdamp", "steps", "seed"), True),
+    "npt": ("npt", ("temperature", "pressure", "dt", "tdamp", "pdamp", "barostat", "steps", "seed"), True),
     "nve": ("nve", ("dt", "steps", "temperature", "seed"), False),
 }
 
 
 def add_parser(subparsers) -> None:
     """Register ``batchmd md``."""
-    parser = subparsers.add_parser("md", help="molecular dynamics of every frame of a file (NVT Langevin or NVE)",
+    parser = subparsers.add_parser("md", help="molecular dynamics of every frame of a file (NVT, NPT or NVE)",
                                    description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("input", help="structures: any file ASE reads (extxyz, traj, db, cif, POSCAR)")
     add_run_arguments(parser)
@@ -45,6 +52,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, required=True, help="MD steps per frame")
     parser.add_argument("--dt", type=float, required=True, help="time step, fs")
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    parser.add_argument("--tdamp", type=float, default=None,
+                        help="fs: Nosé-Hoover thermostat time scale (nvt-nose-hoover, npt; default 100 x dt)")
+    parser.add_argument("--pressure", type=float, default=None, help="GPa: external pressure (required for npt)")
+    parser.add_argument("--pdamp", type=float, default=None, help="fs: barostat time scale (npt; default 1000 x dt)")
+    parser.add_argument("--barostat", default="isotropic", choices=("isotropic", "full"),
+                        help="npt: isotropic (cell shape kept, ASE's IsotropicMTKNPT) or full (ASE's MTKNPT)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat noise and initial velocities")
     add_model_arguments(parser)
     parser.set_defaults(command=command)
@@ -79,6 +92,8 @@ def command(args) -> int:
     method, options, needs_temperature = ENSEMBLES[args.ensemble]
     if args.temperature is None and needs_temperature:
         raise CLIError(f"--ensemble {args.ensemble} needs --temperature (K)")
+    if args.ensemble == "npt" and args.pressure is None:
+        raise CLIError("--ensemble npt needs --pressure (GPa)")
     if args.temperature is not None and args.temperature < 0:
         raise CLIError(f"--temperature must be >= 0 K, got {args.temperature}")
     spec = {"method": method, **{key: getattr(args, key) for key in options if getattr(args, key) is not None}}

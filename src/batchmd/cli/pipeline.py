@@ -33,6 +33,23 @@ Schema (every key is checked; an unknown one is an error naming it)::
     dt = 1.0                           # fs
     steps = 100
 
+    [[stages]]
+    method = "npt"                     # MTK barostat + Nosé-Hoover chain (ASE's IsotropicMTKNPT / MTKNPT)
+    temperature = 300.0                # K
+    pressure = 1.0                     # GPa (may be negative)
+    dt = 2.0                           # fs
+    steps = 1000
+    tdamp = 200.0                      # fs, optional (default 100 dt)
+    pdamp = 2000.0                     # fs, optional (default 1000 dt)
+    barostat = "isotropic"             # optional: isotropic (default) | full
+
+    [[stages]]
+    method = "nvt-nose-hoover"         # Nosé-Hoover chain (ASE's NoseHooverChainNVT)
+    temperature = 300.0                # K
+    dt = 2.0                           # fs
+    steps = 1000
+    tdamp = 200.0                      # fs, optional (default 100 dt)
+
 A full example is examples/pipeline.toml (run it from anywhere: paths are relative to the file).
 """
 
@@ -54,12 +71,23 @@ STAGE_KEYS = {
             "steps": (True, int, None), "seed": (False, int, 0)},
     "nve": {"dt": (True, float, None), "steps": (True, int, None), "temperature": (False, float, None),
             "seed": (False, int, 0)},
+    "nvt-nose-hoover": {"temperature": (True, float, None), "dt": (True, float, None), "steps": (True, int, None),
+                        "tdamp": (False, float, None), "seed": (False, int, 0)},
+    "npt": {"temperature": (True, float, None), "pressure": (True, float, None), "dt": (True, float, None),
+            "steps": (True, int, None), "tdamp": (False, float, None), "pdamp": (False, float, None),
+            "barostat": (False, str, "isotropic"), "seed": (False, int, 0)},
 }
+#: Allowed values of the string keys.
+CHOICES = {"barostat": ("isotropic", "full")}
 TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages"}
 MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
 
 
 def _value(where: str, key: str, value, kind):
+    if kind is str:
+        if value not in CHOICES[key]:
+            raise CLIError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        return value
     if kind is int:
         low = 0 if key == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -68,6 +96,8 @@ def _value(where: str, key: str, value, kind):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CLIError(f"{where}: {key} must be a finite number, got {value!r}")
+    if key == "pressure":  # GPa; negative is tension
+        return float(value)
     if value < 0 or (value == 0 and key not in ("friction", "temperature")):
         raise CLIError(f"{where}: {key} must be {'>= 0' if key in ('friction', 'temperature') else '> 0'}, got {value!r}")
     return float(value)
@@ -116,7 +146,27 @@ def _nve(values, model):
                random_seed=values["seed"])
 
 
-_BUILDERS = {"fire": _fire, "nvt": _nvt, "nve": _nve}
+def _nose_hoover(values, model):
+    from batchmd.dynamics import NoseHooverChainNVT
+
+    tdamp = values["tdamp"] if values["tdamp"] is not None else 100.0 * values["dt"]
+    return NoseHooverChainNVT(model, dt=values["dt"], temperature=values["temperature"], tdamp=tdamp,
+                              random_seed=values["seed"], n_steps=values["steps"])
+
+
+def _npt(values, model):
+    import ase.units
+
+    from batchmd.dynamics import IsotropicMTKNPT, MTKNPT
+
+    cls = IsotropicMTKNPT if values["barostat"] == "isotropic" else MTKNPT
+    tdamp = values["tdamp"] if values["tdamp"] is not None else 100.0 * values["dt"]
+    pdamp = values["pdamp"] if values["pdamp"] is not None else 1000.0 * values["dt"]
+    return cls(model, dt=values["dt"], temperature=values["temperature"], pressure=values["pressure"] * ase.units.GPa,
+               tdamp=tdamp, pdamp=pdamp, random_seed=values["seed"], n_steps=values["steps"])
+
+
+_BUILDERS = {"fire": _fire, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
 
 
 def build_stage(spec: dict, model, where: str = "stage"):
