@@ -108,7 +108,8 @@ class CRescaleNPT(NoseHooverChainNVT):
         ids = batch.system_id.reshape(-1) if batch.has_field("system_id") else self._slots(batch)
         self._launch(crk.crescale_system_kernel, batch.num_graphs, [
             view("ptr", batch.ptr), view("stage", batch["stage"]), view("status", batch["status"]), int(stage_index),
-            self._scalar("fs", batch), self._scalar("kB", batch), self._launch.scalar("seed", wp.int64, self.random_seed),
+            self._scalar("fs", batch), self._scalar("kB", batch),
+            self._launch.scalar("seed", wp.int64, self.random_seed),
             view("system_id", ids),
             view("rng_counter", batch["rng_counter"]), view("nhc_dt", batch["nhc_dt"]),
             view("nhc_temperature", batch["nhc_temperature"]), view("nhc_tdamp", batch["nhc_tdamp"]),

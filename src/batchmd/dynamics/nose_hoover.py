@@ -39,7 +39,8 @@ def check_positive(owner: str, name: str, value, allow_zero: bool = False):
         values = value.detach().double().cpu()
         bad = ~torch.isfinite(values) | ((values < 0) if allow_zero else (values <= 0))
         if bool(bad.any()):
-            raise ValueError(f"{owner}: {name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value.tolist()}")
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{owner}: {name} must be finite and {bound}, got {value.tolist()}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
         value < 0 if allow_zero else value <= 0
@@ -209,15 +210,16 @@ class NoseHooverChainNVT(Dynamics):
             view("nhc_tdamp", batch["nhc_tdamp"]), view("nhc_tchain", batch["nhc_tchain"]),
             view("nhc_tloop", batch["nhc_tloop"]), view("atomic_masses", batch.atomic_masses),
             view("forces", batch.forces, vector=True), view("velocities", batch.velocities, vector=True),
-            view("fixed", fixed_mask(batch, self._no_fixed_cache)), view("nhc_eta", batch["nhc_eta"]), view("nhc_p_eta", batch["nhc_p_eta"]),
-            view("_nhc_scale", batch["_nhc_scale"]),
+            view("fixed", fixed_mask(batch, self._no_fixed_cache)), view("nhc_eta", batch["nhc_eta"]),
+            view("nhc_p_eta", batch["nhc_p_eta"]), view("_nhc_scale", batch["_nhc_scale"]),
         ], batch.device, batch.dtype)
 
     def _atom_inputs(self, batch, stage_index: int) -> list:
         view = self._views
         return [
             view("batch_idx", batch.batch_idx), view("stage", batch["stage"]), view("status", batch["status"]),
-            int(stage_index), self._scalar("fs", batch), view("nhc_dt", batch["nhc_dt"]), view("_nhc_scale", batch["_nhc_scale"]),
+            int(stage_index), self._scalar("fs", batch), view("nhc_dt", batch["nhc_dt"]),
+            view("_nhc_scale", batch["_nhc_scale"]),
             view("atomic_masses", batch.atomic_masses), view("forces", batch.forces, vector=True),
             view("velocities", batch.velocities, vector=True),
         ]

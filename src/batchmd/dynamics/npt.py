@@ -160,7 +160,8 @@ class MTKBase(Dynamics):
     @staticmethod
     def kinetic_tensor(batch) -> torch.Tensor:
         """``sum_i m_i v_i v_i^T`` per system, eV [B, 3, 3]."""
-        mv = batch.atomic_masses.to(batch.dtype)[:, None, None] * batch.velocities[:, :, None] * batch.velocities[:, None, :]
+        v = batch.velocities
+        mv = batch.atomic_masses.to(batch.dtype)[:, None, None] * v[:, :, None] * v[:, None, :]
         out = torch.zeros(batch.num_graphs, 3, 3, dtype=batch.dtype, device=batch.device)
         return out.index_add_(0, batch.batch_idx.long(), mv)
 
