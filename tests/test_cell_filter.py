@@ -188,3 +188,50 @@ def test_gpa_constant():
     from ase.units import GPa
 
     assert GPA == pytest.approx(GPa, rel=1e-12)
+
+
+def test_equation_of_state_matches_ase():
+    """LJ argon relaxed (LBFGS + FrechetCellFilter) at several pressures: volumes and energies equal
+    ASE's; volume falls with pressure; the bulk modulus from the curve is positive."""
+    from ase.optimize import LBFGS as AseLBFGS
+
+    from batchmd.dynamics.lbfgs import LBFGS
+
+    pressures_gpa = [-0.1, 0.0, 0.3, 1.0, 3.0]
+    systems = [argon_cell(20, strain=0.03, rattle=0.05) for _ in pressures_gpa]
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
+    filt = FrechetCellFilter(scalar_pressure=torch.tensor(pressures_gpa, dtype=torch.float64) * GPA)
+    out = LBFGS(model, cell_filter=filt, convergence_hook=ConvergenceHook.from_forces(1e-5)).run(
+        Batch.from_ase(systems, dtype=torch.float64), n_steps=1000)
+    assert bool(out["converged"].all())
+    volumes = torch.linalg.det(out.cell).abs().numpy()
+    worst_v = worst_e = 0.0
+    for k, p in enumerate(pressures_gpa):
+        atoms, _ = ase_relax(systems[k], AseLBFGS, 1e-5, 1000, AseFrechet, {"scalar_pressure": p * GPA})
+        worst_v = max(worst_v, abs(volumes[k] - atoms.get_volume()) / atoms.get_volume())
+        worst_e = max(worst_e, abs(float(out.energies[k, 0]) - atoms.get_potential_energy()))
+    print(f"EOS over {pressures_gpa} GPa: max relative |ΔV| {worst_v:.1e}, max |ΔE| {worst_e:.1e} eV")
+    assert worst_v < 1e-10 and worst_e < 1e-10
+    assert np.all(np.diff(volumes) < 0)
+    bulk_modulus = -volumes[1] * (pressures_gpa[2] - pressures_gpa[0]) / (volumes[2] - volumes[0])
+    assert 0.5 < bulk_modulus < 10.0  # GPa (LJ argon at 0 K: a few GPa)
+
+
+def test_fixed_atoms_follow_the_cell_as_in_ase():
+    """FixAtoms (the 'fixed' atom field) with a cell filter: the loop zeroes their forces, so they keep
+    their place in the undeformed frame and follow the cell -- what ASE does (set_cell scales them)."""
+    from ase.constraints import FixAtoms
+
+    atoms = argon_cell(30, repeat=(2, 1, 1))
+    atoms.set_constraint(FixAtoms(indices=[0, 3]))
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
+    out = FIRE(model, cell_filter=UnitCellFilter(), n_steps=50).run(Batch.from_ase([atoms], dtype=torch.float64))
+    ref = atoms.copy()
+    ref.set_constraint(FixAtoms(indices=[0, 3]))
+    ref.calc = lj_calc()
+    opt = AseFIRE(AseUnit(ref), logfile=None)
+    for _ in range(50):
+        opt.step()
+    assert np.abs(out.cell[0].numpy() - ref.cell[:]).max() < 1e-8
+    assert np.abs(out.positions.numpy() - ref.positions).max() < 1e-8
+    assert np.abs(ref.cell[:] - atoms.cell[:]).max() > 0.05
