@@ -58,7 +58,7 @@ def _mask3x3(mask) -> np.ndarray:
 
 
 class CellFilter:
-    """Base of :class:`FrechetCellFilter` and :class:`UnitCellFilter` (use those).
+    """Base of :class:`~batchmd.dynamics.FrechetCellFilter` and :class:`~batchmd.dynamics.UnitCellFilter` (use those).
 
     Parameters
     ----------
@@ -80,7 +80,7 @@ class CellFilter:
 
     Notes
     -----
-    :meth:`init_state` writes the fields of :data:`FILTER_FIELDS` for the systems entering
+    :meth:`init_state` writes the fields of :data:`~batchmd.dynamics.cell_filter.FILTER_FIELDS` for the systems entering
     the stage; the reference cell is their cell at that moment (as attaching a new ASE filter).
     """
 
@@ -168,7 +168,7 @@ class CellFilter:
         return sc
 
     def compute(self, batch, stage_index: int, active_only: bool = True) -> dict:
-        """Launch :func:`~batchmd.kernels.cell_filter.filter_system_kernel`; returns the scratch views.
+        """Launch ``filter_system_kernel``; returns the scratch views.
 
         Raises
         ------
@@ -213,7 +213,7 @@ class CellFilter:
 class FrechetCellFilter(CellFilter):
     """Batched ``ase.filters.FrechetCellFilter``: cell rows ``exp_cell_factor * log(F)``.
 
-    Parameters as :class:`CellFilter`, with ASE's name ``exp_cell_factor`` for the factor.
+    Parameters as :class:`~batchmd.dynamics.cell_filter.CellFilter`, with ASE's name ``exp_cell_factor`` for the factor.
     The default filter for variable-cell relaxation (ASE's recommendation); its cell forces
     are exact gradients of the (enthalpy) energy with respect to the log-strain rows.
     """
@@ -229,7 +229,7 @@ class FrechetCellFilter(CellFilter):
 class UnitCellFilter(CellFilter):
     """Batched ``ase.filters.UnitCellFilter``: cell rows ``cell_factor * F``.
 
-    Parameters as :class:`CellFilter`, with ASE's name ``cell_factor`` for the factor.
+    Parameters as :class:`~batchmd.dynamics.cell_filter.CellFilter`, with ASE's name ``cell_factor`` for the factor.
     """
 
     kind = cfk.UNIT

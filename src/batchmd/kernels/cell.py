@@ -9,13 +9,13 @@ cell ``C0`` the deformation gradient of ``C`` is ``F = (C0^{-1} C)^T``
 
 Functions (``@wp.func``, dtype-generic over ``mat33f``/``mat33d``)
 -------------------------------------------------------------------
-:func:`cell_volume`        ``|det C|`` (Å^3), ASE's ``cell.volume``.
-:func:`deform_grad`        ``F = (C0^{-1} C)^T``.
-:func:`expm3`              matrix exponential (scaling and squaring of the Taylor series).
-:func:`expm_frechet3`      Fréchet derivative ``L_exp(A, E)`` of the exponential at ``A`` in
+``cell_volume``        ``|det C|`` (Å^3), ASE's ``cell.volume``.
+``deform_grad``        ``F = (C0^{-1} C)^T``.
+``expm3``              matrix exponential (scaling and squaring of the Taylor series).
+``expm_frechet3``      Fréchet derivative ``L_exp(A, E)`` of the exponential at ``A`` in
                            direction ``E`` (Taylor series of the derivative with the same
                            scaling and squaring; Higham, *Functions of Matrices*, SIAM 2008, ch. 10).
-:func:`logm3`              principal matrix logarithm (inverse scaling and squaring:
+``logm3``              principal matrix logarithm (inverse scaling and squaring:
                            Denman-Beavers square roots until ``|X - I|_F <= 0.25``, then the
                            Gregory series ``log X = 2 atanh((X - I)(X + I)^{-1})``; Higham ch. 11).
 

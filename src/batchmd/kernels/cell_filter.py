@@ -21,7 +21,7 @@ factor (``cell_factor`` / ``exp_cell_factor``, default ``N``):
 Setting new rows ``(X_i, Xc)``: ``F' = Xc/c`` (unit) or ``expm(Xc/c)`` (Fréchet);
 ``T = I + mask * (F' - I)^T``; cell ``C0 T``; positions ``X_i T`` (row vectors), exactly ASE's
 ``set_positions``. ASE's convergence criterion through a filter is the largest row norm
-of the ``N + 3`` force rows (:func:`filter_system_kernel` writes it to ``fmax``).
+of the ``N + 3`` force rows (``filter_system_kernel`` writes it to ``fmax``).
 
 Per-system inputs are ``[B]`` arrays; ``mask`` is a ``mat33`` of 0/1 (ASE's ``mask3x3``),
 flags and ``kind`` (0 unit, 1 Fréchet) are int32. Only systems with ``stage == stage_index`` (and ``status == 0`` when
@@ -29,7 +29,7 @@ flags and ``kind`` (0 unit, 1 Fréchet) are int32. Only systems with ``stage == 
 
 Example
 -------
-See :class:`batchmd.dynamics.cell_filter.FrechetCellFilter`, which shapes the arguments and
+See :class:`~batchmd.dynamics.FrechetCellFilter`, which shapes the arguments and
 launches these kernels, and :mod:`batchmd.kernels.fire` / :mod:`batchmd.kernels.lbfgs`
 for the optimizers that consume the rows.
 """
@@ -172,9 +172,9 @@ def fire_filter_system_kernel(
     """Per system: FIRE over the ``N + 3`` filter rows; moves the cell rows and the cell.
 
     Sums ``v·f``, ``|f|^2``, ``|v|^2`` over atom rows (forces ``F^T f_i``) and the cell rows,
-    updates ``dt``/``alpha``/``nsteps`` (:func:`batchmd.kernels.fire.fire_update`), moves the
+    updates ``dt``/``alpha``/``nsteps`` (``fire_update``), moves the
     cell velocity ``cell_v`` and rows, writes the new ``cell`` and ``transform[s] = T``, and
-    ``coef[s] = (c_v, c_f, c_x)`` for :func:`fire_filter_atom_kernel`.
+    ``coef[s] = (c_v, c_f, c_x)`` for ``fire_filter_atom_kernel``.
     """
     s = wp.tid()
     if stage[s] != stage_index or status[s] != 0:

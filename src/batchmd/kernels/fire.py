@@ -14,14 +14,14 @@ One FIRE step of a system, given the forces ``f`` at its current positions
 
 Split into two launches:
 
-1. :func:`fire_system_kernel` (one thread per system) reduces ``v·f``, ``|f|^2``,
+1. ``fire_system_kernel`` (one thread per system) reduces ``v·f``, ``|f|^2``,
    ``|v|^2`` over the system's atoms in order (deterministic, batch-invariant),
    updates ``dt``, ``a``, ``Nsteps`` and writes three coefficients
    ``coef = (c_v, c_f, c_x)`` so that the whole update is the affine map
    ``v' = c_v v + c_f f``, ``x' = x + c_x v'``. The clipped step norm uses
    ``|v'|^2 = c_v^2 |v|^2 + 2 c_v c_f v·f + c_f^2 |f|^2`` (all terms non-negative on
    the mixing branch, so no cancellation).
-2. :func:`fire_atom_kernel` (one thread per atom) applies it.
+2. ``fire_atom_kernel`` (one thread per atom) applies it.
 
 The first step of a system is flagged by ``nsteps < 0`` (set by the dynamics class's
 ``init_state``); it is turned into ``Nsteps = 0`` as in ASE.
@@ -162,8 +162,8 @@ def fire_atom_kernel(
     Parameters
     ----------
     batch_idx : int32 [N]  atom -> system.
-    stage, status, stage_index : as in :func:`fire_system_kernel`.
-    coef : vec3 [B]  from :func:`fire_system_kernel`.
+    stage, status, stage_index : as in ``fire_system_kernel``.
+    coef : vec3 [B]  from ``fire_system_kernel``.
     forces : vec3 [N]  eV/Å.
     velocities, positions : vec3 [N], in/out  Å/time and Å.
     """

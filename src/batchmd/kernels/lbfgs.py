@@ -16,7 +16,7 @@ atoms and, with a cell filter, the 3 cell rows)::
 
 No determinant, no line search: the first step is ``f / alpha`` (clipped to ``maxstep``).
 
-One thread per system (:func:`lbfgs_system_kernel`) walks its atoms in order for every
+One thread per system (``lbfgs_system_kernel``) walks its atoms in order for every
 sum, so a system's numbers do not depend on the rest of the batch (deterministic, batch
 invariant) and nothing synchronises with the host. The per-atom history is stored in atom
 fields of shape ``[N, M, 3]`` (``M``: the largest memory), so it follows each system through
@@ -25,8 +25,8 @@ storage order) sits in slot ``k mod memory``.
 
 With a cell filter (``use_cell = 1``) the atom rows are ``X_i = F^{-1} x_i`` with forces
 ``F^T f_i`` and the cell rows and forces come from
-:func:`batchmd.kernels.cell_filter.filter_system_kernel`; the new rows are written back as
-ASE's filters do (:func:`batchmd.kernels.cell_filter.filter_transform`).
+``filter_system_kernel``; the new rows are written back as
+ASE's filters do (``filter_transform``).
 
 Units: positions Å, forces eV/Å, ``maxstep`` Å, ``alpha`` eV/Å^2.
 """
