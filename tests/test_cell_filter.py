@@ -267,3 +267,34 @@ def test_neighbor_lists_stay_exact_while_the_cell_changes():
     assert worst["energy"] < 1e-11 and worst["forces"] < 1e-11 and worst["stress"] < 1e-12
     assert shrink < 0.95
     assert 1 <= builds < 80
+
+
+def test_cli_relax_cell_full_with_pressure_and_lbfgs_matches_ase(tmp_path, capsys):
+    """``batchmd relax --cell full --pressure GPa --optimizer lbfgs`` equals ASE's LBFGS(FrechetCellFilter)."""
+    import ase.io
+    from ase.optimize import LBFGS as AseLBFGS
+
+    from batchmd.cli import main
+
+    frames = [argon_cell(50)]
+    path = tmp_path / "in.extxyz"
+    ase.io.write(path, frames)
+    out = tmp_path / "out.extxyz"
+    args = ["relax", str(path), "-o", str(out), "--fmax", "1e-4", "--max-steps", "500", "--cell", "full",
+            "--pressure", "0.5", "--optimizer", "lbfgs", "--quiet"]
+    assert main(args) == 0
+    for atoms, original in zip(ase.io.read(out, ":"), frames):
+        ref, nsteps = ase_relax(original, AseLBFGS, 1e-4, 500, AseFrechet, {"scalar_pressure": 0.5 * GPA})
+        assert atoms.info["converged"] is True and atoms.info["n_steps"] == nsteps
+        assert np.abs(atoms.cell[:] - ref.cell[:]).max() < 1e-8
+        assert atoms.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+    assert main(["relax", str(path), "-o", str(tmp_path / "fire.extxyz"), "--cell", "hydrostatic", "--quiet",
+                 "--fmax", "1e-3"]) == 0
+    for atoms, original in zip(ase.io.read(tmp_path / "fire.extxyz", ":"), frames):
+        ref, nsteps = ase_relax(original, AseFIRE, 1e-3, 500, AseFrechet, {"hydrostatic_strain": True})
+        assert atoms.info["n_steps"] == nsteps and np.abs(atoms.cell[:] - ref.cell[:]).max() < 1e-8
+    # the cell options are checked before any input is read
+    for bad, message in ((["--pressure", "1.0"], "variable cell"), (["--cell", "shape"], "invalid choice")):
+        capsys.readouterr()
+        assert main(["relax", str(path), "-o", str(tmp_path / "x.extxyz"), *bad]) == 2
+        assert message in capsys.readouterr().err

@@ -111,11 +111,11 @@ def test_per_system_parameters_and_reset():
     ref1 = ase_trajectory(systems[1], AseLBFGS, 20, maxstep=0.05, memory=4)
     assert max_deviation(traj, ptr, 0, ref0) < 1e-8 and max_deviation(traj, ptr, 1, ref1) < 1e-8
     assert batch["lbfgs_memory"].tolist() == [100, 4]
-    s_before = batch["lbfgs_s"].clone()
+    s_before = batch["_lbfgs_s"].clone()
     opt.init_state(batch, torch.tensor([False, True]))
     assert batch["lbfgs_iteration"].tolist() == [20, 0]
-    assert torch.equal(batch["lbfgs_s"][: ptr[1]], s_before[: ptr[1]])
-    assert torch.count_nonzero(batch["lbfgs_s"][ptr[1]:]) == 0
+    assert torch.equal(batch["_lbfgs_s"][: ptr[1]], s_before[: ptr[1]])
+    assert torch.count_nonzero(batch["_lbfgs_s"][ptr[1]:]) == 0
 
 
 def test_bad_parameters():

@@ -19,6 +19,12 @@ Schema (every key is checked; an unknown one is an error naming it)::
     method = "fire"
     fmax = 0.05                        # eV/Å, convergence threshold
     max_steps = 500                    # a system that runs out graduates OUT_OF_STEPS
+    cell = "fixed"                     # fixed | full | hydrostatic | volume (FrechetCellFilter)
+    pressure = 0.0                     # GPa, with a variable cell (enthalpy E + P V minimised)
+
+    [[stages]]
+    method = "lbfgs"                   # ase.optimize.LBFGS; keys as fire (no dt) plus
+    memory = 100                       # stored pairs; also maxstep (Å), damping, alpha (eV/Å^2)
 
     [[stages]]
     method = "nvt"                     # Langevin thermostat
@@ -66,7 +72,10 @@ __all__ = ["STAGE_KEYS", "add_parser", "build_stage", "check_stage", "load_confi
 # is one entry here and one builder in _BUILDERS.
 STAGE_KEYS = {
     "fire": {"fmax": (False, float, 0.05), "max_steps": (False, int, 500), "dt": (False, float, 0.1),
-             "maxstep": (False, float, 0.2)},
+             "maxstep": (False, float, 0.2), "cell": (False, str, "fixed"), "pressure": (False, float, 0.0)},
+    "lbfgs": {"fmax": (False, float, 0.05), "max_steps": (False, int, 500), "maxstep": (False, float, 0.2),
+              "memory": (False, int, 100), "damping": (False, float, 1.0), "alpha": (False, float, 70.0),
+              "cell": (False, str, "fixed"), "pressure": (False, float, 0.0)},
     "nvt": {"temperature": (True, float, None), "dt": (True, float, None), "friction": (False, float, 0.01),
             "steps": (True, int, None), "seed": (False, int, 0)},
     "nve": {"dt": (True, float, None), "steps": (True, int, None), "temperature": (False, float, None),
@@ -78,9 +87,14 @@ STAGE_KEYS = {
             "barostat": (False, str, "isotropic"), "seed": (False, int, 0)},
 }
 #: Allowed values of the string keys.
-CHOICES = {"barostat": ("isotropic", "full")}
+CHOICES = {"barostat": ("isotropic", "full"), "cell": ("fixed", "full", "hydrostatic", "volume")}
 TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages"}
 MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
+
+
+#: ``cell`` of an optimizer stage -> cell filter options (``FrechetCellFilter``; "fixed": no filter).
+CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": True},
+              "volume": {"constant_volume": True}}
 
 
 def _value(where: str, key: str, value, kind):
@@ -122,14 +136,40 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
             values[key] = default
         else:
             values[key] = _value(f"{where} ({method})", key, spec[key], kind)
+    if method in ("fire", "lbfgs"):
+        if CELL_MODES[values["cell"]] is None and values["pressure"] != 0.0:
+            raise CLIError(f"{where} ({method}): pressure needs a variable cell (cell = full, hydrostatic or volume)")
+        if method == "lbfgs" and values["maxstep"] > 1.0:
+            raise CLIError(f"{where} (lbfgs): maxstep must be <= 1 Å, got {values['maxstep']}")
     return values
+
+
+def _cell_filter(values, model):
+    """The stage's cell filter (``cell``/``pressure`` keys; pressure in GPa), or None for a fixed cell."""
+    options = CELL_MODES[values["cell"]]
+    if options is None:
+        return None
+    from batchmd.dynamics.cell_filter import GPA, FrechetCellFilter
+
+    if getattr(model, "computes_stress", None) is False:
+        raise CLIError(f"cell = {values['cell']} needs a model that computes the stress")
+    return FrechetCellFilter(scalar_pressure=values["pressure"] * GPA, **options)
 
 
 def _fire(values, model):
     from batchmd.dynamics import FIRE, ConvergenceHook
 
     return FIRE(model, dt=values["dt"], maxstep=values["maxstep"],
-                convergence_hook=ConvergenceHook.from_forces(values["fmax"]), n_steps=values["max_steps"])
+                convergence_hook=ConvergenceHook.from_forces(values["fmax"]), n_steps=values["max_steps"],
+                cell_filter=_cell_filter(values, model))
+
+
+def _lbfgs(values, model):
+    from batchmd.dynamics import LBFGS, ConvergenceHook
+
+    return LBFGS(model, maxstep=values["maxstep"], memory=values["memory"], damping=values["damping"],
+                 alpha=values["alpha"], convergence_hook=ConvergenceHook.from_forces(values["fmax"]),
+                 n_steps=values["max_steps"], cell_filter=_cell_filter(values, model))
 
 
 def _nvt(values, model):
@@ -166,7 +206,7 @@ def _npt(values, model):
                tdamp=tdamp, pdamp=pdamp, random_seed=values["seed"], n_steps=values["steps"])
 
 
-_BUILDERS = {"fire": _fire, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
+_BUILDERS = {"fire": _fire, "lbfgs": _lbfgs, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
 
 
 def build_stage(spec: dict, model, where: str = "stage"):

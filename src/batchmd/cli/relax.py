@@ -1,15 +1,17 @@
-"""``batchmd relax INPUT -o OUTPUT``: relax every frame of a file with batched FIRE.
+"""``batchmd relax INPUT -o OUTPUT``: relax every frame of a file with batched FIRE or LBFGS.
 
 Every frame of INPUT (extxyz, ASE trajectory or database, CIF, POSCAR: anything
-ase.io.read reads) is relaxed with FIRE (ase.optimize.FIRE step for step) through
-inflight batching. OUTPUT holds one frame per input frame, in input order, with the
-energy (eV) and forces (eV/Å) and, in its info: input_index (position in INPUT),
+ase.io.read reads) is relaxed with FIRE or LBFGS (ase.optimize.FIRE / LBFGS step for
+step) through inflight batching; the cell is kept unless --cell relaxes it too (ASE's
+FrechetCellFilter; --pressure in GPa). OUTPUT holds one frame per input frame, in input
+order, with the energy (eV) and forces (eV/Å) and, in its info: input_index (position in INPUT),
 status (converged, out_of_steps, failed), converged, n_steps, fmax (eV/Å), the per-stage
 stage0_* keys and the model. OUTPUT_STEM.summary.csv beside it has one row per frame.
 
 Example:
 
     batchmd relax structures.extxyz -o relaxed.extxyz --fmax 0.01 --max-steps 1000
+    batchmd relax crystals.extxyz -o relaxed.extxyz --cell full --pressure 1.0 --optimizer lbfgs
 """
 
 from __future__ import annotations
@@ -22,12 +24,21 @@ __all__ = ["add_parser", "command"]
 
 def add_parser(subparsers) -> None:
     """Register ``batchmd relax``."""
-    parser = subparsers.add_parser("relax", help="relax every frame of a file (FIRE, inflight batching)",
+    parser = subparsers.add_parser("relax",
+                                   help="relax every frame of a file (FIRE or LBFGS, optionally the cell; inflight)",
                                    description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("input", help="structures: any file ASE reads (extxyz, traj, db, cif, POSCAR)")
     add_run_arguments(parser)
     parser.add_argument("--fmax", type=float, default=0.05, help="force threshold, eV/Å")
-    parser.add_argument("--max-steps", type=int, default=500, help="FIRE step budget per frame")
+    parser.add_argument("--max-steps", type=int, default=500, help="step budget per frame")
+    parser.add_argument("--optimizer", choices=("fire", "lbfgs"), default="fire",
+                        help="fire (ase.optimize.FIRE) or lbfgs (ase.optimize.LBFGS); default fire")
+    parser.add_argument("--cell", choices=("fixed", "full", "hydrostatic", "volume"), default="fixed",
+                        help="fixed: atoms only (default); full: atoms and cell (FrechetCellFilter); hydrostatic: "
+                             "isotropic cell changes only; volume: cell shape at constant volume. With a variable "
+                             "cell --fmax also bounds the cell forces (ASE's fmax through the filter)")
+    parser.add_argument("--pressure", type=float, default=0.0,
+                        help="external pressure in GPa with --cell full/hydrostatic (default 0)")
     add_model_arguments(parser)
     parser.set_defaults(command=command)
 
@@ -41,5 +52,6 @@ def command(args) -> int:
         return rc
     from batchmd.cli.run import execute
 
-    return execute(args, "relax", [{"method": "fire", "fmax": args.fmax, "max_steps": args.max_steps}],
-                   input_path=args.input, output=args.output)
+    stage = {"method": args.optimizer, "fmax": args.fmax, "max_steps": args.max_steps, "cell": args.cell,
+             "pressure": args.pressure}
+    return execute(args, "relax", [stage], input_path=args.input, output=args.output)

@@ -69,11 +69,12 @@ class LBFGS(Dynamics):
     Parameters may be floats (all systems) or ``[B]`` tensors (indexed by slot when a system
     enters the stage); they are copied into system fields ``lbfgs_maxstep``,
     ``lbfgs_memory`` (int32), ``lbfgs_damping``, ``lbfgs_alpha`` and travel with their system.
-    State: ``lbfgs_iteration`` [B] int32, ``lbfgs_x0``/``lbfgs_f0`` [N, 3], the history
-    ``lbfgs_s``/``lbfgs_y`` [N, M, 3] and ``lbfgs_rho`` [B, M] (``M`` the largest memory), and
-    with a filter ``lbfgs_cell_x0``/``lbfgs_cell_f0`` [B, 3, 3], ``lbfgs_cell_s``/``lbfgs_cell_y``
-    [B, M, 3, 3]. One kernel launch per step (plus the filter's): one thread per system runs
-    the whole recursion over its atoms in order (deterministic and batch invariant; a very
+    State: ``lbfgs_iteration`` [B] int32 and, as ``_``-prefixed fields (internal state: they
+    travel with their system through refills but are left out of results), ``_lbfgs_x0`` /
+    ``_lbfgs_f0`` [N, 3], the history ``_lbfgs_s`` / ``_lbfgs_y`` [N, M, 3] and ``_lbfgs_rho``
+    [B, M] (``M`` the largest memory), and with a filter ``_lbfgs_cell_x0`` / ``_lbfgs_cell_f0``
+    [B, 3, 3], ``_lbfgs_cell_s`` / ``_lbfgs_cell_y`` [B, M, 3, 3]. One kernel launch per step
+    (plus the filter's): one thread per system runs the whole recursion over its atoms in order (deterministic and batch invariant; a very
     large single system is better served by ASE-like per-system parallel reductions).
     """
 
@@ -133,16 +134,16 @@ class LBFGS(Dynamics):
         set_system_param(batch, "lbfgs_memory", self.memory, mask, torch.int32)
         set_system_param(batch, "lbfgs_iteration", 0, mask, torch.int32)
         atoms = mask[batch.batch_idx.long()]
-        for name in ("lbfgs_x0", "lbfgs_f0"):
+        for name in ("_lbfgs_x0", "_lbfgs_f0"):
             self._history_field(batch, name, (n, 3), "atom", atoms)
-        for name in ("lbfgs_s", "lbfgs_y"):
+        for name in ("_lbfgs_s", "_lbfgs_y"):
             self._history_field(batch, name, (n, m, 3), "atom", atoms)
-        self._history_field(batch, "lbfgs_rho", (b, m), "system", mask)
+        self._history_field(batch, "_lbfgs_rho", (b, m), "system", mask)
         if self.cell_filter is not None:
             self.cell_filter.init_state(batch, mask)
-            for name in ("lbfgs_cell_x0", "lbfgs_cell_f0"):
+            for name in ("_lbfgs_cell_x0", "_lbfgs_cell_f0"):
                 self._history_field(batch, name, (b, 3, 3), "system", mask)
-            for name in ("lbfgs_cell_s", "lbfgs_cell_y"):
+            for name in ("_lbfgs_cell_s", "_lbfgs_cell_y"):
                 self._history_field(batch, name, (b, m, 3, 3), "system", mask)
 
     def _buffers(self, batch) -> dict:
@@ -169,7 +170,7 @@ class LBFGS(Dynamics):
             cell = [1, v("filter_kind", batch["filter_kind"]), w["deform"], w["inv_deform"], w["cell_x"], w["cell_f"],
                     v("filter_ref_cell", batch["filter_ref_cell"], matrix=True),
                     v("filter_mask", batch["filter_mask"], matrix=True), v("filter_factor", batch["filter_factor"])]
-            cell_state = [v(name, batch["lbfgs_" + name], matrix=True)
+            cell_state = [v(name, batch["_lbfgs_" + name], matrix=True)
                           for name in ("cell_x0", "cell_f0", "cell_s", "cell_y")]
         else:
             mat = v("_mat", sc["mat"], matrix=True)
@@ -179,11 +180,11 @@ class LBFGS(Dynamics):
         inputs = [v("ptr", batch.ptr), v("stage", batch["stage"]), v("status", batch["status"]), int(stage_index)]
         inputs += cell
         inputs += [v("cell", batch.cell, matrix=True), v("positions", batch.positions, vector=True),
-                   v("forces", batch.forces, vector=True), v("x0", batch["lbfgs_x0"], vector=True),
-                   v("f0", batch["lbfgs_f0"], vector=True), v("s", batch["lbfgs_s"], vector=True),
-                   v("y", batch["lbfgs_y"], vector=True)]
+                   v("forces", batch.forces, vector=True), v("x0", batch["_lbfgs_x0"], vector=True),
+                   v("f0", batch["_lbfgs_f0"], vector=True), v("s", batch["_lbfgs_s"], vector=True),
+                   v("y", batch["_lbfgs_y"], vector=True)]
         inputs += cell_state
-        inputs += [v("rho", batch["lbfgs_rho"]), v("_a", sc["a"])]
+        inputs += [v("rho", batch["_lbfgs_rho"]), v("_a", sc["a"])]
         inputs += [v(name, batch["lbfgs_" + name]) for name in ("iteration", "memory", "maxstep", "damping", "alpha")]
         inputs.append(v("_direction", sc["direction"], vector=True))
         self._launch(lbfgs_system_kernel, batch.num_graphs, inputs, batch.device, batch.positions.dtype)
