@@ -298,3 +298,28 @@ def test_cli_relax_cell_full_with_pressure_and_lbfgs_matches_ase(tmp_path, capsy
         capsys.readouterr()
         assert main(["relax", str(path), "-o", str(tmp_path / "x.extxyz"), *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["fire", "lbfgs"])
+def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
+    from torch.profiler import ProfilerActivity, profile
+
+    from batchmd.dynamics.lbfgs import LBFGS
+    from test_hot_path import _argon_batch, count_host_reads
+
+    model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    cls = FIRE if method == "fire" else LBFGS
+    dynamics = cls(model, cell_filter=FrechetCellFilter(scalar_pressure=0.001),
+                   convergence_hook=ConvergenceHook.from_forces(1e-9))
+    batch = _argon_batch()
+    for _ in range(4):  # prime, first build, recorded launches
+        dynamics.step(batch)
+    with count_host_reads() as reads:
+        for _ in range(5):
+            dynamics.step(batch)
+    assert reads == [], f"{method}: host reads in the steady-state step: {reads}"
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for _ in range(5):
+            dynamics.step(batch)
+    allocations = [e.name for e in prof.events() if e.cpu_memory_usage > 0]
+    assert allocations == [], f"{method}: allocations in the steady-state step: {allocations}"

@@ -212,7 +212,7 @@ def test_pipeline_fire_then_nvt(input_file, tmp_path, capsys):
     "edit,message",
     [
         (("temperature = 20.0", "temprature = 20.0"), "stages[1] (nvt): unknown key 'temprature'"),
-        (("method = \"nvt\"", "method = \"monte-carlo\""), "stages[1]: method must be one of fire, nvt, nve"),
+        (("method = \"nvt\"", "method = \"monte-carlo\""), "stages[1]: method must be one of fire, lbfgs, nvt, nve"),
         (("max_atoms = 24", "max_atom = 24"), "unknown key 'max_atom'"),
         (("sigma = 3.405", "sigma = -3.405"), "--sigma must be a positive finite number"),
         (("steps = 6", "steps = 0"), "steps must be a positive integer"),

@@ -64,7 +64,7 @@ def test_lbfgs_with_cell_filter_matches_ase_step_for_step(kind, kwargs):
     for k, atoms in enumerate(systems):
         ref = ase_trajectory(atoms, AseLBFGS, n_steps, ase_cls, kwargs, **params)
         worst = max(worst, max_deviation(traj, ptr, k, ref))
-        assert np.abs(ref[-1][1] - atoms.cell[:]).max() > 0.1
+        assert np.abs(ref[-1][1] - atoms.cell[:]).max() > 0.05  # the cell really moved
     print(f"LBFGS + {kind} {kwargs}: max |Δx|, |Δcell| over {n_steps} steps {worst:.1e} Å")
     assert worst < 1e-8
 

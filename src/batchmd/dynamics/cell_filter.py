@@ -201,7 +201,17 @@ class CellFilter:
         if not threshold > 0:
             raise ValueError(f"batchmd: convergence threshold must be > 0 eV/Å, got {threshold}")
         threshold = float(threshold)
-        return ConvergenceHook("filter_fmax", threshold, predicate=lambda batch: self.fmax(batch) <= threshold)
+        out = {}
+
+        def converged(batch):
+            fmax = self.fmax(batch)
+            buf = out.get("buf")
+            if buf is None or buf.shape != fmax.shape or buf.device != fmax.device or out["t"].dtype != fmax.dtype:
+                buf = out["buf"] = torch.empty(fmax.shape, dtype=torch.bool, device=fmax.device)
+                out["t"] = torch.tensor(threshold, dtype=fmax.dtype, device=fmax.device)
+            return torch.le(fmax, out["t"], out=buf)  # no allocation in the steady-state step
+
+        return ConvergenceHook("filter_fmax", threshold, predicate=converged)
 
     def wrap_convergence(self, hook):
         """A plain force criterion (``ConvergenceHook.from_forces``) becomes the filter's; others are kept."""
