@@ -167,13 +167,16 @@ class CellFilter:
         sc["w"] = {name: views("_" + name, tensor, matrix=True) for name, tensor in sc["t"].items()}
         return sc
 
-    def compute(self, batch, stage_index: int, active_only: bool = True) -> dict:
+    def compute(self, batch, stage_index: int, active_only: bool = True, report: bool = False) -> dict:
         """Launch ``filter_system_kernel``; returns the scratch views.
 
         Raises
         ------
         ValueError
             The batch carries no stress (the model must compute it; see ``Model.computes_stress``).
+
+        ``report=True`` also writes the filter's ``fmax`` into the loop's ``fmax`` field of the
+        stage's systems (what progress lines and results report).
         """
         if not batch.has_field("stress"):
             raise ValueError(f"batchmd: {type(self).__name__} needs the stress (eV/Å^3) of every system; "
@@ -188,6 +191,7 @@ class CellFilter:
             v("constvol", batch["filter_constant_volume"]), v("mask", batch["filter_mask"], matrix=True),
             v("factor", batch["filter_factor"]), v("forces", batch.forces, vector=True),
             w["deform"], w["inv_deform"], w["cell_x"], w["cell_f"], v("fmax", batch["filter_fmax"]),
+            int(bool(report)), v("loop_fmax", batch["fmax"] if report else batch["filter_fmax"]),
         ], batch.device, batch.positions.dtype)
         return sc
 

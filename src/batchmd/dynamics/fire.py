@@ -219,5 +219,9 @@ class FIRE(Dynamics):
         self._launch_filter(cfk.fire_filter_atom_kernel, batch.positions.shape[0], inputs, device, dtype)
 
     def post_force(self, batch, stage_index: int) -> None:
-        """Nothing: FIRE's whole step runs in :meth:`pre_force`."""
-        return None
+        """With a cell filter: report ASE's ``fmax`` through the filter in the loop's ``fmax`` field.
+
+        Otherwise nothing: FIRE's whole step runs in :meth:`pre_force`.
+        """
+        if self.cell_filter is not None and batch.has_field("fmax"):
+            self.cell_filter.compute(batch, stage_index, active_only=False, report=True)

@@ -190,5 +190,9 @@ class LBFGS(Dynamics):
         self._launch(lbfgs_system_kernel, batch.num_graphs, inputs, batch.device, batch.positions.dtype)
 
     def post_force(self, batch, stage_index: int) -> None:
-        """Nothing: LBFGS's whole step runs in :meth:`pre_force`."""
-        return None
+        """With a cell filter: report ASE's ``fmax`` through the filter in the loop's ``fmax`` field.
+
+        Otherwise nothing: LBFGS's whole step runs in :meth:`pre_force`.
+        """
+        if self.cell_filter is not None and batch.has_field("fmax"):
+            self.cell_filter.compute(batch, stage_index, active_only=False, report=True)

@@ -84,6 +84,8 @@ def filter_system_kernel(
     cell_x: wp.array(dtype=Any),
     cell_f: wp.array(dtype=Any),
     fmax: wp.array(dtype=Any),
+    write_loop_fmax: wp.int32,
+    loop_fmax: wp.array(dtype=Any),
 ):
     """Per system: ``F``, ``F^{-1}``, cell rows, cell forces and the filter's ``fmax`` (eV/Å).
 
@@ -96,6 +98,8 @@ def filter_system_kernel(
     forces : vec3 [N] (eV/Å).
     deform, inv_deform, cell_x, cell_f : mat33, out.
     fmax : float, out  largest norm over the ``N`` atom rows ``F^T f_i`` and the 3 cell-force rows.
+    write_loop_fmax : int32;  loop_fmax : float, out  when set, ``fmax`` is also written there (the
+        loop's reported ``fmax`` then is ASE's ``fmax`` through the filter, as ASE's optimizer logs).
     """
     s = wp.tid()
     if (stage_index >= 0 and stage[s] != stage_index) or (active_only != 0 and status[s] != 0):
@@ -137,6 +141,8 @@ def filter_system_kernel(
     for r in range(3):
         largest = wp.max(largest, wp.length(rows[r]))
     fmax[s] = largest
+    if write_loop_fmax != 0:
+        loop_fmax[s] = largest
 
 
 @wp.kernel
