@@ -145,8 +145,10 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--chunks", default="", help="chunk_atoms sweep on the largest size, e.g. 64,128,256,0")
     parser.add_argument("--no-ase", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as PEERS.md)")
     parser.add_argument("--out", default=str(HERE / "mlip_step_split.md"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows, sweep = [], []
