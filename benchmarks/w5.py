@@ -142,6 +142,11 @@ def build_model(name: str, dtype: torch.dtype, device: str):
     model = load_model(name)
     if hasattr(model, "to"):
         model = model.to(device=device, dtype=dtype)
+    # Positions-only relaxation: no stress (one gradient less), as TorchSim's row is run; the
+    # adapter's own evaluation chunks are off, W5 sweeps chunking itself (--chunks).
+    model.computes_stress = False
+    if hasattr(model, "chunk_atoms"):
+        model.chunk_atoms = 1 << 30
     if baseline is not None:
         model = SumModel(model, baseline)
     return model, (str(path) if path is not None else None)
