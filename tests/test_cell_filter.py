@@ -325,3 +325,20 @@ def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
             dynamics.step(batch)
     allocations = [e.name for e in prof.events() if e.cpu_memory_usage > 0]
     assert allocations == [], f"{method}: allocations in the steady-state step: {allocations}"
+
+
+def test_non_periodic_system_with_a_cell_filter_fails_alone():
+    """A cluster (no cell) given a cell filter is marked FAILED (failure bit CELL), never 'converged';
+    the crystal beside it relaxes as usual."""
+    from ase.cluster import Icosahedron
+
+    from batchmd.dynamics.status import FailureReason, SystemStatus, failure_text
+
+    cluster = Icosahedron("Ar", noshells=2, latticeconstant=5.4)
+    cluster.rattle(0.1, seed=1)
+    model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
+    relax = FIRE(model, cell_filter=FrechetCellFilter(), convergence_hook=ConvergenceHook.from_forces(1e-3))
+    out = relax.run(Batch.from_ase([cluster, argon_cell(1)], dtype=torch.float64), n_steps=300)
+    assert out["status"].tolist() == [int(SystemStatus.FAILED), int(SystemStatus.CONVERGED)]
+    assert int(out["failure"][0]) & int(FailureReason.CELL)
+    assert "cell filter" in failure_text(int(out["failure"][0]))

@@ -176,7 +176,9 @@ class CellFilter:
             The batch carries no stress (the model must compute it; see ``Model.computes_stress``).
 
         ``report=True`` also writes the filter's ``fmax`` into the loop's ``fmax`` field of the
-        stage's systems (what progress lines and results report).
+        stage's systems (what progress lines and results report), and marks FAILED (failure bit
+        ``FailureReason.CELL``) a system that is not periodic in all three directions, has a
+        zero-volume cell or a non-finite stress; its ``fmax`` is NaN, so it never converges.
         """
         if not batch.has_field("stress"):
             raise ValueError(f"batchmd: {type(self).__name__} needs the stress (eV/Å^3) of every system; "
@@ -192,8 +194,15 @@ class CellFilter:
             v("factor", batch["filter_factor"]), v("forces", batch.forces, vector=True),
             w["deform"], w["inv_deform"], w["cell_x"], w["cell_f"], v("fmax", batch["filter_fmax"]),
             int(bool(report)), v("loop_fmax", batch["fmax"] if report else batch["filter_fmax"]),
+            v("pbc", batch.pbc), v("failure", self._failure(batch)),
         ], batch.device, batch.positions.dtype)
         return sc
+
+    def _failure(self, batch) -> torch.Tensor:
+        """The loop's int32 ``failure`` field (created at zero when a batch has none yet)."""
+        if not batch.has_field("failure") or batch["failure"].shape != (batch.num_graphs,):
+            batch.set_field("failure", torch.zeros(batch.num_graphs, dtype=torch.int32, device=batch.device), "system")
+        return batch["failure"]
 
     def fmax(self, batch) -> torch.Tensor:
         """ASE's ``fmax`` through the filter for every system, eV/Å (``[B]``; also in field ``filter_fmax``)."""

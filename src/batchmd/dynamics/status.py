@@ -56,7 +56,9 @@ class FailureReason(IntFlag):
     ``NONFINITE_ENERGY`` / ``NONFINITE_FORCES``: the model returned NaN or inf for the
     system (set on the device by the loop). ``HOOK``: a hook set the system's status to
     FAILED (hooks should also OR this bit into ``failure``). ``INVALID_INPUT``: the input
-    was rejected before the run (``run_frames(..., invalid="skip")``).
+    was rejected before the run (``run_frames(..., invalid="skip")``). ``CELL``: a cell
+    filter met a cell it cannot relax (not periodic in all three directions, zero volume) or
+    a non-finite stress.
     :func:`failure_text` turns the bits into the text written with results.
     """
 
@@ -65,6 +67,7 @@ class FailureReason(IntFlag):
     NONFINITE_FORCES = 2
     HOOK = 4
     INVALID_INPUT = 8
+    CELL = 16
 
 
 def failure_text(code: int) -> str:
@@ -78,6 +81,7 @@ def failure_text(code: int) -> str:
         FailureReason.NONFINITE_FORCES: "non-finite forces",
         FailureReason.HOOK: "marked failed by a hook",
         FailureReason.INVALID_INPUT: "invalid input",
+        FailureReason.CELL: "cell filter: non-periodic or degenerate cell, or non-finite stress",
     }
     code = int(code)
     return "; ".join(text for bit, text in words.items() if code & int(bit))

@@ -86,6 +86,8 @@ def filter_system_kernel(
     fmax: wp.array(dtype=Any),
     write_loop_fmax: wp.int32,
     loop_fmax: wp.array(dtype=Any),
+    pbc: wp.array2d(dtype=wp.bool),
+    failure: wp.array(dtype=wp.int32),
 ):
     """Per system: ``F``, ``F^{-1}``, cell rows, cell forces and the filter's ``fmax`` (eV/Å).
 
@@ -100,6 +102,9 @@ def filter_system_kernel(
     fmax : float, out  largest norm over the ``N`` atom rows ``F^T f_i`` and the 3 cell-force rows.
     write_loop_fmax : int32;  loop_fmax : float, out  when set, ``fmax`` is also written there (the
         loop's reported ``fmax`` then is ASE's ``fmax`` through the filter, as ASE's optimizer logs).
+    pbc : bool [B, 3];  failure : int32, out  a system that is not periodic in all directions, has
+        a zero-volume cell or a non-finite stress gets ``fmax = NaN`` (never converged); with
+        ``write_loop_fmax`` it is also marked FAILED (``status = 3``, ``failure |= 16``, CELL).
     """
     s = wp.tid()
     if (stage_index >= 0 and stage[s] != stage_index) or (active_only != 0 and status[s] != 0):
@@ -140,9 +145,19 @@ def filter_system_kernel(
     rows = cell_f[s]
     for r in range(3):
         largest = wp.max(largest, wp.length(rows[r]))
+    valid = pbc[s, 0] and pbc[s, 1] and pbc[s, 2]
+    if wp.determinant(ref_cell[s]) == c.dtype(0.0) or wp.determinant(c) == c.dtype(0.0):
+        valid = False
+    if not wp.isfinite(largest):
+        valid = False
+    if not valid:
+        largest = c.dtype(wp.nan)
     fmax[s] = largest
     if write_loop_fmax != 0:
         loop_fmax[s] = largest
+        if not valid:
+            status[s] = 3
+            failure[s] = failure[s] | 16
 
 
 @wp.kernel
@@ -233,3 +248,32 @@ def fire_filter_atom_kernel(
     velocities[i] = v
     x = inv_deform[s] * positions[i] + k[2] * v
     positions[i] = wp.transpose(transform[s]) * x
+
+
+def concrete_overloads(kernel, matrices, vectors):
+    """Register float32 and float64 overloads of a dtype-generic kernel (for ahead-of-time CUDA builds).
+
+    Array arguments of generic dtype are ``mat33`` when named in ``matrices``, ``vec3`` when
+    named in ``vectors``, scalars otherwise (1-D or 2-D as annotated). Returns
+    ``{wp.float32: kernel32, wp.float64: kernel64}``.
+    """
+    out = {}
+    for scalar, vec, mat in ((wp.float32, wp.vec3f, wp.mat33f), (wp.float64, wp.vec3d, wp.mat33d)):
+        types = {}
+        for arg in kernel.adj.args:
+            name, ann = arg.label, arg.type
+            if not (hasattr(ann, "dtype") and hasattr(ann, "ndim")) or ann.dtype is not Any:
+                continue
+            dtype = mat if name in matrices else vec if name in vectors else scalar
+            types[name] = wp.array(dtype=dtype, ndim=ann.ndim)
+        out[scalar] = wp.overload(kernel, types)
+    return out
+
+
+filter_system_kernel_overloads = concrete_overloads(
+    filter_system_kernel, {"cell", "ref_cell", "stress", "mask", "deform", "inv_deform", "cell_x", "cell_f"}, {"forces"})
+fire_filter_system_kernel_overloads = concrete_overloads(
+    fire_filter_system_kernel, {"deform", "cell_x", "cell_f", "cell_v", "ref_cell", "mask", "cell", "transform"},
+    {"velocities", "forces", "coef"})
+fire_filter_atom_kernel_overloads = concrete_overloads(
+    fire_filter_atom_kernel, {"deform", "inv_deform", "transform"}, {"coef", "forces", "velocities", "positions"})

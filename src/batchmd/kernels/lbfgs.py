@@ -37,7 +37,7 @@ from typing import Any
 
 import warp as wp
 
-from batchmd.kernels.cell_filter import filter_transform
+from batchmd.kernels.cell_filter import concrete_overloads, filter_transform
 
 wp.set_module_options({"enable_backward": False})
 
@@ -194,3 +194,10 @@ def lbfgs_system_kernel(
         if use_cell != 0:
             x = tt * x
         positions[i] = x
+
+
+#: Concrete float32 / float64 overloads (ahead-of-time CUDA builds compile these).
+lbfgs_system_kernel_overloads = concrete_overloads(
+    lbfgs_system_kernel,
+    {"deform", "inv_deform", "cell_x", "cell_f", "ref_cell", "mask", "cell", "cell_x0", "cell_f0", "cell_s", "cell_y"},
+    {"positions", "forces", "x0", "f0", "direction", "s_hist", "y_hist"})
