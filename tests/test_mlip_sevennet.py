@@ -81,3 +81,18 @@ def test_fire_matches_ase_fire_step_for_step(sevennet):
     assert ours.info["converged"] and ours.info["n_steps"] == opt.nsteps
     assert np.abs(ours.positions - ref.positions).max() < 1e-6
     assert abs(ours.get_potential_energy() - ref.get_potential_energy()) < 1e-6
+
+
+@pytest.mark.slow  # a second TorchScript warm-up of SevenNet-0 (float32 model and calculator): minutes here
+def test_fire_float32_ends_where_ase_fire_ends(sevennet):
+    """float32 relaxations end within 1e-4 eV/atom of ASE's FIRE with SevenNet's own (float32) calculator."""
+    from batchmd.ase import relax
+
+    start = bulk("Si", "diamond", a=5.43)
+    start.positions += np.random.default_rng(5).normal(0.0, 0.05, start.positions.shape)
+    ours = relax([start], sevennet, fmax=0.05, max_steps=60, dtype=torch.float32)[0]
+    ref = start.copy()
+    ref.calc = sevennet_reference_calculator(torch.float32)
+    AseFIRE(ref, logfile=None).run(fmax=0.05, steps=60)
+    assert ours.info["converged"]
+    assert abs(ours.get_potential_energy() - ref.get_potential_energy()) / len(start) < 1e-4
