@@ -68,3 +68,8 @@ bottom.set_ylabel("fmax (eV/Å)")
 bottom.set_xlabel("FIRE step")
 top.legend(fontsize=8)
 fig.tight_layout()
+# Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
+if plt.get_backend().lower().endswith("agg"):
+    plt.savefig("mlip_relaxation.png", dpi=100)
+else:
+    plt.show()

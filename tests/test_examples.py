@@ -34,6 +34,8 @@ def test_every_example_is_covered():
 
 @pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "inflight_batching.py"])
 def test_example_runs(name, tmp_path, monkeypatch):
+    if name == "plot_mlip_relaxation.py":
+        pytest.importorskip("sevenn")  # the [sevennet] extra (in [test])
     monkeypatch.chdir(tmp_path)
     namespace = run(name)
     import matplotlib.pyplot as plt
@@ -46,6 +48,8 @@ def test_example_runs(name, tmp_path, monkeypatch):
     if name == "plot_pipeline.py":
         frames = namespace["result"].frames
         assert [a.info["input_index"] for a in frames] == list(range(40))
+    if name == "plot_mlip_relaxation.py":
+        assert bool(namespace["relaxed"].converged.all())
     if name == "plot_custom_hook.py":
         assert len(namespace["graduation_hook"].rows) == 24
 
