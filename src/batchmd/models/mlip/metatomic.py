@@ -73,7 +73,10 @@ class MetatomicModel(GraphModel):
         if energy_key not in caps.outputs:
             raise ValueError(f"batchmd: the metatomic model has no {energy_key!r} output "
                              f"(it has {sorted(caps.outputs)})")
-        requested_inputs = module.requested_inputs()
+        try:
+            requested_inputs = module.requested_inputs(use_new_names=True)
+        except TypeError:  # older metatomic-torch
+            requested_inputs = module.requested_inputs()
         if len(requested_inputs) > 0:
             raise ValueError(f"batchmd: the metatomic model requests inputs {sorted(requested_inputs)}, "
                              "which batchmd does not provide")
