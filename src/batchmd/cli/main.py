@@ -97,6 +97,9 @@ def _configure_logging(args) -> None:
     level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     if getattr(args, "quiet", False):
         level = logging.ERROR
+        import warnings
+
+        warnings.simplefilter("ignore")  # --quiet: nothing but errors (Python warnings included)
     logging.basicConfig(level=level, format="batchmd: %(message)s", stream=sys.stderr, force=True)
 
 
