@@ -110,6 +110,16 @@ def test_emt_on_copper_records_the_model(tmp_path):
     assert "model: emt" in done.stdout
 
 
+def test_warnings_are_one_line_and_resume_without_partial_says_so(tmp_path):
+    cu = tmp_path / "cu.cif"
+    ase.io.write(cu, bulk("Cu", "fcc", a=3.61, cubic=True))  # symmetric: nothing moves, a NoProgressWarning
+    done = batchmd("relax", cu, "-o", tmp_path / "out.extxyz", "--model", "emt", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "batchmd: warning: --resume: nothing to resume" in done.stderr
+    assert "batchmd: warning: FusedStage.run: no system took a step" in done.stderr
+    assert ".py:" not in done.stderr and "warnings.warn" not in done.stderr  # no source path or code line
+
+
 # ----------------------------------------------------------------------------- §2 per-stage results
 def test_fire_out_of_steps_skips_nvt_and_says_so(argon_file, tmp_path):
     config = tmp_path / "run.toml"
@@ -126,7 +136,10 @@ def test_fire_out_of_steps_skips_nvt_and_says_so(argon_file, tmp_path):
         assert info["stage1_status"] == "skipped" and info["stage1_steps"] == 0 and info["stage1_method"] == "nvt"
     rows = list(csv.DictReader(open(tmp_path / "out.summary.csv")))
     assert [r["input_index"] for r in rows] == ["0", "1", "2", "3", "4"]
-    assert {r["nvt_status"] for r in rows} == {"skipped"} and {r["fire_status"] for r in rows} == {"out_of_steps"}
+    assert {r["stage1_status"] for r in rows} == {"skipped"} and {r["stage0_status"] for r in rows} == {"out_of_steps"}
+    assert {r["stage0_method"] for r in rows} == {"fire"} and {r["stage1_method"] for r in rows} == {"nvt"}
+    for key in ("stage0_status", "stage0_steps", "stage1_status", "fmax", "n_steps", "status"):
+        assert key in rows[0] and key in info  # the summary's columns are the frames' own info keys
 
 
 def test_fire_then_nvt_records_each_stage(argon_file, tmp_path):

@@ -228,3 +228,15 @@ def test_cli_relax_writes_no_optimizer_momenta_and_md_draws_its_temperature(tmp_
     temperatures = [a.get_temperature() for a in ase.io.read(md, index=":")]
     print("NVE from a relaxed file, 300 K draw, after 40 steps:", [round(t, 1) for t in temperatures])
     assert all(80.0 < t < 300.0 for t in temperatures)  # equipartition: ~150 K
+
+
+def test_status_names_reads_the_status_field_as_names():
+    from batchmd.dynamics import status_names
+    from batchmd.data import Batch
+
+    frames = [bulk("Ar", "fcc", a=5.26, cubic=True) for _ in range(2)]
+    frames[1].rattle(0.1, seed=3)
+    batch = Batch.from_ase(frames, dtype=torch.float64)
+    model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
+    out = FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-6), n_steps=2).run(batch)
+    assert status_names(out) == ["converged", "out_of_steps"]

@@ -93,14 +93,31 @@ def add_verbosity_arguments(parser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one CLI line (no source path or code line): ``batchmd: warning: ...``."""
+    print(f"batchmd: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
 def _configure_logging(args) -> None:
+    import warnings
+
     level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     if getattr(args, "quiet", False):
         level = logging.ERROR
-        import warnings
-
         warnings.simplefilter("ignore")  # --quiet: nothing but errors (Python warnings included)
+    elif not getattr(args, "verbose", False):
+        warnings.showwarning = _show_warning  # -v keeps Python's form (file and line) for debugging
     logging.basicConfig(level=level, format="batchmd: %(message)s", stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_CLIFormatter())
+
+
+class _CLIFormatter(logging.Formatter):
+    """``batchmd: message`` for information, ``batchmd: warning: message`` for warnings."""
+
+    def format(self, record) -> str:
+        prefix = "warning: " if record.levelno == logging.WARNING else ""
+        return f"batchmd: {prefix}{record.getMessage()}"
 
 
 def main(argv=None) -> int:

@@ -88,7 +88,7 @@ def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, res
     """Finished frames of an interrupted run, by input index (empty when starting fresh)."""
     if not partial.exists():
         if resume:
-            log.info("--resume: no %s; starting from the beginning", partial)
+            log.warning("--resume: nothing to resume (no %s); running every frame from the beginning", partial)
         meta_path.unlink(missing_ok=True)
         return {}
     if not resume:
@@ -133,13 +133,15 @@ def _summary_rows(frames, stage_labels) -> list[dict]:
         row = {"input_index": info.get("input_index"), "formula": atoms.get_chemical_formula(),
                "n_atoms": len(atoms), "status": info.get("status"), "failure": info.get("failure", ""),
                "energy_eV": energy,
-               "fmax_eV_per_A": info.get("fmax"), "n_steps": info.get("n_steps")}
+               "fmax": info.get("fmax"), "n_steps": info.get("n_steps")}
+        # Stage columns carry the frame's own info keys (stage{k}_status, ...), so a file and
+        # its summary are read the same way; a pipeline may run one method twice.
         for k, label in enumerate(stage_labels):
+            row[f"stage{k}_method"] = info.get(f"stage{k}_method", label)
             for suffix in ("status", "steps", "fmax", "temperature"):
                 key = f"stage{k}_{suffix}"
                 if key in info:
-                    unit = {"fmax": "_eV_per_A", "temperature": "_K"}.get(suffix, "")
-                    row[f"{label}_{suffix}{unit}"] = info[key]
+                    row[key] = info[key]
         rows.append(row)
     return rows
 

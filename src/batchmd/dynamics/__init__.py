@@ -13,6 +13,7 @@ from batchmd.dynamics.convergence import ConvergenceHook
 from batchmd.dynamics.fused import FusedStage
 from batchmd.dynamics.hooks import ConvergedSnapshotHook, Hook, HookContext, HookStage, RunStats, TrajectoryHook
 from batchmd.dynamics.sampler import SizeAwareSampler
+from batchmd.dynamics.stage_results import status_names
 from batchmd.dynamics.status import SystemStatus
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "FusedStage",
     "SizeAwareSampler",
     "SystemStatus",
+    "status_names",
     "Hook",
     "HookStage",
     "HookContext",

@@ -39,7 +39,7 @@ import torch
 
 from batchmd.dynamics.status import SystemStatus
 
-__all__ = ["StageStatus", "StageRecorder", "status_name", "STAGE_FIELDS"]
+__all__ = ["StageStatus", "StageRecorder", "status_name", "status_names", "STAGE_FIELDS"]
 
 #: Device fields ``[B, K]`` (system level) the recorder keeps during a run.
 STAGE_FIELDS = ("stage_start", "stage_exit_fmax", "stage_tsum")
@@ -71,6 +71,17 @@ def status_name(code, md: bool = False) -> str:
     if code == SystemStatus.PENDING:
         return "pending"
     return StageStatus(code).name.lower()
+
+
+def status_names(batch) -> list[str]:
+    """Each system's ``status`` as a name, in batch order (one host read).
+
+    Example: ``status_names(FIRE(model, ...).run(batch))`` -> ``["converged", "out_of_steps"]``.
+    A CONVERGED system whose last stage was MD (no convergence criterion) reads
+    ``converged`` here; the per-stage fields ``stage{k}_status`` (see :class:`StageRecorder`)
+    say ``completed`` for it.
+    """
+    return [status_name(code) for code in batch["status"].reshape(-1).tolist()]
 
 
 class StageRecorder:
