@@ -247,3 +247,10 @@ def test_cluster_without_cell_runs(tmp_path):
     done = batchmd("relax", source, "-o", tmp_path / "out.xyz", "--device", "cpu", "-q")
     assert done.returncode == 0, done.stderr
     assert np.isfinite(ase.io.read(tmp_path / "out.xyz").get_potential_energy())
+
+
+def test_dtype_default_follows_the_model():
+    from batchmd.cli.common import default_dtype_name
+
+    assert [default_dtype_name(n) for n in ("sevennet-0", "mace:m.model", "metatomic:x.pt")] == ["float32"] * 3
+    assert [default_dtype_name(n) for n in ("lj", "lj:Ar,Kr", "emt", None)] == ["float64"] * 4

@@ -164,7 +164,7 @@ def config_from_cli_args(args):
         if model["sigma"] is None:  # the campaign layer takes one LJ pair: argon, the LennardJones() default
             model.update(sigma=3.405, epsilon=0.0104)
         stages = [{"method": "fire", "fmax": args.fmax, "max_steps": args.max_steps}]
-        dtype, max_atoms, refill = args.dtype, args.max_atoms, args.refill_every
+        dtype, max_atoms, refill = args.dtype or "float64", args.max_atoms, args.refill_every
     if model["name"] == "lj":
         model["cutoff"] = model.get("cutoff") or 3.0 * model.get("sigma", 3.405)
         model = {k: v for k, v in model.items() if v is not None}

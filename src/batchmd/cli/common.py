@@ -80,7 +80,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_required: bool = T
                         help="atom budget of the live batch (default: all atoms, at most 4096)")
     parser.add_argument("--refill-every", type=int, default=10, help="steps between refill points")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="floating precision")
+    parser.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                        help="floating precision (default: float32 for machine-learned potentials, "
+                             "which are trained in it, float64 for lj and emt)")
     add_verbosity_arguments(parser)
 
 
@@ -89,6 +91,16 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: Model-name prefixes of machine-learned potentials, whose default dtype is float32.
+MLIP_PREFIXES = ("sevennet", "mace", "metatomic")
+
+
+def default_dtype_name(model_name: str | None) -> str:
+    """The ``--dtype`` default for a model: ``"float32"`` for an MLIP, ``"float64"`` otherwise."""
+    name = (model_name or "lj").lower()
+    return "float32" if name.startswith(MLIP_PREFIXES) else "float64"
 
 
 def resolve_dtype(name: str):

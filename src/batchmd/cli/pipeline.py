@@ -5,7 +5,7 @@ Schema (every key is checked; an unknown one is an error naming it)::
     input = "structures.extxyz"        # any file ASE reads; relative to the config file
     output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file
     device = "cuda"                    # optional: cpu | cuda (default: cuda when available)
-    dtype = "float64"                  # optional: float32 | float64
+    dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)
     max_atoms = 2048                   # optional: atom budget of the live batch
     refill_every = 10                  # optional: steps between refill points
 
@@ -286,4 +286,4 @@ def command(args) -> int:
     model = {"name": "lj", **config.get("model", {})}
     return execute(args, "pipeline", config["stages"], input_path=config["input"], output=output, model_spec=model,
                    max_atoms=config.get("max_atoms"), refill_every=config.get("refill_every", 10),
-                   device=args.device or config.get("device"), dtype=config.get("dtype", "float64"))
+                   device=args.device or config.get("device"), dtype=config.get("dtype"))

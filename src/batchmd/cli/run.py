@@ -59,7 +59,7 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     ``frames_hook(frames) -> frames`` prepares the frames (e.g. initial velocities);
     ``model_spec`` overrides the model options of ``args`` (pipeline files).
     """
-    from batchmd.cli.common import output_writer, resolve_device, resolve_dtype
+    from batchmd.cli.common import default_dtype_name, output_writer, resolve_device, resolve_dtype
     from batchmd.cli.pipeline import build_stage, check_stage
 
     quiet = getattr(args, "quiet", False)
@@ -69,7 +69,8 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
         check_stage(spec, where=f"{command}" if len(stage_specs) == 1 else f"{command}: stages[{i}]")
     output_writer(output)
     device = resolve_device(device if device is not None else getattr(args, "device", None))
-    dtype = resolve_dtype(dtype or getattr(args, "dtype", "float64"))
+    model_name = (model_spec or {}).get("name") or getattr(args, "model", None)
+    dtype = resolve_dtype(dtype or getattr(args, "dtype", None) or default_dtype_name(model_name))
     init_warp_quietly()
     timings["options"] = time.perf_counter() - t0
 
