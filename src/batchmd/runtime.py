@@ -60,8 +60,48 @@ def init_warp(quiet: bool | None = None) -> None:
         quiet = os.environ.get("BATCHMD_WARP_VERBOSE", "0") != "1"
     if quiet:
         wp.config.log_level = wp.LOG_WARNING
-    wp.init()
+        _init_capturing_stderr()
+    else:
+        wp.init()
     _INITIALISED = True
+
+
+def _init_capturing_stderr() -> None:
+    """``wp.init()`` with what it prints from C on file descriptor 2 captured.
+
+    On a machine without a GPU Warp prints "Could not find or load the NVIDIA CUDA driver"
+    at start-up; for a CPU run that is not news. The captured lines go to the ``batchmd``
+    logger at INFO level (``logging.basicConfig(level=logging.INFO)`` shows them), except
+    lines that are not about the missing CUDA driver, which are re-issued as warnings.
+    Where file descriptor 2 cannot be redirected, Warp prints as usual.
+    """
+    import logging
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        wp.init()
+        return
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            wp.init()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    log = logging.getLogger("batchmd")
+    for line in filter(None, (line.strip() for line in text.splitlines())):
+        if "CUDA driver" in line or "CUDA Toolkit" in line:
+            log.info("warp: %s", line)
+        else:
+            import warnings
+
+            warnings.warn(f"warp: {line}", RuntimeWarning, stacklevel=3)
 
 
 def warp_device(device: torch.device | str | None) -> wp.context.Device:

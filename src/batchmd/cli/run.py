@@ -7,7 +7,6 @@ Phases (each timed and logged with ``-v``): options, read, model, run, write. Se
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from batchmd.cli.errors import CLIError
@@ -18,33 +17,15 @@ log = logging.getLogger("batchmd")
 
 
 def init_warp_quietly(verbose: bool = False) -> None:
-    """Initialise Warp with its start-up messages captured (file descriptor 2 redirected).
+    """Initialise Warp with its start-up messages captured (see :func:`batchmd.runtime.init_warp`).
 
     Warp prints "Could not find or load the NVIDIA CUDA driver" from C on machines
     without a GPU; that is not news to a CPU run. The captured text is logged at INFO
     level (shown with ``-v``), never printed otherwise.
     """
-    import os
-    import tempfile
-
     from batchmd import runtime
 
-    if runtime._INITIALISED:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            runtime.init_warp(quiet=True)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        capture.seek(0)
-        text = capture.read().decode(errors="replace").strip()
-    if text:
-        for line in text.splitlines():
-            log.info("warp: %s", line.strip())
+    runtime.init_warp(quiet=True)
 
 
 def _stage_label(spec: dict) -> str:
