@@ -240,3 +240,31 @@ def test_status_names_reads_the_status_field_as_names():
     model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
     out = FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-6), n_steps=2).run(batch)
     assert status_names(out) == ["converged", "out_of_steps"]
+
+
+def test_a_model_is_never_applied_to_elements_it_has_no_parameters_for():
+    from batchmd.dynamics import SizeAwareSampler
+    from batchmd.models.base import UnsupportedSpeciesError
+
+    argon = LennardJones()  # argon preset: Ar only
+    copper = Batch.from_ase([bulk("Cu", "fcc", a=3.6, cubic=True)], dtype=torch.float64)
+    with pytest.raises(UnsupportedSpeciesError, match="Cu"):
+        FIRE(argon, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=5).run(copper)
+    # inflight: a later sample holding an uncovered element is refused when it is served, naming it
+    frames = [bulk("Ar", "fcc", a=5.26, cubic=True), bulk("Ar", "fcc", a=5.3, cubic=True),
+              bulk("Kr", "fcc", a=5.7, cubic=True)]
+    from batchmd.ase import AtomsDataset
+
+    sampler = SizeAwareSampler(AtomsDataset(frames, dtype=torch.float64), max_atoms=4, max_batch_size=1)
+    stage = FusedStage([FIRE(argon, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=50)],
+                       sampler=sampler, refill_frequency=1)
+    with pytest.raises(UnsupportedSpeciesError, match=r"Kr.*system_id 2"):
+        stage.run()
+
+
+def test_run_frames_refuses_uncovered_elements_before_running():
+    from batchmd.models.base import UnsupportedSpeciesError
+
+    frames = [bulk("Ar", "fcc", a=5.26, cubic=True), bulk("Cu", "fcc", a=3.6, cubic=True)]
+    with pytest.raises(UnsupportedSpeciesError, match=r"Cu.*\(frame 1\)"):
+        run_frames(frames, FIRE(LennardJones(), convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=5))

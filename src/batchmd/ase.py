@@ -360,6 +360,28 @@ class InflightResult(NamedTuple):
     stats: object
 
 
+def _check_species_up_front(frames, stages) -> None:
+    """Every stage's model covers every element of ``frames``, checked before anything runs.
+
+    Raises :class:`~batchmd.models.base.UnsupportedSpeciesError` naming the elements and the
+    first frame holding one (``input_index``), so no result is computed only to be lost.
+    """
+    import numpy as np
+
+    for stage in stages:
+        model = getattr(stage, "model", None)
+        if getattr(model, "supported_numbers", None) is None or not hasattr(model, "check_species"):
+            continue
+        try:
+            model.check_species(np.unique(np.concatenate([a.numbers for a in frames])))
+        except ValueError as error:
+            bad = set(getattr(error, "unsupported", ()))
+            first = next((i for i, a in enumerate(frames) if bad & set(a.numbers.tolist())), None)
+            if first is not None:
+                error.args = (f"{error.args[0]} (frame {first})", *error.args[1:])
+            raise
+
+
 def run_frames(
     frames: Sequence[Atoms],
     stages,
@@ -437,13 +459,15 @@ def run_frames(
     ------
     ValueError
         Before anything runs, naming the first invalid frame and atom
-        (:func:`check_frames`).
+        (:func:`check_frames`), or (``UnsupportedSpeciesError``) the elements a stage's
+        model has no parameters for and the first frame holding one.
     """
     from batchmd.dynamics import FusedStage, SizeAwareSampler
     from batchmd.dynamics.sinks import HostMemory
 
     check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
     stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
+    _check_species_up_front(frames, stages)
     largest = max(len(a) for a in frames)
     total = sum(len(a) for a in frames)
     if max_atoms is None:

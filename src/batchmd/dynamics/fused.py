@@ -460,6 +460,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         that already carries loop fields where it stopped (same stage, same counters,
         same stage state), e.g. a batch returned by ``run(n_steps=...)`` of this pipeline.
         """
+        self._check_species(batch)
         if resume and batch.has_field("status"):
             if not batch.has_field("failure"):
                 batch.set_field("failure", torch.zeros(batch.num_graphs, dtype=torch.int32, device=batch.device),

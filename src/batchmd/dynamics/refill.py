@@ -104,8 +104,35 @@ class RefillPoints:
         self._remember_newcomers(samples)
         return self._to_run_device(Batch.from_data_list(samples))
 
+    def _check_species(self, batch) -> None:
+        """Refuse systems with elements the model has no parameters for, before they move.
+
+        Calls the model's :meth:`~batchmd.models.Model.check_species` when it declares
+        ``supported_numbers`` (Lennard-Jones presets, MLIPs): one line naming the elements
+        and the ``system_id`` of the first system holding one. Runs at a run's start and on
+        the host-side newcomers of each refill point (no device work in steady steps).
+
+        Raises
+        ------
+        batchmd.models.base.UnsupportedSpeciesError
+        """
+        supported = getattr(self.model, "supported_numbers", None)
+        if supported is None or not hasattr(self.model, "check_species"):
+            return
+        numbers = batch.atomic_numbers
+        try:
+            self.model.check_species(numbers)
+        except ValueError as error:
+            bad = torch.tensor(getattr(error, "unsupported", ()), dtype=numbers.dtype, device=numbers.device)
+            if bad.numel() and batch.has_field("system_id"):
+                system = int(batch.batch_idx[torch.isin(numbers, bad)][0])
+                error.args = (f"{error.args[0]} (system_id {int(batch['system_id'].reshape(-1)[system])})",
+                              *error.args[1:])
+            raise
+
     def _prepare_new(self, new):
         """Newcomers on the run's device with loop fields, PENDING status and stage-0 state."""
+        self._check_species(new)
         new = self._to_run_device(new)
         self._reset_loop_fields(new)  # a sample carrying loop fields from an earlier run starts fresh
         new["status"].fill_(int(SystemStatus.PENDING))
