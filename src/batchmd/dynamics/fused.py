@@ -43,7 +43,6 @@ See ``examples/inflight_batching.py`` (the seed tutorial)::
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 
@@ -53,6 +52,7 @@ from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
 from batchmd.dynamics.stage_results import StageRecorder
+from batchmd.dynamics.stages import NoProgressWarning, normalise_stages, warn_if_idle
 from batchmd.dynamics.status import SystemStatus
 from batchmd.dynamics.velocities import apply_velocity_policy
 from batchmd.kernels import bookkeeping as bk
@@ -62,31 +62,7 @@ from batchmd.runtime import CachedLaunch, torch_threads, WarpViewCache, to_warp
 __all__ = ["FusedStage", "NoProgressWarning"]
 
 
-class NoProgressWarning(UserWarning):
-    """A run advanced no system (all converged at their first evaluation, failed, or had no budget)."""
-
 log = logging.getLogger(__name__)
-
-
-def _normalise_stages(sub_stages) -> list:
-    stages = []
-    for position, item in enumerate(sub_stages):
-        if isinstance(item, tuple):
-            if len(item) != 2:
-                raise ValueError(f"FusedStage: sub_stages entries are (index, stage) pairs, got {item!r}")
-            index, stage = item
-            if index != position:
-                raise ValueError(
-                    f"FusedStage: stage indices must be 0, 1, 2, ... in order; entry {position} has index {index}"
-                )
-        else:
-            stage = item
-        if not all(hasattr(stage, name) for name in ("init_state", "pre_force", "post_force", "model")):
-            raise TypeError(f"FusedStage: {stage!r} is not a dynamics stage (FIRE, NVE, NVTLangevin, ...)")
-        stages.append(stage)
-    if not stages:
-        raise ValueError("FusedStage: at least one stage is required")
-    return stages
 
 
 class FusedStage(RefillPoints, OOMRecovery):
@@ -164,7 +140,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         refill_in_place: bool = False,
         oom_retry: bool = True,
     ) -> None:
-        self.stages = _normalise_stages(sub_stages)
+        self.stages = normalise_stages(sub_stages)
         self._recorder = StageRecorder(self.stages)
         if cuda_graph not in (True, False, "auto"):
             raise ValueError(f"FusedStage: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
@@ -651,14 +627,4 @@ class FusedStage(RefillPoints, OOMRecovery):
         return batch
 
     def _warn_if_idle(self, n_steps) -> None:
-        """Say so when a run advanced no system (never a silent no-op)."""
-        stats = self.stats
-        if stats.atom_steps or n_steps == 0 or not (stats.systems_graduated or stats.steps):
-            return
-        warnings.warn(
-            f"FusedStage.run: no system took a step: {stats.systems_graduated} systems graduated at their first "
-            f"evaluation ({stats.systems_converged} already met their stage's criterion, {stats.systems_failed} "
-            f"failed, {stats.systems_out_of_steps} had no step budget left)",
-            NoProgressWarning,
-            stacklevel=3,
-        )
+        warn_if_idle(self.stats, n_steps)

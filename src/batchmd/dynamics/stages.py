@@ -1,0 +1,65 @@
+"""The stage list of a :class:`~batchmd.dynamics.FusedStage` and the no-progress warning.
+
+Example
+-------
+>>> from batchmd.dynamics.stages import NoProgressWarning
+>>> issubclass(NoProgressWarning, UserWarning)
+True
+"""
+
+from __future__ import annotations
+
+import warnings
+
+__all__ = ["NoProgressWarning", "normalise_stages", "warn_if_idle"]
+
+
+class NoProgressWarning(UserWarning):
+    """A run advanced no system (all converged at their first evaluation, failed, or had no budget)."""
+
+
+def normalise_stages(sub_stages) -> list:
+    """The stages of ``sub_stages`` (Dynamics, or ``(index, Dynamics)`` pairs numbered 0, 1, ...) as a list.
+
+    Raises
+    ------
+    ValueError
+        Indices out of order, a malformed pair, or no stage.
+    TypeError
+        An entry that is not a dynamics stage.
+    """
+    stages = []
+    for position, item in enumerate(sub_stages):
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise ValueError(f"FusedStage: sub_stages entries are (index, stage) pairs, got {item!r}")
+            index, stage = item
+            if index != position:
+                raise ValueError(
+                    f"FusedStage: stage indices must be 0, 1, 2, ... in order; entry {position} has index {index}"
+                )
+        else:
+            stage = item
+        if not all(hasattr(stage, name) for name in ("init_state", "pre_force", "post_force", "model")):
+            raise TypeError(f"FusedStage: {stage!r} is not a dynamics stage (FIRE, NVE, NVTLangevin, ...)")
+        stages.append(stage)
+    if not stages:
+        raise ValueError("FusedStage: at least one stage is required")
+    return stages
+
+
+def warn_if_idle(stats, n_steps) -> None:
+    """Warn (:class:`NoProgressWarning`) when a run advanced no system: never a silent no-op.
+
+    ``stats`` is the run's :class:`~batchmd.dynamics.RunStats`; an explicit ``n_steps=0`` is
+    not warned about.
+    """
+    if stats.atom_steps or n_steps == 0 or not (stats.systems_graduated or stats.steps):
+        return
+    warnings.warn(
+        f"FusedStage.run: no system took a step: {stats.systems_graduated} systems graduated at their first "
+        f"evaluation ({stats.systems_converged} already met their stage's criterion, {stats.systems_failed} "
+        f"failed, {stats.systems_out_of_steps} had no step budget left)",
+        NoProgressWarning,
+        stacklevel=4,
+    )
