@@ -254,3 +254,33 @@ def test_dtype_default_follows_the_model():
 
     assert [default_dtype_name(n) for n in ("sevennet-0", "mace:m.model", "metatomic:x.pt")] == ["float32"] * 3
     assert [default_dtype_name(n) for n in ("lj", "lj:Ar,Kr", "emt", None)] == ["float64"] * 4
+
+
+def test_emt_relaxes_cells_and_options_that_do_not_apply_are_refused(tmp_path):
+    cu = tmp_path / "cu.cif"
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)  # 3% strained
+    ase.io.write(cu, atoms)
+    done = batchmd("relax", cu, "-o", tmp_path / "out.extxyz", "--model", "emt", "--cell", "full", "--fmax", "0.05")
+    assert done.returncode == 0, done.stderr
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE as ASEFIRE
+
+    ref = atoms.copy()
+    ref.calc = EMT()
+    ASEFIRE(FrechetCellFilter(ref), logfile=None).run(fmax=0.05, steps=500)
+    out = ase.io.read(tmp_path / "out.extxyz")
+    assert out.info["status"] == "converged"
+    assert abs(out.get_volume() - ref.get_volume()) < 1e-3 and abs(out.get_potential_energy() - ref.get_potential_energy()) < 1e-6
+    for argv, text in ((["relax", cu, "--cell", "volume", "--pressure", "5"], "pressure does nothing with cell = volume"),
+                       (["md", cu, "--ensemble", "nvt-nose-hoover", "--temperature", "300", "--steps", "2", "--dt", "1",
+                         "--pressure", "1"], "--pressure does not apply to --ensemble nvt-nose-hoover")):
+        done = batchmd(*argv, "-o", tmp_path / "x.extxyz", "--model", "emt")
+        assert done.returncode == 2 and text in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_mlip_missing_an_element_does_not_recommend_itself():
+    from batchmd.cli.models import species_error
+
+    message = str(species_error("sevennet-0", [86], None))
+    assert "another MLIP: --model mace:PATH or metatomic:PATH" in message and "sevennet-0," not in message

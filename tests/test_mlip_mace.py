@@ -63,7 +63,7 @@ def test_batch_invariance_chunks_and_metadata(mace, mace_path):
     for key in ("energy", "forces", "stress"):
         assert torch.allclose(chunked[key], together[key], atol=1e-12), key
     info = mace.model_info()
-    assert info["file"].endswith("small_mace.model") and len(info["sha256"]) == 64
+    assert info["model_file"].endswith("small_mace.model") and len(info["model_sha256"]) == 64
     with pytest.raises(UnsupportedSpeciesError, match="Fe"):
         mace(Batch.from_ase([bulk("Fe", "bcc", a=2.87)], dtype=torch.float64))
 

@@ -60,7 +60,7 @@ def test_batch_invariance_and_chunks(sevennet):
 def test_species_and_metadata(sevennet):
     assert sevennet.cutoff == 5.0 and len(sevennet.supported_numbers) == 89
     info = sevennet.model_info()
-    assert info["model"] == "SevenNet-0" and len(info["sha256"]) == 64 and "sevenn" in info["file"]
+    assert info["model"] == "SevenNet-0" and len(info["model_sha256"]) == 64 and "sevenn" in info["model_file"]
     bad = bulk("Cu", "fcc", a=3.6)
     bad.numbers[0] = 118
     with pytest.raises(UnsupportedSpeciesError, match="Og") as err:

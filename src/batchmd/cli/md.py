@@ -94,6 +94,10 @@ def command(args) -> int:
         raise CLIError(f"--ensemble {args.ensemble} needs --temperature (K)")
     if args.ensemble == "npt" and args.pressure is None:
         raise CLIError("--ensemble npt needs --pressure (GPa)")
+    for option, default in (("pressure", None), ("pdamp", None), ("tdamp", None), ("friction", 0.01),
+                            ("barostat", "isotropic")):
+        if option not in options and getattr(args, option) != default:
+            raise CLIError(f"--{option} does not apply to --ensemble {args.ensemble}")
     if args.temperature is not None and args.temperature < 0:
         raise CLIError(f"--temperature must be >= 0 K, got {args.temperature}")
     spec = {"method": method, **{key: getattr(args, key) for key in options if getattr(args, key) is not None}}

@@ -23,7 +23,6 @@ from batchmd.cli.errors import CLIError
 __all__ = ["add_model_arguments", "build_model", "model_text", "neighbor_capacity"]
 
 #: Built-in models and the elements they cover, for the "models covering ..." hint.
-_MLIP_HINT = "an MLIP: --model sevennet-0, mace:PATH or metatomic:PATH"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +69,11 @@ def _coverage() -> dict:
 def species_error(name: str, bad, covered) -> CLIError:
     """One line: the elements ``bad`` model ``name`` has no parameters for, and who covers them."""
     covering = [model for model, zs in _coverage().items() if set(bad) <= zs and model != name]
-    hint = f"use --model {' or '.join(covering)}, or {_MLIP_HINT}" if covering else f"use {_MLIP_HINT}"
+    family = name.lower().split(":")[0].split("-")[0]  # sevennet-0 -> sevennet, mace:PATH -> mace
+    mlips = [m for m in ("sevennet-0", "mace:PATH", "metatomic:PATH") if not m.startswith(family)]
+    listed = f"{', '.join(mlips[:-1])} or {mlips[-1]}" if len(mlips) > 1 else mlips[0]
+    mlip_hint = f"{'another MLIP' if len(mlips) < 3 else 'an MLIP'}: --model {listed}"
+    hint = f"use --model {' or '.join(covering)}, or {mlip_hint}" if covering else f"use {mlip_hint}"
     cover = f" (it covers {_symbols(covered)})" if covered is not None and len(covered) <= 20 else ""
     return CLIError(f"model {name} has no parameters for {_symbols(bad)}{cover}; {hint}")
 

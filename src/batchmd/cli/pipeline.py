@@ -137,8 +137,9 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
         else:
             values[key] = _value(f"{where} ({method})", key, spec[key], kind)
     if method in ("fire", "lbfgs"):
-        if CELL_MODES[values["cell"]] is None and values["pressure"] != 0.0:
-            raise CLIError(f"{where} ({method}): pressure needs a variable cell (cell = full, hydrostatic or volume)")
+        if values["cell"] in ("fixed", "volume") and values["pressure"] != 0.0:
+            raise CLIError(f"{where} ({method}): pressure does nothing with cell = {values['cell']} "
+                           "(--cell full or hydrostatic relaxes the cell under pressure)")
         if method == "lbfgs" and values["maxstep"] > 1.0:
             raise CLIError(f"{where} (lbfgs): maxstep must be <= 1 Å, got {values['maxstep']}")
     return values
@@ -152,7 +153,8 @@ def _cell_filter(values, model):
     from batchmd.dynamics.cell_filter import GPA, FrechetCellFilter
 
     if getattr(model, "computes_stress", None) is False:
-        raise CLIError(f"cell = {values['cell']} needs a model that computes the stress")
+        raise CLIError(f"--cell {values['cell']} (cell = \"{values['cell']}\" in a pipeline file) needs a model "
+                       "that computes the stress (lj, emt, sevennet-0, mace:PATH and metatomic:PATH do)")
     return FrechetCellFilter(scalar_pressure=values["pressure"] * GPA, **options)
 
 

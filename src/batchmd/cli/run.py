@@ -77,7 +77,10 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     name = spec.pop("name", "lj")
     model = build_model(name, frames, device=device, dtype=dtype, **spec)
     info = model_info(model, name)
-    stages = [build_stage(s, model, where=command) for s in stage_specs]
+    try:
+        stages = [build_stage(s, model, where=command) for s in stage_specs]
+    except (ValueError, TypeError) as error:  # a stage refusing this model (e.g. NPT without stress)
+        raise CLIError(str(error).removeprefix("batchmd: ")) from None
     labels = [_stage_label(s) for s in stage_specs]
     timings["model"] = time.perf_counter() - t0
     max_atoms = max_atoms if max_atoms is not None else getattr(args, "max_atoms", None)

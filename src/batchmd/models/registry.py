@@ -233,7 +233,7 @@ def _emt(argument: str | None, *, device=None, dtype=None):
 
     from batchmd.models.ase_calculator import ASECalculatorModel
 
-    model = ASECalculatorModel(EMT())
+    model = ASECalculatorModel(EMT(), compute_stress=True)  # EMT has an analytic stress: cells and NPT work
     model.supported_numbers = frozenset(atomic_numbers[sym] for sym in parameters)
     model._model_name = "emt"
     return model

@@ -153,9 +153,9 @@ class GraphModel(Model):
         raise NotImplementedError(f"{type(self).__name__} must implement compute_energy(graph)")
 
     def model_info(self) -> dict[str, str]:
-        """``{"model": name, ...}`` plus file and checksum for models loaded from a file."""
-        info = {"model": self.model_name, "cutoff": f"{self.cutoff:g}"}
-        info.update(self._info)
+        """``{"model": name, "model_cutoff": Å, ...}`` plus ``model_file``/``model_sha256`` for models from a file."""
+        info = {"model": self.model_name, "model_cutoff": f"{self.cutoff:g}"}
+        info.update({f"model_{key}": value for key, value in self._info.items()})  # never a user's own keys
         return info
 
     # ---------------------------------------------------------------- plumbing
