@@ -138,7 +138,7 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
             values[key] = _value(f"{where} ({method})", key, spec[key], kind)
     if method in ("fire", "lbfgs"):
         if values["cell"] in ("fixed", "volume") and values["pressure"] != 0.0:
-            raise CLIError(f"{where} ({method}): pressure does nothing with cell = {values['cell']} "
+            raise CLIError(f"{where} ({method}): pressure does nothing with cell = {values['cell']}: it needs a variable cell "
                            "(--cell full or hydrostatic relaxes the cell under pressure)")
         if method == "lbfgs" and values["maxstep"] > 1.0:
             raise CLIError(f"{where} (lbfgs): maxstep must be <= 1 Å, got {values['maxstep']}")
