@@ -192,7 +192,15 @@ class Batch(FieldStore):
         return out
 
     def to_ase(self) -> list:
-        """Convert to a list of ``ase.Atoms`` (see :meth:`AtomicData.to_ase`)."""
+        """Convert to a list of ``ase.Atoms`` (see :meth:`AtomicData.to_ase`).
+
+        This is the *raw* state: every non-``_`` field is kept (in ``info`` or arrays),
+        including the dynamics' own state (``fire_*``, ``filter_*``, ``stage``, integer
+        ``status``), so that a run can be inspected or continued exactly. For clean result
+        structures (the input's info and arrays, new positions/cell/momenta, results,
+        status names) use :func:`batchmd.ase.run_frames` / :func:`batchmd.ase.relax`, or
+        :func:`batchmd.ase.results_to_atoms` on these frames.
+        """
         return [d.to_ase() for d in self.to_data_list()]
 
     # ------------------------------------------------------------------ sizes, device
