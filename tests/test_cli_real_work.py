@@ -284,3 +284,12 @@ def test_an_mlip_missing_an_element_does_not_recommend_itself():
 
     message = str(species_error("sevennet-0", [86], None))
     assert "another MLIP: --model mace:PATH or metatomic:PATH" in message and "sevennet-0," not in message
+
+
+def test_a_run_whose_frames_all_failed_exits_3(tmp_path):
+    ar = tmp_path / "ar13.xyz"
+    cluster = Atoms("Ar2", positions=[[0, 0, 0], [0, 0, 3.8]])  # no cell: a cell filter cannot relax it
+    ase.io.write(ar, cluster)
+    done = batchmd("relax", ar, "-o", tmp_path / "m.extxyz", "--cell", "full")
+    assert done.returncode == 3, done.stderr
+    assert "failed" in done.stderr and ase.io.read(tmp_path / "m.extxyz").info["status"] == "failed"

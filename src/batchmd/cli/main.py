@@ -123,8 +123,9 @@ class _CLIFormatter(logging.Formatter):
 def main(argv=None) -> int:
     """Run the ``batchmd`` command line; returns the exit status.
 
-    0 on success, 2 on a user error (one line on stderr), 130 when interrupted
-    (SIGINT or SIGTERM; finished frames are kept, see ``--resume``).
+    0 on success, 2 on a user error (one line on stderr), 3 when the run finished and
+    wrote every frame but some frames failed (``status = failed``, named on stderr), 130
+    when interrupted by SIGINT and 143 by SIGTERM (finished frames are kept, see ``--resume``).
 
     Parameters
     ----------

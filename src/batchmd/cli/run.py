@@ -15,6 +15,9 @@ __all__ = ["execute", "init_warp_quietly"]
 
 log = logging.getLogger("batchmd")
 
+#: Exit status of a run that finished and wrote every frame, some of them with status ``failed``.
+EXIT_SOME_FAILED = 3
+
 
 def init_warp_quietly(verbose: bool = False) -> None:
     """Initialise Warp with its start-up messages captured (see :func:`batchmd.runtime.init_warp`).
@@ -115,4 +118,5 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
         for line in summary_lines(report, model_text(info), labels):
             print(line)
         print(f"wrote {output} and {report.summary}")
-    return 0
+    failed = sum(1 for atoms in report.frames if atoms.info.get("status") == "failed")
+    return EXIT_SOME_FAILED if failed else 0
