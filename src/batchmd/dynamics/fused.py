@@ -52,7 +52,7 @@ from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
 from batchmd.dynamics.stage_results import StageRecorder
-from batchmd.dynamics.stages import NoProgressWarning, normalise_stages, warn_if_idle
+from batchmd.dynamics.stages import NoProgressWarning, normalise_stages, stage_tables, warn_if_idle
 from batchmd.dynamics.status import SystemStatus
 from batchmd.dynamics.velocities import apply_velocity_policy
 from batchmd.kernels import bookkeeping as bk
@@ -213,31 +213,7 @@ class FusedStage(RefillPoints, OOMRecovery):
     # ----------------------------------------------------------------- device tables
     def _stage_tables(self, device) -> dict:
         if self._tables is None or self._tables["device"] != device:
-            budget = [-1 if s.n_steps is None else s.n_steps for s in self.stages]
-            crit = [0 if s.convergence_hook is None else 1 for s in self.stages]
-            fmax = []
-            custom = []
-            for k, stage in enumerate(self.stages):
-                hook = stage.convergence_hook
-                if hook is not None and getattr(hook, "field", None) == "fmax" and getattr(hook, "predicate", 1) is None:
-                    fmax.append(float(hook.threshold))  # folded into the force-statistics kernel
-                else:
-                    fmax.append(-1.0)
-                    if hook is not None:
-                        custom.append((k, hook))
-            budget_t = torch.tensor(budget, dtype=torch.int32, device=device)
-            crit_t = torch.tensor(crit, dtype=torch.int32, device=device)
-            fmax_t = torch.tensor(fmax, dtype=torch.float64, device=device)
-            self._tables = {
-                "md": torch.tensor([s.velocity_policy is not None for s in self.stages], dtype=torch.bool,
-                                   device=device),
-                "device": device,
-                "custom": custom,
-                "tensors": (budget_t, crit_t, fmax_t),
-                "w_budget": to_warp(budget_t),
-                "w_criterion": to_warp(crit_t),
-                "w_fmax": to_warp(fmax_t),
-            }
+            self._tables = stage_tables(self.stages, device)
         return self._tables
 
     def _buffers(self, batch) -> dict:

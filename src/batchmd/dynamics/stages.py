@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import warnings
 
-__all__ = ["NoProgressWarning", "normalise_stages", "warn_if_idle"]
+import torch
+
+from batchmd.runtime import to_warp
+
+__all__ = ["NoProgressWarning", "normalise_stages", "stage_tables", "warn_if_idle"]
 
 
 class NoProgressWarning(UserWarning):
@@ -63,3 +67,38 @@ def warn_if_idle(stats, n_steps) -> None:
         NoProgressWarning,
         stacklevel=4,
     )
+
+
+def stage_tables(stages, device) -> dict:
+    """Per-stage device tables of a FusedStage: step budgets, convergence criteria, fmax thresholds.
+
+    ``budget`` (int32, -1: none), ``criterion`` (int32, 1 if the stage has a convergence
+    hook), ``fmax`` (float64 eV/Å, -1: not an fmax criterion folded into the force
+    statistics), ``md`` (bool, stages with a velocity policy), their Warp views, and the
+    ``custom`` hooks evaluated on the host side as ``(stage index, hook)``.
+    """
+    budget = [-1 if s.n_steps is None else s.n_steps for s in stages]
+    crit = [0 if s.convergence_hook is None else 1 for s in stages]
+    fmax = []
+    custom = []
+    for k, stage in enumerate(stages):
+        hook = stage.convergence_hook
+        if hook is not None and getattr(hook, "field", None) == "fmax" and getattr(hook, "predicate", 1) is None:
+            fmax.append(float(hook.threshold))  # folded into the force-statistics kernel
+        else:
+            fmax.append(-1.0)
+            if hook is not None:
+                custom.append((k, hook))
+    budget_t = torch.tensor(budget, dtype=torch.int32, device=device)
+    crit_t = torch.tensor(crit, dtype=torch.int32, device=device)
+    fmax_t = torch.tensor(fmax, dtype=torch.float64, device=device)
+    return {
+        "md": torch.tensor([s.velocity_policy is not None for s in stages], dtype=torch.bool,
+                           device=device),
+        "device": device,
+        "custom": custom,
+        "tensors": (budget_t, crit_t, fmax_t),
+        "w_budget": to_warp(budget_t),
+        "w_criterion": to_warp(crit_t),
+        "w_fmax": to_warp(fmax_t),
+    }
