@@ -178,7 +178,7 @@ def run_w1_inflight(structures, max_atoms: int = INFLIGHT_ATOMS) -> Result:
     model = _model()
     state = _state(structures, model)
     with Timer() as t:
-        final = _optimize(state, model, max_atoms, wl.FMAX, wl.FIRE_MAX_STEPS)
+        final, _ = _optimize(state, model, max_atoms, wl.FMAX, wl.FIRE_MAX_STEPS)
     ptr = [0]
     for a in structures:
         ptr.append(ptr[-1] + len(a))
@@ -189,20 +189,32 @@ def run_w1_inflight(structures, max_atoms: int = INFLIGHT_ATOMS) -> Result:
                           f"{STEPS_BETWEEN_SWAPS}) ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes())
 
 
-def _optimize(state, model, max_atoms: int, fmax: float, max_steps: int):
-    """``ts.optimize`` with ASE-flavoured FIRE and an in-flight autobatcher of ``max_atoms`` atoms."""
+def _optimize(state, model, max_atoms: int, fmax: float, max_steps: int, cell: str = "fixed"):
+    """``ts.optimize`` with ASE-flavoured FIRE and an in-flight autobatcher of ``max_atoms`` atoms.
+
+    Returns (final state, the autobatcher). ``cell="frechet"`` (TorchSim >= 0.4): FIRE over its
+    Frechet cell filter, converged when atom and cell forces are below ``fmax``.
+    """
     import torch_sim as ts
 
     batcher = ts.InFlightAutoBatcher(model=model, memory_scales_with="n_atoms", max_memory_scaler=float(max_atoms))
-    convergence = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False)
+    with_cell = cell == "frechet"
+    convergence = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=with_cell)
     if _new_api():
-        return ts.optimize(state, model, optimizer=ts.Optimizer.fire, convergence_fn=convergence,
-                           autobatcher=batcher, max_steps=max_steps, steps_between_swaps=STEPS_BETWEEN_SWAPS,
-                           init_kwargs={"fire_flavor": "ase_fire"}, fire_flavor="ase_fire")
+        init_kwargs = {"fire_flavor": "ase_fire"}
+        if with_cell:
+            init_kwargs["cell_filter"] = ts.CellFilter.frechet
+        final = ts.optimize(state, model, optimizer=ts.Optimizer.fire, convergence_fn=convergence,
+                            autobatcher=batcher, max_steps=max_steps, steps_between_swaps=STEPS_BETWEEN_SWAPS,
+                            init_kwargs=init_kwargs, fire_flavor="ase_fire")
+        return final, batcher
+    if with_cell:
+        raise RuntimeError("TorchSim peer: the Frechet cell filter needs TorchSim >= 0.4")
     from torch_sim.optimizers import fire
 
-    return ts.optimize(state, model, optimizer=fire, convergence_fn=convergence, autobatcher=batcher,
-                       max_steps=max_steps, steps_between_swaps=STEPS_BETWEEN_SWAPS, md_flavor="ase_fire")
+    final = ts.optimize(state, model, optimizer=fire, convergence_fn=convergence, autobatcher=batcher,
+                        max_steps=max_steps, steps_between_swaps=STEPS_BETWEEN_SWAPS, md_flavor="ase_fire")
+    return final, batcher
 
 
 def run_w1(structures) -> Result:
@@ -269,38 +281,101 @@ def run_w3(atoms, n_steps: int) -> Result:
                   variant=f"nve ({DTYPE}, {bench_device()}, TorchSim {_version()})", notes=_notes()[:1])
 
 
-def run_w5(structures, model_path: str, max_atoms: int, dtype: str = "float32", lj=None) -> Result:
-    """W5 with TorchSim's best API: ``ts.optimize`` (FIRE, ase flavour) + ``InFlightAutoBatcher``.
+def _timed(obj, attr: str, tally: dict, key: str, count_atoms: bool = False) -> None:
+    """Replace the bound method ``obj.attr`` by one adding its wall time (and calls, atoms) to ``tally``."""
+    import time
 
-    ``model_path``: a MACE model file (``torch.save`` of the module), wrapped by TorchSim's
-    own MACE adapter (``torch_sim.models.mace.MaceModel``, forces only, no stress). The
-    autobatcher gets ``max_atoms`` as its budget (its memory estimator refuses the CPU), the
-    same live-batch budget as batchmd's inflight row. ``lj=(sigma, epsilon, cutoff)`` adds
-    TorchSim's Lennard-Jones through its ``SumModel`` (W5's "mace-random+lj"; its LJ energies are
-    unshifted, batchmd's shifted to zero at the cutoff: energies differ by a constant per pair).
-    """
-    setup()
+    inner = getattr(obj, attr)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            tally[key] = tally.get(key, 0.0) + time.perf_counter() - t0
+            tally[key + "_calls"] = tally.get(key + "_calls", 0) + 1
+            if count_atoms:
+                tally["atom_evals"] = tally.get("atom_evals", 0) + int(args[0].n_atoms)
+
+    setattr(obj, attr, wrapper)
+
+
+def w5_model(model_path: str, dtype: str = "float32", lj=None, stress: bool = False):
+    """TorchSim's MaceModel on the MACE file (plus its LennardJonesModel through SumModel when ``lj``)."""
     import torch
     from torch_sim.models.mace import MaceModel
 
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     device = torch.device(bench_device())
     module = torch.load(model_path, weights_only=False, map_location=device)
-    model = MaceModel(model=module, device=device, dtype=torch_dtype, compute_forces=True, compute_stress=False)
+    mace = MaceModel(model=module, device=device, dtype=torch_dtype, compute_forces=True, compute_stress=stress)
+    model, parts = mace, {"mace": mace}
     if lj is not None:
         from torch_sim.models.interface import SumModel
         from torch_sim.models.lennard_jones import LennardJonesModel
 
         sigma, epsilon, cutoff = lj
-        model = SumModel(model, LennardJonesModel(sigma=sigma, epsilon=epsilon, cutoff=cutoff, device=device,
-                                                  dtype=torch_dtype))
+        parts["lj"] = LennardJonesModel(sigma=sigma, epsilon=epsilon, cutoff=cutoff, device=device, dtype=torch_dtype,
+                                        compute_stress=stress)
+        model = SumModel(mace, parts["lj"])
+    return model, parts
+
+
+def w5_single_point(atoms, model_path: str, dtype: str = "float64", lj=None) -> dict:
+    """Energy (eV), forces (eV/Å) and stress (eV/Å^3, 3x3) of one structure with TorchSim's models (W5's check
+    that batchmd's MACE adapter and TorchSim's MaceModel compute the same stress)."""
+    setup()
+    model, _ = w5_model(model_path, dtype, lj=lj, stress=True)
+    out = model(_state([atoms], model))
+    return {k: out[k].detach().double().cpu().numpy() for k in ("energy", "forces", "stress")}
+
+
+def run_w5(structures, model_path: str, max_atoms: int, dtype: str = "float32", lj=None,
+           cell: str = "fixed", profile: bool = False) -> Result:
+    """W5 with TorchSim's best API: ``ts.optimize`` (FIRE, ase flavour) + ``InFlightAutoBatcher``.
+
+    ``model_path``: a MACE model file (``torch.save`` of the module), wrapped by TorchSim's
+    own MACE adapter (``torch_sim.models.mace.MaceModel``; the stress only with a cell filter).
+    The autobatcher gets ``max_atoms`` as its budget (its memory estimator refuses the CPU), the
+    same live-batch budget as batchmd's inflight row. ``lj=(sigma, epsilon, cutoff)`` adds
+    TorchSim's Lennard-Jones through its ``SumModel`` (W5's "mace-random+lj"; unshifted, as
+    batchmd's W5 baseline). ``cell="frechet"``: ``fire_init(cell_filter=CellFilter.frechet)``
+    and convergence on atom forces and cell forces (``include_cell_forces=True``).
+
+    Also returned: model evaluations (``n_force_evals``: calls of its MaceModel; ``atom_evals``:
+    atoms they evaluated), per-structure iterations (``n_steps``, the autobatcher's
+    ``iteration_count``: steps with ``steps_between_swaps=1``), CPU time (``extra["cpu"]``) and,
+    with ``profile``, the wall time inside the MACE network (its forward and its own force /
+    stress backward), inside TorchSim's MaceModel (plus its neighbor list and input building)
+    and inside the Lennard-Jones model (``extra["profile"]``, seconds).
+    """
+    setup()
+    import time
+
+    import torch
+
+    model, parts = w5_model(model_path, dtype, lj=lj, stress=cell == "frechet")
+    tally: dict = {}
+    _timed(parts["mace"], "forward", tally, "mace_adapter", count_atoms=True)
+    if profile:
+        _timed(parts["mace"].model, "forward", tally, "mace_network")
+        if "lj" in parts:
+            _timed(parts["lj"], "forward", tally, "lj")
     state = _state(structures, model)
+    c0 = time.process_time()
     with Timer() as t:
-        final = _optimize(state, model, max_atoms, wl.W5_FMAX, wl.W5_MAX_STEPS)
-        if device.type == "cuda":
+        final, batcher = _optimize(state, model, max_atoms, wl.W5_FMAX, wl.W5_MAX_STEPS, cell=cell)
+        if model.device.type == "cuda":
             torch.cuda.synchronize()
+    cpu = time.process_time() - c0
     energies = final.energy.detach().double().cpu().tolist()
-    return Result(NAME, "W5", t.elapsed, float("nan"), None, energies, None, None,
+    steps = [int(k) for k in batcher.iteration_count]
+    extra = {"cpu": cpu, "cell": cell}
+    if profile:
+        extra["profile"] = {k: v for k, v in tally.items() if k != "atom_evals"}
+    return Result(NAME, "W5", t.elapsed, float(tally.get("atom_evals", 0)), int(tally.get("mace_adapter_calls", 0)),
+                  energies, steps, None,
                   variant=f"optimize + InFlightAutoBatcher({max_atoms} atoms, swap every {STEPS_BETWEEN_SWAPS}), "
-                          f"MaceModel ({dtype}, {device}, TorchSim {_version()})",
-                  notes=[f"torch-sim-atomistic {_version()}"])
+                          f"MaceModel{' + FrechetCellFilter' if cell == 'frechet' else ''} "
+                          f"({dtype}, {model.device}, TorchSim {_version()})",
+                  notes=[f"torch-sim-atomistic {_version()}"], extra=extra)

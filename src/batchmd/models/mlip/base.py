@@ -36,7 +36,7 @@ A :class:`Graph` with (``N`` atoms, ``B`` systems, ``E`` edges of the chunk; ind
 ``edge_index``         [2, E] int64          ``(i, j)``, ASE's convention (MACE: sender, receiver)
 ``unit_shifts``        [E, 3] int64          lattice images of ``j``
 ``shifts``             [E, 3] float, Å       ``unit_shifts @ cell[s]``, differentiable
-``edge_vectors``       [E, 3] float, Å       ``x_j - x_i + shifts``, differentiable
+``edge_vectors``       [E, 3] float, Å       ``x_j - x_i + shifts``, differentiable (computed on first access)
 ``num_graphs``         int                   ``B``
 =====================  ====================  ===================================================
 
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -79,7 +79,12 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass
 class Graph:
-    """One chunk of a batch as a graph (see the module docstring for shapes and units)."""
+    """One chunk of a batch as a graph (see the module docstring for shapes and units).
+
+    ``edge_vectors`` is computed on first access (``x_j - x_i + shifts``, differentiable):
+    models that build their own vectors from ``positions`` and ``shifts`` (MACE) never pay
+    for it. Read it inside :meth:`GraphModel.compute_energy` (where gradients are recorded).
+    """
 
     positions: torch.Tensor
     cell: torch.Tensor
@@ -90,8 +95,16 @@ class Graph:
     edge_index: torch.Tensor
     unit_shifts: torch.Tensor
     shifts: torch.Tensor
-    edge_vectors: torch.Tensor
     num_graphs: int
+    _edge_vectors: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def edge_vectors(self) -> torch.Tensor:
+        """[E, 3] float, Å: ``positions[j] - positions[i] + shifts`` (computed once, on first use)."""
+        if self._edge_vectors is None:
+            i, j = self.edge_index
+            self._edge_vectors = self.positions[j] - self.positions[i] + self.shifts
+        return self._edge_vectors
 
 
 class GraphModel(Model):
@@ -239,11 +252,10 @@ class GraphModel(Model):
                 inputs.append(strain)
             else:
                 pos_ = pos
-            i, j = edges.edge_index
             shifts = edges.shifts(cell_, batch_idx)
             graph = Graph(positions=pos_, cell=cell_, pbc=pbc, atomic_numbers=numbers.long(), batch=batch_idx,
                           ptr=ptr.long(), edge_index=edges.edge_index, unit_shifts=edges.unit_shifts, shifts=shifts,
-                          edge_vectors=pos_[j] - pos_[i] + shifts, num_graphs=b)
+                          num_graphs=b)
             phase.__exit__(None, None, None)
             with self._phase("forward"):
                 energy = self.compute_energy(graph).reshape(-1)
