@@ -130,3 +130,35 @@ def test_inflight_fire_then_nvt_with_edge_budget(mace_path):
     assert max(live for live, _ in seen) < 3 * budget  # the estimate is a budget, not an exact count
     fresh = model(out)
     assert torch.allclose(fresh["energy"], out.energies, atol=1e-10)
+
+
+def test_edge_vectors_only_on_demand(mace):
+    """MACE builds its own edge vectors from positions and shifts: the adapter's Graph never computes them;
+    an adapter that reads ``graph.edge_vectors`` gets x_j - x_i + shifts, differentiable, computed once."""
+    from batchmd.models.mlip.base import Graph
+
+    seen = []
+    inner = mace.compute_energy
+
+    def spy(graph):
+        seen.append(graph)
+        return inner(graph)
+
+    mace.compute_energy = spy
+    try:
+        mace(Batch.from_ase(mixed_structures(seed=3), dtype=torch.float64))
+    finally:
+        del mace.compute_energy
+    assert seen and all(g._edge_vectors is None for g in seen)
+
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    shifts = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    graph = Graph(positions=pos, cell=torch.eye(3, dtype=torch.float64)[None] * 3, pbc=torch.ones(1, 3, dtype=torch.bool),
+                  atomic_numbers=torch.tensor([14, 14]), batch=torch.zeros(2, dtype=torch.long),
+                  ptr=torch.tensor([0, 2]), edge_index=torch.tensor([[0, 1], [1, 0]]),
+                  unit_shifts=torch.tensor([[0, 0, 0], [1, 0, 0]]), shifts=shifts, num_graphs=1)
+    vec = graph.edge_vectors
+    assert vec is graph.edge_vectors  # computed once
+    assert torch.equal(vec.detach(), torch.tensor([[1.0, 0.5, 0.0], [2.0, -0.5, 0.0]], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(vec[0].sum(), pos)  # d(x_1 - x_0)/dx
+    assert torch.equal(grad, torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], dtype=torch.float64))
