@@ -38,7 +38,7 @@ import torch
 from batchmd.data.fields import FieldSpec, default_fill, default_value
 
 __all__ = ["concat_parts", "concat_batches", "select_systems", "remove_systems", "replace_slots",
-           "select_and_append"]
+           "select_and_append", "overwrite_systems", "write_systems", "spread_systems"]
 
 
 def _shift_index(t: torch.Tensor, shift: torch.Tensor | int, dim: int, subtract: bool) -> torch.Tensor:
@@ -411,28 +411,17 @@ def select_and_append(batch, keep, other) -> "Batch":  # noqa: F821
     return Batch(fields, specs, ptr, edge_ptr, batch_idx, infos)
 
 
-def overwrite_systems(batch, slots: Sequence[int], other) -> None:
-    """Implementation of :meth:`Batch.overwrite_systems` (see there)."""
-    slots = [int(s) for s in slots]
-    b = batch.num_graphs
-    if len(slots) != other.num_graphs:
-        raise ValueError(f"batchmd: overwrite_systems: {len(slots)} slots for {other.num_graphs} systems")
-    if len(set(slots)) != len(slots) or any(not 0 <= s < b for s in slots):
-        raise ValueError(f"batchmd: overwrite_systems: slots must be distinct and within 0..{b - 1}, got {slots}")
+def _check_in_place(batch, other, what: str) -> dict[str, FieldSpec]:
+    """Merged specs of two batches that can be written in place (no edges, no atom-index fields)."""
     specs = _merged_specs(batch._specs, other._specs)
     if batch.num_edges or other.num_edges or any(spec.level == "edge" or spec.atom_index for spec in specs.values()):
-        raise ValueError("batchmd: overwrite_systems: batches with edges or atom-index fields cannot be written in place")
-    if not slots:
-        return
-    other = other.to(batch.device, batch.dtype)
-    ptr = batch.ptr.tolist()  # the one host read
-    sizes = other.num_atoms_per_system.tolist()
-    for s, n in zip(slots, sizes):
-        if ptr[s + 1] - ptr[s] != n:
-            raise ValueError(f"batchmd: overwrite_systems: slot {s} holds {ptr[s + 1] - ptr[s]} atoms, "
-                             f"its replacement {n}; sizes must match (use select_and_append)")
-    atom_rows = torch.cat([torch.arange(ptr[s], ptr[s + 1]) for s in slots]).to(batch.device)
-    rows = {"atom": atom_rows, "system": torch.tensor(slots, device=batch.device)}
+        raise ValueError(f"batchmd: {what}: batches with edges or atom-index fields cannot be written in place")
+    return specs
+
+
+def _write_rows(batch, specs: dict[str, FieldSpec], rows: dict[str, torch.Tensor], other, system_rows: list[int],
+                what: str) -> None:
+    """Copy every non-cache field of ``other`` into ``batch``'s ``rows`` (per level), in place."""
     for name, spec in specs.items():
         if spec.level == "global" or name.startswith("_"):
             continue  # caches stay: their owner refreshes them for the replaced systems
@@ -445,11 +434,111 @@ def overwrite_systems(batch, slots: Sequence[int], other) -> None:
             dst.index_fill_(spec.dim, rows[spec.level], default_value(name, dst.dtype))
             continue
         if src.dtype != dst.dtype or tuple(src.shape[spec.dim + 1:]) != tuple(dst.shape[spec.dim + 1:]):
-            raise ValueError(f"batchmd: overwrite_systems: field {name!r} is {src.dtype} {list(src.shape)} in the "
+            raise ValueError(f"batchmd: {what}: field {name!r} is {src.dtype} {list(src.shape)} in the "
                              f"new systems and {dst.dtype} {list(dst.shape)} in the batch")
         dst.index_copy_(spec.dim, rows[spec.level], src)
     if batch._infos is not None or other._infos is not None:
         infos = batch.infos
-        for s, info in zip(slots, other.infos):
+        for s, info in zip(system_rows, other.infos):
             infos[s] = dict(info)
         object.__setattr__(batch, "_infos", infos if any(infos) else None)
+
+
+def overwrite_systems(batch, slots: Sequence[int], other) -> None:
+    """Implementation of :meth:`Batch.overwrite_systems` (see there)."""
+    slots = [int(s) for s in slots]
+    b = batch.num_graphs
+    if len(slots) != other.num_graphs:
+        raise ValueError(f"batchmd: overwrite_systems: {len(slots)} slots for {other.num_graphs} systems")
+    if len(set(slots)) != len(slots) or any(not 0 <= s < b for s in slots):
+        raise ValueError(f"batchmd: overwrite_systems: slots must be distinct and within 0..{b - 1}, got {slots}")
+    specs = _check_in_place(batch, other, "overwrite_systems")
+    if not slots:
+        return
+    other = other.to(batch.device, batch.dtype)
+    ptr = batch.ptr.tolist()  # the one host read
+    sizes = other.num_atoms_per_system.tolist()
+    for s, n in zip(slots, sizes):
+        if ptr[s + 1] - ptr[s] != n:
+            raise ValueError(f"batchmd: overwrite_systems: slot {s} holds {ptr[s + 1] - ptr[s]} atoms, "
+                             f"its replacement {n}; sizes must match (use select_and_append)")
+    atom_rows = torch.cat([torch.arange(ptr[s], ptr[s + 1]) for s in slots]).to(batch.device)
+    rows = {"atom": atom_rows, "system": torch.tensor(slots, device=batch.device)}
+    _write_rows(batch, specs, rows, other, slots, "overwrite_systems")
+
+
+def write_systems(batch, system_rows: Sequence[int], atom_starts: Sequence[int], other) -> None:
+    """Write ``other``'s system ``i`` into system row ``system_rows[i]`` and atom rows
+    ``atom_starts[i] .. atom_starts[i] + n_i`` of ``batch``, in place; no host sync.
+
+    The caller owns the layout: ``batch.ptr`` and ``batch.batch_idx`` are *not* changed
+    (see :class:`batchmd.dynamics.slot_layout.SlotLayout`, which rewrites them). Fields are
+    written as by :func:`overwrite_systems` (caches left to their owner, missing fields
+    default-filled). No edges, no atom-index fields.
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths, rows out of range, edges, or a field's dtype/shape mismatch.
+    """
+    system_rows = [int(s) for s in system_rows]
+    atom_starts = [int(a) for a in atom_starts]
+    if not (len(system_rows) == len(atom_starts) == other.num_graphs):
+        raise ValueError(f"batchmd: write_systems: {len(system_rows)} rows and {len(atom_starts)} starts for "
+                         f"{other.num_graphs} systems")
+    specs = _check_in_place(batch, other, "write_systems")
+    if not system_rows:
+        return
+    other = other.to(batch.device, batch.dtype)
+    sizes = other.num_atoms_per_system.tolist()
+    if any(not 0 <= s < batch.num_graphs for s in system_rows) or any(
+            a < 0 or a + n > batch.num_nodes for a, n in zip(atom_starts, sizes)):
+        raise ValueError("batchmd: write_systems: rows out of range")
+    atom_rows = torch.cat([torch.arange(a, a + n) for a, n in zip(atom_starts, sizes)]).to(batch.device)
+    rows = {"atom": atom_rows, "system": torch.tensor(system_rows, device=batch.device)}
+    _write_rows(batch, specs, rows, other, system_rows, "write_systems")
+
+
+def spread_systems(batch, system_rows: Sequence[int], ptr: Sequence[int], fill: dict | None = None) -> "Batch":  # noqa: F821
+    """A new Batch of ``len(ptr) - 1`` systems and ``ptr[-1]`` atoms holding ``batch``'s system
+    ``i`` at system row ``system_rows[i]`` (atom rows ``ptr[r] .. ptr[r + 1]``, which must
+    match its size); every other row is default-filled (:func:`default_fill`), then system
+    fields named in ``fill`` (name -> value) are set to that value on those other rows.
+
+    Used to lay a live batch out in padded slots (:mod:`batchmd.dynamics.slot_layout`).
+    No edges, no atom-index fields. One host read (the sizes).
+    """
+    from batchmd.data.batch import Batch
+
+    specs = _check_in_place(batch, batch, "spread_systems")
+    system_rows = [int(r) for r in system_rows]
+    ptr = [int(p) for p in ptr]
+    num_rows, num_atoms = len(ptr) - 1, ptr[-1]
+    sizes = batch.num_atoms_per_system.tolist()
+    if len(system_rows) != batch.num_graphs or any(ptr[r + 1] - ptr[r] != n for r, n in zip(system_rows, sizes)):
+        raise ValueError("batchmd: spread_systems: the target rows do not match the systems' sizes")
+    device = batch.device
+    atom_rows = (torch.cat([torch.arange(ptr[r], ptr[r + 1]) for r in system_rows]) if system_rows
+                 else torch.zeros(0, dtype=torch.int64)).to(device)
+    rows = {"atom": atom_rows, "system": torch.tensor(system_rows, dtype=torch.int64, device=device)}
+    counts = {"atom": num_atoms, "system": num_rows}
+    other_rows = torch.ones(num_rows, dtype=torch.bool, device=device)
+    other_rows[rows["system"]] = False
+    fields = {}
+    for name, spec in specs.items():
+        t = batch._fields[name]
+        if spec.level == "global":
+            fields[name] = t
+            continue
+        out = default_fill(name, t, spec.dim, counts[spec.level])
+        out.index_copy_(spec.dim, rows[spec.level], t)
+        if fill and name in fill and spec.level == "system":
+            out[other_rows] = fill[name]
+        fields[name] = out
+    ptr_t = torch.tensor(ptr, dtype=torch.int32, device=device)
+    infos = None
+    if batch._infos is not None:
+        infos = [{} for _ in range(num_rows)]
+        for r, info in zip(system_rows, batch._infos):
+            infos[r] = dict(info)
+    return Batch(fields, specs, ptr_t, None, None, infos)

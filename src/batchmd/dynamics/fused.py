@@ -111,12 +111,17 @@ class FusedStage(RefillPoints, OOMRecovery):
         batch's tensors, so a graph survives them; not yet measured on a GPU).
         ``False``: never. Results are bitwise those of eager steps.
     refill_in_place : bool
-        Inflight mode: refill a graduated slot with the earliest remaining sample of exactly
-        its atom count, written into the slot in place (no new tensors, views or launches;
-        the model refreshes its caches through ``systems_replaced``), before samples that
-        fit the freed space are appended as usual. Same-size samples are thus served ahead
-        of their turn: a different serving order, the same per-system results (each
-        system's trajectory does not depend on its slot or neighbours). Default False.
+        Inflight mode: write newcomers into graduated slots in place (no new tensors, views
+        or launches; the model refreshes its caches through ``systems_replaced``). With a
+        model that declares ``supports_empty_systems`` (Lennard-Jones) and no edges, the
+        live batch is *padded* (:mod:`batchmd.dynamics.slot_layout`): fixed ``2 x
+        max_batch_size`` system rows and ``max_atoms`` atom rows, and a slot takes any
+        sample that fits its free rows (first fit), compacting rarely. Otherwise a slot
+        takes the earliest remaining sample of exactly its atom count, before samples that
+        fit the freed space are appended as usual. Samples are thus served out of turn: a
+        different serving order, the same per-system results (each system's trajectory
+        does not depend on its slot or neighbours). Hooks that run inside the step see the
+        padding as EMPTY systems. Default False.
     oom_retry : bool
         Recover from ``torch.OutOfMemoryError`` in the model's evaluation: shrink the live
         batch (unmoved systems go back to the sampler), evaluate in chunks if still needed,
@@ -150,6 +155,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         self.oom_retry = bool(oom_retry)
         self._eval_max_atoms = None  # atoms per model call after an out-of-memory error (oom.py)
         self._newcomers = {}  # system_id -> sample, for systems served at the last refill point
+        self._layout = None  # SlotLayout of a padded live batch (refill_in_place with a model that allows it)
         if not (cpu_threads is None or cpu_threads == "auto" or (isinstance(cpu_threads, int) and cpu_threads >= 1)):
             raise ValueError(f"FusedStage: cpu_threads must be 'auto', None or an int >= 1, got {cpu_threads!r}")
         self.cpu_threads = cpu_threads
@@ -563,6 +569,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         self._active_atom_steps(batch.device).zero_()
         self._eval_max_atoms = None
         batch = self.prime(batch, resume=resume and self.sampler is None)
+        batch = self._lay_out(batch)  # refill_in_place: a padded live batch (slot_layout.py)
         limit = n_steps
         taken = 0
         while True:
@@ -596,6 +603,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             self._warn_if_idle(n_steps)
             return batch
         batch = self._refill_point(batch) if batch.num_graphs else batch
+        batch = self._unpad(batch)
         self._claim(batch)
         self._warn_if_idle(n_steps)
         if batch.num_graphs == 0 and self.sampler.exhausted:

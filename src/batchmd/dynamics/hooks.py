@@ -72,8 +72,12 @@ class RunStats:
     max_atoms : int or None
         The live batch's atom budget.
     refills_in_place : int
-        Systems that entered a graduated system's slot in place (same atom count,
-        ``FusedStage(refill_in_place=True)``).
+        Systems written into a graduated system's slot in place
+        (``FusedStage(refill_in_place=True)``: any size with a padded live batch, else the
+        same atom count).
+    compactions : int
+        Times a padded live batch was gathered and laid out again because too much of its
+        budget was free in fragments (:mod:`batchmd.dynamics.slot_layout`).
     refill_points : int
         Refill points reached (graduation checks; inflight refills happen there).
     refill_seconds : float
@@ -103,6 +107,7 @@ class RunStats:
     occupancy_sum: float = 0.0
     max_atoms: int | None = None
     refills_in_place: int = 0
+    compactions: int = 0
     refill_points: int = 0
     refill_seconds: float = 0.0
     oom_events: int = 0

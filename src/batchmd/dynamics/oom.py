@@ -130,6 +130,8 @@ class OOMRecovery:
 
         if batch.device.type == "cuda":
             torch.cuda.empty_cache()
+        if getattr(self, "_layout", None) is not None:  # a padded batch: continue compact, without padding
+            batch = self._unpad(batch)
         sizes = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
         largest = max(sizes)
         failing = batch.num_nodes if self._eval_max_atoms is None else min(batch.num_nodes, self._eval_max_atoms)

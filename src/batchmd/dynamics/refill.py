@@ -158,7 +158,10 @@ class RefillPoints:
     def _refill_after_status(self, batch, status: torch.Tensor):
         self._account(batch)
         self._newcomers = {}  # every system served at the last refill point has moved since
-        done = torch.nonzero((status != int(SystemStatus.ACTIVE)) & (status != int(SystemStatus.PENDING))).reshape(-1)
+        done = torch.nonzero((status != int(SystemStatus.ACTIVE)) & (status != int(SystemStatus.PENDING))
+                             & (status != int(SystemStatus.EMPTY))).reshape(-1)
+        if getattr(self, "_layout", None) is not None:
+            return self._refill_padded(batch, done)
         if self.sampler is None:
             if self._reported is None or self._reported.numel() != batch.num_graphs:
                 self._reported = torch.zeros(batch.num_graphs, dtype=torch.bool)
@@ -213,6 +216,75 @@ class RefillPoints:
                 notify(batch, torch.tensor(slots, dtype=torch.long, device=batch.device))
             self.stats.refills_in_place += len(slots)
         return torch.tensor(left, dtype=torch.long)
+
+    def _lay_out(self, batch):
+        """A padded live batch for in-place refills of any size, when the run allows it (else ``batch``)."""
+        from batchmd.dynamics.slot_layout import SlotLayout, supports_padding
+
+        self._layout = None
+        if not (self.refill_in_place and batch.num_graphs and supports_padding(self.model, batch, self.sampler)):
+            return batch
+        sampler = self.sampler
+        smallest = min(int(batch.num_atoms_per_system.min()), sampler.smallest_remaining() or sampler.max_atoms)
+        slots = max(batch.num_graphs, min(sampler.max_batch_size, sampler.max_atoms // max(smallest, 1)))
+        self._layout, padded = SlotLayout.lay_out(batch, slots, sampler.max_atoms)
+        self._claim(padded)
+        return padded
+
+    def _unpad(self, batch):
+        """The live systems of a padded batch, compact (the batch as it is when not padded)."""
+        layout, self._layout = getattr(self, "_layout", None), None
+        return batch if layout is None or batch.num_graphs != 2 * layout.num_slots else layout.unpad(batch)
+
+    def _refill_padded(self, batch, done: torch.Tensor):
+        """Refill a padded live batch in place (:mod:`batchmd.dynamics.slot_layout`); compact when fragmented."""
+        from batchmd.data import Batch
+
+        layout = self._layout
+        self._graduate(batch, done)
+        freed = done.tolist()
+        layout.free(freed)
+        samples = []
+
+        def request(max_atoms: int):
+            data = self.sampler.request_replacement(max_atoms)
+            if data is not None:
+                samples.append(data)
+            return data
+
+        placed = layout.plan(request)
+        new = None
+        if samples:
+            self._remember_newcomers(samples)
+            new = self._prepare_new(Batch.from_data_list(samples))
+        rows = layout.write(batch, placed, new, freed)
+        if placed:
+            notify = getattr(self.model, "systems_replaced", None)
+            if notify is not None:
+                notify(batch, rows)
+            self.stats.refills_in_place += len(placed)
+        if layout.needs_compaction(self.sampler):
+            return self._compact(batch)
+        if self.sampler.exhausted and not layout.live.any():
+            self._layout = None
+            return layout.unpad(batch)  # no system left: the run ends
+        return batch
+
+    def _compact(self, batch):
+        """Gather the live systems, append the sampler's next samples in serving order, lay out again."""
+        from batchmd.dynamics.slot_layout import SlotLayout
+
+        layout = self._layout
+        compact = layout.unpad(batch)
+        free_atoms = self.sampler.max_atoms - compact.num_nodes
+        free_slots = self.sampler.max_batch_size - compact.num_graphs
+        new = self._new_systems(free_atoms, None, free_slots)
+        if new is not None:
+            compact = compact.append(new)
+        self._layout, padded = SlotLayout.lay_out(compact, layout.num_slots, layout.num_atoms)
+        self._layout.compactions = layout.compactions + 1
+        self.stats.compactions += 1
+        return padded
 
     @staticmethod
     def _insert(batch, keep: torch.Tensor, new):

@@ -319,6 +319,10 @@ class SizeAwareSampler:
             self._returned[index] = data
             self._remaining += 1
 
+    def smallest_remaining(self) -> int:
+        """Atoms of the smallest sample not yet served (0 when exhausted)."""
+        return min((size for size, queue in self._bins.items() if queue), default=0)
+
     def largest_remaining(self) -> tuple[int, int]:
         """(atoms, edges) of the largest samples not yet served ((0, 0) when exhausted)."""
         atoms = max((size for size, queue in self._bins.items() if queue), default=0)

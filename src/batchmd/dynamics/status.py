@@ -41,6 +41,9 @@ class SystemStatus(IntEnum):
     whose force evaluation gives it forces at its initial positions, and becomes ACTIVE
     (or graduates, if already converged) at the end of that step. This saves a separate
     evaluation of the newcomers at every refill.
+    ``EMPTY``: not a system: the free rows of a slot in a padded live batch (inflight
+    refills in place, :mod:`batchmd.dynamics.slot_layout`). Never evaluated, listed,
+    moved, graduated or returned to the user.
     """
 
     ACTIVE = 0
@@ -48,6 +51,7 @@ class SystemStatus(IntEnum):
     OUT_OF_STEPS = 2
     FAILED = 3
     PENDING = 4
+    EMPTY = 5
 
 
 class FailureReason(IntFlag):

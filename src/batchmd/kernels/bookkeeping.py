@@ -22,6 +22,7 @@ CONVERGED = wp.constant(1)
 OUT_OF_STEPS = wp.constant(2)
 FAILED = wp.constant(3)
 PENDING = wp.constant(4)
+EMPTY = wp.constant(5)  # a slot's padding rows in a padded live batch (batchmd.dynamics.slot_layout)
 # Failure bits (batchmd.dynamics.status.FailureReason).
 FAILURE_ENERGY = wp.constant(1)
 FAILURE_FORCES = wp.constant(2)

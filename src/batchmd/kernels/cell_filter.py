@@ -40,6 +40,7 @@ from typing import Any
 
 import warp as wp
 
+from batchmd.kernels.bookkeeping import EMPTY
 from batchmd.kernels.cell import cell_volume, deform_grad, expm3, expm_frechet3, logm3
 from batchmd.kernels.fire import fire_update
 
@@ -108,6 +109,8 @@ def filter_system_kernel(
     """
     s = wp.tid()
     if (stage_index >= 0 and stage[s] != stage_index) or (active_only != 0 and status[s] != 0):
+        return
+    if status[s] == EMPTY:  # padding rows of a padded live batch: no system
         return
     c = cell[s]
     f = deform_grad(ref_cell[s], c)

@@ -35,6 +35,8 @@ ACTIVE nor PENDING (see :mod:`batchmd.kernels.bookkeeping`) has stopped moving, 
 forces, energy and stress from its last evaluation still hold: ``lj_atoms`` and
 ``lj_systems`` leave its outputs untouched and ``lj_zero_forces`` does not clear them.
 A batch whose systems converge at different steps then pays only for those still moving.
+``skip_finished = 2`` skips only EMPTY systems (the padding rows of a padded live batch,
+:mod:`batchmd.dynamics.slot_layout`), which hold no physical system.
 
 ``lj_systems`` runs one thread per system and sums its atoms' energies and virials in atom
 order. For systems larger than a chunk on GPUs (one thread walking 32,000 atoms costs
@@ -52,7 +54,7 @@ from typing import Any
 
 import warp as wp
 
-from batchmd.kernels.bookkeeping import ACTIVE, PENDING
+from batchmd.kernels.bookkeeping import ACTIVE, EMPTY, PENDING
 from batchmd.kernels.neighbor_list import image_shift, in_phase, is_candidate, stencil_bin, unpack_image
 
 wp.set_module_options({"enable_backward": False})
@@ -119,10 +121,16 @@ def add_pair(
 
 @wp.func
 def is_finished(status: wp.array(dtype=wp.int32), s: int, skip_finished: int):
-    """True when system ``s`` is to be skipped: skipping is on and it is neither ACTIVE nor PENDING."""
+    """True when system ``s`` is to be skipped.
+
+    ``skip_finished``: 0 evaluates every system, 1 skips systems that are neither ACTIVE nor
+    PENDING, 2 skips only EMPTY systems (the padding of a padded live batch).
+    """
     if skip_finished == 0:
         return False
     st = status[s]
+    if skip_finished == 2:
+        return st == EMPTY
     return st != ACTIVE and st != PENDING
 
 

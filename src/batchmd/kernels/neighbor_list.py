@@ -27,7 +27,8 @@ early-exits for systems that are not flagged, so a step never synchronises the h
 ``nl_flag_atoms``     one thread per atom: flag its system if it moved more than its skin
                       margin from the (affinely deformed) reference (or its reference is
                       NaN, or it overflowed and ``check_overflow``).
-``nl_frame``          one thread per flagged system: frame, bin widths, search ranges.
+``nl_frame``          one thread per flagged system: frame, bin widths, search ranges
+                      (EMPTY systems, the padding of a padded live batch, are unflagged here).
 ``nl_bin_atoms``      one thread per atom: its bin, own lattice wrap and wrapped position;
                       stores the reference position.
 ``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
@@ -78,6 +79,7 @@ from typing import Any
 
 import warp as wp
 
+from batchmd.kernels.bookkeeping import EMPTY
 from batchmd.kernels.neighbor_skin import nl_flag_atoms, nl_flag_systems  # noqa: F401 (launched as nlk.*)
 
 wp.set_module_options({"enable_backward": False})
@@ -205,9 +207,14 @@ def nl_frame(
     search: wp.array(dtype=wp.vec3i),
     ref_cell: wp.array(dtype=Any),
     ref_cutoff: wp.array(dtype=Any),
+    status: wp.array(dtype=wp.int32),
+    skip_empty: int,
 ):
     s = wp.tid()
     if rebuild[s] == 0:
+        return
+    if skip_empty != 0 and status[s] == EMPTY:  # padding of a padded live batch: never listed
+        rebuild[s] = 0
         return
     h = cell[s]
     one = r_list / r_list

@@ -184,6 +184,9 @@ class LennardJones(Model):
     supports_out = True
     supports_skip_finished = True
     supports_cuda_graph = True
+    #: EMPTY systems (padding rows of a padded live batch) are never evaluated nor listed, so
+    #: inflight refills of any size are written in place (:mod:`batchmd.dynamics.slot_layout`).
+    supports_empty_systems = True
     torch_compute = False
 
     def __init__(
@@ -386,7 +389,9 @@ class LennardJones(Model):
             Leave ``out`` untouched for systems whose int32 ``status`` field is neither
             ACTIVE nor PENDING (see :class:`~batchmd.dynamics.SystemStatus`): they no longer
             move, so their last forces, energy and stress still hold. Needs ``out``. The
-            dynamics loop turns it on (:attr:`supports_skip_finished`).
+            dynamics loop turns it on (:attr:`supports_skip_finished`). Without it, systems
+            whose ``status`` is EMPTY (the padding of a padded live batch, see
+            :mod:`batchmd.dynamics.slot_layout`) are still skipped.
         """
         status = None
         if skip_finished:
@@ -407,6 +412,10 @@ class LennardJones(Model):
             w.update(ow)
         half = int(nl.half)
         skip = int(status is not None)
+        if not skip and batch.has_field("status"):
+            padded = batch["status"]  # skip EMPTY systems (padding of a padded live batch) only
+            if padded.dtype == torch.int32 and tuple(padded.shape) == (b,):
+                status, skip = padded, 2
         w_status = self._out_views("status", status) if skip else buf["w"]["no_status"]
         launch, sc = self._launch, self._launch.scalar
         if half:  # reaction forces are added into forces: clear those about to be computed

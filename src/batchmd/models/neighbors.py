@@ -279,6 +279,7 @@ class NeighborList:
             nbins[s], density = self._bin_grid(batch, cell[s], pbc[s], int(ptr[s]), int(ptr[s + 1]))
             densest = max(densest, density)
         batch.set_field("_nl_nbins", torch.as_tensor(nbins, dtype=torch.int32, device=device).contiguous(), "system")
+        self._host_nbins = nbins
         counts = nbins.prod(axis=1)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
         total_bins = int(counts.sum())
@@ -405,6 +406,15 @@ class NeighborList:
         v["neighbors"] = self._view("neighbors", batch["_nl_neighbors"])
         v["images"] = self._view("images", batch["_nl_images"])
         v["count"] = self._view("count", batch["_nl_count"])
+        status = batch["status"] if batch.has_field("status") else None
+        if status is not None and status.dtype == torch.int32 and tuple(status.shape) == (batch.num_graphs,):
+            v["status"], v["skip_empty"] = self._view("status", status), 1  # EMPTY systems are never listed
+        else:
+            hit = self._views.get("no_status")
+            if hit is None or hit[0].device != batch.device:
+                none = torch.zeros(1, dtype=torch.int32, device=batch.device)
+                self._views["no_status"] = (none, to_warp(none))
+            v["status"], v["skip_empty"] = self._views["no_status"][1], 0
         return v
 
     # ------------------------------------------------------------------ per step
@@ -448,18 +458,38 @@ class NeighborList:
         return v
 
     def systems_replaced(self, batch, systems: torch.Tensor) -> None:
-        """Slots ``systems`` hold new systems of the same sizes (written in place): rebuild them.
+        """Rows ``systems`` hold new systems (written in place): rebuild their lists.
 
-        Their reference cutoff becomes NaN, so the next update rebuilds them on the device;
-        their bin grid (``_nl_nbins``) is kept: widths and search ranges are recomputed from
-        the cell at every rebuild, so any grid stays exact for the new system.
+        Their reference cutoff becomes NaN, so the next update rebuilds them on the device.
+        Their bin grid (``_nl_nbins``) is chosen as for a fresh batch: when a new system's
+        grid differs from its row's (another cell shape), the grids are re-chosen at the next
+        update (host work, as after a structure change), so the pair order -- and every
+        result, bitwise -- is the system's own whatever row it lands in. Reads the new
+        systems' cells, pbc and positions on the host.
 
         Example
         -------
         >>> nl.systems_replaced(batch, torch.tensor([3, 7]))   # doctest: +SKIP
         """
-        if batch.has_field("_nl_cutoff"):
-            batch["_nl_cutoff"].index_fill_(0, systems.to(batch.device), float("nan"))
+        if not batch.has_field("_nl_cutoff"):
+            return
+        systems = systems.to(batch.device)
+        batch["_nl_cutoff"].index_fill_(0, systems, float("nan"))
+        host = getattr(self, "_host_nbins", None)
+        rows = systems.tolist()
+        if host is None or not batch.has_field("_nl_nbins") or len(host) != batch.num_graphs or not rows:
+            return
+        cell = batch.cell[systems].detach().cpu().double().numpy()
+        pbc = batch.pbc[systems].detach().cpu().numpy().astype(bool)
+        ptr = batch.ptr.detach().cpu().numpy().astype(np.int64)
+        changed = []
+        for k, r in enumerate(rows):
+            grid, _ = self._bin_grid(batch, cell[k], pbc[k], int(ptr[r]), int(ptr[r + 1]))
+            if not np.array_equal(grid, host[r]):
+                changed.append(r)
+        if changed:
+            batch["_nl_nbins"].index_fill_(0, torch.tensor(changed, device=batch.device), 0)
+            self._key = None  # the next update lays out the bins again (only these grids are re-chosen)
 
     def grow_if_overflowed(self, batch) -> bool:
         """Grow ``K`` now if an earlier build overflowed it (one host read); True if it grew.
@@ -506,7 +536,8 @@ class NeighborList:
         launch(nlk.nl_flag_atoms, n, [v["x"], v["ref_x"], v["count"], v["batch_idx"], v["affine"], v["margin_sq"],
                                       self.capacity, int(check_overflow), v["rebuild"]], device, batch.dtype)
         launch(nlk.nl_frame, b, [v["x"], v["cell"], v["pbc"], v["ptr"], v["nbins"], r_list, code, v["rebuild"],
-                                 v["frame"], v["lower"], v["width"], v["search"], v["ref_cell"], v["ref_cutoff"]],
+                                 v["frame"], v["lower"], v["width"], v["search"], v["ref_cell"], v["ref_cutoff"],
+                                 v["status"], int(v["skip_empty"])],
                device, batch.dtype)
         launch(nlk.nl_bin_atoms, n, [v["x"], v["batch_idx"], v["pbc"], v["nbins"], v["bin_offset"], v["cell"],
                                      v["frame"], v["lower"], v["width"], v["rebuild"], v["atom_bin"], v["atom_wrap"],
