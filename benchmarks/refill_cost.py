@@ -3,7 +3,7 @@
     PYTHONPATH=src:. python -m benchmarks.refill_cost [cpu|cuda] [n_structures] [refill_frequency]
 
 Runs W4W (LJ argon cells of 32-108 atoms, FIRE) inflight with 64 slots, refilling every
-``refill_frequency`` steps (default 5), with and without same-size refills in place, and
+``refill_frequency`` steps (default 5), with and without refills in place (padded slots for Lennard-Jones), and
 times every refill point: host wall time (after the status read, as
 ``RunStats.refill_seconds``) and this thread's CPU time (``time.thread_time``: on a machine
 shared with other sessions, CPU time is far steadier than wall time), split into
@@ -48,6 +48,15 @@ RefillPoints._graduate = timed("graduation", RefillPoints._graduate)
 RefillPoints._new_systems = timed("sampling (appended)", RefillPoints._new_systems)
 RefillPoints._refill_in_place = timed("in-place refills (sampling + writes)", RefillPoints._refill_in_place)
 RefillPoints._insert = staticmethod(timed("select_and_append", RefillPoints._insert))
+# A padded live batch (Lennard-Jones with refill_in_place, dynamics/slot_layout.py).
+from batchmd.dynamics.slot_layout import SlotLayout  # noqa: E402
+from batchmd.models.lj import LennardJones  # noqa: E402
+
+SlotLayout.plan = timed("padded: plan + loading samples", SlotLayout.plan)
+RefillPoints._prepare_new = timed("newcomers' loop and stage-0 state", RefillPoints._prepare_new)
+SlotLayout.write = timed("padded: ptr, batch_idx, newcomers' rows", SlotLayout.write)
+LennardJones.systems_replaced = timed("padded: neighbor-list grids (systems_replaced)", LennardJones.systems_replaced)
+RefillPoints._compact = timed("padded: compaction", RefillPoints._compact)
 
 structures = wl.w4w_structures(n)
 bp.run_w4_inflight([a.copy() for a in structures[:100]], 64, refill, in_place=True)  # compile and warm
@@ -57,7 +66,7 @@ lines = [f"Refill points of W4W inflight ({n} structures, 64 slots, refill every
 for in_place in (False, True):
     TIMES.clear()
     res = bp.run_w4_inflight([a.copy() for a in structures], 64, refill, in_place=in_place)
-    mode = "in place" if in_place else "select_and_append"
+    mode = "in place (padded)" if in_place else "select_and_append"
     for phase, xs in TIMES.items():
         wall = [1e3 * w for w, _ in xs]
         cpu = [1e3 * c for _, c in xs]

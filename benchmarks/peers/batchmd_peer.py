@@ -241,7 +241,7 @@ def run_w4_inflight(structures, batch_size: int, refill_frequency: int | None = 
     atom_evals = sum((s + 1) * len(a) for s, a in zip(steps, structures))
     return Result(NAME, "W4", t.elapsed, atom_evals, None, energies, steps,
                   variant=f"inflight ({DEVICE}), {batch_size} slots, refill every {refill_frequency or os.environ.get('BENCH_W4_REFILL', '5')}"
-                          + (", same-size refills in place" if in_place else "")
+                          + (", refills in place (padded slots)" if in_place else "")
                           + (", CUDA graphs" if cuda_graph and DEVICE.startswith("cuda") else ""),
                   extra={"mean_occupancy": float(out.get("mean_occupancy", float("nan"))),
                          "refill_overhead": out["refill_seconds"] / t.elapsed,

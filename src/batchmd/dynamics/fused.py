@@ -586,13 +586,14 @@ class FusedStage(RefillPoints, OOMRecovery):
             if limit is not None and taken >= limit:
                 break
             chunk = self.refill_frequency if limit is None else min(self.refill_frequency, limit - taken)
-            if self._graph_steps(batch):
-                between = getattr(self.model, "between_graph_chunks", None)
-                if between is not None:  # e.g. grow a neighbor list that replayed builds overflowed
-                    between(batch)
+            between = getattr(self.model, "between_graph_chunks", None) if self._graph_steps(batch) else None
+            eager = bool(between(batch)) if between is not None else False  # e.g. grow an overflowed list
+            if self._graph_steps(batch) and not eager:
                 if self._graphs.run(self, batch, chunk):
                     self._call_hooks(batch, HookStage.AFTER_STEP, replayed=True)
             else:
+                if eager:  # the model does host work first (its buffers may move): capture anew after
+                    self._graphs.reset()
                 for _ in range(chunk):
                     batch = self.step(batch)
             taken += chunk

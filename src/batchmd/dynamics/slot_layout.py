@@ -15,7 +15,7 @@ atom budget), both fixed. Slot ``s`` owns
 
 Atoms stay contiguous per system and in system-row order (``ptr`` is monotone), so every
 kernel works unchanged; systems may hold zero atoms. EMPTY systems
-(:attr:`~batchmd.dynamics.SystemStatus.EMPTY`) are never evaluated (models that declare
+(``SystemStatus.EMPTY``, :class:`~batchmd.dynamics.SystemStatus`) are never evaluated (models that declare
 ``supports_empty_systems``, e.g. Lennard-Jones), never listed by the neighbor list, never
 moved, graduated or returned.
 

@@ -97,10 +97,16 @@ class Model(torch.nn.Module):
         (Lennard-Jones: True). The dynamics loop then replays its steady steps on GPUs
         (``FusedStage(cuda_graph="auto")``). A model may also define
         ``between_graph_chunks(batch)``, which the loop calls before each chunk of steps it
-        may replay (Lennard-Jones grows an overflowed neighbor list there), and
-        ``systems_replaced(batch, systems)``, called after in-place refills wrote new systems
-        into those slots (``FusedStage(refill_in_place=True)``): a model keeping ``_`` cache
-        fields must refresh them there (Lennard-Jones marks their neighbor lists for rebuild).
+        may replay (Lennard-Jones grows an overflowed neighbor list there; a True return
+        runs that chunk eagerly and captures again after it, for host work such as new
+        neighbor-list bin tables), and ``systems_replaced(batch, systems)``, called after
+        in-place refills wrote new systems into those rows (``FusedStage(refill_in_place=True)``):
+        a model keeping ``_`` cache fields must refresh them there (Lennard-Jones marks their
+        neighbor lists for rebuild).
+    supports_empty_systems : bool
+        Whether the model skips systems whose ``status`` is EMPTY (never evaluating, listing
+        or reading them), so inflight refills may use a padded live batch
+        (:mod:`batchmd.dynamics.slot_layout`). Lennard-Jones: True. Default False.
     torch_compute : bool
         Whether the model does its work in torch ops (True, the default: neural networks,
         the torch adapter). Models that compute in Warp kernels set False, which lets the
@@ -114,6 +120,7 @@ class Model(torch.nn.Module):
     cutoff: float | None = None
     supports_skip_finished: bool = False
     supports_cuda_graph: bool = False
+    supports_empty_systems: bool = False
     torch_compute: bool = True
     needs_neighbors: bool = False
     computes_stress: bool = False

@@ -328,12 +328,15 @@ class LennardJones(Model):
         """
         self.neighbor_list.systems_replaced(batch, systems)
 
-    def between_graph_chunks(self, batch) -> None:
-        """Called by the dynamics loop between replayed CUDA-graph chunks: grow an overflowed neighbor list.
+    def between_graph_chunks(self, batch) -> bool:
+        """Called by the dynamics loop before a CUDA-graph chunk: grow an overflowed neighbor list.
 
-        See ``NeighborList.grow_if_overflowed`` (:mod:`batchmd.models.neighbors`).
+        Returns True when the next chunk must run eagerly (the list needs host setup, e.g.
+        new bin grids after an in-place refill), so that the loop captures again after it.
+        See ``NeighborList.grow_if_overflowed`` and ``needs_setup`` (:mod:`batchmd.models.neighbors`).
         """
         self.neighbor_list.grow_if_overflowed(batch)
+        return self.neighbor_list.needs_setup(batch)
 
     def _reduction_chunks(self, max_atoms: int, b: int, dtype: torch.dtype, device: torch.device):
         """Chunk size for the per-system sums (0: one thread walks each system) and the partial-sum buffers.

@@ -435,11 +435,7 @@ class NeighborList:
         -------
         >>> views = NeighborList(8.5, 1.0).update(batch)   # doctest: +SKIP
         """
-        key = self._key
-        fresh = not (
-            key is not None and batch.ptr is key[0] and batch.cell is key[1] and batch.pbc is key[2]
-            and batch.num_nodes == key[3] and batch.dtype == key[5]
-        )
+        fresh = self.needs_setup(batch)
         if fresh:
             self._setup(batch)
             self.half = self._half_for(batch.device)
@@ -456,6 +452,13 @@ class NeighborList:
                 self.rebuild_count = torch.zeros((), dtype=torch.int64, device=batch.device)
             self.rebuild_count += (self.rebuild != 0).sum()
         return v
+
+    def needs_setup(self, batch) -> bool:
+        """Whether the next :meth:`update` does host work first (a new batch structure, or new
+        bin grids after :meth:`systems_replaced`): a replayed CUDA graph would skip it."""
+        key = self._key
+        return not (key is not None and batch.ptr is key[0] and batch.cell is key[1] and batch.pbc is key[2]
+                    and batch.num_nodes == key[3] and batch.dtype == key[5])
 
     def systems_replaced(self, batch, systems: torch.Tensor) -> None:
         """Rows ``systems`` hold new systems (written in place): rebuild their lists.
