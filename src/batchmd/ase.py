@@ -437,10 +437,11 @@ def run_frames(
         a file's frames (e.g. resuming): results are then bitwise those of a run over the
         whole file (the Langevin noise of a system depends on its ``system_id``).
     refill_in_place : bool
-        Refill a graduated slot first with a frame of the same atom count, in place
-        (``FusedStage(refill_in_place=True)``; measured 1.2-1.3x faster inflight runs on
-        W4/W4W). Frames are then served out of input order, the results are the same and
-        come back in input order. False: strict input order.
+        Write newcomers into the live batch in place (``FusedStage(refill_in_place=True)``:
+        with Lennard-Jones a padded batch where a slot takes any frame that fits its free
+        rows, see :mod:`batchmd.dynamics.slot_layout`; with other models frames of a
+        graduated slot's atom count). Frames are then served out of input order; the
+        results are the same and come back in input order. False: strict input order.
     min_distance : float
         Frames with atoms closer than this (Å) are refused up front (0 disables).
     ignore_constraints : bool

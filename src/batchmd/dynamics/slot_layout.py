@@ -100,6 +100,7 @@ class SlotLayout:
         self.live = np.zeros(self.num_slots, dtype=bool)
         self.largest = 0
         self._rows = None
+        self._written = None  # ptr as last written to the device
         self.compactions = 0
 
     # ------------------------------------------------------------------ building
@@ -122,6 +123,7 @@ class SlotLayout:
         ptr[2 * layout.num_slots] = layout.num_atoms
         layout.live[:k] = True
         layout.largest = int(np.diff(ptr).max()) if len(ptr) > 1 else 0
+        layout._written = ptr.copy()
         # Padding rows look like a valid periodic system to host-side checks (barostats, cell
         # filters); kernels never touch them (EMPTY).
         fill = {"status": int(SystemStatus.EMPTY), "system_id": -1, "sample_index": -1, "pbc": True,
@@ -195,9 +197,13 @@ class SlotLayout:
     def write(self, batch, placed, newcomers, freed_rows) -> torch.Tensor:
         """Apply a plan to the device batch: statuses of freed rows, ``ptr``, ``batch_idx``, newcomers' rows.
 
-        Returns the system rows of the newcomers (LongTensor on the batch's device).
+        Returns the system rows of the newcomers (LongTensor on the batch's device). Nothing
+        is written when nothing changed (no row freed or placed, ``ptr`` as on the device).
         """
         device = batch.device
+        if not placed and not freed_rows and self._written is not None and np.array_equal(self._written, self.ptr):
+            return torch.zeros(0, dtype=torch.int64, device=device)
+        self._written = self.ptr.copy()
         if freed_rows:
             batch["status"].index_fill_(0, torch.tensor(freed_rows, dtype=torch.int64, device=device),
                                         int(SystemStatus.EMPTY))
