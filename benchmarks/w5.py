@@ -535,10 +535,20 @@ def write(args, structures, sweep, rows, best, budget, check=None) -> None:
                   "differ: its 'ase_fire' scales alpha before the velocity mixing, ASE and batchmd after, so "
                   "trajectories and relaxed energies differ; its convergence test is strict, <, on raw atom forces and "
                   "cell forces, batchmd's ASE's <= through the filter)."]
+        de = sorted(abs(a - b) for a, b in zip(ts["energies"], inf["energies"]))
+        lines += ["", f"TorchSim's relaxed energies vs batchmd's (inflight), per structure: median |dE| "
+                  f"{statistics.median(de):.1e} eV; {sum(d < 1e-3 for d in de)} of {len(de)} within 1 meV, "
+                  f"{sum(d > 0.1 for d in de)} more than 0.1 eV apart (different FIRE trajectories ending in "
+                  "different local minima of these random crystals)."]
     if check:
         lines += ["", f"Same model on both sides (structure 0, float64, batchmd's MACE adapter + LJ vs TorchSim's "
                   f"MaceModel + LJ): max |dE| {check['energy']:.1e} eV, max |dF| {check['forces']:.1e} eV/Å, "
                   f"max |dsigma| {check['stress']:.1e} eV/Å^3 (max |sigma| {check['stress_max']:.1e})."]
+    if args.dtype == "float32":
+        lines += ["", "Energies across batchmd's modes in float32: the MACE network's float32 matrix products round "
+                  "differently with the batch's shape (one evaluation of a structure alone and inside a batch of 30 "
+                  "differ by up to ~2e-6 eV; batchmd's own kernels are batch invariant, and float64 agrees to "
+                  "~1e-17, see test_bench_w5.py), and FIRE carries such differences to the relaxed energies."]
     lines += ["", "Occupancy: atoms of systems still moving (or getting their first evaluation) over the atoms "
               "evaluated (static: the whole batch at every step) or budgeted (inflight). useful / evaluated: "
               "atom-evaluations the relaxations needed (priming + one per FIRE step) over those the model did "

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--cell", default="frechet", choices=["fixed", "frechet"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--batch", type=int, default=16, help="atom budget = this x the mean structure size")
+    p.add_argument("--batch", type=int, default=32, help="atom budget = this x the mean structure size")
     p.add_argument("--refill", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--torchsim", default=os.environ.get("BENCH_TORCHSIM_PYTHON"))
