@@ -78,6 +78,9 @@ def test_tiny_campaign(tmp_path, cell):
     assert inflight["atom_evals"] <= static["atom_evals"]
     assert 0.0 <= inflight["drain_wall_fraction"] <= 1.0
     assert len(data["sweep"]) == 3  # chunks of 64 atoms never split a batch of 2 (<= 64 atoms): skipped
+    again = tmp_path / "again.md"
+    w5.main(["--from-json", str(out.with_suffix(".json")), "--out", str(again)])
+    assert again.read_text() == text  # the same report, date and load average included
 
 
 @pytest.mark.skipif(not os.path.isfile(os.environ.get("BENCH_TORCHSIM_PYTHON", "")),
