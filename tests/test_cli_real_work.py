@@ -84,8 +84,9 @@ def test_model_must_cover_the_elements(tmp_path):
     ase.io.write(cu, bulk("Cu", "fcc", a=3.6))
     done = batchmd("relax", cu, "-o", tmp_path / "out.extxyz")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.splitlines() == ["batchmd: error: model lj has no parameters for Cu (it covers He Ne Ar Kr Xe); "
-                                        "use --model emt, or an MLIP: --model sevennet-0, mace:PATH or metatomic:PATH"]
+    assert done.stderr.splitlines() == ["batchmd: error: model lj has no parameters for Cu (it covers He Ne Ar Kr Xe) "
+                                        "(frame 0); use --model emt, or an MLIP: --model sevennet-0, mace:PATH or "
+                                        "metatomic:PATH"]
     nacl = tmp_path / "nacl.extxyz"
     ase.io.write(nacl, bulk("NaCl", "rocksalt", a=5.64))
     done = batchmd("relax", nacl, "-o", tmp_path / "out.extxyz", "--model", "emt")
@@ -96,6 +97,18 @@ def test_model_must_cover_the_elements(tmp_path):
     done = batchmd("md", water, "-o", tmp_path / "out.extxyz", "--temperature", "300", "--steps", "2", "--dt", "1")
     assert done.returncode == 2 and "no parameters for H O" in done.stderr
     assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+def test_the_element_error_names_the_frame_and_the_output_never_overwrites_the_input(tmp_path):
+    mixed = tmp_path / "mixed.extxyz"
+    ase.io.write(mixed, [bulk("Ar", "fcc", a=5.26), bulk("Cu", "fcc", a=3.6), bulk("Kr", "fcc", a=5.7)])
+    done = batchmd("relax", mixed, "-o", tmp_path / "out.extxyz")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "no parameters for Cu" in done.stderr and "(frame 1)" in done.stderr
+    before = mixed.read_bytes()
+    done = batchmd("relax", mixed, "-o", mixed)
+    assert done.returncode == 2 and "is the input file" in done.stderr
+    assert mixed.read_bytes() == before
 
 
 def test_emt_on_copper_records_the_model(tmp_path):

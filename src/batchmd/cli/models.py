@@ -66,8 +66,9 @@ def _coverage() -> dict:
     return {"lj": {atomic_numbers[s] for s in LJ_PRESETS}, "emt": {atomic_numbers[s] for s in parameters}}
 
 
-def species_error(name: str, bad, covered) -> CLIError:
-    """One line: the elements ``bad`` model ``name`` has no parameters for, and who covers them."""
+def species_error(name: str, bad, covered, frames=None) -> CLIError:
+    """One line: the elements ``bad`` model ``name`` has no parameters for, the first frame
+    holding one (when ``frames`` are given), and who covers them."""
     covering = [model for model, zs in _coverage().items() if set(bad) <= zs and model != name]
     family = name.lower().split(":")[0].split("-")[0]  # sevennet-0 -> sevennet, mace:PATH -> mace
     mlips = [m for m in ("sevennet-0", "mace:PATH", "metatomic:PATH") if not m.startswith(family)]
@@ -75,7 +76,9 @@ def species_error(name: str, bad, covered) -> CLIError:
     mlip_hint = f"{'another MLIP' if len(mlips) < 3 else 'an MLIP'}: --model {listed}"
     hint = f"use --model {' or '.join(covering)}, or {mlip_hint}" if covering else f"use {mlip_hint}"
     cover = f" (it covers {_symbols(covered)})" if covered is not None and len(covered) <= 20 else ""
-    return CLIError(f"model {name} has no parameters for {_symbols(bad)}{cover}; {hint}")
+    first = next((i for i, atoms in enumerate(frames or ()) if set(bad) & set(atoms.numbers.tolist())), None)
+    where = f" (frame {first})" if first is not None else ""
+    return CLIError(f"model {name} has no parameters for {_symbols(bad)}{cover}{where}; {hint}")
 
 
 def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None, device=None, dtype=None):
@@ -110,7 +113,7 @@ def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None
             covered = {atomic_numbers[s] for s in LJ_PRESETS}
             bad = present - covered
             if bad:
-                raise species_error("lj", bad, covered)
+                raise species_error("lj", bad, covered, frames)
             symbols = [s for s in LJ_PRESETS if atomic_numbers[s] in present] or ["Ar"]
             probe = LennardJones(species=symbols, cutoff=cutoff)
             capacity = None if frames is None else neighbor_capacity(frames, probe.cutoff)
@@ -131,7 +134,7 @@ def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None
         try:
             model.check_species(sorted(present))
         except UnsupportedSpeciesError as error:
-            raise species_error(name, error.unsupported, getattr(model, "supported_numbers", None)) from error
+            raise species_error(name, error.unsupported, getattr(model, "supported_numbers", None), frames) from error
     return model
 
 

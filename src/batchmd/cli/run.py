@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from batchmd.cli.errors import CLIError
 
@@ -63,6 +64,8 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     from batchmd.cli.runner import file_checksum
 
     if frames is None:
+        if input_path is not None and Path(output).resolve() == Path(input_path).resolve():
+            raise CLIError(f"the output {output} is the input file: it would be overwritten; choose another -o")
         frames = read_frames(input_path)
         checksum = file_checksum(input_path)
     else:

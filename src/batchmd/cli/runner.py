@@ -42,6 +42,16 @@ __all__ = ["RunReport", "file_checksum", "run_stages", "summary_path"]
 log = logging.getLogger("batchmd")
 
 
+def _frames_in(partial, fallback: int) -> int:
+    """Frames written to ``partial`` (read back; ``fallback`` if it cannot be read)."""
+    try:
+        from batchmd.dynamics.sinks import read_extxyz
+
+        return len(read_extxyz(partial))
+    except Exception:  # a half-written last frame: count what the sink says
+        return fallback
+
+
 def file_checksum(path) -> str:
     """``sha256:<hex>`` of a file's bytes."""
     digest = hashlib.sha256()
@@ -249,7 +259,7 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
                                     dtype=dtype, collect=False, input_indices=todo)
         except KeyboardInterrupt as error:
             progress.close()
-            finished = len(done) + len(sink)
+            finished = _frames_in(partial, len(done) + len(sink))  # what the file holds, flushed or not
             signum = error.args[0] if isinstance(error, Interrupted) and error.args else signal.SIGINT
             name = signal.Signals(signum).name
             raise Interrupted(signum, f"interrupted ({name}): {finished} of {len(frames)} frames finished are in "
@@ -263,23 +273,15 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         stats = RunStats(systems_total=0)
         timings["run"] = 0.0
     start = time.perf_counter()
-    from batchmd.ase import results_to_atoms
-    from batchmd.dynamics.sinks import read_extxyz
-
-    finished = results_to_atoms(read_extxyz(partial), frames)
-    if [a.info["input_index"] for a in finished] != list(range(len(frames))):
-        raise CLIError(f"{partial}: {len(finished)} of {len(frames)} systems were written; output not created")
-    for atoms in finished:
-        for k, label in enumerate(stage_labels or []):
-            atoms.info[f"stage{k}_method"] = label
-        atoms.info.update(model_info or {})
     staging = output.with_name(f".{output.name}.tmp{output.suffix}")
     try:
-        writer(finished, staging)
-    except Exception as error:
+        with _interruptible():
+            finished = _write_output(partial, frames, output, staging, writer, stage_labels, model_info)
+    except KeyboardInterrupt as error:  # the run is over; only the output is missing
         staging.unlink(missing_ok=True)
-        raise CLIError(f"{output}: cannot write it as {writer.format} ({str(error).splitlines()[0]})") from error
-    os.replace(staging, output)
+        signum = error.args[0] if isinstance(error, Interrupted) and error.args else signal.SIGINT
+        raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) after the run: every frame is in "
+                                  f"{partial}; run the same command with --resume to write {output}") from None
     summary = summary_path(output)
     _write_summary(summary, _summary_rows(finished, stage_labels or []))
     for atoms in finished:  # failed systems are written (status "failed", info "failure") and named here
@@ -290,3 +292,24 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
     meta_path.unlink(missing_ok=True)
     timings["write"] = time.perf_counter() - start
     return RunReport(finished, stats, timings, output, summary, resumed=len(done))
+
+
+def _write_output(partial, frames, output, staging, writer, stage_labels, model_info) -> list:
+    """Clean result frames from ``partial``, written to ``output`` through ``staging`` (atomic replace)."""
+    from batchmd.ase import results_to_atoms
+    from batchmd.dynamics.sinks import read_extxyz
+
+    finished = results_to_atoms(read_extxyz(partial), frames)
+    if [a.info["input_index"] for a in finished] != list(range(len(frames))):
+        raise CLIError(f"{partial}: {len(finished)} of {len(frames)} systems were written; output not created")
+    for atoms in finished:
+        for k, label in enumerate(stage_labels or []):
+            atoms.info[f"stage{k}_method"] = label
+        atoms.info.update(model_info or {})
+    try:
+        writer(finished, staging)
+    except Exception as error:
+        staging.unlink(missing_ok=True)
+        raise CLIError(f"{output}: cannot write it as {writer.format} ({str(error).splitlines()[0]})") from error
+    os.replace(staging, output)
+    return finished
