@@ -483,8 +483,10 @@ def write_report(data: dict, out_dir: Path) -> Path:
                   "waiting for its slowest member; by default the model skips systems that finished "
                   "(their forces stay valid), 'recomputing' evaluates them too, as models that cannot "
                   "skip systems do. Inflight: the live batch holds as many atoms as 64 average "
-                  "structures and is refilled every 1 or 5 steps. Target: inflight >= 1.5x static at "
-                  ">= 90% occupancy. 'occupancy / static's' is what inflight could gain over the "
+                  "structures and is refilled every 1 or 5 steps; 'refills in place (padded slots)': "
+                  "newcomers are written into the live batch's rows (dynamics/slot_layout.py). Target "
+                  "(issue 16): inflight >= 1.0x static, no loss, with this model that skips finished "
+                  "systems (the 1.5x target belongs to MLIP campaigns, W5). 'occupancy / static's' is what inflight could gain over the "
                   "recomputing static batching if refills were free. See benchmarks/README.md, "
                   "'Reading W4'.", ""]
             L += w4_table(res[key]) + [""]
@@ -505,12 +507,16 @@ def write_report(data: dict, out_dir: Path) -> Path:
     elif "sweep_skipped" in data:
         L += ["## batchmd throughput sweeps", "", f"Not run: {data['sweep_skipped']}", ""]
     L += ["## Fairness notes", "",
-          "- TorchSim 0.3.0's LennardJonesModel returns forces 2x -dE/dx; they are halved in a "
-          "wrapper. Its LJ and ours agree then to round-off; its energies are unshifted and "
-          "shift-corrected here.",
-          "- nvalchemi-toolkit 0.2.0: W1 atoms get unit masses (its FIRE divides by mass, ASE's "
-          "does not); FIRE runs inside a FusedStage; its LJ energy is unshifted (corrected "
-          "here); its first call costs seconds even with Warp's kernel cache warm.",
+          "- TorchSim: 0.6.x (Python 3.12, run in its own venv through `peers/remote.py`) returns "
+          "LJ forces equal to -dE/dx and is used as is; 0.3.0 returned 2x -dE/dx and is halved in "
+          "a wrapper. Its `ase_fire` diverges from ASE's FIRE at the first step with "
+          "`n_pos > n_min` (it scales alpha before mixing), hence its step counts and energies. "
+          "Its LJ energies are unshifted and shift-corrected here; its default neighbor list is "
+          "O(N^2) per system.",
+          "- nvalchemi-toolkit (0.3.0 here, 0.2.0 before): W1 atoms get unit masses (its FIRE "
+          "divides by mass, ASE's does not); FIRE runs inside a FusedStage; its LJ energy is "
+          "unshifted (corrected here); its first call costs seconds even with Warp's kernel "
+          "cache warm.",
           "- LAMMPS `min_style fire` takes different paths from ASE's FIRE: energies agree to "
           "~0.01 eV, not to round-off. Single thread, `pair_modify shift yes`, "
           "`neighbor 1.0 bin`.",
