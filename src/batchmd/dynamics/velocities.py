@@ -23,7 +23,9 @@ The Maxwell-Boltzmann draw is ASE's ``MaxwellBoltzmannDistribution`` + ``Station
 (zero total momentum, kinetic energy of the draw preserved), from a per-system random
 stream keyed on ``(stage seed, system_id, rng_counter)`` (see
 :mod:`batchmd.kernels.velocities`): the same for a system alone, in any batch, in any
-serving order. Fixed atoms (``fixed``) always get zero velocity.
+serving order. Fixed atoms (``fixed``) always get zero velocity. A system with fewer than two
+free atoms keeps its draw as it is: removing the momentum of a single atom would leave it at
+rest (ASE's ``Stationary`` rescales by the ratio of kinetic energies there, which gives NaN).
 
 Example
 -------
