@@ -341,13 +341,6 @@ class FusedStage(RefillPoints, OOMRecovery):
             batch.device,
         )
 
-    def _active_atom_steps(self, device) -> torch.Tensor:
-        counter = getattr(self, "_atom_step_counter", None)
-        if counter is None or counter.device != torch.device(device):
-            counter = torch.zeros(2, dtype=torch.int64, device=device)  # atom-steps, atoms in use
-            self._atom_step_counter = counter
-        return counter
-
     def _advance(self, batch, increment: bool) -> None:
         """Counters, convergence and transitions on the device; init state of entered stages."""
         b, dev = batch.num_graphs, batch.device
@@ -601,15 +594,12 @@ class FusedStage(RefillPoints, OOMRecovery):
             batch = self._refill_point(batch)
             self._claim(batch)
             batch.set_field("converged", (batch["status"] == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
-            self._warn_if_idle(n_steps)
+            warn_if_idle(self.stats, n_steps)
             return batch
         batch = self._refill_point(batch) if batch.num_graphs else batch
         batch = self._unpad(batch)
         self._claim(batch)
-        self._warn_if_idle(n_steps)
+        warn_if_idle(self.stats, n_steps)
         if batch.num_graphs == 0 and self.sampler.exhausted:
             return None
         return batch
-
-    def _warn_if_idle(self, n_steps) -> None:
-        warn_if_idle(self.stats, n_steps)

@@ -29,9 +29,9 @@ __all__ = ["RefillPoints"]
 class RefillPoints:
     """Graduation and refill methods of :class:`~batchmd.dynamics.fused.FusedStage` (a mixin).
 
-    Uses the loop's ``stages``, ``hooks``, ``sinks``, ``sampler``, ``stats`` and its
-    ``_reset_loop_fields`` / ``_init_stage_state`` / ``_to_run_device`` /
-    ``_active_atom_steps`` methods.
+    Uses the loop's ``stages``, ``hooks``, ``sinks``, ``sampler``, ``stats``, ``model`` and its
+    ``_reset_loop_fields`` / ``_init_stage_state`` / ``_to_run_device`` / ``_claim`` methods;
+    keeps the padded layout (``_layout``, :mod:`batchmd.dynamics.slot_layout`).
     """
 
     def _graduate(self, batch, indices: torch.Tensor) -> None:
@@ -292,6 +292,14 @@ class RefillPoints:
         if new is None:
             return batch if bool(keep.all()) else batch.index_select(keep.to(batch.device))
         return batch.select_and_append(keep.to(batch.device), new)
+
+    def _active_atom_steps(self, device) -> torch.Tensor:
+        """[2] int64 device counters: atom-steps taken, atoms in use (accumulated by advance_status)."""
+        counter = getattr(self, "_atom_step_counter", None)
+        if counter is None or counter.device != torch.device(device):
+            counter = torch.zeros(2, dtype=torch.int64, device=device)
+            self._atom_step_counter = counter
+        return counter
 
     def _account(self, batch) -> None:
         """Update throughput counters at a refill point from the device-side counters (one read)."""
