@@ -73,7 +73,7 @@ def test_quiet_prints_nothing_and_verbose_logs_the_run(argon_file, tmp_path):
     loud = batchmd("relax", argon_file, "-o", tmp_path / "v.extxyz", "-v", "--device", "cpu")
     assert loud.returncode == 0, loud.stderr
     for text in ("model: lj", "device cpu, dtype float64", "live batch budget", "refill points", "neighbor list",
-                 "timings: options"):
+                 "timings: start-up (options, torch, Warp)", "(default)"):
         assert text in loud.stderr, text
     assert "model: lj" in loud.stdout and "stage 0 (fire): 5 converged" in loud.stdout
 

@@ -46,7 +46,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from batchmd.data import AtomicData, Batch
 
 __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
-           "results_to_atoms", "run_frames", "relax"]
+           "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
 
 #: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
 #: of :mod:`batchmd.dynamics.stage_results`).
@@ -382,6 +382,13 @@ def _check_species_up_front(frames, stages) -> None:
             raise
 
 
+def default_max_atoms(frames) -> int:
+    """The live batch's atom budget :func:`run_frames` uses when none is given: every frame's
+    atoms up to 4,096, and at least the largest frame."""
+    sizes = [len(a) for a in frames]
+    return max(max(sizes), min(sum(sizes), 4096))
+
+
 def run_frames(
     frames: Sequence[Atoms],
     stages,
@@ -469,10 +476,8 @@ def run_frames(
     check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
     stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
     _check_species_up_front(frames, stages)
-    largest = max(len(a) for a in frames)
-    total = sum(len(a) for a in frames)
     if max_atoms is None:
-        max_atoms = max(largest, min(total, 4096))
+        max_atoms = default_max_atoms(frames)
     dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices)
     sampler = SizeAwareSampler(dataset, max_atoms=max_atoms, max_batch_size=max_batch_size,
                                prefetch=prefetch)

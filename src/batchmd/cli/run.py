@@ -57,7 +57,7 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     model_name = (model_spec or {}).get("name") or getattr(args, "model", None)
     dtype = resolve_dtype(dtype or getattr(args, "dtype", None) or default_dtype_name(model_name))
     init_warp_quietly()
-    timings["options"] = time.perf_counter() - t0
+    timings["start-up (options, torch, Warp)"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     from batchmd.cli.common import read_frames
@@ -91,10 +91,12 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     timings["model"] = time.perf_counter() - t0
     max_atoms = max_atoms if max_atoms is not None else getattr(args, "max_atoms", None)
     refill_every = refill_every if refill_every is not None else getattr(args, "refill_every", 10)
+    from batchmd.ase import default_max_atoms
+
     log.info("model: %s", model_text(info))
     log.info("device %s, dtype %s, %d frames (%d atoms), live batch budget %s atoms, refill every %d steps",
              device, str(dtype).removeprefix("torch."), len(frames), sum(len(a) for a in frames),
-             max_atoms if max_atoms is not None else "auto", refill_every)
+             max_atoms if max_atoms is not None else f"{default_max_atoms(frames)} (default)", refill_every)
     log.info("stages: %s", " -> ".join(f"{s}" for s in stage_specs))
 
     nl = getattr(model, "neighbor_list", None)
