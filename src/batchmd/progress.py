@@ -106,7 +106,8 @@ class ProgressHook(Hook):
         count = f"{done}/{total}" if total is not None else f"{done}"
         parts = [f"[{count} systems]", f"step {stats.steps}", f"{stats.atom_steps_per_second:.3g} atom-steps/s"]
         if stats.max_atoms:
-            parts.append(f"occupancy {100.0 * batch.num_nodes / stats.max_atoms:.0f}%")
+            atoms = stats.live_atoms if getattr(stats, "live_atoms", None) is not None else batch.num_nodes
+            parts.append(f"occupancy {100.0 * atoms / stats.max_atoms:.0f}%")
         parts.append(f"elapsed {format_duration(elapsed)}")
         if total is not None and done > 0:
             parts.append(f"remaining ~{format_duration(elapsed * (total - done) / done)}")

@@ -75,6 +75,9 @@ class RunStats:
         Systems written into a graduated system's slot in place
         (``FusedStage(refill_in_place=True)``: any size with a padded live batch, else the
         same atom count).
+    live_atoms : int or None
+        Atoms of the live systems after the last refill point (padding rows excluded); None
+        before the first one.
     compactions : int
         Times a padded live batch was gathered and laid out again because too much of its
         budget was free in fragments (:mod:`batchmd.dynamics.slot_layout`).
@@ -108,6 +111,7 @@ class RunStats:
     max_atoms: int | None = None
     refills_in_place: int = 0
     compactions: int = 0
+    live_atoms: int | None = None
     refill_points: int = 0
     refill_seconds: float = 0.0
     oom_events: int = 0

@@ -150,7 +150,10 @@ class RefillPoints:
         status = batch["status"].cpu()
         started = time.perf_counter()
         try:
-            return self._refill_after_status(batch, status)
+            batch = self._refill_after_status(batch, status)
+            layout = getattr(self, "_layout", None)
+            self.stats.live_atoms = layout.live_atoms if layout is not None else batch.num_nodes
+            return batch
         finally:
             self.stats.refill_seconds += time.perf_counter() - started
             self.stats.refill_points += 1
