@@ -156,3 +156,37 @@ def test_padded_run_serves_every_sample_once(refill_frequency):
     out, fused, live = relax(frames, in_place=True, max_batch_size=4, refill_frequency=refill_frequency)
     assert live is None
     assert sorted(out["system_id"].reshape(-1).tolist()) == list(range(len(frames)))
+
+
+@pytest.mark.parametrize("chain", ["lbfgs_frechet_nhc", "fire_npt"])
+def test_every_kind_of_stage_state_is_reset_for_newcomers_written_in_place(chain):
+    """LBFGS's history, the cell filter's reference, NHC and MTK thermostat/barostat state live in
+    batch fields (some ``_`` caches): a newcomer written into a graduated system's rows must start
+    with its own fresh state, exactly as when appended to a rebuilt batch."""
+    from batchmd.dynamics import LBFGS, FrechetCellFilter, IsotropicMTKNPT, NoseHooverChainNVT
+
+    frames = cells(14, seed=4)
+
+    def run(in_place):
+        model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=RC, skin=1.0)
+        if chain == "lbfgs_frechet_nhc":
+            stages = [LBFGS(model, cell_filter=FrechetCellFilter(), convergence_hook=ConvergenceHook.from_forces(0.02),
+                            n_steps=80),
+                      NoseHooverChainNVT(model, dt=4.0, temperature=30.0, tdamp=100.0, n_steps=6, random_seed=3)]
+        else:
+            stages = [FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.02), n_steps=80),
+                      IsotropicMTKNPT(model, dt=4.0, temperature=30.0, pressure=0.0, tdamp=100.0, pdamp=400.0,
+                                      n_steps=6, random_seed=3)]
+        sampler = SizeAwareSampler(AtomsDataset(frames, dtype=torch.float64), max_atoms=90, max_batch_size=4)
+        sink = HostMemory(capacity=len(frames))
+        fused = FusedStage(stages, sampler=sampler, sinks=[sink], refill_frequency=1, refill_in_place=in_place)
+        fused.run(batch=None)
+        return by_id(sink.drain()), fused
+
+    ref, _ = run(False)
+    out, fused = run(True)
+    assert fused.stats.refills_in_place > 3
+    assert sorted(ref) == sorted(out)
+    for sid in ref:
+        torch.testing.assert_close(ref[sid][0], out[sid][0], rtol=0, atol=1e-10)
+        assert abs(ref[sid][1] - out[sid][1]) < 1e-10 and ref[sid][2] == out[sid][2]
