@@ -161,6 +161,10 @@ def frame_widths(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     >>> frame_widths(np.eye(3) * 4.0, np.array([True, True, False]))
     array([ 4.,  4., nan])
     """
+    if bool(pbc[0]) and bool(pbc[1]) and bool(pbc[2]):
+        fast = _periodic_widths(cell)
+        if fast is not None:
+            return fast
     widths = np.full(3, np.nan)
     rows = cell.astype(np.float64).copy()
     per = [d for d in range(3) if pbc[d]]
@@ -191,6 +195,21 @@ def frame_widths(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     for d in per:
         widths[d] = 1.0 / np.linalg.norm(g[d])
     return widths
+
+
+def _periodic_widths(cell: np.ndarray) -> np.ndarray | None:
+    """Widths of a fully periodic cell, ``V / |b x c|`` etc., in plain floats (a 3x3 through numpy
+    costs ~20x more per call, and refills size every newcomer). None when a vector is zero or the
+    cell is degenerate (the general path raises the errors)."""
+    (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = cell.tolist()
+    crosses = ((b1 * c2 - b2 * c1, b2 * c0 - b0 * c2, b0 * c1 - b1 * c0),
+               (c1 * a2 - c2 * a1, c2 * a0 - c0 * a2, c0 * a1 - c1 * a0),
+               (a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0))
+    det = abs(a0 * crosses[0][0] + a1 * crosses[0][1] + a2 * crosses[0][2])
+    lengths = [math.sqrt(x * x + y * y + z * z) for x, y, z in ((a0, a1, a2), (b0, b1, b2), (c0, c1, c2))]
+    if min(lengths) <= 0.0 or not det > 1e-10 * lengths[0] * lengths[1] * lengths[2]:
+        return None
+    return np.array([det / math.sqrt(x * x + y * y + z * z) for x, y, z in crosses])
 
 
 class NeighborList:
@@ -485,14 +504,18 @@ class NeighborList:
         cell = batch.cell[systems].detach().cpu().double().numpy()
         pbc = batch.pbc[systems].detach().cpu().numpy().astype(bool)
         ptr = batch.ptr.detach().cpu().numpy().astype(np.int64)
-        changed = []
+        changed, grids = [], []
         for k, r in enumerate(rows):
             grid, _ = self._bin_grid(batch, cell[k], pbc[k], int(ptr[r]), int(ptr[r + 1]))
             if not np.array_equal(grid, host[r]):
                 changed.append(r)
-        if changed:
-            batch["_nl_nbins"].index_fill_(0, torch.tensor(changed, device=batch.device), 0)
-            self._key = None  # the next update lays out the bins again (only these grids are re-chosen)
+                grids.append(grid)
+                host[r] = grid
+        if changed:  # the new grids go in now; the next update lays out the bin tables again
+            index = torch.tensor(changed, device=batch.device)
+            batch["_nl_nbins"].index_copy_(0, index, torch.as_tensor(np.stack(grids), dtype=torch.int32,
+                                                                     device=batch.device))
+            self._key = None
 
     def grow_if_overflowed(self, batch) -> bool:
         """Grow ``K`` now if an earlier build overflowed it (one host read); True if it grew.
