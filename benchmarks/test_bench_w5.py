@@ -96,3 +96,17 @@ def test_torchsim_row_and_model_check(tmp_path):
     row = data["rows"]["torchsim"][0]
     assert len(row["energies"]) == len(row["steps"]) == 3 and row["atom_evals"] > 0 and row["cpu"] > 0
     assert "FrechetCellFilter" in row["mode"]
+
+
+def test_ase_baseline_takes_the_same_fire_steps(tmp_path):
+    """w5_ase.py: ASE's FIRE(FrechetCellFilter) with MACE's own calculator + ASE's LJ (shift
+    removed) relaxes the first W5 structures in the same steps, to the same energies, as batchmd."""
+    pytest.importorskip("mace")
+    from benchmarks import w5_ase
+
+    out = tmp_path / "w5_ase.md"
+    assert w5_ase.main(["--n", "2", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "ASE / batchmd" in text and "Same FIRE step count for 2 of 2 structures" in text
+    worst = float(re.search(r"max ([0-9.e+-]+) eV \(float32", text).group(1))
+    assert worst < 1e-3
