@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["StepGraph"]
+__all__ = ["StepGraph", "graph_steps_allowed"]
 
 
 def _batch_key(batch) -> tuple:
@@ -106,3 +106,24 @@ class StepGraph:
             self._graph = graph
             self.captures += 1
         return False
+
+
+def graph_steps_allowed(loop, batch) -> bool:
+    """Whether ``loop`` (a FusedStage) may replay its next chunk of steps as a CUDA graph.
+
+    On a CUDA batch, unless ``cuda_graph=False``: with a sampler only when asked for
+    (``cuda_graph=True``) with ``refill_in_place`` (refills keep the tensors); with "auto" only
+    for models declaring ``supports_cuda_graph``; never with a hook that runs inside the step
+    (except ``host_only`` AFTER_STEP hooks, run after each replayed chunk).
+    """
+    from batchmd.dynamics.hooks import HookStage
+
+    if loop.cuda_graph is False or batch.device.type != "cuda":
+        return False
+    if loop.sampler is not None and not (loop.cuda_graph is True and loop.refill_in_place):
+        return False
+    if loop.cuda_graph == "auto" and not getattr(loop.model, "supports_cuda_graph", False):
+        return False
+    in_step = (HookStage.BEFORE_STEP, HookStage.AFTER_FORCES, HookStage.AFTER_STEP)
+    hooks = list(loop.hooks) + [h for stage in loop.stages for h in stage.hooks]
+    return not any(h.stage in in_step and not (h.stage == HookStage.AFTER_STEP and h.host_only) for h in hooks)

@@ -47,7 +47,7 @@ import logging
 import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
-from batchmd.dynamics.cuda_graph import StepGraph
+from batchmd.dynamics.cuda_graph import StepGraph, graph_steps_allowed
 from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
@@ -471,17 +471,7 @@ class FusedStage(RefillPoints, OOMRecovery):
 
     def _graph_steps(self, batch) -> bool:
         """Whether the next chunk of steps may be replayed as a CUDA graph (see ``cuda_graph``)."""
-        if self.cuda_graph is False or batch.device.type != "cuda":
-            return False
-        if self.sampler is not None and not (self.cuda_graph is True and self.refill_in_place):
-            return False  # inflight: only asked for explicitly, with refills that keep the tensors
-        if self.cuda_graph == "auto" and not getattr(self.model, "supports_cuda_graph", False):
-            return False
-        in_step = (HookStage.BEFORE_STEP, HookStage.AFTER_FORCES, HookStage.AFTER_STEP)
-        hooks = list(self.hooks) + [h for stage in self.stages for h in stage.hooks]
-        return not any(h.stage in in_step and not (h.stage == HookStage.AFTER_STEP and h.host_only)
-                       for h in hooks)
-
+        return graph_steps_allowed(self, batch)
 
     def _init_stage_state(self, batch) -> None:
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
@@ -579,9 +569,10 @@ class FusedStage(RefillPoints, OOMRecovery):
             if limit is not None and taken >= limit:
                 break
             chunk = self.refill_frequency if limit is None else min(self.refill_frequency, limit - taken)
-            between = getattr(self.model, "between_graph_chunks", None) if self._graph_steps(batch) else None
+            graphs = self._graph_steps(batch)
+            between = getattr(self.model, "between_graph_chunks", None) if graphs else None
             eager = bool(between(batch)) if between is not None else False  # e.g. grow an overflowed list
-            if self._graph_steps(batch) and not eager:
+            if graphs and not eager:
                 if self._graphs.run(self, batch, chunk):
                     self._call_hooks(batch, HookStage.AFTER_STEP, replayed=True)
             else:
