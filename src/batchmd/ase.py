@@ -54,7 +54,7 @@ RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fm
 
 # Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
 _LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
-                                       "failure"}
+                                       "failure", "dof"}
 _STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method)$")
 
 

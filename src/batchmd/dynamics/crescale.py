@@ -17,7 +17,7 @@ import torch
 import warp as wp
 
 from batchmd.dynamics.base import set_system_param
-from batchmd.dynamics.constraints import fixed_mask
+from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.npt import MTKBase, check_barostat_batch, check_pressure
 from batchmd.dynamics.nose_hoover import NoseHooverChainNVT, check_positive
 from batchmd.dynamics.velocities import ensure_rng_counter
@@ -117,7 +117,7 @@ class CRescaleNPT(NoseHooverChainNVT):
             view("crs_pressure", batch["crs_pressure"]), view("crs_taup", batch["crs_taup"]),
             view("crs_compressibility", batch["crs_compressibility"]), view("atomic_masses", batch.atomic_masses),
             view("forces", batch.forces, vector=True), view("velocities", batch.velocities, vector=True),
-            view("fixed", fixed_mask(batch, self._no_fixed_cache)), view("stress", batch.stress, matrix=True),
+            view("dof", system_dof(batch)), view("stress", batch.stress, matrix=True),
             view("cell", batch.cell, matrix=True), view("nhc_eta", batch["nhc_eta"]),
             view("nhc_p_eta", batch["nhc_p_eta"]), view("_nhc_scale", batch["_nhc_scale"]),
             view("_crs_stretch", batch["_crs_stretch"]),

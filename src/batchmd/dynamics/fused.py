@@ -50,7 +50,8 @@ from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph, graph_steps_allowed
 from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
-from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
+from batchmd.dynamics.constraints import (apply_com_constraint, apply_force_constraints, record_com_reference,
+                                          record_degrees_of_freedom)
 from batchmd.dynamics.stage_results import StageRecorder
 from batchmd.dynamics.stages import NoProgressWarning, normalise_stages, stage_tables, warn_if_idle
 from batchmd.dynamics.status import SystemStatus
@@ -477,6 +478,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         """Fresh stage-0 state for every system; later stages' fields created (reset on entry)."""
         everyone = torch.ones(batch.num_graphs, dtype=torch.bool, device=batch.device)
         record_com_reference(batch)  # FixCom: where each centre of mass stays during this run
+        record_degrees_of_freedom(batch)  # the one per-system count every thermostat and temperature reads
         self.stages[0].init_state(batch, everyone)
         apply_velocity_policy(self.stages[0], batch, everyone, first=True)
         for stage in self.stages[1:]:

@@ -274,8 +274,9 @@ class TrajectoryHook(Hook):
         Record every ``frequency`` steps (each record is one host synchronisation).
     fields : tuple of str
         System-level fields to record; ``"temperature"`` is the instantaneous kinetic
-        temperature from ``velocities`` and ``atomic_masses`` with ASE's degrees of
-        freedom (3N, minus 3 per fixed atom; see :mod:`batchmd.dynamics.constraints`).
+        temperature from ``velocities`` and ``atomic_masses`` over the system's degrees of
+        freedom (``3N - 3 N_fixed - 3 [fix_com]``, as ASE's ``get_temperature``; the one
+        count of :mod:`batchmd.dynamics.constraints`).
 
     Notes
     -----

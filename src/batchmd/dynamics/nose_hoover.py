@@ -19,7 +19,7 @@ import ase.units
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
-from batchmd.dynamics.constraints import degrees_of_freedom, fixed_mask
+from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.velocities import check_policy
 from batchmd.kernels import nose_hoover as nhk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
@@ -135,13 +135,16 @@ class NoseHooverChainNVT(Dynamics):
     ``[B, width]`` with each system using its first ``nhc_tchain`` columns. Entering the
     stage resets the chain to zero, as a new ASE integrator does.
 
-    **Degrees of freedom** are ``g = 3N`` (``Q_0 = g kT tdamp^2``), exactly as ASE (which
-    does not remove the centre-of-mass motion). Atoms fixed by ``FixAtoms`` (the ``fixed``
-    field) never move and are not counted: ``g = 3 (N - N_fixed)``, ASE's
-    ``get_number_of_degrees_of_freedom``; their forces are zeroed by the loop. (ASE 3.29's
-    ``NoseHooverChainNVT`` keeps ``3N`` with fixed atoms, and its ``get_forces(md=True)``
-    leaves their forces, so their internal momenta grow and feed the thermostat while
-    ``FixAtoms`` holds the positions; without fixed atoms the two are identical.)
+    **Degrees of freedom** ``g`` (``Q_0 = g kT tdamp^2``, target kinetic energy ``g kT/2``)
+    are each system's ``dof`` field, ``g = 3N - 3 N_fixed - 3 [fix_com]`` (ASE's
+    ``get_number_of_degrees_of_freedom``; :mod:`batchmd.dynamics.constraints`, the one
+    count every thermostat and reported temperature uses). Without constraints ``g = 3N``
+    and the steps are ASE's exactly. ASE 3.29's ``NoseHooverChainNVT`` keeps ``3N`` with
+    ``FixAtoms`` or ``FixCom`` (so with ``FixCom`` its mean kinetic energy is
+    ``N/(N-1)`` times the equipartition value over the ``3N - 3`` it keeps), and its
+    ``get_forces(md=True)`` leaves the fixed atoms' forces, so their internal momenta grow
+    and feed the thermostat while ``FixAtoms`` holds the positions. batchmd samples the
+    canonical ensemble of the constrained system (``docs/ensembles.rst``).
 
     **Where the step runs.** Before the force call: one thread per system sums
     ``sum m v^2`` and integrates the chain for ``dt/2``, then one thread per atom applies
@@ -210,7 +213,7 @@ class NoseHooverChainNVT(Dynamics):
             view("nhc_tdamp", batch["nhc_tdamp"]), view("nhc_tchain", batch["nhc_tchain"]),
             view("nhc_tloop", batch["nhc_tloop"]), view("atomic_masses", batch.atomic_masses),
             view("forces", batch.forces, vector=True), view("velocities", batch.velocities, vector=True),
-            view("fixed", fixed_mask(batch, self._no_fixed_cache)), view("nhc_eta", batch["nhc_eta"]),
+            view("dof", system_dof(batch)), view("nhc_eta", batch["nhc_eta"]),
             view("nhc_p_eta", batch["nhc_p_eta"]), view("_nhc_scale", batch["_nhc_scale"]),
         ], batch.device, batch.dtype)
 
@@ -241,11 +244,12 @@ class NoseHooverChainNVT(Dynamics):
     def thermostat_energy(batch) -> torch.Tensor:
         """Energy of the chain variables per system, eV [B] (ASE's ``get_thermostat_energy``).
 
-        ``3N kT eta_0 + kT sum_{j>0} eta_j + sum_j p_eta_j^2 / (2 Q_j)``, with each system's
-        own ``nhc_tchain`` columns. Torch ops on the batch device.
+        ``g kT eta_0 + kT sum_{j>0} eta_j + sum_j p_eta_j^2 / (2 Q_j)`` (``g`` the system's
+        degrees of freedom, ``3N`` without constraints), with each system's own
+        ``nhc_tchain`` columns. Torch ops on the batch device.
         """
         return chain_energy(batch, "nhc_eta", "nhc_p_eta", "nhc_tchain", batch["nhc_temperature"],
-                            batch["nhc_tdamp"], degrees_of_freedom(batch))
+                            batch["nhc_tdamp"], system_dof(batch, record=False))
 
     @classmethod
     def conserved_energy(cls, batch) -> torch.Tensor:
@@ -263,7 +267,7 @@ class NoseHooverChainNVT(Dynamics):
 def chain_energy(batch, eta_name, p_eta_name, chain_name, temperature, tau_fs, dof0) -> torch.Tensor:
     """``dof0 kT eta_0 + kT sum_{j>0} eta_j + sum_j p_j^2/(2 Q_j)`` per system (eV), ``Q_0 = dof0 kT tau^2``.
 
-    Used for the Nosé-Hoover thermostat (``dof0 = 3N``) and the MTK barostat chains.
+    Used for the Nosé-Hoover thermostat (``dof0 = g``, the degrees of freedom) and the MTK barostat chains.
     """
     eta, p_eta = batch[eta_name], batch[p_eta_name]
     columns = torch.arange(eta.shape[1], device=eta.device)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.velocities import check_policy
 from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count, check_positive, set_chain_rows
 from batchmd.kernels import npt as nptk
@@ -112,6 +113,7 @@ class MTKBase(Dynamics):
         ]
         inputs += [view(f"npt_{name}", batch[f"npt_{name}"]) for name in (
             "dt", "temperature", "tdamp", "tchain", "tloop", "pdamp", "pchain", "ploop", "pressure")]
+        inputs.append(view("dof", system_dof(batch)))
         inputs.append(view("atomic_masses", batch.atomic_masses))
         if forces:
             inputs.append(view("forces", batch.forces, vector=True))
@@ -173,7 +175,7 @@ class MTKBase(Dynamics):
         return -torch.diagonal(stress, dim1=1, dim2=2).sum(-1) / 3.0
 
     def _barostat_masses(self, batch):
-        n = batch.num_atoms_per_system.to(batch.dtype)
+        n = system_dof(batch, record=False) / 3.0  # N_f / 3 (N without constraints), as the kernels
         kT = ase.units.kB * batch["npt_temperature"]
         tau = batch["npt_pdamp"] * ase.units.fs
         w = ((3.0 * n + 3.0) if self.isotropic else (n + 1.0)) * kT * tau * tau
@@ -259,8 +261,10 @@ class IsotropicMTKNPT(MTKBase):
     every step; the model's neighbor list sees the changed cell and rebuilds.
 
     The pressure includes the kinetic term (ASE's ``get_stress(include_ideal_gas=True)``);
-    degrees of freedom are ``3N`` (no centre-of-mass removal), as in ASE. Positions are not
-    wrapped. Constraints are refused (as in ASE). Per-system tensors should have the
+    degrees of freedom ``N_f`` are the system's ``dof`` field (:mod:`batchmd.dynamics.constraints`):
+    ``3N`` without constraints, as in ASE (same steps), ``3N - 3`` with ``FixCom``, which
+    batchmd supports (the centre of mass is held after every step; ASE refuses FixCom here).
+    ``FixAtoms`` is refused, as in ASE. Positions are not wrapped. Per-system tensors should have the
     batch's dtype (a float32 pressure tensor in a float64 run carries float32 rounding).
 
     References: Martyna, Tobias, Klein, J. Chem. Phys. 101, 4177 (1994); Martyna, Klein,
@@ -309,8 +313,9 @@ def check_barostat_batch(owner: str, batch, stage_index: int, checked):
 
     Raises ``ValueError`` when the batch has no stress, or when a system in this stage or an
     earlier one (it may enter this stage) is not fully periodic, has no volume, or carries
-    fixed atoms (``fixed``) or ``fix_com`` (barostats here do not support constraints, as in
-    ASE, which raises NotImplementedError). ``checked`` is the key of the last batch checked.
+    fixed atoms (``fixed``: FixAtoms under a barostat is refused, as in ASE, which raises
+    NotImplementedError). ``fix_com`` is supported (the barostats count ``3N - 3`` degrees
+    of freedom; ASE refuses it). ``checked`` is the key of the last batch checked.
     """
     if not batch.has_field("stress") or batch.stress is None:
         raise ValueError(f"{owner}: the batch has no stress; the model must compute it (a barostat needs "
@@ -335,10 +340,4 @@ def check_barostat_batch(owner: str, batch, stage_index: int, checked):
             slots = torch.nonzero(bad).reshape(-1).tolist()
             raise ValueError(f"{owner}: slot(s) {slots} have fixed atoms (FixAtoms); the barostat does not "
                              "support constraints (as in ASE, which raises NotImplementedError)")
-    if batch.has_field("fix_com"):
-        bad = here & batch["fix_com"].reshape(-1).cpu()
-        if bool(bad.any()):
-            slots = torch.nonzero(bad).reshape(-1).tolist()
-            raise ValueError(f"{owner}: slot(s) {slots} have FixCom; the barostat does not support "
-                             "constraints (as in ASE, which raises NotImplementedError)")
     return key

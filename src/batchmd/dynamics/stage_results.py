@@ -16,8 +16,10 @@ the graduated systems (and so ``atoms.info`` keys of result frames), for stage `
 ``stage{k}_fmax``
     Optimizer stages: the largest atomic force (eV/Å) when the stage ended (NaN if skipped).
 ``stage{k}_temperature``
-    MD stages: mean instantaneous kinetic temperature (K, ``2 KE / (3 N kB)``) over the
-    stage's steps (NaN if skipped or no step was taken).
+    MD stages: mean instantaneous kinetic temperature (K, ``2 KE / (g kB)`` with ``g`` the
+    system's degrees of freedom, ``3N - 3 N_fixed - 3 [fix_com]``, as ASE's
+    ``get_temperature``; see :mod:`batchmd.dynamics.constraints`) over the stage's steps
+    (NaN if skipped or no step was taken).
 
 A system's ``status`` field keeps its :class:`~batchmd.dynamics.SystemStatus` code; in
 result frames (:func:`batchmd.ase.results_to_atoms`) and files it is the name of the last
@@ -134,9 +136,12 @@ class StageRecorder:
             return
         from ase.units import kB
 
+        from batchmd.dynamics.constraints import system_dof
+
         self._launch_temperature(batch.dtype, batch.num_graphs, [
             1, views("ptr", batch.ptr), views("velocities", batch.velocities, vector=True),
-            views("masses", batch.atomic_masses), views("stage", batch["stage"]), views("status", batch["status"]),
+            views("masses", batch.atomic_masses), views("dof", system_dof(batch)), views("stage", batch["stage"]),
+            views("status", batch["status"]),
             views("stage_steps", batch["stage_steps"]), self._md_table(batch.device), self.num_stages, float(kB), views("stage_tsum", batch["stage_tsum"].view(-1)),
         ], batch.device)
 

@@ -20,7 +20,9 @@ applies its policy to each system entering it:
     always keep the velocities as given (zeros where the batch has none).
 
 The Maxwell-Boltzmann draw is ASE's ``MaxwellBoltzmannDistribution`` + ``Stationary``
-(zero total momentum, kinetic energy of the draw preserved), from a per-system random
+(zero total momentum, kinetic energy of the draw preserved; with FixCom it is scaled to the
+``3 N_free - 3`` degrees of freedom the system keeps, so that its mean temperature over them
+is the target: see :mod:`batchmd.kernels.velocities`), from a per-system random
 stream keyed on ``(stage seed, system_id, rng_counter)`` (see
 :mod:`batchmd.kernels.velocities`): the same for a system alone, in any batch, in any
 serving order. Fixed atoms (``fixed``) always get zero velocity. A system with fewer than two
@@ -40,7 +42,7 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.constraints import fixed_mask, remove_com_velocity
+from batchmd.dynamics.constraints import fixed_mask, remove_com_velocity, system_dof
 from batchmd.runtime import CachedLaunch, WarpViewCache
 
 __all__ = ["VELOCITY_POLICIES", "ensure_rng_counter", "check_policy", "apply_velocity_policy"]
@@ -134,6 +136,7 @@ def apply_velocity_policy(stage, batch, enter: torch.Tensor, previous=None, firs
         view("temperature", temperature.to(batch.dtype).contiguous()),
         view("masses", batch.atomic_masses),
         view("fixed", fixed_mask(batch, cache)),
+        view("dof", system_dof(batch)),
         view("velocities", batch.velocities, vector=True),
     ]
     _Launcher.launch(batch.dtype, batch.num_graphs, inputs, batch.device)

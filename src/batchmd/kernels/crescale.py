@@ -64,7 +64,7 @@ def crescale_system_kernel(
     masses: wp.array(dtype=Any),
     forces: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
-    fixed: wp.array(dtype=wp.bool),
+    dof: wp.array(dtype=Any),
     stress: wp.array(dtype=Any),
     cell: wp.array(dtype=Any),
     eta: wp.array2d(dtype=Any),
@@ -75,7 +75,8 @@ def crescale_system_kernel(
     """One thread per system: thermostat half step, barostat step; writes ``scale[s]``, ``stretch[s]``, the cell.
 
     ``scale``: the thermostat factor of the velocities; ``stretch = exp(d eps / 3)``.
-    Advances ``rng_counter[s]`` by one.
+    ``dof`` [B]: the degrees of freedom ``g`` the thermostat targets (``g kT``; ``3N - 3``
+    with FixCom). Advances ``rng_counter[s]`` by one.
     """
     s = wp.tid()
     if stage[s] != stage_index or status[s] != 0:
@@ -84,14 +85,12 @@ def crescale_system_kernel(
     end = ptr[s + 1]
     half_dt = dt_fs[s] * fs * type(fs)(0.5)
     k2 = type(fs)(0.0)
-    free = int(0)
     for i in range(start, end):
         v = velocities[i]
         k2 = k2 + masses[i] * wp.dot(v, v)
-        free = free + wp.where(fixed[i], 0, 1)
     kT = kB * temperature[s]
     tau = tdamp_fs[s] * fs
-    g_kT = type(fs)(3 * free) * kT
+    g_kT = dof[s] * kT
     st = nhc_integrate(s, k2, g_kT, kT, g_kT * tau * tau, kT * tau * tau, half_dt, tchain[s], tloop[s], eta, p_eta)
     scale[s] = st
     trace_kin = type(fs)(0.0)
@@ -145,7 +144,7 @@ def _overload_all() -> None:
         f, v, m, f2 = wp.array(dtype=scalar), wp.array(dtype=vec), wp.array(dtype=mat), wp.array2d(dtype=scalar)
         wp.overload(crescale_system_kernel, {"fs": scalar, "kB": scalar, "dt_fs": f, "temperature": f, "tdamp_fs": f,
                                              "pressure": f, "taup_fs": f, "compressibility": f, "masses": f,
-                                             "forces": v, "velocities": v, "stress": m, "cell": m, "eta": f2,
+                                             "forces": v, "velocities": v, "dof": f, "stress": m, "cell": m, "eta": f2,
                                              "p_eta": f2, "scale": f, "stretch": f})
         wp.overload(crescale_atom_kernel, {"fs": scalar, "dt_fs": f, "scale": f, "stretch": f, "masses": f,
                                            "forces": v, "velocities": v, "positions": v})

@@ -25,7 +25,8 @@ not depend on its slot or on the other systems: batch invariance):
 
 The chain (``ase.md.nose_hoover_chain.NoseHooverChainThermostat``), with ``M = tchain``
 variables ``eta_j`` and momenta ``p_eta_j``, masses ``Q_0 = g kT tdamp^2`` and
-``Q_j = kT tdamp^2`` (``g = 3N`` for the particle thermostat), is advanced by
+``Q_j = kT tdamp^2`` (``g`` the system's degrees of freedom, the ``dof`` field of
+:mod:`batchmd.dynamics.constraints`: ``3N`` without constraints, as ASE), is advanced by
 :func:`nhc_integrate`; the same function drives the MTK barostat's chain in
 :mod:`batchmd.kernels.npt` (with ``K2 = |p_cell|^2 / W``).
 
@@ -165,7 +166,7 @@ def nhc_system_kernel(
     masses: wp.array(dtype=Any),
     forces: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
-    fixed: wp.array(dtype=wp.bool),
+    dof: wp.array(dtype=Any),
     eta: wp.array2d(dtype=Any),
     p_eta: wp.array2d(dtype=Any),
     scale: wp.array(dtype=Any),
@@ -175,8 +176,8 @@ def nhc_system_kernel(
     ``kicked = 1``: ``K2`` of ``v + dt/2 F/m`` (after the force call), else of ``v``.
     Shapes: ``ptr`` [B+1]; per-system arrays [B] (dt, tdamp fs; temperature K); ``eta``,
     ``p_eta`` [B, width]; ``masses`` [N] amu; ``forces``, ``velocities`` vec3 [N];
-    ``fixed`` bool [N] (FixAtoms: such atoms have zero velocity and force and do not count
-    as degrees of freedom, ``g = 3 (N - N_fixed)``).
+    ``dof`` [B] the degrees of freedom ``g = 3N - 3 N_fixed - 3 [fix_com]`` (fixed atoms
+    have zero velocity and force, so they add nothing to ``K2``).
     """
     s = wp.tid()
     if stage[s] != stage_index or status[s] != 0:
@@ -185,16 +186,14 @@ def nhc_system_kernel(
     end = ptr[s + 1]
     half_dt = dt_fs[s] * fs * masses.dtype(0.5)
     k2 = masses.dtype(0.0)
-    free = int(0)
     for i in range(start, end):
         v = velocities[i]
         if kicked != 0:
             v = kick(v, forces[i], half_dt, masses[i])
         k2 = k2 + masses[i] * wp.dot(v, v)
-        free = free + wp.where(fixed[i], 0, 1)
     kT = kB * temperature[s]
     tau = tdamp_fs[s] * fs
-    g_kT = masses.dtype(3 * free) * kT
+    g_kT = dof[s] * kT
     qj = kT * tau * tau
     q0 = g_kT * tau * tau
     scale[s] = nhc_integrate(s, k2, g_kT, kT, q0, qj, half_dt, tchain[s], tloop[s], eta, p_eta)
@@ -252,7 +251,7 @@ def _overload_all() -> None:
     for scalar, vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
         f, v, f2 = wp.array(dtype=scalar), wp.array(dtype=vec), wp.array2d(dtype=scalar)
         wp.overload(nhc_system_kernel, {"fs": scalar, "kB": scalar, "dt_fs": f, "temperature": f, "tdamp_fs": f,
-                                        "masses": f, "forces": v, "velocities": v, "eta": f2, "p_eta": f2, "scale": f})
+                                        "masses": f, "forces": v, "velocities": v, "dof": f, "eta": f2, "p_eta": f2, "scale": f})
         atom = {"fs": scalar, "dt_fs": f, "scale": f, "masses": f, "forces": v, "velocities": v}
         wp.overload(nhc_pre_atom_kernel, {**atom, "positions": v})
         wp.overload(nhc_post_atom_kernel, atom)

@@ -27,7 +27,10 @@ Isotropic (``IsotropicMTKNPT``, one volume momentum ``p_eps``)::
     C = exp(y) I,  D = exprel(y) I,   y = p_eps dt / W
     G = 3 V (P - P_ext) + (sum p^2/m) / N,   W = (3N + 3) kT pdamp^2
 
-``sigma = -stress_total`` where ``stress_total = stress - sum_i p_i p_i^T / (m_i V)`` is
+``N`` stands for ``N_f / 3`` with ``N_f`` the system's degrees of freedom (the ``dof``
+field, :mod:`batchmd.dynamics.constraints`): ``N_f = 3N`` without constraints (ASE's
+formulas exactly), ``3N - 3`` with FixCom (MTK's ``alpha = 1 + d/N_f``, Tuckerman et al.
+2006; the thermostat targets ``N_f kT``). ``sigma = -stress_total`` where ``stress_total = stress - sum_i p_i p_i^T / (m_i V)`` is
 ASE's ``get_stress(include_ideal_gas=True)`` (the model's stress is symmetrised first, as
 ASE's Voigt form does), ``P = tr(sigma)/3`` and ``exprel(x) = (e^x - 1)/x``. The barostat
 chain has masses ``R_0 = 9 kT pdamp^2``, ``R_j = kT pdamp^2`` and drives ``|p_cell|^2/W``
@@ -149,6 +152,7 @@ def npt_pre_system_kernel(
     pchain: wp.array(dtype=wp.int32),
     ploop: wp.array(dtype=wp.int32),
     pressure: wp.array(dtype=Any),
+    dof: wp.array(dtype=Any),
     masses: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
     stress: wp.array(dtype=Any),
@@ -169,14 +173,15 @@ def npt_pre_system_kernel(
     Shapes: ``ptr`` [B+1]; per-system scalars [B]; ``stress``, ``cell``, ``cell0``,
     ``p_cell`` mat33 [B]; ``eta``, ``p_eta``, ``xi``, ``p_xi`` [B, width]; ``maps`` mat33
     [B, 4] (out: A, B, C, D); ``scale`` [B] (out: thermostat factor); ``masses`` [N];
-    ``velocities`` vec3 [N]. ``cell`` (and for the isotropic barostat ``eps``) is updated.
+    ``velocities`` vec3 [N]; ``dof`` [B] the degrees of freedom ``N_f`` (``3N`` without
+    constraints; ``3N - 3`` with FixCom). ``cell`` (and for the isotropic barostat ``eps``) is updated.
     """
     s = wp.tid()
     if stage[s] != stage_index or status[s] != 0:
         return
     start = ptr[s]
     end = ptr[s + 1]
-    n = type(fs)(end - start)
+    n = dof[s] / type(fs)(3.0)  # N_f / 3: N without constraints (exactly), N - 1 with FixCom
     kT = kB * temperature[s]
     dt = dt_fs[s] * fs
     half_dt = dt * type(fs)(0.5)
@@ -240,6 +245,7 @@ def npt_post_system_kernel(
     pchain: wp.array(dtype=wp.int32),
     ploop: wp.array(dtype=wp.int32),
     pressure: wp.array(dtype=Any),
+    dof: wp.array(dtype=Any),
     masses: wp.array(dtype=Any),
     forces: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
@@ -266,7 +272,7 @@ def npt_post_system_kernel(
         return
     start = ptr[s]
     end = ptr[s + 1]
-    n = type(fs)(end - start)
+    n = dof[s] / type(fs)(3.0)  # N_f / 3: N without constraints (exactly), N - 1 with FixCom
     kT = kB * temperature[s]
     half_dt = dt_fs[s] * fs * type(fs)(0.5)
     tau_t = tdamp_fs[s] * fs
@@ -341,7 +347,7 @@ def _overload_all() -> None:
         f, v, m = wp.array(dtype=scalar), wp.array(dtype=vec), wp.array(dtype=mat)
         f2, m2 = wp.array2d(dtype=scalar), wp.array2d(dtype=mat)
         system = {"fs": scalar, "kB": scalar, "dt_fs": f, "temperature": f, "tdamp_fs": f, "pdamp_fs": f,
-                  "pressure": f, "masses": f, "velocities": v, "stress": m, "cell": m, "cell0": m, "eps": f,
+                  "pressure": f, "dof": f, "masses": f, "velocities": v, "stress": m, "cell": m, "cell0": m, "eps": f,
                   "p_eps": f, "p_cell": m, "eta": f2, "p_eta": f2, "xi": f2, "p_xi": f2, "maps": m2, "scale": f}
         wp.overload(npt_pre_system_kernel, system)
         wp.overload(npt_post_system_kernel, {**system, "forces": v})

@@ -8,9 +8,10 @@ Per system ``s`` and stage ``k`` (row-major ``[B, K]`` arrays, ``K`` stages):
     Its largest atomic force (eV/Å) when it left stage ``k`` (written at the exit).
 ``stage_tsum[s, k]``
     Running mean over the MD steps it took in stage ``k`` of its instantaneous kinetic
-    temperature ``T = 2 KE / (3 N kB)`` (K; 3N degrees of freedom, as
-    ``ase.Atoms.get_temperature`` without constraints), sampled after each step and updated
-    as ``mean += (T - mean) / n`` (stable in float32 for any number of steps).
+    temperature ``T = 2 KE / (g kB)`` (K; ``g`` the system's degrees of freedom, the ``dof``
+    field: ``3N - 3 N_fixed - 3 [fix_com]``, as ``ase.Atoms.get_temperature``; 0 when
+    ``g = 0``), sampled after each step (after the FixCom projection) and updated as
+    ``mean += (T - mean) / n`` (stable in float32 for any number of steps).
 
 One thread per system; no host synchronisation. Both kernels are dtype-generic: the float
 arrays are in the batch's dtype (sums are taken in float64).
@@ -33,6 +34,7 @@ def accumulate_md_temperature(
     ptr: wp.array(dtype=wp.int32),
     velocities: wp.array(dtype=Any),
     masses: wp.array(dtype=Any),
+    dof: wp.array(dtype=Any),
     stage: wp.array(dtype=wp.int32),
     status: wp.array(dtype=wp.int32),
     stage_steps: wp.array(dtype=wp.int32),
@@ -56,8 +58,10 @@ def accumulate_md_temperature(
     for i in range(start, end):
         v = velocities[i]
         ke = ke + wp.float64(0.5) * wp.float64(masses[i]) * wp.float64(wp.dot(v, v))
-    n = wp.float64(end - start)
-    t = wp.float64(2.0) * ke / (wp.float64(3.0) * n * kB)
+    g = wp.float64(dof[s])
+    t = wp.float64(0.0)
+    if g > wp.float64(0.0):
+        t = wp.float64(2.0) * ke / (g * kB)
     mean = wp.float64(stage_tsum[s * num_stages + k])
     count = wp.float64(stage_steps[s] + 1)
     stage_tsum[s * num_stages + k] = stage_tsum.dtype(mean + (t - mean) / count)
@@ -87,6 +91,6 @@ record_stage_entry_overloads = {}
 for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
     accumulate_md_temperature_overloads[_scalar] = wp.overload(
         accumulate_md_temperature, {"velocities": wp.array(dtype=_vec), "masses": wp.array(dtype=_scalar),
-                                    "stage_tsum": wp.array(dtype=_scalar)})
+                                    "dof": wp.array(dtype=_scalar), "stage_tsum": wp.array(dtype=_scalar)})
     record_stage_entry_overloads[_scalar] = wp.overload(
         record_stage_entry, {"fmax": wp.array(dtype=_scalar), "stage_fmax": wp.array(dtype=_scalar)})

@@ -8,9 +8,13 @@ returns at once, so the launch is cheap when nobody enters. For an entering syst
 ``mode == DRAW``
     every free atom gets ``v = sqrt(kB T / m) xi`` with ``xi ~ N(0, 1)^3``, then the
     centre-of-mass velocity of the free atoms is removed and the velocities are rescaled
-    to the kinetic energy they had before the removal -- what ASE's
-    ``MaxwellBoltzmannDistribution(atoms, temperature_K=T)`` followed by
-    ``Stationary(atoms)`` (``preserve_temperature=True``) does. ``T = 0`` gives zeros.
+    to ``g / (3 N_free)`` times the kinetic energy ``K_0`` they had before the removal
+    (``g`` the system's degrees of freedom, ``dof``). Without FixCom ``g = 3 N_free`` and
+    this is what ASE's ``MaxwellBoltzmannDistribution(atoms, temperature_K=T)`` followed by
+    ``Stationary(atoms)`` (``preserve_temperature=True``) does; with FixCom (``g = 3 N_free -
+    3``) the mean kinetic energy is ``g kT / 2``, the temperature ``T`` over the ``g``
+    degrees of freedom the system has (ASE keeps ``K_0``, ``N_free / (N_free - 1)`` times
+    too hot). ``T = 0`` gives zeros.
 ``mode == AUTO``
     KEEP if any atom of the system has a non-zero velocity, else DRAW.
 
@@ -60,6 +64,7 @@ def velocity_policy_kernel(
     temperature: wp.array(dtype=Any),
     masses: wp.array(dtype=Any),
     fixed: wp.array(dtype=wp.bool),
+    dof: wp.array(dtype=Any),
     velocities: wp.array(dtype=Any),
 ):
     """Apply the velocity policy ``mode`` to system ``s`` if ``enter[s]`` (see the module docstring).
@@ -70,6 +75,7 @@ def velocity_policy_kernel(
     mode : KEEP, DRAW or AUTO.  kB : ``ase.units.kB`` (eV/K);  seed : int64 (already tagged).
     system_id : int64 [B];  counter : int32 [B] in/out random-stream position.
     temperature : [B] K;  masses : [N] amu;  fixed : bool [N] ``FixAtoms`` mask.
+    dof : [B] degrees of freedom (``3 N_free``, ``- 3`` with FixCom).
     velocities : vec3 [N] in/out, Å / ASE time unit.
     """
     s = wp.tid()
@@ -125,7 +131,8 @@ def velocity_policy_kernel(
             velocities[i] = v
             ke1 = ke1 + masses[i] * wp.length_sq(v)
     if ke1 > zero:
-        scale = wp.sqrt(ke0 / ke1)
+        share = dof[s] / (temperature.dtype(3.0) * temperature.dtype(free))  # 1 exactly without FixCom
+        scale = wp.sqrt(ke0 * share / ke1)
         for i in range(start, end):
             velocities[i] = scale * velocities[i]
 
@@ -136,5 +143,5 @@ for _scalar, _vec in ((wp.float32, wp.vec3f), (wp.float64, wp.vec3d)):
         velocity_policy_kernel,
         [wp.array(dtype=wp.int32), wp.array(dtype=wp.bool), wp.int32, _scalar, wp.int64, wp.array(dtype=wp.int64),
          wp.array(dtype=wp.int32), wp.array(dtype=_scalar), wp.array(dtype=_scalar), wp.array(dtype=wp.bool),
-         wp.array(dtype=_vec)],
+         wp.array(dtype=_scalar), wp.array(dtype=_vec)],
     )
