@@ -20,9 +20,9 @@ applies its policy to each system entering it:
     always keep the velocities as given (zeros where the batch has none).
 
 The Maxwell-Boltzmann draw is ASE's ``MaxwellBoltzmannDistribution`` + ``Stationary``
-(zero total momentum, kinetic energy of the draw preserved; with FixCom it is scaled to the
-``3 N_free - 3`` degrees of freedom the system keeps, so that its mean temperature over them
-is the target: see :mod:`batchmd.kernels.velocities`), from a per-system random
+(zero total momentum, kinetic energy of the draw preserved; with FixCom the
+centre-of-mass-free draw is kept as it is, canonical over the ``3 N_free - 3`` degrees of
+freedom left, as ASE does for atoms carrying ``FixCom``: see :mod:`batchmd.kernels.velocities`), from a per-system random
 stream keyed on ``(stage seed, system_id, rng_counter)`` (see
 :mod:`batchmd.kernels.velocities`): the same for a system alone, in any batch, in any
 serving order. Fixed atoms (``fixed``) always get zero velocity. A system with fewer than two

@@ -7,14 +7,14 @@ returns at once, so the launch is cheap when nobody enters. For an entering syst
     velocities kept; atoms with ``fixed`` get zero velocity.
 ``mode == DRAW``
     every free atom gets ``v = sqrt(kB T / m) xi`` with ``xi ~ N(0, 1)^3``, then the
-    centre-of-mass velocity of the free atoms is removed and the velocities are rescaled
-    to ``g / (3 N_free)`` times the kinetic energy ``K_0`` they had before the removal
-    (``g`` the system's degrees of freedom, ``dof``). Without FixCom ``g = 3 N_free`` and
-    this is what ASE's ``MaxwellBoltzmannDistribution(atoms, temperature_K=T)`` followed by
-    ``Stationary(atoms)`` (``preserve_temperature=True``) does; with FixCom (``g = 3 N_free -
-    3``) the mean kinetic energy is ``g kT / 2``, the temperature ``T`` over the ``g``
-    degrees of freedom the system has (ASE keeps ``K_0``, ``N_free / (N_free - 1)`` times
-    too hot). ``T = 0`` gives zeros.
+    centre-of-mass velocity of the free atoms is removed. Without FixCom (``dof`` equal to
+    ``3 N_free``) the velocities are then rescaled to the kinetic energy they had before the
+    removal -- what ASE's ``MaxwellBoltzmannDistribution(atoms, temperature_K=T)`` followed
+    by ``Stationary(atoms)`` (``preserve_temperature=True``) does. With FixCom (``dof = 3
+    N_free - 3``) they are not rescaled: the centre-of-mass-free part of a Gaussian draw is
+    the canonical distribution of the ``3 N_free - 3`` degrees of freedom left (mean
+    kinetic energy ``dof kT/2``), as ASE gives for atoms carrying ``FixCom`` (whose
+    ``set_momenta`` removes the centre-of-mass velocity). ``T = 0`` gives zeros.
 ``mode == AUTO``
     KEEP if any atom of the system has a non-zero velocity, else DRAW.
 
@@ -75,7 +75,7 @@ def velocity_policy_kernel(
     mode : KEEP, DRAW or AUTO.  kB : ``ase.units.kB`` (eV/K);  seed : int64 (already tagged).
     system_id : int64 [B];  counter : int32 [B] in/out random-stream position.
     temperature : [B] K;  masses : [N] amu;  fixed : bool [N] ``FixAtoms`` mask.
-    dof : [B] degrees of freedom (``3 N_free``, ``- 3`` with FixCom).
+    dof : [B] degrees of freedom (``3 N_free``; ``3 N_free - 3`` with FixCom: no rescaling).
     velocities : vec3 [N] in/out, Å / ASE time unit.
     """
     s = wp.tid()
@@ -130,9 +130,8 @@ def velocity_policy_kernel(
             v = velocities[i] - v0
             velocities[i] = v
             ke1 = ke1 + masses[i] * wp.length_sq(v)
-    if ke1 > zero:
-        share = dof[s] / (temperature.dtype(3.0) * temperature.dtype(free))  # 1 exactly without FixCom
-        scale = wp.sqrt(ke0 * share / ke1)
+    if ke1 > zero and dof[s] >= temperature.dtype(3 * free):  # no FixCom: ASE's Stationary keeps the energy
+        scale = wp.sqrt(ke0 / ke1)
         for i in range(start, end):
             velocities[i] = scale * velocities[i]
 
