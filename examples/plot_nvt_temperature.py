@@ -26,8 +26,8 @@ model = LennardJones(sigma=3.405, epsilon=0.0104, cutoff=8.5125)
 # %%
 # 150 steps of 5 fs with a strong friction (fast equilibration)
 # -------------------------------------------------------------
-# ``TrajectoryHook`` computes the temperature from velocities and masses with 3N degrees
-# of freedom, every 5 steps.
+# ``TrajectoryHook`` computes the temperature from velocities and masses over each
+# system's degrees of freedom (3N here: no constraints; see docs/ensembles.rst), every 5 steps.
 target = 60.0
 trajectory = TrajectoryHook(frequency=5, fields=("temperature", "energies"))
 nvt = NVTLangevin(model, dt=5.0, temperature=target, friction=0.05, random_seed=0, n_steps=150,

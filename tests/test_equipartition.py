@@ -153,18 +153,18 @@ BAROSTATS = {"mtk": mtk, "mtk_full": mtk_full, "crescale": crescale}
 
 @pytest.mark.parametrize("name", sorted(THERMOSTATS))
 def test_thermostat_equipartition_with_fixatoms_fixcom_and_both(name):
-    """Fast: 24 replicas of each kind, 400 steps of 4 fs, statistics over the last 300."""
+    """Fast: 24 replicas of each kind, 600 steps of 4 fs, statistics over the last 400 (after 8 tdamp)."""
     kinds = ("fixcom", "fixatoms", "both")
-    frames, out, labels, series = run(THERMOSTATS[name](400), kinds, replicas=24, n_steps=400)
+    frames, out, labels, series = run(THERMOSTATS[name](600), kinds, replicas=24, n_steps=600)
     for kind in kinds:
-        check_kind(kind, frames, out, labels, series, skip=100, name=name)
+        check_kind(kind, frames, out, labels, series, skip=200, name=name)
 
 
 @pytest.mark.parametrize("name", sorted(BAROSTATS))
 def test_barostat_equipartition_with_fixcom(name):
-    """Fast: FixCom (g = 3N - 3) under each barostat, 24 replicas, 400 steps, statistics over the last 300."""
-    frames, out, labels, series = run(BAROSTATS[name](400), ("fixcom",), replicas=24, n_steps=400)
-    check_kind("fixcom", frames, out, labels, series, skip=100, name=name)
+    """Fast: FixCom (g = 3N - 3) under each barostat, 24 replicas, 600 steps, statistics over the last 400."""
+    frames, out, labels, series = run(BAROSTATS[name](600), ("fixcom",), replicas=24, n_steps=600)
+    check_kind("fixcom", frames, out, labels, series, skip=200, name=name)
 
 
 @pytest.mark.parametrize("name", sorted(BAROSTATS))
@@ -245,3 +245,66 @@ def test_maxwell_boltzmann_draw_gives_the_temperature_over_the_free_degrees_of_f
         m = batch.atomic_masses[:, None]
         p = torch.zeros(replicas, 3, dtype=torch.float64).index_add_(0, batch.batch_idx.long(), m * v)
         assert float(p.abs().max()) < 1e-12
+
+
+def slab_frames(copies: int):
+    """The issue's slab: fcc100 Ar (3, 3, 4), a = 5.3 Å, vacuum 8 Å, pbc (T, T, F), the 18 lowest atoms fixed (g = 54)."""
+    from ase.build import fcc100
+
+    frames = []
+    for i in range(copies):
+        slab = fcc100("Ar", (3, 3, 4), a=5.3, vacuum=8)
+        slab.pbc = (True, True, False)
+        if i:
+            slab.rattle(0.02, seed=i)
+        slab.set_constraint(FixAtoms(indices=np.argsort(slab.positions[:, 2])[:18]))
+        frames.append(slab)
+    return frames
+
+
+def cli_slab_temperatures(tmp_path, ensemble: str, copies: int, steps: int, extra=()):
+    import ase.io
+
+    from batchmd.cli import main
+
+    path, out = tmp_path / "slab.extxyz", tmp_path / f"{ensemble}.extxyz"
+    ase.io.write(path, slab_frames(copies))
+    assert main(["md", str(path), "-o", str(out), "--ensemble", ensemble, "--temperature", "40", "--steps",
+                 str(steps), "--dt", "5", "--seed", "1", "--device", "cpu", "--quiet", *extra]) == 0
+    got, given = ase.io.read(out, ":"), ase.io.read(path, ":")
+    for a, f in zip(got, given):
+        fixed = f.constraints[0].index
+        assert len(fixed) == 18
+        np.testing.assert_allclose(a.positions[fixed], f.positions[fixed], atol=1e-8)  # fixed atoms unmoved
+    return np.array([a.info["stage0_temperature"] for a in got])
+
+
+@pytest.mark.parametrize("ensemble,extra,steps", [("nvt", ("--friction", "0.02"), 300),
+                                                  ("nvt-nose-hoover", ("--tdamp", "100"), 600)])
+def test_cli_slab_with_fixed_atoms_reports_the_thermostat_temperature(tmp_path, ensemble, extra, steps):
+    """The issue's slab (18 of 36 atoms fixed), 8 copies, 40 K, 300 (Langevin) or 600 (NHC) steps of 5 fs:
+    the mean stage0_temperature is ~40 K (it was 19.9 K: counted over 3N = 108 instead of g = 54).
+
+    Tolerance 40 +- 4 K: the instantaneous temperature of 54 degrees of freedom fluctuates by
+    sqrt(2/54) = 19%; with correlation times ~50-100 fs each run is >= 10 independent samples
+    (<= 6%), 8 copies 2% (4 SE = 8%, 3.2 K), and the mean includes the equilibration from the
+    draw (the temperature first drops as the slab takes potential energy): measured bias
+    -1.5% (Langevin), -3.5% (NHC, hence its longer run).
+    """
+    temps = cli_slab_temperatures(tmp_path, ensemble, copies=8, steps=steps, extra=extra)
+    print(f"batchmd md --ensemble {ensemble} slab: stage0_temperature {temps.mean():.2f} K ({temps.round(1)})")
+    assert abs(temps.mean() - 40.0) < 4.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ensemble,extra", [("nvt", ("--friction", "0.02")), ("nvt-nose-hoover", ())])
+def test_cli_slab_issue_command(tmp_path, ensemble, extra):
+    """The issue's command (one slab, 1500 steps of 5 fs): stage0_temperature within 40 +- 6 K (was 19.9 / 20.3 K).
+
+    One system, g = 54: Langevin (friction 0.02/fs) gives ~75 independent samples (2% error);
+    the Nosé-Hoover chain at its default tdamp (500 fs) ~8 (7%, 4 SE = 28% would be 11 K;
+    6 K still excludes the old 20 K by far). Measured: 39.75 K and 38.09 K.
+    """
+    temps = cli_slab_temperatures(tmp_path, ensemble, copies=1, steps=1500, extra=extra)
+    print(f"issue command --ensemble {ensemble}: stage0_temperature {temps[0]:.2f} K")
+    assert abs(temps[0] - 40.0) < 6.0
