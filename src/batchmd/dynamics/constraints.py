@@ -29,7 +29,7 @@ How the mask is honoured -- the contract for every integrator
    (:func:`system_dof`): the Nosé-Hoover chain (``Q_0 = g kT tdamp^2``, target ``g kT``),
    C-rescale's and MTK's thermostats, MTK's barostat kinetic terms (``N_f = g``), the
    Maxwell-Boltzmann draw of the velocity policy, the reported temperature
-   (``stage{k}_temperature``, :class:`~batchmd.dynamics.hooks.TrajectoryHook`,
+   (``stage{k}_temperature``, :class:`~batchmd.dynamics.TrajectoryHook`,
    :func:`system_temperature`). Where batchmd differs from ASE: ASE's
    ``NoseHooverChainNVT`` and MTK integrators count ``3N`` whatever the constraints (its
    ``get_temperature`` counts ``g``); see ``docs/ensembles.rst``.

@@ -64,7 +64,9 @@ class CRescaleNPT(NoseHooverChainNVT):
     One step: thermostat half step, half kick, barostat (pressure from the stress of the
     current configuration and the kinetic tensor of the half-kicked velocities;
     ``x, h *= mu``, ``v /= mu`` with ``mu = exp(d eps / 3)``), drift; model evaluation;
-    half kick, thermostat half step (see :mod:`batchmd.kernels.crescale`). State: the
+    half kick, thermostat half step (see :mod:`batchmd.kernels.crescale`). The thermostat
+    targets each system's degrees of freedom (the ``dof`` field, ``3N``, or ``3N - 3`` with
+    ``FixCom``, which is supported; ``FixAtoms`` is refused). State: the
     ``nhc_*`` fields of the thermostat, ``crs_pressure`` (eV/Å^3), ``crs_taup`` (fs),
     ``crs_compressibility`` (Å^3/eV) and the int32 ``rng_counter``.
     """

@@ -122,7 +122,7 @@ def nhc_integrate(
     ----------
     s : system row of ``eta`` / ``p_eta`` (``[B, width]``, ``width >= nchain``).
     k2 : twice the kinetic energy of the driven momenta (eV): ``sum p^2/m`` or ``|p_cell|^2/W``.
-    g_kT : ``g kT``, the target of ``k2`` (eV): ``3N kT`` for particles.
+    g_kT : ``g kT``, the target of ``k2`` (eV): ``g`` the system's degrees of freedom for particles.
     kT : eV;  q0, qj : chain masses ``Q_0`` and ``Q_{j>0}`` (eV·ASE time^2).
     delta : the time to integrate (ASE time units), split into ``nloop`` x 3 Yoshida sub-steps.
 
