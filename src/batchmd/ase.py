@@ -44,9 +44,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from batchmd.data import AtomicData, Batch
+from batchmd.dynamics.base import stage_method
 
 __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
-           "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
+           "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms", "stage_method"]
 
 #: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
 #: of :mod:`batchmd.dynamics.stage_results`).
@@ -55,7 +56,7 @@ RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fm
 # Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
 _LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
                                        "failure"}
-_STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method)$")
+_STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method|target_temperature_K|target_pressure_GPa)$")
 
 
 def _loop_keys(info) -> list:
@@ -195,6 +196,10 @@ class AtomsDataset:
     ignore_constraints : bool
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame
         (``FixAtoms`` is always carried, as the atom field ``fixed``).
+    temperature, pressure : sequence of float, optional
+        Per-frame targets (K; eV/Å^3), one per frame, NaN for "none": set as the sample's
+        system fields ``target_temperature`` / ``target_pressure``, replacing the frame's
+        ``info["temperature_K"]`` / ``info["pressure_GPa"]`` (see :func:`frame_targets`).
 
     Notes
     -----
@@ -213,8 +218,16 @@ class AtomsDataset:
     """
 
     def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64,
-                 edge_cutoff: float | None = None, ignore_constraints: bool = False, input_indices=None) -> None:
+                 edge_cutoff: float | None = None, ignore_constraints: bool = False, input_indices=None,
+                 temperature=None, pressure=None) -> None:
         self.frames = list(frames)
+        self.targets = {}
+        for field, values in (("target_temperature", temperature), ("target_pressure", pressure)):
+            if values is not None:
+                values = np.asarray(values, dtype=np.float64).reshape(-1)
+                if values.shape != (len(self.frames),):
+                    raise ValueError(f"AtomsDataset: {values.size} values of {field} for {len(self.frames)} frames")
+                self.targets[field] = values
         self.dtype = dtype
         self.ignore_constraints = bool(ignore_constraints)
         self.edge_cutoff = None if edge_cutoff is None else float(edge_cutoff)
@@ -257,6 +270,9 @@ class AtomsDataset:
         except ValueError as error:
             raise ValueError(f"frame {self.input_indices[index]}: {error}") from error
         data.add_system_property("input_index", torch.tensor([[self.input_indices[index]]], dtype=torch.int64))
+        for field, values in self.targets.items():
+            if np.isfinite(values[index]):
+                setattr(data, field, torch.tensor(values[index], dtype=self.dtype))
         return data, {}
 
 
@@ -267,7 +283,37 @@ def _scalar(value):
     return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
 
 
-def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) -> list[Atoms]:
+def _stage_targets(stage):
+    """``(temperature, pressure)`` attributes of a stage that uses them (None where it does not)."""
+    temperature = getattr(stage, "temperature", None) if not getattr(stage, "is_optimizer", False) else None
+    pressure = getattr(stage, "pressure", None)
+    cell_filter = getattr(stage, "cell_filter", None)
+    if cell_filter is not None and not isinstance(cell_filter.scalar_pressure, str):
+        pressure = cell_filter.scalar_pressure
+    elif getattr(stage, "is_optimizer", False):
+        pressure = None
+    return temperature, pressure
+
+
+def _record_stage_info(atoms, frame_info: dict, stages) -> None:
+    """``stage{k}_method`` and the targets each stage used for this frame (see :func:`results_to_atoms`)."""
+    from ase.units import GPa
+
+    own_t, own_p = frame_info.get("temperature_K"), frame_info.get("pressure_GPa")
+    for k, stage in enumerate(stages):
+        atoms.info[f"stage{k}_method"] = stage_method(stage)
+        temperature, pressure = _stage_targets(stage)
+        if temperature is not None or (own_t is not None and getattr(stage, "velocity_policy", None)):
+            value = own_t if own_t is not None else temperature
+            if isinstance(value, (int, float, np.floating, np.integer)):
+                atoms.info[f"stage{k}_target_temperature_K"] = float(value)
+        if pressure is not None:
+            value = own_p if own_p is not None else (pressure / GPa if isinstance(pressure, (int, float)) else None)
+            if value is not None:
+                atoms.info[f"stage{k}_target_pressure_GPa"] = float(value)
+
+
+def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], stages=None) -> list[Atoms]:
     """Clean result frames: each is a copy of its input with the new positions and results.
 
     Parameters
@@ -278,6 +324,12 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
         its info.
     inputs : sequence of ase.Atoms
         The input frames.
+    stages : sequence of Dynamics, optional
+        The stages that ran: each frame then gets ``stage{k}_method`` (:func:`stage_method`)
+        and, for stages with a temperature or pressure, the targets it ran at:
+        ``stage{k}_target_temperature_K`` (K) and ``stage{k}_target_pressure_GPa`` (GPa;
+        barostats and cell filters): the frame's own (``target_temperature`` /
+        ``target_pressure``, see :func:`frame_targets`) or the stage's.
 
     Returns
     -------
@@ -312,6 +364,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
                 value = frame.info[key]
                 atoms.info[key] = value if isinstance(value, str) else _scalar(value)
         _stage_info(atoms.info, frame.info)
+        if stages:
+            _record_stage_info(atoms, frame.info, stages)
         if failed:
             text = failure_text(_scalar(frame.info.get("failure", 0))) or "failed"
             if not finite:
@@ -382,6 +436,85 @@ def _check_species_up_front(frames, stages) -> None:
             raise
 
 
+def frame_targets(frames: Sequence[Atoms], temperature=None, pressure=None) -> tuple:
+    """Each frame's own thermostat and barostat targets: ``(temperatures K [n], pressures eV/Å^3 [n])``.
+
+    A frame's target is ``temperature[i]`` / ``pressure[i]`` when given, else its
+    ``atoms.info["temperature_K"]`` (K) / ``atoms.info["pressure_GPa"]`` (GPa), else NaN
+    (none: the stages' own temperature and pressure apply).
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The structures.
+    temperature : sequence of float, optional
+        One temperature per frame, K (> 0; NaN or None: the frame's info key, else the stage's).
+    pressure : sequence of float, optional
+        One pressure per frame, **eV/Å^3** (``ase.units.GPa`` per GPa; NaN or None as above).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(temperatures, pressures)``, float64 ``[len(frames)]`` each, NaN where none.
+
+    Raises
+    ------
+    ValueError
+        One line naming the frame: a sequence whose length is not ``len(frames)``, a value
+        that is not a number (a string), an infinite value, a temperature <= 0, or a bad
+        info key (see :func:`batchmd.data.ase_convert.info_targets`).
+    """
+    from batchmd.data.ase_convert import info_targets
+
+    n = len(frames)
+    out = []
+    for name, values, unit, positive in (("temperature", temperature, "K", True),
+                                         ("pressure", pressure, "eV/Å^3", False)):
+        column = np.full(n, np.nan)
+        if values is not None:
+            if isinstance(values, torch.Tensor):
+                values = values.detach().cpu().reshape(-1).tolist()
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+                raise ValueError(f"run_frames: {name} must be a sequence of {n} numbers ({unit}), one per frame, "
+                                 f"got {values!r}")
+            if len(values) != n:
+                raise ValueError(f"run_frames: {name} has {len(values)} values for {n} frames (one per frame, {unit})")
+            for i, value in enumerate(values):
+                if value is None:
+                    continue
+                if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(value, (int, float, np.number)):
+                    raise ValueError(f"run_frames: {name} of frame {i} is {value!r}, not a number ({unit})")
+                value = float(value)
+                if np.isinf(value) or (positive and value <= 0):
+                    raise ValueError(f"run_frames: {name} of frame {i} is {value!r}, not a finite number"
+                                     f"{' > 0' if positive else ''} ({unit})")
+                column[i] = value
+        out.append(column)
+    for i, atoms in enumerate(frames):
+        try:
+            own = info_targets(atoms.info)
+        except ValueError as error:
+            raise ValueError(f"frame {i}: {error}") from None
+        for column, value in zip(out, own):
+            if value is not None and np.isnan(column[i]):
+                column[i] = value
+    return out[0], out[1]
+
+
+def _refuse_slot_tensors(stages) -> None:
+    """Stage parameters given as tensors are indexed by live-batch slot, which run_frames chooses: refuse them."""
+    for k, stage in enumerate(stages):
+        owners = [stage] + ([stage.cell_filter] if getattr(stage, "cell_filter", None) is not None else [])
+        for owner in owners:
+            for name in ("temperature", "pressure", "scalar_pressure"):
+                if isinstance(getattr(owner, name, None), torch.Tensor):
+                    plain = name.replace("scalar_", "")
+                    raise ValueError(
+                        f"run_frames: stage {k} ({type(stage).__name__}) has {name} as a tensor, which is indexed by "
+                        f"live-batch slot, not by frame; give one value per frame as run_frames({plain}=[...]) or "
+                        "in atoms.info['temperature_K'] (K) / atoms.info['pressure_GPa'] (GPa)")
+
+
 def default_max_atoms(frames) -> int:
     """The live batch's atom budget :func:`run_frames` uses when none is given: every frame's
     atoms up to 4,096, and at least the largest frame."""
@@ -407,6 +540,8 @@ def run_frames(
     min_distance: float = 0.1,
     ignore_constraints: bool = False,
     input_indices=None,
+    temperature=None,
+    pressure=None,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -453,6 +588,27 @@ def run_frames(
         Frames with atoms closer than this (Å) are refused up front (0 disables).
     ignore_constraints : bool
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame.
+    temperature : sequence of float, optional
+        Per-frame thermostat target, K (one per frame, in ``frames`` order; e.g. a list, a
+        numpy array or a 1-D tensor of ``len(frames)``). Default: each frame's
+        ``atoms.info["temperature_K"]`` where it has one.
+    pressure : sequence of float, optional
+        Per-frame external pressure, eV/Å^3 (``ase.units.GPa`` per GPa). Default: each
+        frame's ``atoms.info["pressure_GPa"]`` (GPa) where it has one.
+
+    Notes
+    -----
+    **Per-frame temperature and pressure.** A frame's own target (``temperature`` /
+    ``pressure`` here, else its info keys; see :func:`frame_targets`) travels with the
+    system through refills as the system fields ``target_temperature`` (K) /
+    ``target_pressure`` (eV/Å^3) and replaces the temperature of every thermostat stage
+    it meets (:class:`~batchmd.dynamics.NVTLangevin`,
+    :class:`~batchmd.dynamics.NoseHooverChainNVT`, MTK and C-rescale NPT, and the
+    Maxwell-Boltzmann draw of :class:`~batchmd.dynamics.NVE`) and the pressure of every
+    barostat and cell filter; frames without one run at the stage's own values. Result
+    frames record the values used as ``stage{k}_target_temperature_K`` /
+    ``stage{k}_target_pressure_GPa``. Stage parameters given as tensors are refused here:
+    they are indexed by live-batch slot, which this function chooses.
 
     Returns
     -------
@@ -468,17 +624,28 @@ def run_frames(
     ValueError
         Before anything runs, naming the first invalid frame and atom
         (:func:`check_frames`), or (``UnsupportedSpeciesError``) the elements a stage's
-        model has no parameters for and the first frame holding one.
+        model has no parameters for and the first frame holding one; a bad per-frame
+        temperature or pressure, naming the frame (:func:`frame_targets`); a stage
+        temperature or pressure given as a (slot-indexed) tensor.
+
+    An empty ``frames`` returns an empty result (no frames, zero counters) without running.
     """
     from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.hooks import RunStats
     from batchmd.dynamics.sinks import HostMemory
 
-    check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
     stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
+    if len(frames) == 0:
+        return InflightResult([], RunStats(systems_total=0))
+    check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
+    _refuse_slot_tensors(stages)
+    temperatures, pressures = frame_targets(frames, temperature, pressure)
     _check_species_up_front(frames, stages)
     if max_atoms is None:
         max_atoms = default_max_atoms(frames)
-    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices)
+    given = temperature is not None or pressure is not None
+    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices,
+                           temperature=temperatures if given else None, pressure=pressures if given else None)
     sampler = SizeAwareSampler(dataset, max_atoms=max_atoms, max_batch_size=max_batch_size,
                                prefetch=prefetch)
     memory = HostMemory(capacity=len(frames)) if collect else None
@@ -498,7 +665,7 @@ def run_frames(
         raise RuntimeError(f"batchmd.ase.run_frames: {leftover.num_graphs} systems did not graduate")
     out = []
     if memory is not None and len(memory):
-        out = results_to_atoms(memory.drain().to_ase(), frames)
+        out = results_to_atoms(memory.drain().to_ase(), frames, stages=stages)
     return InflightResult(out, fused.stats)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from batchmd.dynamics.base import set_system_param
+from batchmd.dynamics.base import set_system_param, system_target
 from batchmd.dynamics.convergence import ConvergenceHook
 from batchmd.kernels import cell_filter as cfk
 from batchmd.runtime import LaunchCache, WarpViewCache
@@ -125,6 +125,8 @@ class CellFilter:
         dtype, num, dev = batch.positions.dtype, batch.num_graphs, mask.device
         set_system_param(batch, "filter_kind", self.kind, mask, torch.int32)
         pressure = self._value(batch, self.scalar_pressure, "scalar_pressure")
+        if not isinstance(self.scalar_pressure, str):  # a named field is the caller's explicit choice
+            pressure = system_target(batch, "target_pressure", pressure, dtype)
         set_system_param(batch, "filter_pressure", pressure.reshape(-1) if torch.is_tensor(pressure) else pressure,
                          mask, dtype)
         for field, attr in (("filter_hydrostatic", "hydrostatic_strain"), ("filter_constant_volume", "constant_volume")):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import fixed_mask
 from batchmd.dynamics.velocities import check_policy, ensure_rng_counter
 from batchmd.runtime import CachedLaunch, WarpViewCache
@@ -86,6 +86,7 @@ class NVTLangevin(Dynamics):
     """
 
     name = "nvt_langevin"
+    method = "nvt"
 
     def __init__(
         self,
@@ -117,7 +118,8 @@ class NVTLangevin(Dynamics):
         """Set ``nvt_dt``, ``nvt_temperature``, ``nvt_friction``, reset ``nvt_step`` where ``mask`` [B] is True."""
         dtype = batch.positions.dtype
         set_system_param(batch, "nvt_dt", self.dt, mask, dtype)
-        set_system_param(batch, "nvt_temperature", self.temperature, mask, dtype)
+        set_system_param(batch, "nvt_temperature", system_target(batch, "target_temperature", self.temperature, dtype),
+                         mask, dtype)
         set_system_param(batch, "nvt_friction", self.friction, mask, dtype)
         set_system_param(batch, "nvt_step", 0, mask, torch.int32)
         ensure_rng_counter(batch)

@@ -18,7 +18,7 @@ import math
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import degrees_of_freedom, fixed_mask
 from batchmd.dynamics.velocities import check_policy
 from batchmd.kernels import nose_hoover as nhk
@@ -158,6 +158,7 @@ class NoseHooverChainNVT(Dynamics):
     """
 
     name = "nhc"
+    method = "nvt-nose-hoover"
 
     def __init__(self, model, dt=1.0, temperature=300.0, tdamp=100.0, tchain=3, tloop=1, n_steps=None, hooks=None,
                  convergence_hook=None, velocities: str = "auto", random_seed=None):
@@ -180,7 +181,8 @@ class NoseHooverChainNVT(Dynamics):
         """Set the ``nhc_*`` parameters and zero the chain for systems where ``mask`` [B] is True."""
         dtype = batch.positions.dtype
         set_system_param(batch, "nhc_dt", self.dt, mask, dtype)
-        set_system_param(batch, "nhc_temperature", self.temperature, mask, dtype)
+        set_system_param(batch, "nhc_temperature", system_target(batch, "target_temperature", self.temperature, dtype),
+                         mask, dtype)
         set_system_param(batch, "nhc_tdamp", self.tdamp, mask, dtype)
         set_system_param(batch, "nhc_tchain", self.tchain, mask, torch.int32)
         set_system_param(batch, "nhc_tloop", self.tloop, mask, torch.int32)

@@ -18,7 +18,7 @@ import ase.units
 import numpy as np
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.velocities import check_policy
 from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count, check_positive, set_chain_rows
 from batchmd.kernels import npt as nptk
@@ -69,7 +69,9 @@ class MTKBase(Dynamics):
         For systems where ``mask`` [B] is True; device-side only.
         """
         dtype, num, device = batch.positions.dtype, batch.num_graphs, batch.device
-        for name, value in (("dt", self.dt), ("temperature", self.temperature), ("pressure", self.pressure),
+        temperature = system_target(batch, "target_temperature", self.temperature, dtype)
+        pressure = system_target(batch, "target_pressure", self.pressure, dtype)
+        for name, value in (("dt", self.dt), ("temperature", temperature), ("pressure", pressure),
                             ("tdamp", self.tdamp), ("pdamp", self.pdamp)):
             set_system_param(batch, f"npt_{name}", value, mask, dtype)
         for name, value in (("tchain", self.tchain), ("pchain", self.pchain), ("tloop", self.tloop),
@@ -268,6 +270,7 @@ class IsotropicMTKNPT(MTKBase):
     """
 
     name = "npt_iso"
+    method = "npt"
     isotropic = True
 
 
@@ -290,6 +293,7 @@ class MTKNPT(MTKBase):
     """
 
     name = "npt"
+    method = "npt"
     isotropic = False
 
 
