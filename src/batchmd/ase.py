@@ -323,7 +323,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         :class:`~batchmd.dynamics.sinks.ExtXYZSink` file), each with ``input_index`` in
         its info.
     inputs : sequence of ase.Atoms
-        The input frames.
+        The input frames, indexed by ``input_index`` (a dict ``{input_index: atoms}`` for a
+        subset of a file's frames).
     stages : sequence of Dynamics, optional
         The stages that ran: each frame then gets ``stage{k}_method`` (:func:`stage_method`)
         and, for stages with a temperature or pressure, the targets it ran at:
@@ -665,7 +666,8 @@ def run_frames(
         raise RuntimeError(f"batchmd.ase.run_frames: {leftover.num_graphs} systems did not graduate")
     out = []
     if memory is not None and len(memory):
-        out = results_to_atoms(memory.drain().to_ase(), frames, stages=stages)
+        inputs = frames if input_indices is None else dict(zip(dataset.input_indices, frames))
+        out = results_to_atoms(memory.drain().to_ase(), inputs, stages=stages)
     return InflightResult(out, fused.stats)
 
 
@@ -674,32 +676,81 @@ def relax(
     model,
     fmax: float = 0.05,
     max_steps: int = 500,
+    *,
+    optimizer: str = "fire",
+    cell: str = "fixed",
+    pressure=0.0,
     **kwargs,
 ) -> list[Atoms]:
-    """Relax every structure with batched FIRE (``ase.optimize.FIRE`` step for step).
+    """Relax every structure with batched FIRE or LBFGS (``ase.optimize.FIRE`` / ``LBFGS`` step for step).
+
+    The Python form of ``batchmd relax`` (same ``optimizer``, ``cell`` and ``pressure``
+    options; the pressure here is in eV/Å^3, the CLI's in GPa).
 
     Parameters
     ----------
     frames : sequence of ase.Atoms
-        Structures to relax (not modified).
+        Structures to relax (not modified). An empty sequence gives ``[]``.
     model : callable
-        A batchmd model.
+        A batchmd model (one that computes the stress for a variable cell).
     fmax : float
-        Convergence threshold on the largest atomic force, eV/Å.
+        Convergence threshold, eV/Å: the largest atomic force, or with a variable cell ASE's
+        fmax through the filter (atom and cell rows, see
+        :class:`~batchmd.dynamics.FrechetCellFilter`).
     max_steps : int
         Step budget per structure; a structure that runs out is returned with
         ``converged=False``.
+    optimizer : str
+        ``"fire"`` (:class:`~batchmd.dynamics.FIRE`) or ``"lbfgs"`` (:class:`~batchmd.dynamics.LBFGS`).
+    cell : str
+        ``"fixed"`` (atoms only, default), ``"full"`` (atoms and cell, ASE's
+        ``FrechetCellFilter``), ``"hydrostatic"`` (isotropic cell changes only) or
+        ``"volume"`` (cell shape at constant volume); see
+        :func:`~batchmd.dynamics.cell_filter.cell_filter_for`.
+    pressure : float or sequence of float
+        External pressure, eV/Å^3 (``ase.units.GPa`` per GPa), with ``cell="full"`` or
+        ``"hydrostatic"``: the enthalpy ``E + P V`` is minimised. A sequence gives one
+        pressure per frame (as :func:`run_frames`' ``pressure``); a frame's
+        ``atoms.info["pressure_GPa"]`` is its own pressure.
     **kwargs
         Passed to :func:`run_frames` (``max_atoms``, ``device``, ``dtype``, ``hooks``, ...).
 
     Returns
     -------
     list of ase.Atoms
-        Relaxed copies in input order, with energy/forces and the :data:`RESULT_KEYS` in info.
+        Relaxed copies in input order, with energy/forces (and stress), the cell, the
+        :data:`RESULT_KEYS` and the per-stage ``stage0_*`` keys in info.
+
+    Raises
+    ------
+    ValueError
+        One line: a non-positive ``fmax``, an unknown ``optimizer`` or ``cell``, a pressure
+        with ``cell="fixed"``/``"volume"``, a variable cell with a model that computes no
+        stress; and the errors of :func:`run_frames`.
     """
-    from batchmd.dynamics import FIRE, ConvergenceHook
+    from batchmd.dynamics import FIRE, LBFGS, ConvergenceHook
+    from batchmd.dynamics.cell_filter import cell_filter_for
 
     if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
         raise ValueError(f"batchmd.ase.relax: fmax must be a positive number of eV/Å, got {fmax!r}")
-    stage = FIRE(model, convergence_hook=ConvergenceHook.from_forces(fmax), n_steps=max_steps)
+    methods = {"fire": FIRE, "lbfgs": LBFGS}
+    if optimizer not in methods:
+        raise ValueError(f"batchmd.ase.relax: optimizer must be 'fire' or 'lbfgs', got {optimizer!r}")
+    per_frame = pressure is not None and not isinstance(pressure, (int, float, np.number))
+    try:
+        cell_filter = cell_filter_for(cell, 0.0 if per_frame else pressure)
+    except ValueError as error:
+        raise ValueError(f"batchmd.ase.relax: {error}") from None
+    if per_frame and cell_filter is None or (per_frame and cell == "volume"):
+        raise ValueError(f"batchmd.ase.relax: per-frame pressures do nothing with cell={cell!r}: they need a variable "
+                         "cell (cell='full' or 'hydrostatic')")
+    if cell_filter is not None and getattr(model, "computes_stress", None) is False:
+        raise ValueError(f"batchmd.ase.relax: cell={cell!r} needs a model that computes the stress "
+                         "(computes_stress=False)")
+    if len(frames) == 0:
+        return []
+    stage = methods[optimizer](model, convergence_hook=ConvergenceHook.from_forces(fmax), n_steps=max_steps,
+                               cell_filter=cell_filter)
+    if per_frame:
+        kwargs["pressure"] = pressure
     return run_frames(frames, [stage], **kwargs).frames

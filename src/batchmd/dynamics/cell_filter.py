@@ -28,7 +28,7 @@ from batchmd.dynamics.convergence import ConvergenceHook
 from batchmd.kernels import cell_filter as cfk
 from batchmd.runtime import LaunchCache, WarpViewCache
 
-__all__ = ["CellFilter", "FrechetCellFilter", "UnitCellFilter", "GPA", "FILTER_FIELDS"]
+__all__ = ["CellFilter", "FrechetCellFilter", "UnitCellFilter", "GPA", "FILTER_FIELDS", "CELL_MODES", "cell_filter_for"]
 
 #: 1 GPa in eV/Å^3 (``ase.units.GPa``).
 GPA = 1.0 / 160.21766208
@@ -263,3 +263,46 @@ class UnitCellFilter(CellFilter):
     def __init__(self, scalar_pressure=0.0, hydrostatic_strain=False, constant_volume=False, mask=None,
                  cell_factor=None):
         super().__init__(scalar_pressure, hydrostatic_strain, constant_volume, mask, cell_factor)
+
+
+#: ``cell`` modes of :func:`batchmd.ase.relax` and ``batchmd relax --cell`` -> FrechetCellFilter
+#: options (None: no filter, the cell is kept).
+CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": True},
+              "volume": {"constant_volume": True}}
+
+
+def cell_filter_for(cell: str = "fixed", pressure=0.0):
+    """The cell filter of a ``cell`` mode, as ``batchmd relax --cell`` builds it.
+
+    Parameters
+    ----------
+    cell : str
+        ``"fixed"`` (atoms only: no filter), ``"full"`` (atoms and cell, ASE's
+        ``FrechetCellFilter``), ``"hydrostatic"`` (isotropic cell changes only) or ``"volume"``
+        (cell shape at constant volume).
+    pressure : float
+        External pressure, eV/Å^3 (``GPA`` per GPa); needs ``"full"`` or ``"hydrostatic"``.
+        0 with other modes; per-frame pressures go in the systems' ``target_pressure``.
+
+    Returns
+    -------
+    FrechetCellFilter or None
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode, a non-finite pressure, or a non-zero pressure with ``"fixed"``
+        or ``"volume"`` (it would do nothing).
+    """
+    if cell not in CELL_MODES:
+        raise ValueError(f"cell must be one of {', '.join(CELL_MODES)}, got {cell!r}")
+    if isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not np.isfinite(pressure):
+        raise ValueError(f"pressure must be a finite number of eV/Å^3, got {pressure!r}")
+    options = CELL_MODES[cell]
+    if options is None or cell == "volume":
+        if pressure != 0.0:
+            raise ValueError(f"pressure does nothing with cell={cell!r}: it needs a variable cell "
+                             "(cell='full' or 'hydrostatic' relaxes the cell under pressure)")
+    if options is None:
+        return None
+    return FrechetCellFilter(scalar_pressure=float(pressure), **options)
