@@ -242,3 +242,42 @@ def test_stage_methods_are_the_clis_in_frames_stats_and_files():
     cell = run_frames([argon32(rattle=0.05)], [FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05),
                                                     n_steps=5, cell_filter=FrechetCellFilter(0.2 * GPa))])
     assert cell.frames[0].info["stage0_target_pressure_GPa"] == pytest.approx(0.2, rel=1e-12)
+
+
+def test_every_thermostat_barostat_and_filter_reads_the_systems_own_targets():
+    """init_state of each stage: the system's target where it has one, the stage's value elsewhere."""
+    from batchmd.data import Batch
+    from batchmd.dynamics import MTKNPT, CRescaleNPT, NoseHooverChainNVT
+
+    frames = [argon32(), argon32()]
+    frames[1].info.update({"temperature_K": 123.0, "pressure_GPa": 0.7})
+    batch = Batch.from_ase(frames)
+    assert batch["target_temperature"].isnan().tolist() == [True, False]
+    everyone = torch.ones(2, dtype=torch.bool)
+    model = lj(True)
+    cases = [
+        (NVTLangevin(model, dt=1.0, temperature=40.0), {"nvt_temperature": (40.0, 123.0)}),
+        (NoseHooverChainNVT(model, dt=1.0, temperature=40.0), {"nhc_temperature": (40.0, 123.0)}),
+        (IsotropicMTKNPT(model, dt=1.0, temperature=40.0, pressure=0.1 * GPa),
+         {"npt_temperature": (40.0, 123.0), "npt_pressure": (0.1 * GPa, 0.7 * GPa)}),
+        (MTKNPT(model, dt=1.0, temperature=40.0, pressure=0.1 * GPa),
+         {"npt_temperature": (40.0, 123.0), "npt_pressure": (0.1 * GPa, 0.7 * GPa)}),
+        (CRescaleNPT(model, dt=1.0, temperature=40.0, pressure=0.1 * GPa, compressibility=0.3 / GPa),
+         {"nhc_temperature": (40.0, 123.0), "crs_pressure": (0.1 * GPa, 0.7 * GPa)}),
+        (NVE(model, dt=1.0, temperature=40.0), {"nve_temperature": (40.0, 123.0)}),
+        (NVE(model, dt=1.0), {"nve_temperature": (0.0, 123.0)}),
+    ]
+    for stage, fields in cases:
+        stage.init_state(batch, everyone)
+        for name, want in fields.items():
+            assert batch[name].tolist() == pytest.approx(list(want), rel=1e-15), (type(stage).__name__, name)
+    FrechetCellFilter(scalar_pressure=0.1 * GPa).init_state(batch, everyone)
+    assert batch["filter_pressure"].tolist() == pytest.approx([0.1 * GPa, 0.7 * GPa], rel=1e-15)
+
+
+def test_stage_parameters_that_are_not_numbers_are_one_line_errors():
+    for make in (lambda: NVTLangevin(lj(), temperature="300"), lambda: NVTLangevin(lj(), dt=float("nan")),
+                 lambda: NVTLangevin(lj(), friction=-1.0), lambda: NVE(lj(), temperature="300")):
+        with pytest.raises(ValueError, match=r"(NVTLangevin|NVE): \w+ must be a finite number"):
+            make()
+    assert NVTLangevin(lj(), temperature=np.float32(40.0), friction=0).temperature == 40.0

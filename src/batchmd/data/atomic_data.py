@@ -62,8 +62,12 @@ class AtomicData(FieldStore):
     pbc : bool or tensor-like [3], optional
         Periodic directions. Default ``False``. A periodic direction needs a
         non-zero lattice vector.
-    velocities, forces : tensor-like [N, 3], optional
-        Å per ASE time unit; eV/Å.
+    velocities : tensor-like [N, 3], optional
+        Atomic velocities, Å per ASE time unit (as ``atoms.get_velocities()``; 1 Å/fs is
+        ``1 / ase.units.fs`` ≈ 10.18 of them). Momenta are ``atomic_masses * velocities``.
+    forces : tensor-like [N, 3], optional
+        Atomic forces, eV/Å (minus the gradient of the energy), e.g. a stored calculator
+        result.
     energies : tensor-like [1, 1] (or scalar), optional
         Potential energy, eV.
     stress : tensor-like [3, 3], optional

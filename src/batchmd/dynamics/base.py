@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Dynamics", "set_system_param", "stage_method", "system_target"]
+__all__ = ["Dynamics", "check_parameter", "set_system_param", "stage_method", "system_target"]
 
 
 class Dynamics:
@@ -134,6 +134,21 @@ class Dynamics:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_steps={self.n_steps}, convergence_hook={self.convergence_hook!r})"
+
+
+def check_parameter(owner: str, name: str, value, allow_zero: bool = False):
+    """Validate a stage's float parameter at construction: a finite number or a 1-D real tensor.
+
+    Numpy scalars become floats. Raises ``ValueError`` in one line naming the stage and the
+    parameter (e.g. ``NVTLangevin: temperature must be a finite number >= 0, got '300'``) for a
+    string, a bool, a non-finite value, a value <= 0 (< 0 with ``allow_zero``) or a tensor that
+    is not 1-D (see :func:`batchmd.dynamics.nose_hoover.check_positive`).
+    """
+    from batchmd.dynamics.nose_hoover import check_positive
+
+    if hasattr(value, "dtype") and not isinstance(value, torch.Tensor) and getattr(value, "shape", None) == ():
+        value = value.item()  # numpy scalars
+    return check_positive(owner, name, value, allow_zero=allow_zero)
 
 
 def set_system_param(batch, name, value, mask, dtype):

@@ -67,7 +67,9 @@ class CellFilter:
         becomes ``-V (sigma + P I)``, i.e. the relaxation minimises the enthalpy ``E + P V``.
         A tensor is indexed by slot when a system enters the stage; a string names a system
         field of the batch holding each system's own pressure (eV/Å^3), so that in inflight
-        runs every sample brings its own.
+        runs every sample brings its own. A number or tensor is replaced, for a system that
+        carries one, by its own ``target_pressure`` (``atoms.info["pressure_GPa"]``, see
+        :func:`~batchmd.dynamics.base.system_target`).
     hydrostatic_strain : bool, bool tensor [B] or str
         Only isotropic deformation (the virial is replaced by its trace over 3).
     constant_volume : bool, bool tensor [B] or str

@@ -133,7 +133,9 @@ class NoseHooverChainNVT(Dynamics):
     ``nhc_temperature`` (K), ``nhc_tdamp`` (fs), ``nhc_tchain``, ``nhc_tloop`` (int32), and
     the chain itself, ``nhc_eta`` (dimensionless) and ``nhc_p_eta`` (eV·ASE time), both
     ``[B, width]`` with each system using its first ``nhc_tchain`` columns. Entering the
-    stage resets the chain to zero, as a new ASE integrator does.
+    stage resets the chain to zero, as a new ASE integrator does. A system's own
+    ``target_temperature`` (K, ``atoms.info["temperature_K"]``) replaces ``temperature``
+    for it (:func:`~batchmd.dynamics.base.system_target`).
 
     **Degrees of freedom** are ``g = 3N`` (``Q_0 = g kT tdamp^2``), exactly as ASE (which
     does not remove the centre-of-mass motion). Atoms fixed by ``FixAtoms`` (the ``fixed``

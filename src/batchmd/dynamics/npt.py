@@ -258,7 +258,10 @@ class IsotropicMTKNPT(MTKBase):
     ``npt_p_eps`` (isotropic, eV·ASE time) or ``npt_p_cell`` ([B, 3, 3], full cell); the
     log-volume coordinate ``npt_eps`` and entry cell ``npt_cell0`` (isotropic). Entering
     the stage resets all of them, as a new ASE integrator does. ``cell`` is updated in place
-    every step; the model's neighbor list sees the changed cell and rebuilds.
+    every step; the model's neighbor list sees the changed cell and rebuilds. A system's own
+    ``target_temperature`` (K) / ``target_pressure`` (eV/Å^3; ``atoms.info["temperature_K"]`` /
+    ``["pressure_GPa"]``) replaces ``temperature`` / ``pressure`` for it
+    (:func:`~batchmd.dynamics.base.system_target`).
 
     The pressure includes the kinetic term (ASE's ``get_stress(include_ideal_gas=True)``);
     degrees of freedom are ``3N`` (no centre-of-mass removal), as in ASE. Positions are not

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param, system_target
+from batchmd.dynamics.base import Dynamics, check_parameter, set_system_param, system_target
 from batchmd.dynamics.velocities import check_policy
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.verlet import verlet_post_force_kernel_overloads, verlet_pre_force_kernel_overloads
@@ -73,8 +73,9 @@ class NVE(Dynamics):
     def __init__(self, model, dt=1.0, n_steps=None, hooks=None, convergence_hook=None, temperature=None,
                  velocities: str = "auto", random_seed=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
-        self.dt = dt
-        self.temperature = temperature
+        self.dt = check_parameter("NVE", "dt", dt)
+        self.temperature = None if temperature is None else check_parameter("NVE", "temperature", temperature,
+                                                                              allow_zero=True)
         self.velocity_policy = check_policy("NVE", velocities)
         if velocities == "maxwell_boltzmann" and temperature is None:
             raise ValueError("NVE: velocities='maxwell_boltzmann' needs a temperature (K)")
