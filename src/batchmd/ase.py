@@ -32,7 +32,6 @@ Example
 from __future__ import annotations
 
 import math
-import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -40,29 +39,15 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator as _ASECalculator
 from ase.calculators.calculator import all_changes
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from batchmd.ase_checks import _check_species_up_front, _refuse_slot_tensors, check_frames, frame_problems, frame_targets
+from batchmd.ase_results import RESULT_KEYS, _loop_keys, results_to_atoms
 from batchmd.data import AtomicData, Batch
 from batchmd.dynamics.base import stage_method
 
 __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
            "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms", "stage_method"]
-
-#: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
-#: of :mod:`batchmd.dynamics.stage_results`).
-RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
-
-# Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
-_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
-                                       "failure"}
-_STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method|target_temperature_K|target_pressure_GPa)$")
-
-
-def _loop_keys(info) -> list:
-    """Keys of ``info`` owned by the dynamics loop (results of an earlier run)."""
-    return [key for key in info if key in _LOOP_KEYS or _STAGE_KEY.match(key)]
-
 
 class Calculator(_ASECalculator):
     """A batchmd model as an ASE calculator (energy, forces, and stress where the model gives it).
@@ -129,53 +114,6 @@ class Calculator(_ASECalculator):
         if stress is not None and self.atoms.cell.rank == 3:
             full = stress.detach().to("cpu", torch.float64).reshape(3, 3).numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(full)
-
-
-def frame_problems(frames: Sequence[Atoms], min_distance: float = 0.1,
-                   ignore_constraints: bool = False) -> dict[int, str]:
-    """``{frame index: phrase}`` for every frame that cannot be run (see :func:`check_frames`)."""
-    from batchmd.data.validate import atoms_problem
-
-    problems = {}
-    for index, atoms in enumerate(frames):
-        if not isinstance(atoms, Atoms):
-            problems[index] = f"is a {type(atoms).__name__}, not ase.Atoms"
-            continue
-        problem = atoms_problem(atoms, min_distance=min_distance, ignore_constraints=ignore_constraints)
-        if problem is not None:
-            problems[index] = problem
-    return problems
-
-
-def check_frames(frames: Sequence[Atoms], source: str = "input", min_distance: float = 0.1,
-                 ignore_constraints: bool = False) -> None:
-    """Raise ``ValueError`` naming the first bad frame and atom, in one line.
-
-    The rules of :func:`batchmd.data.validate.atoms_problem` (shared with ``batchmd
-    shard``): not Atoms, no atoms, unknown elements, NaN/inf coordinates, cell or momenta,
-    bad masses, periodic directions without a lattice vector, zero-volume periodic cells,
-    atoms closer than ``min_distance`` (Å; 0 disables), unsupported ASE constraints.
-
-    Parameters
-    ----------
-    frames : sequence of ase.Atoms
-        The structures to check.
-    source : str
-        Name used in the message (e.g. the file name).
-    min_distance : float
-        Smallest allowed interatomic distance, Å.
-    ignore_constraints : bool
-        Accept (and later drop) ASE constraints other than ``FixAtoms``.
-
-    Example: ``"input: frame 1 has non-finite (NaN/inf) momenta (atom 5) (and 2 more bad frames)"``.
-    """
-    if len(frames) == 0:
-        raise ValueError(f"{source}: no frames")
-    problems = frame_problems(frames, min_distance, ignore_constraints)
-    if problems:
-        first = min(problems)
-        more = f" (and {len(problems) - 1} more bad frames)" if len(problems) > 1 else ""
-        raise ValueError(f"{source}: frame {first} {problems[first]}{more}")
 
 
 class AtomsDataset:
@@ -276,244 +214,11 @@ class AtomsDataset:
         return data, {}
 
 
-def _scalar(value):
-    value = np.asarray(value).reshape(-1)[0]
-    if value.dtype == np.bool_:
-        return bool(value)
-    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
-
-
-def _stage_targets(stage):
-    """``(temperature, pressure)`` attributes of a stage that uses them (None where it does not)."""
-    temperature = getattr(stage, "temperature", None) if not getattr(stage, "is_optimizer", False) else None
-    pressure = getattr(stage, "pressure", None)
-    cell_filter = getattr(stage, "cell_filter", None)
-    if cell_filter is not None and not isinstance(cell_filter.scalar_pressure, str):
-        pressure = cell_filter.scalar_pressure
-    elif getattr(stage, "is_optimizer", False):
-        pressure = None
-    return temperature, pressure
-
-
-def _record_stage_info(atoms, frame_info: dict, stages) -> None:
-    """``stage{k}_method`` and the targets each stage used for this frame (see :func:`results_to_atoms`)."""
-    from ase.units import GPa
-
-    own_t, own_p = frame_info.get("temperature_K"), frame_info.get("pressure_GPa")
-    for k, stage in enumerate(stages):
-        atoms.info[f"stage{k}_method"] = stage_method(stage)
-        temperature, pressure = _stage_targets(stage)
-        if temperature is not None or (own_t is not None and getattr(stage, "velocity_policy", None)):
-            value = own_t if own_t is not None else temperature
-            if isinstance(value, (int, float, np.floating, np.integer)):
-                atoms.info[f"stage{k}_target_temperature_K"] = float(value)
-        if pressure is not None:
-            value = own_p if own_p is not None else (pressure / GPa if isinstance(pressure, (int, float)) else None)
-            if value is not None:
-                atoms.info[f"stage{k}_target_pressure_GPa"] = float(value)
-
-
-def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], stages=None) -> list[Atoms]:
-    """Clean result frames: each is a copy of its input with the new positions and results.
-
-    Parameters
-    ----------
-    result_frames : sequence of ase.Atoms
-        Frames of graduated systems (from ``Batch.to_ase()`` or read back from an
-        :class:`~batchmd.dynamics.sinks.ExtXYZSink` file), each with ``input_index`` in
-        its info.
-    inputs : sequence of ase.Atoms
-        The input frames, indexed by ``input_index`` (a dict ``{input_index: atoms}`` for a
-        subset of a file's frames).
-    stages : sequence of Dynamics, optional
-        The stages that ran: each frame then gets ``stage{k}_method`` (:func:`stage_method`)
-        and, for stages with a temperature or pressure, the targets it ran at:
-        ``stage{k}_target_temperature_K`` (K) and ``stage{k}_target_pressure_GPa`` (GPa;
-        barostats and cell filters): the frame's own (``target_temperature`` /
-        ``target_pressure``, see :func:`frame_targets`) or the stage's.
-
-    Returns
-    -------
-    list of ase.Atoms
-        Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
-        momenta come from the result; energy, forces and stress are attached as a
-        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
-        system (``info["status"] == "failed"``) gets ``info["failure"]`` (why, see
-        :func:`batchmd.dynamics.status.failure_text`) and no calculator results; if its
-        final positions or momenta are not finite, the input structure is kept.
-        Constraints of the input (``FixAtoms``) are kept.
-    """
-    from batchmd.dynamics.status import SystemStatus, failure_text
-
-    out = []
-    for frame in result_frames:
-        index = _scalar(frame.info["input_index"])
-        atoms = inputs[index].copy()
-        status = frame.info.get("status", 0)
-        failed = status == "failed" or (not isinstance(status, str) and _scalar(status) == int(SystemStatus.FAILED))
-        finite = np.isfinite(frame.positions).all() and (
-            not frame.has("momenta") or np.isfinite(frame.get_momenta()).all())
-        if finite:
-            atoms.positions = frame.positions
-            atoms.cell = frame.cell
-            if frame.has("momenta"):
-                atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
-        for key in _loop_keys(atoms.info):
-            del atoms.info[key]
-        for key in RESULT_KEYS:
-            if key in frame.info:
-                value = frame.info[key]
-                atoms.info[key] = value if isinstance(value, str) else _scalar(value)
-        _stage_info(atoms.info, frame.info)
-        if stages:
-            _record_stage_info(atoms, frame.info, stages)
-        if failed:
-            text = failure_text(_scalar(frame.info.get("failure", 0))) or "failed"
-            if not finite:
-                text += "; non-finite positions or momenta, input structure written instead"
-            atoms.info["failure"] = text
-        results = dict(frame.calc.results) if frame.calc is not None else {}
-        if results and not failed:
-            atoms.calc = SinglePointCalculator(atoms, **results)
-        out.append(atoms)
-    out.sort(key=lambda a: a.info["input_index"])
-    return out
-
-
-def _stage_info(info: dict, source: dict) -> None:
-    """Per-stage keys from ``source`` with statuses as names; overall ``status`` and ``converged``.
-
-    The overall status is that of the last stage the system entered (an MD stage that ran
-    its steps is ``completed``, never ``converged``); ``converged`` is True when every
-    optimizer stage converged and no later stage failed (False for pure MD runs).
-    """
-    from batchmd.dynamics.stage_results import status_name
-
-    stages = sorted({int(m.group(0)[5:].split("_")[0]) for key in source if (m := _STAGE_KEY.match(key))})
-    for k in stages:
-        for suffix in ("status", "steps", "fmax", "temperature"):
-            key = f"stage{k}_{suffix}"
-            if key in source:
-                value = _scalar(source[key]) if not isinstance(source[key], str) else source[key]
-                info[key] = status_name(value) if suffix == "status" else value
-    names = [info[f"stage{k}_status"] for k in stages if f"stage{k}_status" in info]
-    entered = [n for n in names if n != "skipped"]
-    if entered:
-        info["status"] = entered[-1]
-        optimizers = [info[f"stage{k}_status"] for k in stages if f"stage{k}_fmax" in info]
-        info["converged"] = bool(optimizers) and all(n == "converged" for n in optimizers) and entered[-1] != "failed"
-    else:
-        if "status" in info:
-            info["status"] = status_name(info["status"])
-        info["converged"] = info.get("status") == "converged"
-
-
 class InflightResult(NamedTuple):
     """What :func:`run_frames` returns: result frames in input order and the run's counters."""
 
     frames: list
     stats: object
-
-
-def _check_species_up_front(frames, stages) -> None:
-    """Every stage's model covers every element of ``frames``, checked before anything runs.
-
-    Raises :class:`~batchmd.models.base.UnsupportedSpeciesError` naming the elements and the
-    first frame holding one (``input_index``), so no result is computed only to be lost.
-    """
-    import numpy as np
-
-    for stage in stages:
-        model = getattr(stage, "model", None)
-        if getattr(model, "supported_numbers", None) is None or not hasattr(model, "check_species"):
-            continue
-        try:
-            model.check_species(np.unique(np.concatenate([a.numbers for a in frames])))
-        except ValueError as error:
-            bad = set(getattr(error, "unsupported", ()))
-            first = next((i for i, a in enumerate(frames) if bad & set(a.numbers.tolist())), None)
-            if first is not None:
-                error.args = (f"{error.args[0]} (frame {first})", *error.args[1:])
-            raise
-
-
-def frame_targets(frames: Sequence[Atoms], temperature=None, pressure=None) -> tuple:
-    """Each frame's own thermostat and barostat targets: ``(temperatures K [n], pressures eV/Å^3 [n])``.
-
-    A frame's target is ``temperature[i]`` / ``pressure[i]`` when given, else its
-    ``atoms.info["temperature_K"]`` (K) / ``atoms.info["pressure_GPa"]`` (GPa), else NaN
-    (none: the stages' own temperature and pressure apply).
-
-    Parameters
-    ----------
-    frames : sequence of ase.Atoms
-        The structures.
-    temperature : sequence of float, optional
-        One temperature per frame, K (> 0; NaN or None: the frame's info key, else the stage's).
-    pressure : sequence of float, optional
-        One pressure per frame, **eV/Å^3** (``ase.units.GPa`` per GPa; NaN or None as above).
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``(temperatures, pressures)``, float64 ``[len(frames)]`` each, NaN where none.
-
-    Raises
-    ------
-    ValueError
-        One line naming the frame: a sequence whose length is not ``len(frames)``, a value
-        that is not a number (a string), an infinite value, a temperature <= 0, or a bad
-        info key (see :func:`batchmd.data.ase_convert.info_targets`).
-    """
-    from batchmd.data.ase_convert import info_targets
-
-    n = len(frames)
-    out = []
-    for name, values, unit, positive in (("temperature", temperature, "K", True),
-                                         ("pressure", pressure, "eV/Å^3", False)):
-        column = np.full(n, np.nan)
-        if values is not None:
-            if isinstance(values, torch.Tensor):
-                values = values.detach().cpu().reshape(-1).tolist()
-            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-                raise ValueError(f"run_frames: {name} must be a sequence of {n} numbers ({unit}), one per frame, "
-                                 f"got {values!r}")
-            if len(values) != n:
-                raise ValueError(f"run_frames: {name} has {len(values)} values for {n} frames (one per frame, {unit})")
-            for i, value in enumerate(values):
-                if value is None:
-                    continue
-                if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(value, (int, float, np.number)):
-                    raise ValueError(f"run_frames: {name} of frame {i} is {value!r}, not a number ({unit})")
-                value = float(value)
-                if np.isinf(value) or (positive and value <= 0):
-                    raise ValueError(f"run_frames: {name} of frame {i} is {value!r}, not a finite number"
-                                     f"{' > 0' if positive else ''} ({unit})")
-                column[i] = value
-        out.append(column)
-    for i, atoms in enumerate(frames):
-        try:
-            own = info_targets(atoms.info)
-        except ValueError as error:
-            raise ValueError(f"frame {i}: {error}") from None
-        for column, value in zip(out, own):
-            if value is not None and np.isnan(column[i]):
-                column[i] = value
-    return out[0], out[1]
-
-
-def _refuse_slot_tensors(stages) -> None:
-    """Stage parameters given as tensors are indexed by live-batch slot, which run_frames chooses: refuse them."""
-    for k, stage in enumerate(stages):
-        owners = [stage] + ([stage.cell_filter] if getattr(stage, "cell_filter", None) is not None else [])
-        for owner in owners:
-            for name in ("temperature", "pressure", "scalar_pressure"):
-                if isinstance(getattr(owner, name, None), torch.Tensor):
-                    plain = name.replace("scalar_", "")
-                    raise ValueError(
-                        f"run_frames: stage {k} ({type(stage).__name__}) has {name} as a tensor, which is indexed by "
-                        f"live-batch slot, not by frame; give one value per frame as run_frames({plain}=[...]) or "
-                        "in atoms.info['temperature_K'] (K) / atoms.info['pressure_GPa'] (GPa)")
 
 
 def default_max_atoms(frames) -> int:
