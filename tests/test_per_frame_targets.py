@@ -281,3 +281,20 @@ def test_stage_parameters_that_are_not_numbers_are_one_line_errors():
         with pytest.raises(ValueError, match=r"(NVTLangevin|NVE): \w+ must be a finite number"):
             make()
     assert NVTLangevin(lj(), temperature=np.float32(40.0), friction=0).temperature == 40.0
+
+
+def test_campaign_shard_rows_carry_the_structures_own_targets(tmp_path):
+    pytest.importorskip("pyarrow")
+    from batchmd.campaign.shards import DecodedShard, atoms_to_row, rows_to_table, validate_atoms
+
+    frames = [argon32(), argon32()]
+    frames[1].info.update({"temperature_K": 90.0, "pressure_GPa": -0.2})
+    shard = DecodedShard(rows_to_table([atoms_to_row(a, index=i, source="in.extxyz", frame=i)
+                                        for i, a in enumerate(frames)]))
+    plain, own = shard.atomic_data(0), shard.atomic_data(1)
+    assert not plain.has_field("target_temperature")
+    assert float(own["target_temperature"]) == 90.0
+    assert float(own["target_pressure"]) == pytest.approx(-0.2 * GPa, rel=1e-15)
+    bad = argon32()
+    bad.info["temperature_K"] = "warm"
+    assert "temperature_K" in validate_atoms(bad)
