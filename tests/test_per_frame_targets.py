@@ -238,6 +238,12 @@ def test_stage_methods_are_the_clis_in_frames_stats_and_files():
     assert (info["stage0_method"], info["stage1_method"]) == ("fire", "nvt")
     assert "stage0_target_temperature_K" not in info and info["stage1_target_temperature_K"] == 40.0
     assert set(result.stats.stage_counts) == {"0:fire", "1:nvt"}
+    # a stage the system never entered records no target
+    fire = FIRE(model, convergence_hook=ConvergenceHook.from_forces(1e-6), n_steps=2)
+    short = run_frames([argon32(rattle=0.3)], [fire, NVTLangevin(model, dt=2.0, temperature=40.0, n_steps=3)])
+    info = short.frames[0].info
+    assert info["stage1_status"] == "skipped" and "stage1_target_temperature_K" not in info
+    assert info["stage1_method"] == "nvt"
     # a cell filter's pressure is recorded for the optimizer stage
     cell = run_frames([argon32(rattle=0.05)], [FIRE(model, convergence_hook=ConvergenceHook.from_forces(0.05),
                                                     n_steps=5, cell_filter=FrechetCellFilter(0.2 * GPa))])

@@ -41,13 +41,14 @@ from ase.calculators.calculator import Calculator as _ASECalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from batchmd.ase_checks import _check_species_up_front, _refuse_slot_tensors, check_frames, frame_problems, frame_targets
+from batchmd.ase_checks import (_check_species_up_front, _refuse_slot_tensors, check_frames, frame_problems,
+                                frame_targets)
 from batchmd.ase_results import RESULT_KEYS, _loop_keys, results_to_atoms
 from batchmd.data import AtomicData, Batch
-from batchmd.dynamics.base import stage_method
 
 __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
-           "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms", "stage_method"]
+           "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
+
 
 class Calculator(_ASECalculator):
     """A batchmd model as an ASE calculator (energy, forces, and stress where the model gives it).

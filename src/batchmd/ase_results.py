@@ -63,6 +63,8 @@ def _record_stage_info(atoms, frame_info: dict, stages) -> None:
     own_t, own_p = frame_info.get("temperature_K"), frame_info.get("pressure_GPa")
     for k, stage in enumerate(stages):
         atoms.info[f"stage{k}_method"] = stage_method(stage)
+        if atoms.info.get(f"stage{k}_status") == "skipped":
+            continue  # the system never entered this stage: it ran at nothing
         temperature, pressure = _stage_targets(stage)
         if temperature is not None or (own_t is not None and getattr(stage, "velocity_policy", None)):
             value = own_t if own_t is not None else temperature

@@ -179,7 +179,8 @@ def default_fill(name: str, like: torch.Tensor, dim: int, rows: int, atom_index:
     """Default value for a field absent from some systems (used by concat and slot ops).
 
     Policy (:func:`default_value`): a known field's ``missing`` value where it declares one
-    (NaN for ``target_temperature`` / ``target_pressure``); floating fields whose name starts with ``_`` (caches) are NaN so an
+    (NaN for ``target_temperature`` / ``target_pressure``: "not given"); floating fields whose
+    name starts with ``_`` (caches) are NaN so an
     absent cache is recognisably invalid; ``atom_index`` fields are -1 (padding,
     "no atom"); every other field is zero (``False`` for bool).
 

@@ -94,7 +94,8 @@ class CRescaleNPT(NoseHooverChainNVT):
         """The thermostat's state (:meth:`NoseHooverChainNVT.init_state`) and the ``crs_*`` parameters."""
         super().init_state(batch, mask)
         dtype = batch.positions.dtype
-        set_system_param(batch, "crs_pressure", system_target(batch, "target_pressure", self.pressure, dtype), mask, dtype)
+        pressure = system_target(batch, "target_pressure", self.pressure, dtype)
+        set_system_param(batch, "crs_pressure", pressure, mask, dtype)
         set_system_param(batch, "crs_taup", self.taup, mask, dtype)
         set_system_param(batch, "crs_compressibility", self.compressibility, mask, dtype)
         if not batch.has_field("_crs_stretch") or batch["_crs_stretch"].shape != (batch.num_graphs,) or \
