@@ -46,21 +46,23 @@ print(f"{stats.systems_graduated} systems in {stats.steps} loop steps; "
 # %%
 # Per-system results
 # ------------------
-# Every frame carries ``system_id`` (order of entry into the live batch), ``input_index``,
-# ``status``, ``n_steps`` (FIRE steps + 40 NVT steps) and its final energy.
+# Every frame comes back in input order and carries ``input_index`` (its position in
+# ``frames``; ``system_id``, which keys its random streams, equals it here), ``status``,
+# ``n_steps`` (its FIRE steps + 40 NVT steps: the left panel), the per-stage keys
+# (``stage0_steps`` FIRE steps, ``stage1_temperature`` ...) and its final energy (right panel).
 n_atoms = np.array([len(a) for a in result.frames])
 n_steps = np.array([a.info["n_steps"] for a in result.frames])
-entry = np.array([a.info["system_id"] for a in result.frames])
+index = np.array([a.info["input_index"] for a in result.frames])
 energy = np.array([a.get_potential_energy() for a in result.frames]) / n_atoms
 
 fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5))
-scatter = left.scatter(entry, n_steps, c=n_atoms, cmap="viridis")
-left.set_xlabel("system_id (order of entry)")
-left.set_ylabel("steps taken (FIRE + NVT)")
+scatter = left.scatter(index, n_steps, c=n_atoms, cmap="viridis")
+left.set_xlabel("input index (frame of the dataset)")
+left.set_ylabel("steps per system (FIRE + 40 NVT)")
 fig.colorbar(scatter, ax=left, label="atoms")
 right.hist(energy, bins=12)
-right.set_xlabel("final energy per atom (eV)")
-right.set_ylabel("systems")
+right.set_xlabel("final potential energy per atom (eV/atom)")
+right.set_ylabel("number of systems")
 fig.tight_layout()
 # Headless (no display: CI, ssh, the docs build) the figure is saved instead of shown.
 if plt.get_backend().lower().endswith("agg"):

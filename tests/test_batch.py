@@ -228,13 +228,13 @@ def test_select_and_append_pads_wider_caches_and_fills_missing_fields():
 
 def test_global_fields_are_shared_and_kept():
     live = build_expected(POOL[:3])
-    live.set_field("target_temperature", torch.tensor(300.0), "global")
+    live.set_field("run_setpoint", torch.tensor(300.0), "global")
     new = build_expected(POOL[3:4])
-    new.set_field("target_temperature", torch.tensor(10.0), "global")
-    assert live.replace_slots(torch.tensor([1]), new).target_temperature.item() == 300.0
-    assert live.remove(torch.tensor([0])).target_temperature.item() == 300.0
-    assert new.append(live).target_temperature.item() == 10.0
-    assert "target_temperature" not in live.to_data_list()[0].fields
+    new.set_field("run_setpoint", torch.tensor(10.0), "global")
+    assert live.replace_slots(torch.tensor([1]), new).run_setpoint.item() == 300.0
+    assert live.remove(torch.tensor([0])).run_setpoint.item() == 300.0
+    assert new.append(live).run_setpoint.item() == 10.0
+    assert "run_setpoint" not in live.to_data_list()[0].fields
 
 
 def test_edge_index_is_global_and_reoffset():

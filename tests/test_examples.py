@@ -48,6 +48,10 @@ def test_example_runs(name, tmp_path, monkeypatch):
     if name == "plot_pipeline.py":
         frames = namespace["result"].frames
         assert [a.info["input_index"] for a in frames] == list(range(40))
+        # the x axis is what it plots: the input index (system_id equals it; it is not the order of entry)
+        assert namespace["index"].tolist() == [a.info["system_id"] for a in frames] == list(range(40))
+        assert namespace["left"].get_xlabel().startswith("input index")
+        assert "eV/atom" in namespace["right"].get_xlabel()
     if name == "plot_mlip_relaxation.py":
         assert bool(namespace["relaxed"].converged.all())
     if name == "plot_custom_hook.py":

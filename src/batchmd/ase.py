@@ -32,7 +32,6 @@ Example
 from __future__ import annotations
 
 import math
-import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -40,27 +39,15 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator as _ASECalculator
 from ase.calculators.calculator import all_changes
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from batchmd.ase_checks import (_check_species_up_front, _refuse_slot_tensors, check_frames, frame_problems,
+                                frame_targets)
+from batchmd.ase_results import RESULT_KEYS, _loop_keys, results_to_atoms
 from batchmd.data import AtomicData, Batch
 
 __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
-           "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
-
-#: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
-#: of :mod:`batchmd.dynamics.stage_results`).
-RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
-
-# Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
-_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
-                                       "failure", "dof"}
-_STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method)$")
-
-
-def _loop_keys(info) -> list:
-    """Keys of ``info`` owned by the dynamics loop (results of an earlier run)."""
-    return [key for key in info if key in _LOOP_KEYS or _STAGE_KEY.match(key)]
+           "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
 
 
 class Calculator(_ASECalculator):
@@ -130,53 +117,6 @@ class Calculator(_ASECalculator):
             self.results["stress"] = full_3x3_to_voigt_6_stress(full)
 
 
-def frame_problems(frames: Sequence[Atoms], min_distance: float = 0.1,
-                   ignore_constraints: bool = False) -> dict[int, str]:
-    """``{frame index: phrase}`` for every frame that cannot be run (see :func:`check_frames`)."""
-    from batchmd.data.validate import atoms_problem
-
-    problems = {}
-    for index, atoms in enumerate(frames):
-        if not isinstance(atoms, Atoms):
-            problems[index] = f"is a {type(atoms).__name__}, not ase.Atoms"
-            continue
-        problem = atoms_problem(atoms, min_distance=min_distance, ignore_constraints=ignore_constraints)
-        if problem is not None:
-            problems[index] = problem
-    return problems
-
-
-def check_frames(frames: Sequence[Atoms], source: str = "input", min_distance: float = 0.1,
-                 ignore_constraints: bool = False) -> None:
-    """Raise ``ValueError`` naming the first bad frame and atom, in one line.
-
-    The rules of :func:`batchmd.data.validate.atoms_problem` (shared with ``batchmd
-    shard``): not Atoms, no atoms, unknown elements, NaN/inf coordinates, cell or momenta,
-    bad masses, periodic directions without a lattice vector, zero-volume periodic cells,
-    atoms closer than ``min_distance`` (Å; 0 disables), unsupported ASE constraints.
-
-    Parameters
-    ----------
-    frames : sequence of ase.Atoms
-        The structures to check.
-    source : str
-        Name used in the message (e.g. the file name).
-    min_distance : float
-        Smallest allowed interatomic distance, Å.
-    ignore_constraints : bool
-        Accept (and later drop) ASE constraints other than ``FixAtoms``.
-
-    Example: ``"input: frame 1 has non-finite (NaN/inf) momenta (atom 5) (and 2 more bad frames)"``.
-    """
-    if len(frames) == 0:
-        raise ValueError(f"{source}: no frames")
-    problems = frame_problems(frames, min_distance, ignore_constraints)
-    if problems:
-        first = min(problems)
-        more = f" (and {len(problems) - 1} more bad frames)" if len(problems) > 1 else ""
-        raise ValueError(f"{source}: frame {first} {problems[first]}{more}")
-
-
 class AtomsDataset:
     """A list of ``ase.Atoms`` as a dataset for :class:`~batchmd.dynamics.SizeAwareSampler`.
 
@@ -195,6 +135,10 @@ class AtomsDataset:
     ignore_constraints : bool
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame
         (``FixAtoms`` is always carried, as the atom field ``fixed``).
+    temperature, pressure : sequence of float, optional
+        Per-frame targets (K; eV/Å^3), one per frame, NaN for "none": set as the sample's
+        system fields ``target_temperature`` / ``target_pressure``, replacing the frame's
+        ``info["temperature_K"]`` / ``info["pressure_GPa"]`` (see :func:`frame_targets`).
 
     Notes
     -----
@@ -213,8 +157,16 @@ class AtomsDataset:
     """
 
     def __init__(self, frames: Sequence[Atoms], dtype: torch.dtype = torch.float64,
-                 edge_cutoff: float | None = None, ignore_constraints: bool = False, input_indices=None) -> None:
+                 edge_cutoff: float | None = None, ignore_constraints: bool = False, input_indices=None,
+                 temperature=None, pressure=None) -> None:
         self.frames = list(frames)
+        self.targets = {}
+        for field, values in (("target_temperature", temperature), ("target_pressure", pressure)):
+            if values is not None:
+                values = np.asarray(values, dtype=np.float64).reshape(-1)
+                if values.shape != (len(self.frames),):
+                    raise ValueError(f"AtomsDataset: {values.size} values of {field} for {len(self.frames)} frames")
+                self.targets[field] = values
         self.dtype = dtype
         self.ignore_constraints = bool(ignore_constraints)
         self.edge_cutoff = None if edge_cutoff is None else float(edge_cutoff)
@@ -257,100 +209,10 @@ class AtomsDataset:
         except ValueError as error:
             raise ValueError(f"frame {self.input_indices[index]}: {error}") from error
         data.add_system_property("input_index", torch.tensor([[self.input_indices[index]]], dtype=torch.int64))
+        for field, values in self.targets.items():
+            if np.isfinite(values[index]):
+                setattr(data, field, torch.tensor(values[index], dtype=self.dtype))
         return data, {}
-
-
-def _scalar(value):
-    value = np.asarray(value).reshape(-1)[0]
-    if value.dtype == np.bool_:
-        return bool(value)
-    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
-
-
-def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) -> list[Atoms]:
-    """Clean result frames: each is a copy of its input with the new positions and results.
-
-    Parameters
-    ----------
-    result_frames : sequence of ase.Atoms
-        Frames of graduated systems (from ``Batch.to_ase()`` or read back from an
-        :class:`~batchmd.dynamics.sinks.ExtXYZSink` file), each with ``input_index`` in
-        its info.
-    inputs : sequence of ase.Atoms
-        The input frames.
-
-    Returns
-    -------
-    list of ase.Atoms
-        Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
-        momenta come from the result; energy, forces and stress are attached as a
-        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
-        system (``info["status"] == "failed"``) gets ``info["failure"]`` (why, see
-        :func:`batchmd.dynamics.status.failure_text`) and no calculator results; if its
-        final positions or momenta are not finite, the input structure is kept.
-        Constraints of the input (``FixAtoms``) are kept.
-    """
-    from batchmd.dynamics.status import SystemStatus, failure_text
-
-    out = []
-    for frame in result_frames:
-        index = _scalar(frame.info["input_index"])
-        atoms = inputs[index].copy()
-        status = frame.info.get("status", 0)
-        failed = status == "failed" or (not isinstance(status, str) and _scalar(status) == int(SystemStatus.FAILED))
-        finite = np.isfinite(frame.positions).all() and (
-            not frame.has("momenta") or np.isfinite(frame.get_momenta()).all())
-        if finite:
-            atoms.positions = frame.positions
-            atoms.cell = frame.cell
-            if frame.has("momenta"):
-                atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
-        for key in _loop_keys(atoms.info):
-            del atoms.info[key]
-        for key in RESULT_KEYS:
-            if key in frame.info:
-                value = frame.info[key]
-                atoms.info[key] = value if isinstance(value, str) else _scalar(value)
-        _stage_info(atoms.info, frame.info)
-        if failed:
-            text = failure_text(_scalar(frame.info.get("failure", 0))) or "failed"
-            if not finite:
-                text += "; non-finite positions or momenta, input structure written instead"
-            atoms.info["failure"] = text
-        results = dict(frame.calc.results) if frame.calc is not None else {}
-        if results and not failed:
-            atoms.calc = SinglePointCalculator(atoms, **results)
-        out.append(atoms)
-    out.sort(key=lambda a: a.info["input_index"])
-    return out
-
-
-def _stage_info(info: dict, source: dict) -> None:
-    """Per-stage keys from ``source`` with statuses as names; overall ``status`` and ``converged``.
-
-    The overall status is that of the last stage the system entered (an MD stage that ran
-    its steps is ``completed``, never ``converged``); ``converged`` is True when every
-    optimizer stage converged and no later stage failed (False for pure MD runs).
-    """
-    from batchmd.dynamics.stage_results import status_name
-
-    stages = sorted({int(m.group(0)[5:].split("_")[0]) for key in source if (m := _STAGE_KEY.match(key))})
-    for k in stages:
-        for suffix in ("status", "steps", "fmax", "temperature"):
-            key = f"stage{k}_{suffix}"
-            if key in source:
-                value = _scalar(source[key]) if not isinstance(source[key], str) else source[key]
-                info[key] = status_name(value) if suffix == "status" else value
-    names = [info[f"stage{k}_status"] for k in stages if f"stage{k}_status" in info]
-    entered = [n for n in names if n != "skipped"]
-    if entered:
-        info["status"] = entered[-1]
-        optimizers = [info[f"stage{k}_status"] for k in stages if f"stage{k}_fmax" in info]
-        info["converged"] = bool(optimizers) and all(n == "converged" for n in optimizers) and entered[-1] != "failed"
-    else:
-        if "status" in info:
-            info["status"] = status_name(info["status"])
-        info["converged"] = info.get("status") == "converged"
 
 
 class InflightResult(NamedTuple):
@@ -358,28 +220,6 @@ class InflightResult(NamedTuple):
 
     frames: list
     stats: object
-
-
-def _check_species_up_front(frames, stages) -> None:
-    """Every stage's model covers every element of ``frames``, checked before anything runs.
-
-    Raises :class:`~batchmd.models.base.UnsupportedSpeciesError` naming the elements and the
-    first frame holding one (``input_index``), so no result is computed only to be lost.
-    """
-    import numpy as np
-
-    for stage in stages:
-        model = getattr(stage, "model", None)
-        if getattr(model, "supported_numbers", None) is None or not hasattr(model, "check_species"):
-            continue
-        try:
-            model.check_species(np.unique(np.concatenate([a.numbers for a in frames])))
-        except ValueError as error:
-            bad = set(getattr(error, "unsupported", ()))
-            first = next((i for i, a in enumerate(frames) if bad & set(a.numbers.tolist())), None)
-            if first is not None:
-                error.args = (f"{error.args[0]} (frame {first})", *error.args[1:])
-            raise
 
 
 def default_max_atoms(frames) -> int:
@@ -407,6 +247,8 @@ def run_frames(
     min_distance: float = 0.1,
     ignore_constraints: bool = False,
     input_indices=None,
+    temperature=None,
+    pressure=None,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -453,6 +295,27 @@ def run_frames(
         Frames with atoms closer than this (Å) are refused up front (0 disables).
     ignore_constraints : bool
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame.
+    temperature : sequence of float, optional
+        Per-frame thermostat target, K (one per frame, in ``frames`` order; e.g. a list, a
+        numpy array or a 1-D tensor of ``len(frames)``). Default: each frame's
+        ``atoms.info["temperature_K"]`` where it has one.
+    pressure : sequence of float, optional
+        Per-frame external pressure, eV/Å^3 (``ase.units.GPa`` per GPa). Default: each
+        frame's ``atoms.info["pressure_GPa"]`` (GPa) where it has one.
+
+    Notes
+    -----
+    **Per-frame temperature and pressure.** A frame's own target (``temperature`` /
+    ``pressure`` here, else its info keys; see :func:`frame_targets`) travels with the
+    system through refills as the system fields ``target_temperature`` (K) /
+    ``target_pressure`` (eV/Å^3) and replaces the temperature of every thermostat stage
+    it meets (:class:`~batchmd.dynamics.NVTLangevin`,
+    :class:`~batchmd.dynamics.NoseHooverChainNVT`, MTK and C-rescale NPT, and the
+    Maxwell-Boltzmann draw of :class:`~batchmd.dynamics.NVE`) and the pressure of every
+    barostat and cell filter; frames without one run at the stage's own values. Result
+    frames record the values used as ``stage{k}_target_temperature_K`` /
+    ``stage{k}_target_pressure_GPa``. Stage parameters given as tensors are refused here:
+    they are indexed by live-batch slot, which this function chooses.
 
     Returns
     -------
@@ -468,17 +331,28 @@ def run_frames(
     ValueError
         Before anything runs, naming the first invalid frame and atom
         (:func:`check_frames`), or (``UnsupportedSpeciesError``) the elements a stage's
-        model has no parameters for and the first frame holding one.
+        model has no parameters for and the first frame holding one; a bad per-frame
+        temperature or pressure, naming the frame (:func:`frame_targets`); a stage
+        temperature or pressure given as a (slot-indexed) tensor.
+
+    An empty ``frames`` returns an empty result (no frames, zero counters) without running.
     """
     from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.hooks import RunStats
     from batchmd.dynamics.sinks import HostMemory
 
-    check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
     stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
+    if len(frames) == 0:
+        return InflightResult([], RunStats(systems_total=0))
+    check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
+    _refuse_slot_tensors(stages)
+    temperatures, pressures = frame_targets(frames, temperature, pressure)
     _check_species_up_front(frames, stages)
     if max_atoms is None:
         max_atoms = default_max_atoms(frames)
-    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices)
+    given = temperature is not None or pressure is not None
+    dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices,
+                           temperature=temperatures if given else None, pressure=pressures if given else None)
     sampler = SizeAwareSampler(dataset, max_atoms=max_atoms, max_batch_size=max_batch_size,
                                prefetch=prefetch)
     memory = HostMemory(capacity=len(frames)) if collect else None
@@ -498,7 +372,8 @@ def run_frames(
         raise RuntimeError(f"batchmd.ase.run_frames: {leftover.num_graphs} systems did not graduate")
     out = []
     if memory is not None and len(memory):
-        out = results_to_atoms(memory.drain().to_ase(), frames)
+        inputs = frames if input_indices is None else dict(zip(dataset.input_indices, frames))
+        out = results_to_atoms(memory.drain().to_ase(), inputs, stages=stages)
     return InflightResult(out, fused.stats)
 
 
@@ -507,32 +382,81 @@ def relax(
     model,
     fmax: float = 0.05,
     max_steps: int = 500,
+    *,
+    optimizer: str = "fire",
+    cell: str = "fixed",
+    pressure=0.0,
     **kwargs,
 ) -> list[Atoms]:
-    """Relax every structure with batched FIRE (``ase.optimize.FIRE`` step for step).
+    """Relax every structure with batched FIRE or LBFGS (``ase.optimize.FIRE`` / ``LBFGS`` step for step).
+
+    The Python form of ``batchmd relax`` (same ``optimizer``, ``cell`` and ``pressure``
+    options; the pressure here is in eV/Å^3, the CLI's in GPa).
 
     Parameters
     ----------
     frames : sequence of ase.Atoms
-        Structures to relax (not modified).
+        Structures to relax (not modified). An empty sequence gives ``[]``.
     model : callable
-        A batchmd model.
+        A batchmd model (one that computes the stress for a variable cell).
     fmax : float
-        Convergence threshold on the largest atomic force, eV/Å.
+        Convergence threshold, eV/Å: the largest atomic force, or with a variable cell ASE's
+        fmax through the filter (atom and cell rows, see
+        :class:`~batchmd.dynamics.FrechetCellFilter`).
     max_steps : int
         Step budget per structure; a structure that runs out is returned with
         ``converged=False``.
+    optimizer : str
+        ``"fire"`` (:class:`~batchmd.dynamics.FIRE`) or ``"lbfgs"`` (:class:`~batchmd.dynamics.LBFGS`).
+    cell : str
+        ``"fixed"`` (atoms only, default), ``"full"`` (atoms and cell, ASE's
+        ``FrechetCellFilter``), ``"hydrostatic"`` (isotropic cell changes only) or
+        ``"volume"`` (cell shape at constant volume); see
+        :func:`~batchmd.dynamics.cell_filter.cell_filter_for`.
+    pressure : float or sequence of float
+        External pressure, eV/Å^3 (``ase.units.GPa`` per GPa), with ``cell="full"`` or
+        ``"hydrostatic"``: the enthalpy ``E + P V`` is minimised. A sequence gives one
+        pressure per frame (as :func:`run_frames`' ``pressure``); a frame's
+        ``atoms.info["pressure_GPa"]`` is its own pressure.
     **kwargs
         Passed to :func:`run_frames` (``max_atoms``, ``device``, ``dtype``, ``hooks``, ...).
 
     Returns
     -------
     list of ase.Atoms
-        Relaxed copies in input order, with energy/forces and the :data:`RESULT_KEYS` in info.
+        Relaxed copies in input order, with energy/forces (and stress), the cell, the
+        :data:`RESULT_KEYS` and the per-stage ``stage0_*`` keys in info.
+
+    Raises
+    ------
+    ValueError
+        One line: a non-positive ``fmax``, an unknown ``optimizer`` or ``cell``, a pressure
+        with ``cell="fixed"``/``"volume"``, a variable cell with a model that computes no
+        stress; and the errors of :func:`run_frames`.
     """
-    from batchmd.dynamics import FIRE, ConvergenceHook
+    from batchmd.dynamics import FIRE, LBFGS, ConvergenceHook
+    from batchmd.dynamics.cell_filter import cell_filter_for
 
     if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
         raise ValueError(f"batchmd.ase.relax: fmax must be a positive number of eV/Å, got {fmax!r}")
-    stage = FIRE(model, convergence_hook=ConvergenceHook.from_forces(fmax), n_steps=max_steps)
+    methods = {"fire": FIRE, "lbfgs": LBFGS}
+    if optimizer not in methods:
+        raise ValueError(f"batchmd.ase.relax: optimizer must be 'fire' or 'lbfgs', got {optimizer!r}")
+    per_frame = pressure is not None and not isinstance(pressure, (int, float, np.number))
+    try:
+        cell_filter = cell_filter_for(cell, 0.0 if per_frame else pressure)
+    except ValueError as error:
+        raise ValueError(f"batchmd.ase.relax: {error}") from None
+    if per_frame and cell_filter is None or (per_frame and cell == "volume"):
+        raise ValueError(f"batchmd.ase.relax: per-frame pressures do nothing with cell={cell!r}: they need a variable "
+                         "cell (cell='full' or 'hydrostatic')")
+    if cell_filter is not None and getattr(model, "computes_stress", None) is False:
+        raise ValueError(f"batchmd.ase.relax: cell={cell!r} needs a model that computes the stress "
+                         "(computes_stress=False)")
+    if len(frames) == 0:
+        return []
+    stage = methods[optimizer](model, convergence_hook=ConvergenceHook.from_forces(fmax), n_steps=max_steps,
+                               cell_filter=cell_filter)
+    if per_frame:
+        kwargs["pressure"] = pressure
     return run_frames(frames, [stage], **kwargs).frames

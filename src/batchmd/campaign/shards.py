@@ -234,9 +234,17 @@ class DecodedShard:
         }
 
     def atomic_data(self, row: int, dtype: torch.dtype = torch.float64):
-        """Row ``row`` as an :class:`~batchmd.data.AtomicData` (``info`` JSON kept in ``data.info``)."""
+        """Row ``row`` as an :class:`~batchmd.data.AtomicData` (``info`` JSON kept in ``data.info``).
+
+        The structure's own ``temperature_K`` / ``pressure_GPa`` info keys become its
+        ``target_temperature`` / ``target_pressure`` fields (as :meth:`AtomicData.from_ase
+        <batchmd.data.AtomicData.from_ase>` does; ingest refused bad values).
+        """
         from batchmd.data import AtomicData
+        from batchmd.data.ase_convert import info_targets
 
         fields = self.structure(row)
         info = {"source": self.source[row], "frame": int(self.frame[row]), "info": self.info[row]}
-        return AtomicData(**fields, info=info, dtype=dtype)
+        raw = json.loads(self.info[row]) if self.info[row] else {}
+        temperature, pressure = info_targets(raw if isinstance(raw, dict) else {})
+        return AtomicData(**fields, info=info, dtype=dtype, target_temperature=temperature, target_pressure=pressure)

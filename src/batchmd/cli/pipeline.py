@@ -93,6 +93,8 @@ MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
 
 
 #: ``cell`` of an optimizer stage -> cell filter options (``FrechetCellFilter``; "fixed": no filter).
+#: The same table as ``batchmd.dynamics.cell_filter.CELL_MODES`` (:func:`batchmd.ase.relax`'s
+#: ``cell``; a test keeps them equal), kept here so that the CLI starts without importing torch.
 CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": True},
               "volume": {"constant_volume": True}}
 
@@ -147,15 +149,14 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
 
 def _cell_filter(values, model):
     """The stage's cell filter (``cell``/``pressure`` keys; pressure in GPa), or None for a fixed cell."""
-    options = CELL_MODES[values["cell"]]
-    if options is None:
-        return None
-    from batchmd.dynamics.cell_filter import GPA, FrechetCellFilter
+    from batchmd.dynamics.cell_filter import GPA, cell_filter_for
 
+    if CELL_MODES[values["cell"]] is None:
+        return None
     if getattr(model, "computes_stress", None) is False:
         raise CLIError(f"--cell {values['cell']} (cell = \"{values['cell']}\" in a pipeline file) needs a model "
                        "that computes the stress (lj, emt, sevennet-0, mace:PATH and metatomic:PATH do)")
-    return FrechetCellFilter(scalar_pressure=values["pressure"] * GPA, **options)
+    return cell_filter_for(values["cell"], values["pressure"] * GPA)
 
 
 def _fire(values, model):

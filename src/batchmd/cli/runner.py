@@ -148,7 +148,7 @@ def _summary_rows(frames, stage_labels) -> list[dict]:
         # its summary are read the same way; a pipeline may run one method twice.
         for k, label in enumerate(stage_labels):
             row[f"stage{k}_method"] = info.get(f"stage{k}_method", label)
-            for suffix in ("status", "steps", "fmax", "temperature"):
+            for suffix in ("status", "steps", "fmax", "temperature", "target_temperature_K", "target_pressure_GPa"):
                 key = f"stage{k}_{suffix}"
                 if key in info:
                     row[key] = info[key]
@@ -276,7 +276,7 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
     staging = output.with_name(f".{output.name}.tmp{output.suffix}")
     try:
         with _interruptible():
-            finished = _write_output(partial, frames, output, staging, writer, stage_labels, model_info)
+            finished = _write_output(partial, frames, output, staging, writer, stage_labels, model_info, stages)
     except KeyboardInterrupt as error:  # the run is over; only the output is missing
         staging.unlink(missing_ok=True)
         signum = error.args[0] if isinstance(error, Interrupted) and error.args else signal.SIGINT
@@ -294,12 +294,17 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
     return RunReport(finished, stats, timings, output, summary, resumed=len(done))
 
 
-def _write_output(partial, frames, output, staging, writer, stage_labels, model_info) -> list:
-    """Clean result frames from ``partial``, written to ``output`` through ``staging`` (atomic replace)."""
+def _write_output(partial, frames, output, staging, writer, stage_labels, model_info, stages=None) -> list:
+    """Clean result frames from ``partial``, written to ``output`` through ``staging`` (atomic replace).
+
+    With ``stages``, each frame records the temperature / pressure every stage ran it at
+    (``stage{k}_target_temperature_K``, ``stage{k}_target_pressure_GPa``; see
+    :func:`batchmd.ase.results_to_atoms`).
+    """
     from batchmd.ase import results_to_atoms
     from batchmd.dynamics.sinks import read_extxyz
 
-    finished = results_to_atoms(read_extxyz(partial), frames)
+    finished = results_to_atoms(read_extxyz(partial), frames, stages=stages)
     if [a.info["input_index"] for a in finished] != list(range(len(frames))):
         raise CLIError(f"{partial}: {len(finished)} of {len(frames)} systems were written; output not created")
     for atoms in finished:

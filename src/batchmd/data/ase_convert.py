@@ -26,7 +26,12 @@ from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 
 from batchmd.data.fields import KNOWN_FIELDS
 
-__all__ = ["atoms_to_kwargs", "data_to_atoms"]
+__all__ = ["atoms_to_kwargs", "data_to_atoms", "TEMPERATURE_KEY", "PRESSURE_KEY", "info_targets"]
+
+#: ``atoms.info`` key of a structure's own thermostat target, K (system field ``target_temperature``).
+TEMPERATURE_KEY = "temperature_K"
+#: ``atoms.info`` key of a structure's own external pressure, GPa (system field ``target_pressure``, eV/Å^3).
+PRESSURE_KEY = "pressure_GPa"
 
 _ASE_ATOM_ARRAYS = frozenset({"numbers", "positions", "momenta", "masses"})
 
@@ -65,11 +70,45 @@ def _constraints(atoms: Atoms, ignore_constraints: bool):
     return (mask if mask.any() else None), bool(fix_com)
 
 
+def _target(info: dict, key: str, positive: bool) -> float | None:
+    if key not in info:
+        return None
+    value = info[key]
+    unit = "K" if positive else "GPa"
+    number = None if isinstance(value, (bool, np.bool_)) else _info_scalar(value)
+    if number is None or not np.isfinite(number) or (positive and number <= 0):
+        want = "a finite number > 0" if positive else "a finite number"
+        raise ValueError(f"info[{key!r}] = {value!r}, not {want} ({unit})")
+    return float(number)
+
+
+def info_targets(info: dict) -> tuple[float | None, float | None]:
+    """A structure's own ``(temperature K, pressure eV/Å^3)`` from its ``atoms.info``, None where absent.
+
+    Keys :data:`TEMPERATURE_KEY` (``"temperature_K"``, K, > 0) and :data:`PRESSURE_KEY`
+    (``"pressure_GPa"``, GPa, converted with ``ase.units.GPa``).
+
+    Raises
+    ------
+    ValueError
+        When a key holds something other than a finite number (a string, NaN, a bool)
+        or a temperature <= 0, e.g. ``info['temperature_K'] = '300', not a finite number > 0 (K)``.
+    """
+    from ase.units import GPa
+
+    temperature = _target(info, TEMPERATURE_KEY, True)
+    pressure = _target(info, PRESSURE_KEY, False)
+    return temperature, (None if pressure is None else pressure * GPa)
+
+
 def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dict, dict, dict]:
     """Split an ``ase.Atoms`` into AtomicData keyword arguments and user fields.
 
     ``FixAtoms`` becomes ``kwargs["fixed"]``, ``FixCom`` ``kwargs["fix_com"]``; another ASE
     constraint raises ``ValueError`` naming it unless ``ignore_constraints``.
+    ``info["temperature_K"]`` / ``info["pressure_GPa"]`` become ``kwargs["target_temperature"]``
+    (K) / ``kwargs["target_pressure"]`` (eV/Å^3), see :func:`info_targets` (which raises
+    ``ValueError`` for a bad value).
 
     Returns
     -------
@@ -102,12 +141,17 @@ def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dic
     if results.get("stress") is not None:
         stress = np.asarray(results["stress"], dtype=np.float64)
         kwargs["stress"] = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
+    temperature, pressure = info_targets(atoms.info)
+    if temperature is not None:
+        kwargs["target_temperature"] = np.array(temperature)
+    if pressure is not None:
+        kwargs["target_pressure"] = np.array(pressure)
     info: dict[str, Any] = {}
     system_props: dict[str, Any] = {}
     for key, value in atoms.info.items():
         scalar = _info_scalar(value)
-        if key == "fix_com":
-            continue  # read by _constraints
+        if key in ("fix_com", TEMPERATURE_KEY, PRESSURE_KEY):
+            continue  # read by _constraints / info_targets
         if key == "system_id" and isinstance(scalar, int) and not isinstance(scalar, bool):
             kwargs["system_id"] = np.array([[scalar]], dtype=np.int64)
         elif scalar is not None and key not in KNOWN_FIELDS and str(key).isidentifier():
@@ -165,6 +209,12 @@ def data_to_atoms(data) -> Atoms:
             atoms.new_array(name, _numpy(value))
     if data.system_id is not None:
         info["system_id"] = int(data.system_id.reshape(()).item())
+    from ase.units import GPa
+
+    for name, key, unit in (("target_temperature", TEMPERATURE_KEY, 1.0), ("target_pressure", PRESSURE_KEY, GPa)):
+        value = data[name] if data.has_field(name) else None
+        if value is not None and bool(torch.isfinite(value).all()):
+            info[key] = float(value.reshape(()).item()) / unit
     atoms.info.update(info)
     results = {}
     if data.energies is not None:

@@ -62,8 +62,12 @@ class AtomicData(FieldStore):
     pbc : bool or tensor-like [3], optional
         Periodic directions. Default ``False``. A periodic direction needs a
         non-zero lattice vector.
-    velocities, forces : tensor-like [N, 3], optional
-        Å per ASE time unit; eV/Å.
+    velocities : tensor-like [N, 3], optional
+        Atomic velocities, Å per ASE time unit (as ``atoms.get_velocities()``; 1 Å/fs is
+        ``1 / ase.units.fs`` ≈ 10.18 of them). Momenta are ``atomic_masses * velocities``.
+    forces : tensor-like [N, 3], optional
+        Atomic forces, eV/Å (minus the gradient of the energy), e.g. a stored calculator
+        result.
     energies : tensor-like [1, 1] (or scalar), optional
         Potential energy, eV.
     stress : tensor-like [3, 3], optional
@@ -79,6 +83,13 @@ class AtomicData(FieldStore):
         dynamics method, see :mod:`batchmd.dynamics.constraints`.
     fix_com : bool, optional
         ASE's ``FixCom``: the centre of mass never moves (see the same module).
+    target_temperature : float, optional
+        The system's own thermostat target, K (> 0): replaces the temperature of every
+        thermostat stage (and Maxwell-Boltzmann draw) the system meets. From
+        ``atoms.info["temperature_K"]``.
+    target_pressure : float, optional
+        The system's own external pressure, eV/Å^3: replaces the pressure of every barostat
+        and cell filter the system meets. From ``atoms.info["pressure_GPa"]`` (x ``ase.units.GPa``).
     dtype : torch.dtype, optional
         float32 or float64 for every floating field.
     device : torch.device or str, optional
@@ -115,6 +126,8 @@ class AtomicData(FieldStore):
         info: dict | None = None,
         fixed: Any = None,
         fix_com: Any = None,
+        target_temperature: Any = None,
+        target_pressure: Any = None,
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -157,7 +170,8 @@ class AtomicData(FieldStore):
             pbc = pbc.expand(3).clone()
         self._set("pbc", pbc, dtype)
         optional = {"velocities": velocities, "forces": forces, "energies": energies, "stress": stress,
-                    "system_id": system_id, "edge_index": edge_index, "fixed": fixed, "fix_com": fix_com}
+                    "system_id": system_id, "edge_index": edge_index, "fixed": fixed, "fix_com": fix_com,
+                    "target_temperature": target_temperature, "target_pressure": target_pressure}
         for name, value in optional.items():
             if value is not None:
                 self._set(name, _as_tensor(name, value, device), dtype)
@@ -217,6 +231,12 @@ class AtomicData(FieldStore):
             bad = (~torch.isfinite(self._fields["velocities"]).all(dim=1)).nonzero().flatten()
             if bad.numel():
                 raise ValueError(f"batchmd: field 'velocities' contains NaN or inf (atom {int(bad[0])})")
+        for name, low in (("target_temperature", 0.0), ("target_pressure", None)):
+            if name in self._fields:
+                value = self._fields[name]
+                if bool(torch.isinf(value).any()) or (low is not None and bool((value <= low).any())):
+                    raise ValueError(f"batchmd: field {name!r} must be finite{' and > 0 K' if low is not None else ''}"
+                                     " (NaN: not given)")
         lengths = torch.linalg.vector_norm(self._fields["cell"], dim=1)
         bad = (self._fields["pbc"] & (lengths == 0)).nonzero().flatten().tolist()
         if bad:

@@ -63,6 +63,9 @@ class FieldSpec:
         Values are atom indices, re-offset by slot operations.
     unit : str
         Physical unit, for documentation.
+    missing : float, optional
+        Value of the field for systems that do not carry it (e.g. NaN: "not given"),
+        instead of the policy of :func:`default_value`.
     """
 
     level: str
@@ -72,6 +75,7 @@ class FieldSpec:
     dim: int = 0
     atom_index: bool = False
     unit: str = ""
+    missing: float | None = None
 
     @property
     def atomic_data_shape(self) -> tuple[int, ...] | None:
@@ -95,6 +99,10 @@ KNOWN_FIELDS: dict[str, FieldSpec] = {
     # ASE's FixCom: the system's centre of mass never moves.
     "fix_com": FieldSpec("system", "bool", (), single_shape=()),
     "edge_index": FieldSpec("edge", "int", (2,), dim=1, atom_index=True),
+    # The sample's own thermostat / barostat targets (atoms.info "temperature_K" / "pressure_GPa"):
+    # they replace the stage's temperature / pressure for this system; NaN (absent): the stage's.
+    "target_temperature": FieldSpec("system", "float", (), single_shape=(), unit="K", missing=float("nan")),
+    "target_pressure": FieldSpec("system", "float", (), single_shape=(), unit="eV/Å^3", missing=float("nan")),
 }
 """Registry of the fields every layer may rely on (see ``docs/design_contracts.md``)."""
 
@@ -149,6 +157,9 @@ def coerce_dtype(name: str, tensor: torch.Tensor, spec: FieldSpec, float_dtype: 
 def default_value(name: str, dtype: torch.dtype, atom_index: bool = False) -> float | int | bool:
     """The value :func:`default_fill` uses for field ``name``: -1, NaN, or zero/False.
 
+    A known field declaring ``missing`` (``target_temperature``, ``target_pressure``: NaN,
+    "not given") gets that value.
+
     Example
     -------
     >>> default_value("_nl_ref_positions", torch.float32)
@@ -156,6 +167,9 @@ def default_value(name: str, dtype: torch.dtype, atom_index: bool = False) -> fl
     """
     if atom_index:
         return -1
+    spec = KNOWN_FIELDS.get(name)
+    if spec is not None and spec.missing is not None:
+        return spec.missing
     if name.startswith("_") and dtype.is_floating_point:
         return float("nan")
     return False if dtype == torch.bool else 0
@@ -164,7 +178,9 @@ def default_value(name: str, dtype: torch.dtype, atom_index: bool = False) -> fl
 def default_fill(name: str, like: torch.Tensor, dim: int, rows: int, atom_index: bool = False) -> torch.Tensor:
     """Default value for a field absent from some systems (used by concat and slot ops).
 
-    Policy: floating fields whose name starts with ``_`` (caches) are NaN so an
+    Policy (:func:`default_value`): a known field's ``missing`` value where it declares one
+    (NaN for ``target_temperature`` / ``target_pressure``: "not given"); floating fields whose
+    name starts with ``_`` (caches) are NaN so an
     absent cache is recognisably invalid; ``atom_index`` fields are -1 (padding,
     "no atom"); every other field is zero (``False`` for bool).
 

@@ -75,6 +75,12 @@ def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None
         bad = np.nonzero(~np.isfinite(atoms.arrays["momenta"]).all(axis=1))[0]
         if bad.size:
             return f"has non-finite (NaN/inf) momenta (atom {int(bad[0])})"
+    from batchmd.data.ase_convert import info_targets
+
+    try:
+        info_targets(atoms.info)
+    except ValueError as error:
+        return f"has {error}"
     if not ignore_constraints:
         names = unsupported_constraints(atoms)
         if names:

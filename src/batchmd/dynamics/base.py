@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Dynamics", "set_system_param"]
+__all__ = ["Dynamics", "check_parameter", "set_system_param", "stage_method", "system_target"]
 
 
 class Dynamics:
@@ -46,6 +46,9 @@ class Dynamics:
 
     # Short name used in messages and in the prefix of state fields.
     name = "dynamics"
+    #: The method's name as ``batchmd`` CLI stages and pipeline files spell it (``fire``, ``nvt``,
+    #: ...): ``stage{k}_method`` of result frames and the keys of ``RunStats.stage_counts``.
+    method = None
     #: True for optimisers (FIRE, LBFGS, cell filters): their velocities are fictitious state,
     #: kept in their own fields, and an MD stage entered after one applies its velocity policy.
     is_optimizer = False
@@ -133,6 +136,21 @@ class Dynamics:
         return f"{type(self).__name__}(n_steps={self.n_steps}, convergence_hook={self.convergence_hook!r})"
 
 
+def check_parameter(owner: str, name: str, value, allow_zero: bool = False):
+    """Validate a stage's float parameter at construction: a finite number or a 1-D real tensor.
+
+    Numpy scalars become floats. Raises ``ValueError`` in one line naming the stage and the
+    parameter (e.g. ``NVTLangevin: temperature must be a finite number >= 0, got '300'``) for a
+    string, a bool, a non-finite value, a value <= 0 (< 0 with ``allow_zero``) or a tensor that
+    is not 1-D (see :func:`batchmd.dynamics.nose_hoover.check_positive`).
+    """
+    from batchmd.dynamics.nose_hoover import check_positive
+
+    if hasattr(value, "dtype") and not isinstance(value, torch.Tensor) and getattr(value, "shape", None) == ():
+        value = value.item()  # numpy scalars
+    return check_positive(owner, name, value, allow_zero=allow_zero)
+
+
 def set_system_param(batch, name, value, mask, dtype):
     """Write a per-system parameter field for the systems selected by ``mask``.
 
@@ -163,3 +181,46 @@ def set_system_param(batch, name, value, mask, dtype):
     if batch.has_field(name) and batch[name].shape == (num,):
         new = torch.where(mask, new, batch[name].to(dtype))
     batch.set_field(name, new.contiguous(), "system")
+
+
+def system_target(batch, field, value, dtype):
+    """The stage's ``value`` replaced, system by system, by the batch's per-sample ``field``.
+
+    Parameters
+    ----------
+    batch : batchmd.data.Batch
+        May carry the system field ``field`` (``target_temperature`` K, ``target_pressure``
+        eV/Å^3; NaN for systems that do not bring one, see :mod:`batchmd.data.fields`).
+    field : str
+        Name of the per-sample field.
+    value : float, torch.Tensor [B] or None
+        The stage's own parameter (a tensor is indexed by slot, as in :func:`set_system_param`).
+        None: zero where the system has no target of its own.
+    dtype : torch.dtype
+        Floating dtype of the result.
+
+    Returns
+    -------
+    float or torch.Tensor
+        ``value`` unchanged when the batch has no such field; else a ``[B]`` tensor: the
+        system's own target where it is finite, ``value`` elsewhere. Device-side only.
+    """
+    if not batch.has_field(field):
+        return value
+    own = batch[field].reshape(-1).to(dtype)
+    if isinstance(value, torch.Tensor):
+        stage = value.to(device=own.device, dtype=dtype).reshape(-1)
+    else:
+        stage = torch.full_like(own, 0.0 if value is None else float(value))
+    return torch.where(torch.isfinite(own), own, stage)
+
+
+def stage_method(stage) -> str:
+    """The name of a stage's method, as ``batchmd`` CLI stages and pipeline files spell it.
+
+    ``fire``, ``lbfgs``, ``nvt`` (Langevin), ``nvt-nose-hoover``, ``npt`` (MTK, isotropic or
+    full cell), ``npt-crescale``, ``nve``: the ``stage{k}_method`` info key of result frames
+    (:func:`batchmd.ase.results_to_atoms`) and the keys of ``RunStats.stage_counts``
+    (``"0:fire"``). A stage class without a ``method`` gives its lower-case class name.
+    """
+    return getattr(stage, "method", None) or type(stage).__name__.lower()

@@ -23,12 +23,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from batchmd.dynamics.base import set_system_param
+from batchmd.dynamics.base import set_system_param, system_target
 from batchmd.dynamics.convergence import ConvergenceHook
 from batchmd.kernels import cell_filter as cfk
 from batchmd.runtime import LaunchCache, WarpViewCache
 
-__all__ = ["CellFilter", "FrechetCellFilter", "UnitCellFilter", "GPA", "FILTER_FIELDS"]
+__all__ = ["CellFilter", "FrechetCellFilter", "UnitCellFilter", "GPA", "FILTER_FIELDS", "CELL_MODES", "cell_filter_for"]
 
 #: 1 GPa in eV/Å^3 (``ase.units.GPa``).
 GPA = 1.0 / 160.21766208
@@ -67,7 +67,9 @@ class CellFilter:
         becomes ``-V (sigma + P I)``, i.e. the relaxation minimises the enthalpy ``E + P V``.
         A tensor is indexed by slot when a system enters the stage; a string names a system
         field of the batch holding each system's own pressure (eV/Å^3), so that in inflight
-        runs every sample brings its own.
+        runs every sample brings its own. A number or tensor is replaced, for a system that
+        carries one, by its own ``target_pressure`` (``atoms.info["pressure_GPa"]``, see
+        :func:`~batchmd.dynamics.base.system_target`).
     hydrostatic_strain : bool, bool tensor [B] or str
         Only isotropic deformation (the virial is replaced by its trace over 3).
     constant_volume : bool, bool tensor [B] or str
@@ -125,6 +127,8 @@ class CellFilter:
         dtype, num, dev = batch.positions.dtype, batch.num_graphs, mask.device
         set_system_param(batch, "filter_kind", self.kind, mask, torch.int32)
         pressure = self._value(batch, self.scalar_pressure, "scalar_pressure")
+        if not isinstance(self.scalar_pressure, str):  # a named field is the caller's explicit choice
+            pressure = system_target(batch, "target_pressure", pressure, dtype)
         set_system_param(batch, "filter_pressure", pressure.reshape(-1) if torch.is_tensor(pressure) else pressure,
                          mask, dtype)
         for field, attr in (("filter_hydrostatic", "hydrostatic_strain"), ("filter_constant_volume", "constant_volume")):
@@ -261,3 +265,46 @@ class UnitCellFilter(CellFilter):
     def __init__(self, scalar_pressure=0.0, hydrostatic_strain=False, constant_volume=False, mask=None,
                  cell_factor=None):
         super().__init__(scalar_pressure, hydrostatic_strain, constant_volume, mask, cell_factor)
+
+
+#: ``cell`` modes of :func:`batchmd.ase.relax` and ``batchmd relax --cell`` -> FrechetCellFilter
+#: options (None: no filter, the cell is kept).
+CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": True},
+              "volume": {"constant_volume": True}}
+
+
+def cell_filter_for(cell: str = "fixed", pressure=0.0):
+    """The cell filter of a ``cell`` mode, as ``batchmd relax --cell`` builds it.
+
+    Parameters
+    ----------
+    cell : str
+        ``"fixed"`` (atoms only: no filter), ``"full"`` (atoms and cell, ASE's
+        ``FrechetCellFilter``), ``"hydrostatic"`` (isotropic cell changes only) or ``"volume"``
+        (cell shape at constant volume).
+    pressure : float
+        External pressure, eV/Å^3 (``GPA`` per GPa); needs ``"full"`` or ``"hydrostatic"``.
+        0 with other modes; per-frame pressures go in the systems' ``target_pressure``.
+
+    Returns
+    -------
+    FrechetCellFilter or None
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode, a non-finite pressure, or a non-zero pressure with ``"fixed"``
+        or ``"volume"`` (it would do nothing).
+    """
+    if cell not in CELL_MODES:
+        raise ValueError(f"cell must be one of {', '.join(CELL_MODES)}, got {cell!r}")
+    if isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not np.isfinite(pressure):
+        raise ValueError(f"pressure must be a finite number of eV/Å^3, got {pressure!r}")
+    options = CELL_MODES[cell]
+    if options is None or cell == "volume":
+        if pressure != 0.0:
+            raise ValueError(f"pressure does nothing with cell={cell!r}: it needs a variable cell "
+                             "(cell='full' or 'hydrostatic' relaxes the cell under pressure)")
+    if options is None:
+        return None
+    return FrechetCellFilter(scalar_pressure=float(pressure), **options)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import warp as wp
 
-from batchmd.dynamics.base import set_system_param
+from batchmd.dynamics.base import set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.npt import MTKBase, check_barostat_batch, check_pressure
 from batchmd.dynamics.nose_hoover import NoseHooverChainNVT, check_positive
@@ -72,6 +72,7 @@ class CRescaleNPT(NoseHooverChainNVT):
     """
 
     name = "crescale"
+    method = "npt-crescale"
     needs_stress = True
 
     def __init__(self, model, dt=1.0, temperature=300.0, pressure=0.0, compressibility=None, taup=1000.0,
@@ -95,7 +96,8 @@ class CRescaleNPT(NoseHooverChainNVT):
         """The thermostat's state (:meth:`NoseHooverChainNVT.init_state`) and the ``crs_*`` parameters."""
         super().init_state(batch, mask)
         dtype = batch.positions.dtype
-        set_system_param(batch, "crs_pressure", self.pressure, mask, dtype)
+        pressure = system_target(batch, "target_pressure", self.pressure, dtype)
+        set_system_param(batch, "crs_pressure", pressure, mask, dtype)
         set_system_param(batch, "crs_taup", self.taup, mask, dtype)
         set_system_param(batch, "crs_compressibility", self.compressibility, mask, dtype)
         if not batch.has_field("_crs_stretch") or batch["_crs_stretch"].shape != (batch.num_graphs,) or \

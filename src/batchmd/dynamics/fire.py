@@ -98,6 +98,7 @@ class FIRE(Dynamics):
     """
 
     name = "fire"
+    method = "fire"
     is_optimizer = True
 
     def __init__(

@@ -94,8 +94,9 @@ class RunStats:
     systems_completed : int
         Graduated systems whose last stage was MD and ran its steps (not "converged").
     stage_counts : dict
-        Per stage (``"k:name"``), graduated systems by stage status name (``converged``,
-        ``completed``, ``out_of_steps``, ``failed``, ``skipped``).
+        Per stage (``"k:method"``, the ``stage{k}_method`` of result frames and the CLI's
+        method names, see :func:`~batchmd.dynamics.base.stage_method`), graduated systems by
+        stage status name (``converged``, ``completed``, ``out_of_steps``, ``failed``, ``skipped``).
     start_time : float
         ``time.perf_counter()`` at the start of the run.
     """
@@ -125,7 +126,7 @@ class RunStats:
 
         ``systems_converged``: the last stage is an optimizer that converged;
         ``systems_completed``: the last stage is MD and ran its steps; ``stage_counts``:
-        ``{"0:fire": {"converged": 3, ...}, "1:nvt_langevin": {...}}`` (names of
+        ``{"0:fire": {"converged": 3, ...}, "1:nvt": {...}}`` (names of
         :mod:`batchmd.dynamics.stage_results`).
         """
         from batchmd.dynamics.stage_results import status_name

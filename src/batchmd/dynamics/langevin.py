@@ -15,7 +15,7 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, check_parameter, set_system_param, system_target
 from batchmd.dynamics.constraints import fixed_mask
 from batchmd.dynamics.velocities import check_policy, ensure_rng_counter
 from batchmd.runtime import CachedLaunch, WarpViewCache
@@ -54,6 +54,13 @@ class NVTLangevin(Dynamics):
         after MD or when the input carries momenta), ``"maxwell_boltzmann"``, ``"zero"``,
         ``"keep"``. See :mod:`batchmd.dynamics.velocities`.
 
+    Raises
+    ------
+    ValueError
+        In one line, for a ``dt`` that is not a finite number > 0, or a ``temperature`` or
+        ``friction`` that is not a finite number >= 0 (e.g. a string), or a tensor that is
+        not 1-D.
+
     Notes
     -----
     **Where the step runs.** BAOAB with one force evaluation per step:
@@ -67,6 +74,9 @@ class NVTLangevin(Dynamics):
     or 1-D tensors of length ``batch.num_graphs`` (indexed by slot when
     :meth:`init_state` runs). They are stored in the system fields ``nvt_dt`` (fs),
     ``nvt_temperature`` (K) and ``nvt_friction`` (1/fs) and travel with the system.
+    A system carrying its own ``target_temperature`` (K; ``atoms.info["temperature_K"]`` or
+    ``run_frames(temperature=...)``) runs at that instead (:func:`~batchmd.dynamics.base.system_target`):
+    per-structure temperatures in inflight runs, where a slot holds many structures.
 
     **Random numbers and batch invariance.** The noise of atom ``j`` (index local to
     its system) at step ``n`` of a system depends only on ``(random_seed, system_id,
@@ -86,6 +96,7 @@ class NVTLangevin(Dynamics):
     """
 
     name = "nvt_langevin"
+    method = "nvt"
 
     def __init__(
         self,
@@ -101,9 +112,9 @@ class NVTLangevin(Dynamics):
     ):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         self.velocity_policy = check_policy("NVTLangevin", velocities)
-        self.dt = dt
-        self.temperature = temperature
-        self.friction = friction
+        self.dt = check_parameter("NVTLangevin", "dt", dt)
+        self.temperature = check_parameter("NVTLangevin", "temperature", temperature, allow_zero=True)
+        self.friction = check_parameter("NVTLangevin", "friction", friction, allow_zero=True)
         if random_seed is None:
             random_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.random_seed = int(random_seed)
@@ -117,7 +128,8 @@ class NVTLangevin(Dynamics):
         """Set ``nvt_dt``, ``nvt_temperature``, ``nvt_friction``, reset ``nvt_step`` where ``mask`` [B] is True."""
         dtype = batch.positions.dtype
         set_system_param(batch, "nvt_dt", self.dt, mask, dtype)
-        set_system_param(batch, "nvt_temperature", self.temperature, mask, dtype)
+        set_system_param(batch, "nvt_temperature", system_target(batch, "target_temperature", self.temperature, dtype),
+                         mask, dtype)
         set_system_param(batch, "nvt_friction", self.friction, mask, dtype)
         set_system_param(batch, "nvt_step", 0, mask, torch.int32)
         ensure_rng_counter(batch)

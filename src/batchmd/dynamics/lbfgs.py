@@ -79,6 +79,7 @@ class LBFGS(Dynamics):
     """
 
     name = "lbfgs"
+    method = "lbfgs"
     is_optimizer = True
 
     def __init__(self, model, maxstep=0.2, memory=100, damping=1.0, alpha=70.0, convergence_hook=None,

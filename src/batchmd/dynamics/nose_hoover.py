@@ -18,7 +18,7 @@ import math
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.velocities import check_policy
 from batchmd.kernels import nose_hoover as nhk
@@ -133,7 +133,9 @@ class NoseHooverChainNVT(Dynamics):
     ``nhc_temperature`` (K), ``nhc_tdamp`` (fs), ``nhc_tchain``, ``nhc_tloop`` (int32), and
     the chain itself, ``nhc_eta`` (dimensionless) and ``nhc_p_eta`` (eV·ASE time), both
     ``[B, width]`` with each system using its first ``nhc_tchain`` columns. Entering the
-    stage resets the chain to zero, as a new ASE integrator does.
+    stage resets the chain to zero, as a new ASE integrator does. A system's own
+    ``target_temperature`` (K, ``atoms.info["temperature_K"]``) replaces ``temperature``
+    for it (:func:`~batchmd.dynamics.base.system_target`).
 
     **Degrees of freedom** ``g`` (``Q_0 = g kT tdamp^2``, target kinetic energy ``g kT/2``)
     are each system's ``dof`` field, ``g = 3N - 3 N_fixed - 3 [fix_com]`` (ASE's
@@ -161,6 +163,7 @@ class NoseHooverChainNVT(Dynamics):
     """
 
     name = "nhc"
+    method = "nvt-nose-hoover"
 
     def __init__(self, model, dt=1.0, temperature=300.0, tdamp=100.0, tchain=3, tloop=1, n_steps=None, hooks=None,
                  convergence_hook=None, velocities: str = "auto", random_seed=None):
@@ -183,7 +186,8 @@ class NoseHooverChainNVT(Dynamics):
         """Set the ``nhc_*`` parameters and zero the chain for systems where ``mask`` [B] is True."""
         dtype = batch.positions.dtype
         set_system_param(batch, "nhc_dt", self.dt, mask, dtype)
-        set_system_param(batch, "nhc_temperature", self.temperature, mask, dtype)
+        set_system_param(batch, "nhc_temperature", system_target(batch, "target_temperature", self.temperature, dtype),
+                         mask, dtype)
         set_system_param(batch, "nhc_tdamp", self.tdamp, mask, dtype)
         set_system_param(batch, "nhc_tchain", self.tchain, mask, torch.int32)
         set_system_param(batch, "nhc_tloop", self.tloop, mask, torch.int32)

@@ -18,7 +18,7 @@ import ase.units
 import numpy as np
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.velocities import check_policy
 from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count, check_positive, set_chain_rows
@@ -70,7 +70,9 @@ class MTKBase(Dynamics):
         For systems where ``mask`` [B] is True; device-side only.
         """
         dtype, num, device = batch.positions.dtype, batch.num_graphs, batch.device
-        for name, value in (("dt", self.dt), ("temperature", self.temperature), ("pressure", self.pressure),
+        temperature = system_target(batch, "target_temperature", self.temperature, dtype)
+        pressure = system_target(batch, "target_pressure", self.pressure, dtype)
+        for name, value in (("dt", self.dt), ("temperature", temperature), ("pressure", pressure),
                             ("tdamp", self.tdamp), ("pdamp", self.pdamp)):
             set_system_param(batch, f"npt_{name}", value, mask, dtype)
         for name, value in (("tchain", self.tchain), ("pchain", self.pchain), ("tloop", self.tloop),
@@ -258,7 +260,10 @@ class IsotropicMTKNPT(MTKBase):
     ``npt_p_eps`` (isotropic, eV·ASE time) or ``npt_p_cell`` ([B, 3, 3], full cell); the
     log-volume coordinate ``npt_eps`` and entry cell ``npt_cell0`` (isotropic). Entering
     the stage resets all of them, as a new ASE integrator does. ``cell`` is updated in place
-    every step; the model's neighbor list sees the changed cell and rebuilds.
+    every step; the model's neighbor list sees the changed cell and rebuilds. A system's own
+    ``target_temperature`` (K) / ``target_pressure`` (eV/Å^3; ``atoms.info["temperature_K"]`` /
+    ``["pressure_GPa"]``) replaces ``temperature`` / ``pressure`` for it
+    (:func:`~batchmd.dynamics.base.system_target`).
 
     The pressure includes the kinetic term (ASE's ``get_stress(include_ideal_gas=True)``);
     degrees of freedom ``N_f`` are the system's ``dof`` field (:mod:`batchmd.dynamics.constraints`):
@@ -272,6 +277,7 @@ class IsotropicMTKNPT(MTKBase):
     """
 
     name = "npt_iso"
+    method = "npt"
     isotropic = True
 
 
@@ -294,6 +300,7 @@ class MTKNPT(MTKBase):
     """
 
     name = "npt"
+    method = "npt"
     isotropic = False
 
 

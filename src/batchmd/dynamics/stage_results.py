@@ -101,7 +101,9 @@ class StageRecorder:
 
         self.num_stages = len(stages)
         self.is_md = [not getattr(s, "is_optimizer", False) for s in stages]
-        self.names = [getattr(s, "name", type(s).__name__.lower()) for s in stages]
+        from batchmd.dynamics.base import stage_method
+
+        self.names = [stage_method(s) for s in stages]  # the CLI's method names (stage{k}_method)
         self._launch_temperature = CachedLaunch(srk.accumulate_md_temperature_overloads)
         self._launch_entry = CachedLaunch(srk.record_stage_entry_overloads)
         self._tables: dict = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ase.units
 import torch
 
-from batchmd.dynamics.base import Dynamics, set_system_param
+from batchmd.dynamics.base import Dynamics, check_parameter, set_system_param, system_target
 from batchmd.dynamics.velocities import check_policy
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.verlet import verlet_post_force_kernel_overloads, verlet_pre_force_kernel_overloads
@@ -68,12 +68,14 @@ class NVE(Dynamics):
     """
 
     name = "nve"
+    method = "nve"
 
     def __init__(self, model, dt=1.0, n_steps=None, hooks=None, convergence_hook=None, temperature=None,
                  velocities: str = "auto", random_seed=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
-        self.dt = dt
-        self.temperature = temperature
+        self.dt = check_parameter("NVE", "dt", dt)
+        self.temperature = None if temperature is None else check_parameter("NVE", "temperature", temperature,
+                                                                              allow_zero=True)
         self.velocity_policy = check_policy("NVE", velocities)
         if velocities == "maxwell_boltzmann" and temperature is None:
             raise ValueError("NVE: velocities='maxwell_boltzmann' needs a temperature (K)")
@@ -90,14 +92,20 @@ class NVE(Dynamics):
         The loop then applies the velocity policy to the entering systems.
         """
         set_system_param(batch, "nve_dt", self.dt, mask, batch.positions.dtype)
-        if self.temperature is not None:
-            set_system_param(batch, "nve_temperature", self.temperature, mask, batch.positions.dtype)
+        if self.temperature is not None or batch.has_field("target_temperature"):
+            temperature = system_target(batch, "target_temperature", self.temperature, batch.positions.dtype)
+            set_system_param(batch, "nve_temperature", temperature, mask, batch.positions.dtype)
         if not batch.has_field("velocities") or batch.velocities is None:
             batch.set_field("velocities", torch.zeros_like(batch.positions), "atom")
 
     def velocity_temperature(self, batch):
-        """``nve_temperature`` (K) for Maxwell-Boltzmann draws, or None without ``temperature`` (start from rest)."""
-        return batch["nve_temperature"] if self.temperature is not None else None
+        """``nve_temperature`` (K) for Maxwell-Boltzmann draws, or None without ``temperature`` (start from rest).
+
+        A system's own ``target_temperature`` (``atoms.info["temperature_K"]``) replaces the
+        stage's; systems with neither draw zeros.
+        """
+        has = self.temperature is not None or batch.has_field("target_temperature")
+        return batch["nve_temperature"] if has and batch.has_field("nve_temperature") else None
 
     def _common(self, batch, stage_index):
         view = self._views

@@ -130,7 +130,8 @@ def fire_system_kernel(
     ----------
     ptr : int32 [B+1]  system offsets.
     stage, status : int32  loop fields; a system moves iff ``stage == stage_index`` and ``status == 0``.
-    velocities, forces : vec3 [N]  FIRE velocity (Å/time) and forces (eV/Å).
+    velocities : vec3 [N]  FIRE velocity (Å per ASE time unit).
+    forces : vec3 [N]  forces (eV/Å).
     dt, alpha : float, in/out  FIRE time step (ASE time units) and mixing parameter.
     nsteps : int32, in/out  steps since the last uphill reset (``< 0``: first step).
     maxstep, dtmax, nmin, finc, fdec, astart, fa : per-system ASE FIRE parameters.

@@ -150,8 +150,10 @@ def system_fire_sums(velocities: torch.Tensor, forces: torch.Tensor, ptr: torch.
 
     Parameters
     ----------
-    velocities, forces : torch.Tensor
-        ``[N, 3]`` float32 or float64 (any consistent units).
+    velocities : torch.Tensor
+        ``[N, 3]`` float32 or float64, FIRE's velocities (Å per ASE time unit).
+    forces : torch.Tensor
+        ``[N, 3]`` of the same dtype, eV/Å.
     ptr : torch.Tensor
         ``[B+1]`` int32 system offsets.
 
