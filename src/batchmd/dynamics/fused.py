@@ -4,8 +4,9 @@ Every system is in exactly one stage (its ``stage`` field). Each step::
 
     BEFORE_STEP hooks
     stage.pre_force(batch, k)   for every stage k   (Warp kernels; only stage-k ACTIVE systems move)
-    model(batch)                one evaluation serves every stage
-    force statistics            per-system fmax (eV/Å) and NaN/inf guard, one kernel
+    model(batch)                one evaluation serves every stage (FAILED systems get no neighbors)
+    runaway guards              non-finite positions/velocities/cell, density: FAILED before the model
+    force statistics            per-system fmax (eV/Å), non-finite and runaway guards, one kernel
     AFTER_FORCES hooks
     stage.post_force(batch, k)  for every stage k
     advance_status              counters, convergence, budgets, transitions (one kernel)
@@ -48,6 +49,7 @@ import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph, graph_steps_allowed
+from batchmd.dynamics.guards import GuardRunner, resolve_guards
 from batchmd.dynamics.oom import OOMRecovery
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
@@ -127,6 +129,11 @@ class FusedStage(RefillPoints, OOMRecovery):
         batch (unmoved systems go back to the sampler), evaluate in chunks if still needed,
         retry the step; nothing is lost or duplicated (:mod:`batchmd.dynamics.oom`).
         Default True.
+    guards : Guards, True or False
+        Runaway guards (:mod:`batchmd.dynamics.guards`): non-finite positions, velocities,
+        cell and stress, a density bound (atoms/Å^3), an MD displacement bound (Å/step) and
+        an energy-drop bound (eV/atom) fail a system with a reason, on the device. True
+        (default): ``Guards()``; False: off (non-finite energy and forces still fail).
     """
 
     def __init__(
@@ -144,8 +151,12 @@ class FusedStage(RefillPoints, OOMRecovery):
         cuda_graph: bool | str = "auto",
         refill_in_place: bool = False,
         oom_retry: bool = True,
+        guards=True,
     ) -> None:
         self.stages = normalise_stages(sub_stages)
+        self.guards = resolve_guards(guards)
+        self._guard = GuardRunner(self.guards, self.stages)
+        self._stepping = False  # inside step(): a system failing the guards before the model took a step
         self._recorder = StageRecorder(self.stages)
         if cuda_graph not in (True, False, "auto"):
             raise ValueError(f"FusedStage: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
@@ -209,6 +220,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             cuda_graph=self.cuda_graph,
             refill_in_place=self.refill_in_place,
             oom_retry=self.oom_retry,
+            guards=self.guards is not None and self.guards,
         )
 
     @property
@@ -248,6 +260,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
             "enter": torch.zeros(max(self.num_stages - 1, 0), b, dtype=torch.bool, device=dev),
             "views": WarpViewCache(),
+            **self._guard.buffers(batch),
         }
         self._buf = buf
         return buf
@@ -293,6 +306,8 @@ class FusedStage(RefillPoints, OOMRecovery):
 
     def _evaluate(self, batch) -> None:
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
+        self._guard.before_evaluation(batch, self._buffers(batch), self._active_atom_steps(batch.device),
+                                      self._stepping)  # FAILED here: no neighbors, NaN energy (guards.py)
         targets = self._output_fields(batch)
         if targets is None:
             out = self._call_model(batch)  # in chunks after an out-of-memory error (oom.py)
@@ -337,6 +352,7 @@ class FusedStage(RefillPoints, OOMRecovery):
                 views("fmax", batch["fmax"]),
                 views("finite", buf["finite"]),
                 views("converged", buf["converged"]),
+                *self._guard.stats_args(batch, buf, self._stress_computed()),
             ],
             batch.device,
         )
@@ -392,6 +408,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         for name in ("stage", "status", "stage_steps", "n_steps"):
             batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
         batch.set_field("failure", torch.zeros(b, dtype=torch.int32, device=dev), "system")
+        batch.set_field("_energy_ref", torch.full((b,), float("nan"), dtype=batch.dtype, device=dev), "system")
         self._recorder.ensure_fields(batch, fresh=True)
 
     def _owns(self, batch) -> bool:
@@ -455,7 +472,11 @@ class FusedStage(RefillPoints, OOMRecovery):
         self._call_hooks(batch, HookStage.BEFORE_STEP)
         for k, stage in enumerate(self.stages):
             stage.pre_force(batch, k)
-        batch = self._evaluate_safely(batch)
+        self._stepping = True
+        try:
+            batch = self._evaluate_safely(batch)
+        finally:
+            self._stepping = False
         self._claim(batch)  # an out-of-memory recovery may have handed back a smaller batch
         self._call_hooks(batch, HookStage.AFTER_FORCES)
         for k, stage in enumerate(self.stages):

@@ -26,6 +26,11 @@ EMPTY = wp.constant(5)  # a slot's padding rows in a padded live batch (batchmd.
 # Failure bits (batchmd.dynamics.status.FailureReason).
 FAILURE_ENERGY = wp.constant(1)
 FAILURE_FORCES = wp.constant(2)
+FAILURE_STRESS = wp.constant(256)
+FAILURE_DISPLACEMENT = wp.constant(1024)
+FAILURE_ENERGY_DROP = wp.constant(2048)
+# Bits set before the model is called (FailureReason.before_evaluation()): energy and stress become NaN.
+BEFORE_EVALUATION = wp.constant(32 | 64 | 128 | 512)
 
 
 @wp.kernel
@@ -67,11 +72,27 @@ def system_force_stats(
     fmax: wp.array(dtype=Any),
     finite: wp.array(dtype=wp.int32),
     force_converged: wp.array(dtype=wp.bool),
+    status: wp.array(dtype=wp.int32),
+    failure: wp.array(dtype=wp.int32),
+    stress: wp.array(dtype=Any),
+    has_stress: int,
+    energy_ref: wp.array(dtype=Any),
+    max_energy_drop: wp.float64,
+    disp: wp.array(dtype=wp.float64),
+    max_displacement: wp.float64,
 ):
     """Per system: fmax (eV/Å), failure bits (0: energy and forces finite), and ``fmax <= stage_fmax[stage]`` (a threshold < 0: no force criterion).
 
     ``chunk > 0``: combine the per-chunk results of ``system_force_stats_chunks`` (GPUs, large
     systems); a maximum does not depend on the order, so both paths give the same numbers.
+
+    Runaway guards (:mod:`batchmd.dynamics.guards`): ``has_stress``: the stress (eV/Å^3) must
+    be finite. ``max_energy_drop >= 0`` (eV/atom): the first finite energy of an ACTIVE or
+    PENDING system is kept in ``energy_ref`` (NaN until then); later, ``E/N < min(E_ref, 0)/N
+    - max_energy_drop`` fails it. ``max_displacement > 0`` (Å): ``disp[s]`` (the next MD
+    step's displacement bound from ``guard_displacement``) above it fails the system;
+    ``disp`` is cleared. A system FAILED before the evaluation (bits ``BEFORE_EVALUATION``:
+    the model did not see it) gets a NaN energy and stress, never a number of another geometry.
     """
     s = wp.tid()
     e = energies[s]
@@ -95,6 +116,29 @@ def system_force_stats(
         bad = FAILURE_ENERGY
     if ok == 0:
         bad = bad | FAILURE_FORCES
+    st = status[s]
+    if st == FAILED and (failure[s] & BEFORE_EVALUATION) != 0:
+        energies[s] = type(e)(wp.nan)
+        if has_stress != 0:
+            stress[s] = stress.dtype(wp.nan)
+    elif st == ACTIVE or st == PENDING:
+        if has_stress != 0:
+            w = stress[s]
+            for r in range(3):
+                if not (wp.isfinite(w[r, 0]) and wp.isfinite(w[r, 1]) and wp.isfinite(w[r, 2])):
+                    bad = bad | FAILURE_STRESS
+        if max_energy_drop >= wp.float64(0.0) and wp.isfinite(e):
+            ref = energy_ref[s]
+            if wp.isnan(ref):
+                energy_ref[s] = e
+            else:
+                n = wp.float64(ptr[s + 1] - ptr[s])
+                if wp.float64(e) / n < wp.min(wp.float64(ref), wp.float64(0.0)) / n - max_energy_drop:
+                    bad = bad | FAILURE_ENERGY_DROP
+        if max_displacement > wp.float64(0.0):
+            if disp[s] > max_displacement:
+                bad = bad | FAILURE_DISPLACEMENT
+            disp[s] = wp.float64(0.0)
     finite[s] = bad
     threshold = stage_fmax[stage[s]]
     force_converged[s] = threshold >= wp.float64(0.0) and wp.float64(m) <= threshold
@@ -102,7 +146,7 @@ def system_force_stats(
 
 system_force_stats_overloads = {}
 system_force_stats_chunks_overloads = {}
-for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
+for _vec, _scalar, _mat in ((wp.vec3f, wp.float32, wp.mat33f), (wp.vec3d, wp.float64, wp.mat33d)):
     system_force_stats_overloads[_scalar] = wp.overload(
         system_force_stats,
         {
@@ -117,6 +161,14 @@ for _vec, _scalar in ((wp.vec3f, wp.float32), (wp.vec3d, wp.float64)):
             "fmax": wp.array(dtype=_scalar),
             "finite": wp.array(dtype=wp.int32),
             "force_converged": wp.array(dtype=wp.bool),
+            "status": wp.array(dtype=wp.int32),
+            "failure": wp.array(dtype=wp.int32),
+            "stress": wp.array(dtype=_mat),
+            "has_stress": int,
+            "energy_ref": wp.array(dtype=_scalar),
+            "max_energy_drop": wp.float64,
+            "disp": wp.array(dtype=wp.float64),
+            "max_displacement": wp.float64,
         },
     )
     system_force_stats_chunks_overloads[_scalar] = wp.overload(
