@@ -185,11 +185,14 @@ def stencil_bin(bi: wp.vec3i, o0: int, o1: int, o2: int, nb: wp.vec3i, p0: int, 
 
 @wp.func
 def is_candidate(i: int, j: int, own_bin: bool, half: int, wrapped: wp.array(dtype=Any), xb: Any, r_list_sq: Any):
-    """The build's acceptance test for atom ``j`` of a stencil bin (``xb``: atom i moved into that bin's image)."""
+    """The build's acceptance test for atom ``j`` of a stencil bin (``xb``: atom i moved into that bin's image).
+
+    A NaN distance is accepted: a non-finite position gives NaN pairs (and NaN model outputs),
+    never an atom without neighbors."""
     if own_bin and (j == i or (half != 0 and j < i)):
         return False
     d = wrapped[j] - xb
-    return wp.dot(d, d) < r_list_sq
+    return not (wp.dot(d, d) >= r_list_sq)
 
 
 @wp.kernel
