@@ -408,7 +408,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         for name in ("stage", "status", "stage_steps", "n_steps"):
             batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
         batch.set_field("failure", torch.zeros(b, dtype=torch.int32, device=dev), "system")
-        batch.set_field("_energy_ref", torch.full((b,), float("nan"), dtype=batch.dtype, device=dev), "system")
+        batch.set_field("guard_energy_ref", torch.full((b,), float("nan"), dtype=batch.dtype, device=dev), "system")
         self._recorder.ensure_fields(batch, fresh=True)
 
     def _owns(self, batch) -> bool:

@@ -157,10 +157,10 @@ class GuardRunner:
 
     @staticmethod
     def ensure_fields(batch) -> None:
-        """The system field ``_energy_ref`` (NaN: not set yet), created when missing."""
-        if not batch.has_field("_energy_ref") or batch["_energy_ref"].shape != (batch.num_graphs,) \
-                or batch["_energy_ref"].dtype != batch.dtype:
-            batch.set_field("_energy_ref", torch.full((batch.num_graphs,), float("nan"), dtype=batch.dtype,
+        """The system field ``guard_energy_ref`` (NaN: not set yet), created when missing."""
+        if not batch.has_field("guard_energy_ref") or batch["guard_energy_ref"].shape != (batch.num_graphs,) \
+                or batch["guard_energy_ref"].dtype != batch.dtype:
+            batch.set_field("guard_energy_ref", torch.full((batch.num_graphs,), float("nan"), dtype=batch.dtype,
                                                       device=batch.device), "system")
 
     def buffers(self, batch) -> dict:
@@ -201,7 +201,7 @@ class GuardRunner:
         stress = views("stress", batch["stress"], matrix=True) if has_stress else self.dummy(batch, "mat")
         if on and g.max_energy_drop is not None:
             self.ensure_fields(batch)
-            ref, drop = views("energy_ref", batch["_energy_ref"]), float(g.max_energy_drop)
+            ref, drop = views("energy_ref", batch["guard_energy_ref"]), float(g.max_energy_drop)
         else:
             ref, drop = self.dummy(batch, "scalar"), -1.0
         disp = views("guard_disp", buf["guard_disp"])
