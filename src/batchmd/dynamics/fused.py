@@ -51,6 +51,7 @@ from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph, graph_steps_allowed
 from batchmd.dynamics.guards import GuardRunner, resolve_guards
 from batchmd.dynamics.oom import OOMRecovery
+from batchmd.dynamics.outputs import ModelOutputs
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import apply_com_constraint, apply_force_constraints, record_com_reference
 from batchmd.dynamics.stage_results import StageRecorder
@@ -67,7 +68,7 @@ __all__ = ["FusedStage", "NoProgressWarning"]
 log = logging.getLogger(__name__)
 
 
-class FusedStage(RefillPoints, OOMRecovery):
+class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
     """Chain dynamics stages over one live batch; optionally refill it from a sampler.
 
     Parameters
@@ -266,44 +267,6 @@ class FusedStage(RefillPoints, OOMRecovery):
         return buf
 
     # ----------------------------------------------------------------- priming
-    @staticmethod
-    def _store(batch, name: str, value: torch.Tensor, level: str) -> None:
-        """Point a batch field at a model output (no copy; nothing to do if it already is that tensor).
-
-        A model that returns the same preallocated output tensors every call keeps the
-        step free of allocations, and the loop's cached Warp views stay valid.
-        """
-        if batch.has_field(name) and batch[name] is value:
-            return
-        batch.set_field(name, value.detach().contiguous(), level)
-
-    def _stress_computed(self) -> bool:
-        """Whether evaluations in this loop produce a stress (asked for, or needed by a stage)."""
-        if getattr(self.model, "supports_out", False):
-            wanted = self.compute_stress or any(getattr(stage, "needs_stress", False) for stage in self.stages)
-            return wanted and bool(getattr(self.model, "computes_stress", False))
-        return bool(getattr(self.model, "computes_stress", False))
-
-    def _output_fields(self, batch) -> dict | None:
-        """The batch's own output tensors, for models that write into them (``supports_out``)."""
-        if not getattr(self.model, "supports_out", False):
-            return None
-        n, b, dtype, dev = batch.num_nodes, batch.num_graphs, batch.dtype, batch.device
-        wanted = {"forces": ((n, 3), "atom"), "energies": ((b, 1), "system")}
-        if self._stress_computed():
-            wanted["stress"] = ((b, 3, 3), "system")
-
-        out = {}
-        self._outputs_kept = True  # every system's outputs are from its last evaluation
-        for name, (shape, level) in wanted.items():
-            current = batch[name] if batch.has_field(name) else None
-            if current is None or tuple(current.shape) != shape or current.dtype != dtype or not current.is_contiguous():
-                current = torch.zeros(shape, dtype=dtype, device=dev)
-                batch.set_field(name, current, level)
-                self._outputs_kept = False
-            out["energy" if name == "energies" else name] = current
-        return out
-
     def _evaluate(self, batch) -> None:
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
         self._guard.before_evaluation(batch, self._buffers(batch), self._active_atom_steps(batch.device),

@@ -133,9 +133,8 @@ def guard_displacement(
     d = wp.float64(wp.length(forces[i])) / wp.float64(masses[i]) * t * t
     if has_v != 0:
         d = d + wp.float64(wp.length(v[i])) * t
-    if not wp.isfinite(d):
-        d = wp.float64(1.0e300)  # non-finite forces are reported as such; never NaN in a maximum
-    wp.atomic_max(disp, s, d)
+    if wp.isfinite(d):  # non-finite forces or velocities are reported as such, never as a displacement
+        wp.atomic_max(disp, s, d)
 
 
 guard_atoms_overloads = {}
