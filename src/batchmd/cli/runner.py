@@ -180,8 +180,9 @@ def summary_lines(report: RunReport, model_text: str, stage_labels) -> list[str]
             name = atoms.info.get(f"stage{k}_status", "?")
             counts[name] = counts.get(name, 0) + 1
         lines.append(f"stage {k} ({label}): " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
-    energies = [(a.calc.results["energy"], len(a)) for a in frames
-                if a.calc is not None and "energy" in a.calc.results and math.isfinite(a.calc.results["energy"])]
+    energies = [(a.calc.results["energy"], len(a)) for a in frames  # a failed frame's energy is not a result
+                if a.calc is not None and "energy" in a.calc.results and math.isfinite(a.calc.results["energy"])
+                and a.info.get("status") != "failed"]
     if energies:
         per_atom = [e / n for e, n in energies]
         lines.append(f"energy: {min(e for e, _ in energies):.6g} .. {max(e for e, _ in energies):.6g} eV "
