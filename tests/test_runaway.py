@@ -173,18 +173,21 @@ def test_collapsed_frame_is_written_with_its_geometry_and_no_energy(tmp_path):
 
 
 # ----------------------------------------------------------------------------- non-finite cell
-class PoisonCell(Hook):
-    """Before step ``at`` of the run, the cell of system ``system_id == bad`` becomes NaN (as SevenNet's NPT)."""
+class Poison(Hook):
+    """Before step ``at`` of the run, the cell (or positions) of system ``system_id == bad`` become NaN (as SevenNet's NPT)."""
 
     stage = HookStage.BEFORE_STEP
 
-    def __init__(self, bad, at):
-        self.bad, self.at = bad, at
+    def __init__(self, bad, at, field="cell"):
+        self.bad, self.at, self.field = bad, at, field
 
     def __call__(self, batch, context):
         if context.step == self.at:
             hit = batch.system_id.reshape(-1) == self.bad
-            batch.cell[hit] = float("nan")
+            if self.field == "cell":
+                batch.cell[hit] = float("nan")
+            else:
+                batch.positions[hit[batch.batch_idx.long()]] = float("nan")
 
 
 class CountingLJ:
@@ -202,13 +205,18 @@ class CountingLJ:
         return self.inner(batch)
 
 
-def test_nonfinite_cell_fails_before_the_model_with_the_step_in_its_reason(tmp_path):
+@pytest.mark.parametrize("field", ["cell", "positions"])
+def test_nonfinite_cell_or_positions_fail_with_the_step_in_their_reason(field):
     model = CountingLJ()
     frames = [argon32(seed=1), argon32(seed=2)]
     md = [NVE(model, dt=2.0, n_steps=8)]
-    result = run_frames(frames, md, hooks=[PoisonCell(bad=1, at=3)], max_atoms=64, refill_frequency=4)
+    result = run_frames(frames, md, hooks=[Poison(bad=1, at=3, field=field)], max_atoms=64, refill_frequency=4)
     failed = result.frames[1]
-    assert failed.info["failure"].startswith("non-finite cell at step 4")
+    if field == "cell":  # failed before the model: it never sees the NaN cell
+        assert failed.info["failure"].startswith("non-finite cell at step 4")
+    else:  # the NaN pairs reach the model (never dropped as isolated atoms): NaN forces
+        assert "non-finite forces; non-finite positions" in failed.info["failure"]
+        assert " at step 4;" in failed.info["failure"]
     assert "input structure written instead" in failed.info["failure"]
     assert failed.calc is None and np.array_equal(failed.positions, frames[1].positions)
     assert not model.saw_nan

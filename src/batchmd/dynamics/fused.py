@@ -251,17 +251,17 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
         largest = int(batch.num_atoms_per_system.max()) if b else 0  # one read per batch structure
         chunk, count = chunk_plan(largest, dev, self.chunked_reductions)
         part_max_sq = torch.zeros(b, count, dtype=batch.dtype, device=dev)
-        part_finite = torch.ones(b, count, dtype=torch.int32, device=dev)
+        part_finite = torch.zeros(b, count, dtype=torch.int32, device=dev)  # failure bits per chunk
+        part_disp = torch.zeros(b, count, dtype=torch.float64, device=dev)  # MD displacement bound per chunk (Å)
         buf = {
             "batch": batch,
             "shape": (b, batch.num_nodes),
-            "stats_chunk": (chunk, count, to_warp(part_max_sq), to_warp(part_finite)),
+            "stats_chunk": (chunk, count, to_warp(part_max_sq), to_warp(part_finite), to_warp(part_disp)),
             "finite": torch.zeros(b, dtype=torch.int32, device=dev),  # failure bits, 0 = finite
             "converged": torch.zeros(b, dtype=torch.bool, device=dev),
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
             "enter": torch.zeros(max(self.num_stages - 1, 0), b, dtype=torch.bool, device=dev),
             "views": WarpViewCache(),
-            **self._guard.buffers(batch),
         }
         self._buf = buf
         return buf
@@ -269,7 +269,7 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
     # ----------------------------------------------------------------- priming
     def _evaluate(self, batch) -> None:
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
-        self._guard.before_evaluation(batch, self._buffers(batch), self._active_atom_steps(batch.device),
+        self._guard.before_evaluation(batch, self._buffers(batch)["views"], self._active_atom_steps(batch.device),
                                       self._stepping)  # FAILED here: no neighbors, NaN energy (guards.py)
         targets = self._output_fields(batch)
         if targets is None:
@@ -295,10 +295,11 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
         buf = self._buffers(batch)
         views = buf["views"]
         tables = self._stage_tables(batch.device)
-        chunk, count, w_part_max_sq, w_part_finite = buf["stats_chunk"]
+        chunk, count, w_part_max_sq, w_part_finite, w_part_disp = buf["stats_chunk"]
         w_forces, w_ptr = views("forces", batch.forces, vector=True), views("ptr", batch.ptr)
         if chunk:
-            self._launch_stats_chunks(batch.dtype, (b, count), [w_forces, w_ptr, chunk, w_part_max_sq, w_part_finite],
+            self._launch_stats_chunks(batch.dtype, (b, count), [w_forces, w_ptr, chunk, w_part_max_sq, w_part_finite,
+                                                                w_part_disp, *self._guard.chunk_args(batch, views)],
                                       batch.device)
         self._launch_stats(
             batch.dtype,
@@ -312,10 +313,11 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
                 chunk,
                 w_part_max_sq,
                 w_part_finite,
+                w_part_disp,
                 views("fmax", batch["fmax"]),
                 views("finite", buf["finite"]),
                 views("converged", buf["converged"]),
-                *self._guard.stats_args(batch, buf, self._stress_computed()),
+                *self._guard.stats_args(batch, views, self._stress_computed()),
             ],
             batch.device,
         )

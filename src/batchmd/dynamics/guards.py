@@ -5,8 +5,8 @@ belong to nothing, nor take the process (and every other system's result) down w
 :class:`~batchmd.dynamics.fused.FusedStage` checks every ACTIVE or PENDING system at every
 evaluation, with Warp kernels (:mod:`batchmd.kernels.guards`) and no host synchronisation:
 
-Before the model is called (after every stage's ``pre_force``)
-    - positions (Å), velocities and cell (Å) are finite;
+Before the model is called (after every stage's ``pre_force``; one launch)
+    - the cell (Å) is finite;
     - a system periodic in all three directions has at most ``max_density`` atoms per Å^3
       (a collapsing cell).
 
@@ -16,9 +16,11 @@ Before the model is called (after every stage's ``pre_force``)
     run stays that of its healthy systems). The model does not see it; its energy and
     stress are set to NaN.
 
-After the model is called (in the force-statistics kernel)
-    - energy and forces finite (always checked, also with ``guards=False``); the stress
-      finite when the loop computes it;
+After the model is called (in the force-statistics kernel's pass over the atoms: no launch)
+    - energy and forces finite (always checked, also with ``guards=False``); positions (Å)
+      and velocities finite; the stress finite when the loop computes it. The neighbor and
+      edge lists keep NaN distances, so a NaN position gives the model NaN pairs and NaN
+      outputs, never an isolated atom;
     - MD stages: the displacement of the next step is bounded by ``max_displacement``
       (Å), estimated per atom as ``|v| dt + |f| dt^2 / m`` (a bound of a velocity Verlet
       step; ``dt`` the stage's time step, fs). The system fails at the state it reached,
@@ -27,6 +29,10 @@ After the model is called (in the force-statistics kernel)
     - the energy per atom stays above ``min(E_0, 0) / N - max_energy_drop`` (eV/atom), with
       ``E_0`` the system's first finite energy in this run: a relaxation or MD falling into
       an unphysical hole of a model (machine-learned potentials at short range) fails.
+
+Cost: one extra launch per step and a few loads per atom in a pass that exists anyway
+(measured on the 32-atom Lennard-Jones step of ``benchmarks/step_overhead.py``: see
+``docs/performance.rst``).
 
 A failed system stops moving and graduates at the next refill point, like any finished
 one; the other systems of the batch are bitwise unaffected (every check and every model
@@ -129,23 +135,23 @@ def _stage_dt(stage) -> float:
 
 
 class GuardRunner:
-    """The loop's guard launches (used by :class:`~batchmd.dynamics.fused.FusedStage`)."""
+    """The loop's guard launches and kernel arguments (used by :class:`~batchmd.dynamics.fused.FusedStage`)."""
 
     def __init__(self, guards: Guards | None, stages) -> None:
         self.guards = guards
         self.stages = stages
-        self._atoms = CachedLaunch(gk.guard_atoms_overloads)
         self._systems = CachedLaunch(gk.guard_systems_overloads)
-        self._disp = CachedLaunch(gk.guard_displacement_overloads)
         self._dummy = {}
         self._tables = None
 
-    def _dt_table(self, device):
+    def _stage_time(self, device):
+        """Per-stage MD time step in ASE time units (0: not MD, or the displacement guard off), a Warp view."""
         if self._tables is None or self._tables[0] != device:
-            values = [_stage_dt(s) for s in self.stages]  # host values, read once per device
-            dt = torch.tensor(values, dtype=torch.float64, device=device)
-            self._tables = (device, dt, to_warp(dt), any(x > 0 for x in values))
-        return self._tables
+            on = self.guards is not None and self.guards.max_displacement is not None
+            values = [_stage_dt(s) * units.fs if on else 0.0 for s in self.stages]  # host values, once per device
+            t = torch.tensor(values, dtype=torch.float64, device=device)
+            self._tables = (device, t, to_warp(t))
+        return self._tables[2]
 
     def dummy(self, batch, kind: str):
         key = (kind, batch.dtype, batch.device)
@@ -161,40 +167,35 @@ class GuardRunner:
         if not batch.has_field("guard_energy_ref") or batch["guard_energy_ref"].shape != (batch.num_graphs,) \
                 or batch["guard_energy_ref"].dtype != batch.dtype:
             batch.set_field("guard_energy_ref", torch.full((batch.num_graphs,), float("nan"), dtype=batch.dtype,
-                                                      device=batch.device), "system")
+                                                           device=batch.device), "system")
 
-    def buffers(self, batch) -> dict:
-        """Per-batch scratch (created with the loop's other per-batch buffers)."""
-        b, dev = batch.num_graphs, batch.device
-        return {"guard_bits": torch.zeros(b, dtype=torch.int32, device=dev),
-                "guard_disp": torch.zeros(b, dtype=torch.float64, device=dev)}
-
-    def _velocities(self, batch, views):
-        if batch.has_field("velocities") and batch["velocities"] is not None \
-                and tuple(batch["velocities"].shape) == (batch.num_nodes, 3):
-            return views("velocities", batch["velocities"], vector=True), 1
-        return self.dummy(batch, "vec"), 0
-
-    def before_evaluation(self, batch, buf: dict, counter: torch.Tensor, increment: bool) -> None:
-        """Non-finite positions/velocities/cell and the density bound; FAILED before the model runs."""
+    def before_evaluation(self, batch, views, counter: torch.Tensor, increment: bool) -> None:
+        """Non-finite cell and the density bound: FAILED before the model runs (one launch)."""
         if self.guards is None or batch.num_graphs == 0:
             return
-        views, dev, dtype = buf["views"], batch.device, batch.dtype
-        v, has_v = self._velocities(batch, views)
-        status, bits = views("status", batch["status"]), views("guard_bits", buf["guard_bits"])
-        if batch.num_nodes:
-            self._atoms(dtype, batch.num_nodes, [views("positions", batch.positions, vector=True), v, has_v,
-                                                 views("batch_idx", batch.batch_idx), status, bits], dev)
         density = self.guards.max_density
-        self._systems(dtype, batch.num_graphs, [
+        self._systems(batch.dtype, batch.num_graphs, [
             1 if increment else 0, views("cell", batch.cell, matrix=True), views("pbc", batch.pbc),
-            views("ptr", batch.ptr), float(density) if density is not None else -1.0, status,
+            views("ptr", batch.ptr), float(density) if density is not None else -1.0, views("status", batch["status"]),
             views("stage_steps", batch["stage_steps"]), views("n_steps", batch["n_steps"]),
-            views("failure", batch["failure"]), bits, views("counter", counter)], dev)
+            views("failure", batch["failure"]), views("counter", counter)], batch.device)
 
-    def stats_args(self, batch, buf: dict, stress_computed: bool) -> list:
-        """The guard arguments of ``system_force_stats`` (after ``converged``); launches the displacement bound."""
-        views, dev, dtype = buf["views"], batch.device, batch.dtype
+    def atom_args(self, batch, views) -> list:
+        """``guard, x, v, has_v, masses`` of the force-statistics kernels (their pass over the atoms)."""
+        if batch.has_field("velocities") and batch["velocities"] is not None \
+                and tuple(batch["velocities"].shape) == (batch.num_nodes, 3):
+            v, has_v = views("velocities", batch["velocities"], vector=True), 1
+        else:
+            v, has_v = self.dummy(batch, "vec"), 0
+        return [1 if self.guards is not None else 0, views("positions", batch.positions, vector=True), v, has_v,
+                views("atomic_masses", batch.atomic_masses)]
+
+    def chunk_args(self, batch, views) -> list:
+        """The guard arguments of ``system_force_stats_chunks`` (after ``part_disp``)."""
+        return self.atom_args(batch, views) + [views("stage", batch["stage"]), self._stage_time(batch.device)]
+
+    def stats_args(self, batch, views, stress_computed: bool) -> list:
+        """The guard arguments of ``system_force_stats`` (after ``force_converged``)."""
         g = self.guards
         on = g is not None
         has_stress = on and stress_computed and batch.has_field("stress")
@@ -204,17 +205,6 @@ class GuardRunner:
             ref, drop = views("energy_ref", batch["guard_energy_ref"]), float(g.max_energy_drop)
         else:
             ref, drop = self.dummy(batch, "scalar"), -1.0
-        disp = views("guard_disp", buf["guard_disp"])
-        max_disp = -1.0
-        if on and g.max_displacement is not None and batch.num_nodes:
-            _, _, w_dt, has_md = self._dt_table(dev)
-            if has_md:
-                max_disp = float(g.max_displacement)
-                v, has_v = self._velocities(batch, views)
-                self._disp(dtype, batch.num_nodes, [
-                    views("batch_idx", batch.batch_idx), views("stage", batch["stage"]),
-                    views("status", batch["status"]), w_dt, float(units.fs), v, has_v,
-                    views("forces", batch.forces, vector=True), views("atomic_masses", batch.atomic_masses),
-                    disp], dev)
-        return [views("status", batch["status"]), views("failure", batch["failure"]), stress,
-                1 if has_stress else 0, ref, drop, disp, max_disp]
+        max_disp = float(g.max_displacement) if on and g.max_displacement is not None else -1.0
+        return ([views("status", batch["status"]), views("failure", batch["failure"])] + self.atom_args(batch, views)
+                + [self._stage_time(batch.device), stress, 1 if has_stress else 0, ref, drop, max_disp])

@@ -65,11 +65,11 @@ class FailureReason(IntFlag):
     a non-finite stress.
 
     Runaway guards (:mod:`batchmd.dynamics.guards`, set on the device every step):
-    ``NONFINITE_POSITIONS`` / ``NONFINITE_CELL`` / ``NONFINITE_VELOCITIES`` (checked before
-    the model is called, so the model never sees them), ``NONFINITE_STRESS`` (after it, when
-    the stress is computed), ``DENSITY`` (a fully periodic system denser than
-    ``Guards.max_density`` atoms/Å^3: a collapsing cell, failed before its neighbor list or
-    edges are built), ``DISPLACEMENT`` (an MD step would move an atom more than
+    ``NONFINITE_CELL`` and ``DENSITY`` (checked before the model is called, so the model never
+    sees them), ``NONFINITE_POSITIONS`` / ``NONFINITE_VELOCITIES`` / ``NONFINITE_STRESS``
+    (with the force statistics; the stress when it is computed). ``DENSITY``: a fully periodic
+    system denser than ``Guards.max_density`` atoms/Å^3 (a collapsing cell), failed before its
+    neighbor list or edges are built. ``DISPLACEMENT`` (an MD step would move an atom more than
     ``Guards.max_displacement`` Å), ``ENERGY_DROP`` (the energy per atom fell more than
     ``Guards.max_energy_drop`` eV/atom below its start).
     :func:`failure_text` turns the bits into the text written with results.
@@ -92,7 +92,7 @@ class FailureReason(IntFlag):
     @classmethod
     def before_evaluation(cls) -> int:
         """Bits set before the model is called: such a system's energy, forces and stress are NaN."""
-        return int(cls.NONFINITE_POSITIONS | cls.NONFINITE_CELL | cls.NONFINITE_VELOCITIES | cls.DENSITY)
+        return int(cls.NONFINITE_CELL | cls.DENSITY)
 
 
 def failure_text(code: int, step: int | None = None) -> str:

@@ -1,26 +1,16 @@
-"""Warp kernels of the runaway guards (:mod:`batchmd.dynamics.guards`), all on the device.
+"""Warp kernel of the runaway guards run before the model (:mod:`batchmd.dynamics.guards`).
 
-Before the model is called (after every stage's ``pre_force``):
-
-``guard_atoms``
-    One thread per atom of an ACTIVE or PENDING system: ORs ``NONFINITE_POSITIONS`` /
-    ``NONFINITE_VELOCITIES`` into the system's scratch ``bits`` (``wp.atomic_or``: the
-    result does not depend on thread order).
 ``guard_systems``
-    One thread per system: adds ``NONFINITE_CELL`` and ``DENSITY`` (a fully periodic system
-    with more than ``max_density`` atoms per Å^3), then marks a system with any bit FAILED
-    (``failure |= bits``; a step it took is counted) and clears its scratch bits. The
-    neighbor list and the edge list skip FAILED systems, so a collapsed or non-finite cell
-    never reaches the bin walk and never allocates edges.
+    One thread per ACTIVE or PENDING system, after every stage's ``pre_force``:
+    ``NONFINITE_CELL`` (a non-finite cell, Å) and ``DENSITY`` (a fully periodic system with
+    more than ``max_density`` atoms per Å^3: a collapsing cell) mark it FAILED
+    (``failure |= bits``; a step it took is counted). The neighbor list and the edge list
+    skip FAILED systems, so a collapsed or non-finite cell never reaches the bin walk and
+    never allocates edges.
 
-After the model is called:
-
-``guard_displacement``
-    One thread per atom of an ACTIVE or PENDING system in an MD stage (``stage_dt > 0``,
-    fs): the bound ``|v| dt + |f| dt^2 / m`` (Å) of the displacement of its next velocity
-    Verlet step (``v`` Å/ASE time unit, ``f`` eV/Å, ``m`` amu, ``dt`` converted with
-    ``fs``, ASE time units per fs), reduced per system with ``wp.atomic_max`` into ``disp``
-    (order independent). The loop's force statistics compare it with ``max_displacement``.
+The guards that need the evaluation (non-finite positions, velocities and stress, the MD
+displacement bound, the energy drop) run in the same pass over the atoms as the force
+statistics: ``system_force_stats`` in :mod:`batchmd.kernels.bookkeeping`.
 """
 
 from __future__ import annotations
@@ -35,37 +25,13 @@ ACTIVE = wp.constant(0)
 FAILED = wp.constant(3)
 PENDING = wp.constant(4)
 # FailureReason bits (batchmd.dynamics.status)
-NONFINITE_POSITIONS = wp.constant(32)
 NONFINITE_CELL = wp.constant(64)
-NONFINITE_VELOCITIES = wp.constant(128)
 DENSITY = wp.constant(512)
 
 
 @wp.func
 def finite3(a: Any):
     return wp.isfinite(a[0]) and wp.isfinite(a[1]) and wp.isfinite(a[2])
-
-
-@wp.kernel
-def guard_atoms(
-    x: wp.array(dtype=Any),
-    v: wp.array(dtype=Any),
-    has_v: int,
-    batch_idx: wp.array(dtype=wp.int32),
-    status: wp.array(dtype=wp.int32),
-    bits: wp.array(dtype=wp.int32),
-):
-    """Non-finite positions (Å) or velocities of atom i: bits of its system."""
-    i = wp.tid()
-    s = batch_idx[i]
-    st = status[s]
-    if st != ACTIVE and st != PENDING:
-        return
-    if not finite3(x[i]):
-        wp.atomic_or(bits, s, NONFINITE_POSITIONS)
-    if has_v != 0:
-        if not finite3(v[i]):
-            wp.atomic_or(bits, s, NONFINITE_VELOCITIES)
 
 
 @wp.kernel
@@ -79,14 +45,12 @@ def guard_systems(
     stage_steps: wp.array(dtype=wp.int32),
     n_steps: wp.array(dtype=wp.int32),
     failure: wp.array(dtype=wp.int32),
-    bits: wp.array(dtype=wp.int32),
     active_atom_steps: wp.array(dtype=wp.int64),
 ):
     """Cell (Å) finite and density (atoms/Å^3, ``max_density <= 0``: off); FAILED on any bit."""
     s = wp.tid()
     st = status[s]
-    b = bits[s]
-    bits[s] = 0
+    b = int(0)
     if st != ACTIVE and st != PENDING:
         return
     h = cell[s]
@@ -107,42 +71,6 @@ def guard_systems(
     failure[s] = failure[s] | b
 
 
-@wp.kernel
-def guard_displacement(
-    batch_idx: wp.array(dtype=wp.int32),
-    stage: wp.array(dtype=wp.int32),
-    status: wp.array(dtype=wp.int32),
-    stage_dt: wp.array(dtype=wp.float64),
-    fs: wp.float64,
-    v: wp.array(dtype=Any),
-    has_v: int,
-    forces: wp.array(dtype=Any),
-    masses: wp.array(dtype=Any),
-    disp: wp.array(dtype=wp.float64),
-):
-    """Per system: the largest next-step displacement bound ``|v| dt + |f| dt^2 / m`` (Å)."""
-    i = wp.tid()
-    s = batch_idx[i]
-    st = status[s]
-    if st != ACTIVE and st != PENDING:
-        return
-    dt = stage_dt[stage[s]]
-    if dt <= wp.float64(0.0):
-        return
-    t = dt * fs
-    d = wp.float64(wp.length(forces[i])) / wp.float64(masses[i]) * t * t
-    if has_v != 0:
-        d = d + wp.float64(wp.length(v[i])) * t
-    if wp.isfinite(d):  # non-finite forces or velocities are reported as such, never as a displacement
-        wp.atomic_max(disp, s, d)
-
-
-guard_atoms_overloads = {}
 guard_systems_overloads = {}
-guard_displacement_overloads = {}
-for _vec, _mat, _scalar in ((wp.vec3f, wp.mat33f, wp.float32), (wp.vec3d, wp.mat33d, wp.float64)):
-    guard_atoms_overloads[_scalar] = wp.overload(guard_atoms, {"x": wp.array(dtype=_vec), "v": wp.array(dtype=_vec)})
+for _mat, _scalar in ((wp.mat33f, wp.float32), (wp.mat33d, wp.float64)):
     guard_systems_overloads[_scalar] = wp.overload(guard_systems, {"cell": wp.array(dtype=_mat)})
-    guard_displacement_overloads[_scalar] = wp.overload(
-        guard_displacement, {"v": wp.array(dtype=_vec), "forces": wp.array(dtype=_vec),
-                             "masses": wp.array(dtype=_scalar)})
