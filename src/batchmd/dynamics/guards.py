@@ -143,6 +143,20 @@ class GuardRunner:
         self._systems = CachedLaunch(gk.guard_systems_overloads)
         self._dummy = {}
         self._tables = None
+        self._args = {}  # name -> (tensors the arguments were built from, arguments): built once per batch structure
+
+    def _cached(self, name: str, tensors: tuple, build) -> list:
+        """Arguments built by ``build()``, reused while every tensor in ``tensors`` is the same object."""
+        hit = self._args.get(name)
+        if hit is not None and len(hit[0]) == len(tensors) and all(a is b for a, b in zip(hit[0], tensors)):
+            return hit[1]
+        value = build()
+        self._args[name] = (tensors, value)
+        return value
+
+    @staticmethod
+    def _field(batch, name):
+        return batch[name] if batch.has_field(name) else None
 
     def _stage_time(self, device):
         """Per-stage MD time step in ASE time units (0: not MD, or the displacement guard off), a Warp view."""
@@ -174,14 +188,21 @@ class GuardRunner:
         if self.guards is None or batch.num_graphs == 0:
             return
         density = self.guards.max_density
-        self._systems(batch.dtype, batch.num_graphs, [
-            1 if increment else 0, views("cell", batch.cell, matrix=True), views("pbc", batch.pbc),
-            views("ptr", batch.ptr), float(density) if density is not None else -1.0, views("status", batch["status"]),
+        tensors = (batch.cell, batch.pbc, batch.ptr, batch["status"], batch["stage_steps"], batch["n_steps"],
+                   batch["failure"], counter)
+        args = self._cached("systems", tensors, lambda: [
+            views("cell", batch.cell, matrix=True), views("pbc", batch.pbc), views("ptr", batch.ptr),
+            float(density) if density is not None else -1.0, views("status", batch["status"]),
             views("stage_steps", batch["stage_steps"]), views("n_steps", batch["n_steps"]),
-            views("failure", batch["failure"]), views("counter", counter)], batch.device)
+            views("failure", batch["failure"]), views("counter", counter)])
+        self._systems(batch.dtype, batch.num_graphs, [1 if increment else 0, *args], batch.device)
 
     def atom_args(self, batch, views) -> list:
         """``guard, x, v, has_v, masses`` of the force-statistics kernels (their pass over the atoms)."""
+        tensors = (batch.positions, self._field(batch, "velocities"), batch.atomic_masses)
+        return self._cached("atoms", tensors, lambda: self._atom_args(batch, views))
+
+    def _atom_args(self, batch, views) -> list:
         if batch.has_field("velocities") and batch["velocities"] is not None \
                 and tuple(batch["velocities"].shape) == (batch.num_nodes, 3):
             v, has_v = views("velocities", batch["velocities"], vector=True), 1
@@ -192,19 +213,30 @@ class GuardRunner:
 
     def chunk_args(self, batch, views) -> list:
         """The guard arguments of ``system_force_stats_chunks`` (after ``part_disp``)."""
-        return self.atom_args(batch, views) + [views("stage", batch["stage"]), self._stage_time(batch.device)]
+        atoms = self.atom_args(batch, views)
+        return self._cached("chunks", (*atoms, batch["stage"]),
+                            lambda: atoms + [views("stage", batch["stage"]), self._stage_time(batch.device)])
 
     def stats_args(self, batch, views, stress_computed: bool) -> list:
         """The guard arguments of ``system_force_stats`` (after ``force_converged``)."""
         g = self.guards
         on = g is not None
+        if on and g.max_energy_drop is not None:
+            self.ensure_fields(batch)
+        atoms = self.atom_args(batch, views)
+        tensors = (*atoms, batch["status"], batch["failure"], self._field(batch, "stress"),
+                   self._field(batch, "guard_energy_ref"), stress_computed)
+        return self._cached("stats", tensors, lambda: self._stats_args(batch, views, stress_computed, atoms))
+
+    def _stats_args(self, batch, views, stress_computed: bool, atoms: list) -> list:
+        g = self.guards
+        on = g is not None
         has_stress = on and stress_computed and batch.has_field("stress")
         stress = views("stress", batch["stress"], matrix=True) if has_stress else self.dummy(batch, "mat")
         if on and g.max_energy_drop is not None:
-            self.ensure_fields(batch)
             ref, drop = views("energy_ref", batch["guard_energy_ref"]), float(g.max_energy_drop)
         else:
             ref, drop = self.dummy(batch, "scalar"), -1.0
         max_disp = float(g.max_displacement) if on and g.max_displacement is not None else -1.0
-        return ([views("status", batch["status"]), views("failure", batch["failure"])] + self.atom_args(batch, views)
+        return ([views("status", batch["status"]), views("failure", batch["failure"])] + atoms
                 + [self._stage_time(batch.device), stress, 1 if has_stress else 0, ref, drop, max_disp])
