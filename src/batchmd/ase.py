@@ -415,6 +415,7 @@ def run_frames(
     min_distance: float = 0.1,
     ignore_constraints: bool = False,
     input_indices=None,
+    guards=True,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -461,15 +462,19 @@ def run_frames(
         Frames with atoms closer than this (Å) are refused up front (0 disables).
     ignore_constraints : bool
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame.
+    guards : Guards, True or False
+        Runaway guards (:mod:`batchmd.dynamics.guards`: non-finite values, density in
+        atoms/Å^3, MD displacement in Å per step, energy drop in eV/atom). True (default):
+        ``Guards()``; False: off (non-finite energy and forces still fail a system).
 
     Returns
     -------
     InflightResult
         ``frames`` (list of ase.Atoms in input order, see :func:`results_to_atoms`) and
         ``stats`` (:class:`~batchmd.dynamics.RunStats`). A system that failed during the
-        run (non-finite energy or forces) is returned like the others, with
-        ``info["status"] == "failed"`` and ``info["failure"]`` saying why; it never
-        costs the other systems their results.
+        run (non-finite values, or a runaway caught by a guard) is returned like the others,
+        with ``info["status"] == "failed"`` and ``info["failure"]`` saying why and at which
+        step; it never costs the other systems their results.
 
     Raises
     ------
@@ -500,6 +505,7 @@ def run_frames(
         dtype=dtype,
         compute_stress=compute_stress,
         refill_in_place=refill_in_place,
+        guards=guards,
     )
     leftover = fused.run(batch=None)
     if leftover is not None:  # pragma: no cover - run(n_steps=None) ends only when exhausted

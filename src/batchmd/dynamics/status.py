@@ -35,8 +35,9 @@ class SystemStatus(IntEnum):
     met it; a stage without one, such as MD, ran its ``n_steps``).
     ``OUT_OF_STEPS``: a stage with a convergence criterion exhausted its step budget
     without meeting it; the system graduates without entering later stages.
-    ``FAILED``: non-finite energy or forces (or a hook marked it failed); taken out of
-    the run without stopping the others.
+    ``FAILED``: non-finite energy or forces, a runaway caught by a guard
+    (:mod:`batchmd.dynamics.guards`), or a hook marked it failed; taken out of the run
+    without stopping the others (``failure`` says why).
     ``PENDING``: just inserted by an inflight refill; it does not move in its first step,
     whose force evaluation gives it forces at its initial positions, and becomes ACTIVE
     (or graduates, if already converged) at the end of that step. This saves a separate
