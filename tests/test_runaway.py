@@ -266,3 +266,17 @@ def test_cell_relaxation_collapse_fails_instead_of_running_out_of_steps():
     assert out["status"].tolist() == [SystemStatus.FAILED]
     bits = int(out["failure"][0])
     assert bits & int(FailureReason.DENSITY | FailureReason.ENERGY_DROP)
+
+
+def test_cli_writes_the_failed_frame_with_its_reason_and_exits_3(tmp_path, capsys):
+    from batchmd.cli.main import main
+
+    path, out = tmp_path / "in.extxyz", tmp_path / "out.extxyz"
+    ase.io.write(path, [argon32(seed=1), close_pair_crystal()])
+    rc = main(["md", str(path), "-o", str(out), "--ensemble", "nve", "--steps", "30", "--dt", "2", "--quiet"])
+    assert rc == 3  # finished, every frame written, some failed (unchanged policy)
+    frames = ase.io.read(out, index=":")
+    assert [a.info["status"] for a in frames] == ["completed", "failed"]
+    assert frames[1].info["failure"] == failure_text(int(FailureReason.DISPLACEMENT), step=0)
+    assert np.allclose(frames[1].positions, close_pair_crystal().positions)  # the geometry of its energy
+    assert "frame 1 failed: an MD step would move an atom" in capsys.readouterr().err
