@@ -280,3 +280,7 @@ def test_cli_writes_the_failed_frame_with_its_reason_and_exits_3(tmp_path, capsy
     assert frames[1].info["failure"] == failure_text(int(FailureReason.DISPLACEMENT), step=0)
     assert np.allclose(frames[1].positions, close_pair_crystal().positions)  # the geometry of its energy
     assert "frame 1 failed: an MD step would move an atom" in capsys.readouterr().err
+    off = tmp_path / "off.extxyz"
+    rc = main(["md", str(path), "-o", str(off), "--ensemble", "nve", "--steps", "3", "--dt", "2", "--quiet",
+               "--no-guards"])
+    assert rc == 0 and [a.info["status"] for a in ase.io.read(off, index=":")] == ["completed", "completed"]
