@@ -297,7 +297,7 @@ def test_a_hook_that_fails_a_system_gives_it_a_reason():
     frames = [argon32(seed=0), argon32(seed=1)]
     out = run_frames(frames, [NVE(lj(), dt=1.0, n_steps=10)], hooks=[FailFirst()]).frames
     assert [a.info["status"] for a in out] == ["failed", "completed"]
-    assert out[0].info["failure"] == "marked failed by a hook"
+    assert out[0].info["failure"] == "marked failed by a hook at step 3"  # the step is named (issue 20)
 
 
 def test_fixatoms_and_fixcom_with_lbfgs_equal_ase():

@@ -96,3 +96,46 @@ def test_fire_float32_ends_where_ase_fire_ends(sevennet):
     AseFIRE(ref, logfile=None).run(fmax=0.05, steps=60)
     assert ours.info["converged"]
     assert abs(ours.get_potential_energy() - ref.get_potential_energy()) / len(start) < 1e-4
+
+
+def _cu4():
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    cu.rattle(0.02, seed=0)
+    return cu
+
+
+def test_npt_runaway_cell_fails_with_a_reason_never_as_isolated_atoms(sevennet):
+    """Issue 20: ``--pressure -50`` GPa drove the cell to NaN; the edge list dropped the NaN pairs and the
+    frame came back "completed" at -2.678 eV (isolated atoms) on the input geometry (its energy: -16.36 eV)."""
+    from ase import units
+
+    from batchmd.ase import run_frames
+    from batchmd.dynamics import IsotropicMTKNPT
+
+    stage = IsotropicMTKNPT(sevennet, dt=2.0, temperature=300.0, pressure=-50.0 * units.GPa, pdamp=10.0, n_steps=6,
+                            random_seed=1)
+    atoms = run_frames([_cu4()], [stage], dtype=torch.float64).frames[0]
+    assert atoms.info["status"] == "failed" and " at step " in atoms.info["failure"]
+    if atoms.calc is not None:  # the energy of the geometry written, never that of isolated atoms
+        assert abs(atoms.get_potential_energy() - float(sevennet(Batch.from_ase([atoms]))["energy"][0, 0])) < 1e-6
+        assert atoms.get_potential_energy() < -4.0
+
+
+def test_collapsing_cell_fails_before_its_edges_and_the_other_finishes(sevennet):
+    """Issue 20: at 40 GPa one cell went from 47 to 0.24 Å^3 in one step and its edge list grew to 23 GB."""
+    from ase import units
+
+    from batchmd.ase import run_frames
+    from batchmd.dynamics import IsotropicMTKNPT
+
+    si8 = bulk("Si", "diamond", a=5.43, cubic=True)
+    si8.rattle(0.02, seed=1)
+    stage = IsotropicMTKNPT(sevennet, dt=2.0, temperature=300.0, pressure=40.0 * units.GPa, pdamp=10.0, n_steps=6,
+                            random_seed=1)
+    frames = run_frames([si8, _cu4()], [stage], dtype=torch.float64).frames
+    status = [a.info["status"] for a in frames]
+    assert "failed" in status, status
+    for a in frames:
+        if a.info["status"] == "failed":
+            assert "Guards.max_density" in a.info["failure"] or "non-finite" in a.info["failure"]
+            assert a.calc is None or np.isfinite(a.get_potential_energy())

@@ -249,6 +249,7 @@ def run_frames(
     input_indices=None,
     temperature=None,
     pressure=None,
+    guards=True,
 ) -> InflightResult:
     """Run dynamics stages over ``frames`` with inflight batching.
 
@@ -303,6 +304,11 @@ def run_frames(
         Per-frame external pressure, eV/Å^3 (``ase.units.GPa`` per GPa). Default: each
         frame's ``atoms.info["pressure_GPa"]`` (GPa) where it has one.
 
+    guards : Guards, True or False
+        Runaway guards (:mod:`batchmd.dynamics.guards`: non-finite values, density in
+        atoms/Å^3, MD displacement in Å per step, energy drop in eV/atom). True (default):
+        ``Guards()``; False: off (non-finite energy and forces still fail a system).
+
     Notes
     -----
     **Per-frame temperature and pressure.** A frame's own target (``temperature`` /
@@ -322,9 +328,9 @@ def run_frames(
     InflightResult
         ``frames`` (list of ase.Atoms in input order, see :func:`results_to_atoms`) and
         ``stats`` (:class:`~batchmd.dynamics.RunStats`). A system that failed during the
-        run (non-finite energy or forces) is returned like the others, with
-        ``info["status"] == "failed"`` and ``info["failure"]`` saying why; it never
-        costs the other systems their results.
+        run (non-finite values, or a runaway caught by a guard) is returned like the others,
+        with ``info["status"] == "failed"`` and ``info["failure"]`` saying why and at which
+        step; it never costs the other systems their results.
 
     Raises
     ------
@@ -366,6 +372,7 @@ def run_frames(
         dtype=dtype,
         compute_stress=compute_stress,
         refill_in_place=refill_in_place,
+        guards=guards,
     )
     leftover = fused.run(batch=None)
     if leftover is not None:  # pragma: no cover - run(n_steps=None) ends only when exhausted

@@ -101,9 +101,13 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
         momenta come from the result; energy, forces and stress are attached as a
         single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
-        system (``info["status"] == "failed"``) gets ``info["failure"]`` (why, see
-        :func:`batchmd.dynamics.status.failure_text`) and no calculator results; if its
-        final positions or momenta are not finite, the input structure is kept.
+        system (``info["status"] == "failed"``) gets ``info["failure"]`` (why and at which
+        step, e.g. ``"non-finite cell at step 4"``, see
+        :func:`batchmd.dynamics.status.failure_text`) and the geometry of that step, with
+        its energy, forces and stress only when its energy is finite (they then belong to
+        that geometry; see :mod:`batchmd.dynamics.guards`). If the final positions, cell or
+        momenta are not finite, the input structure is kept, without results: an energy is
+        never paired with another geometry.
         Constraints of the input (``FixAtoms``) are kept.
     """
     from batchmd.dynamics.status import SystemStatus, failure_text
@@ -114,7 +118,7 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         atoms = inputs[index].copy()
         status = frame.info.get("status", 0)
         failed = status == "failed" or (not isinstance(status, str) and _scalar(status) == int(SystemStatus.FAILED))
-        finite = np.isfinite(frame.positions).all() and (
+        finite = np.isfinite(frame.positions).all() and np.isfinite(frame.cell.array).all() and (
             not frame.has("momenta") or np.isfinite(frame.get_momenta()).all())
         if finite:
             atoms.positions = frame.positions
@@ -131,12 +135,16 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         if stages:
             _record_stage_info(atoms, frame.info, stages)
         if failed:
-            text = failure_text(_scalar(frame.info.get("failure", 0))) or "failed"
+            step = frame.info.get("n_steps")
+            text = failure_text(_scalar(frame.info.get("failure", 0)),
+                                None if step is None else _scalar(step)) or "failed"
             if not finite:
-                text += "; non-finite positions or momenta, input structure written instead"
+                text += "; non-finite positions, cell or momenta, input structure written instead"
             atoms.info["failure"] = text
         results = dict(frame.calc.results) if frame.calc is not None else {}
-        if results and not failed:
+        energy = results.get("energy", results.get("free_energy"))
+        consistent = finite and energy is not None and np.isfinite(energy).all()
+        if results and consistent:
             atoms.calc = SinglePointCalculator(atoms, **results)
         out.append(atoms)
     out.sort(key=lambda a: a.info["input_index"])

@@ -193,7 +193,7 @@ def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
             "fmax": float(cols["fmax"][row]),
         })
         if failure is not None and failure[row]:
-            atoms.info["failure"] = failure_text(int(failure[row]))
+            atoms.info["failure"] = failure_text(int(failure[row]), int(cols["n_steps"][row]))
         results = {"energy": float(cols["energy"][row]), "forces": np.asarray(forces[row]).reshape(-1, 3)}
         if stress[row] is not None:
             results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(stress[row]).reshape(3, 3))

@@ -83,6 +83,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_required: bool = T
     parser.add_argument("--dtype", default=None, choices=("float32", "float64"),
                         help="floating precision (default: float32 for machine-learned potentials, "
                              "which are trained in it, float64 for lj and emt)")
+    parser.add_argument("--no-guards", action="store_true",
+                        help="turn the runaway guards off (density, MD displacement, energy drop, non-finite "
+                             "positions/cell/stress; see docs/workflows.rst); non-finite energy and forces still "
+                             "fail a frame")
     add_verbosity_arguments(parser)
 
 

@@ -104,11 +104,12 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
         nl.count_rebuilds = True  # per-system rebuilds summed on the device (reported below)
     from batchmd.cli.runner import run_stages, summary_lines
 
+    guards = not getattr(args, "no_guards", False)
     fingerprint = {"command": command, "input": checksum, "model": info, "stages": stage_specs,
-                   "dtype": str(dtype), **(extra_fingerprint or {})}
+                   "dtype": str(dtype), **({} if guards else {"guards": False}), **(extra_fingerprint or {})}
     report = run_stages(frames, stages, output, max_atoms=max_atoms, refill_frequency=refill_every, device=device,
                         dtype=dtype, quiet=quiet, resume=getattr(args, "resume", False), fingerprint=fingerprint,
-                        model_info=info, stage_labels=labels)
+                        model_info=info, stage_labels=labels, guards=guards)
     timings.update(report.timings)
     stats = report.stats
     refill_points = stats.steps // max(1, refill_every)

@@ -180,8 +180,9 @@ def summary_lines(report: RunReport, model_text: str, stage_labels) -> list[str]
             name = atoms.info.get(f"stage{k}_status", "?")
             counts[name] = counts.get(name, 0) + 1
         lines.append(f"stage {k} ({label}): " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
-    energies = [(a.calc.results["energy"], len(a)) for a in frames
-                if a.calc is not None and "energy" in a.calc.results and math.isfinite(a.calc.results["energy"])]
+    energies = [(a.calc.results["energy"], len(a)) for a in frames  # a failed frame's energy is not a result
+                if a.calc is not None and "energy" in a.calc.results and math.isfinite(a.calc.results["energy"])
+                and a.info.get("status") != "failed"]
     if energies:
         per_atom = [e / n for e, n in energies]
         lines.append(f"energy: {min(e for e, _ in energies):.6g} .. {max(e for e, _ in energies):.6g} eV "
@@ -199,7 +200,7 @@ def summary_lines(report: RunReport, model_text: str, stage_labels) -> list[str]
 
 def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int = 10, device=None, dtype=None,
                quiet: bool = False, resume: bool = False, fingerprint: dict | None = None,
-               model_info: dict | None = None, stage_labels=None) -> RunReport:
+               model_info: dict | None = None, stage_labels=None, guards: bool = True) -> RunReport:
     """Run ``stages`` over ``frames`` with inflight batching; write ``output`` and its summary.
 
     Parameters
@@ -219,6 +220,8 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         ``atoms.info`` entries naming the model and its parameters, added to every frame.
     stage_labels : list of str
         Names of the stages (``fire``, ``nvt``, ...), recorded as ``stage{k}_method``.
+    guards : bool
+        The runaway guards (:mod:`batchmd.dynamics.guards`) on (default) or off (``--no-guards``).
 
     Returns
     -------
@@ -256,7 +259,7 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
             with _interruptible():
                 result = run_frames([frames[i] for i in todo], stages, max_atoms=max_atoms,
                                     refill_frequency=refill_frequency, sinks=[sink], hooks=[progress], device=device,
-                                    dtype=dtype, collect=False, input_indices=todo)
+                                    dtype=dtype, collect=False, input_indices=todo, guards=guards)
         except KeyboardInterrupt as error:
             progress.close()
             finished = _frames_in(partial, len(done) + len(sink))  # what the file holds, flushed or not

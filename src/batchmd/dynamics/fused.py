@@ -4,8 +4,9 @@ Every system is in exactly one stage (its ``stage`` field). Each step::
 
     BEFORE_STEP hooks
     stage.pre_force(batch, k)   for every stage k   (Warp kernels; only stage-k ACTIVE systems move)
-    model(batch)                one evaluation serves every stage
-    force statistics            per-system fmax (eV/Å) and NaN/inf guard, one kernel
+    model(batch)                one evaluation serves every stage (FAILED systems get no neighbors)
+    runaway guards              non-finite positions/velocities/cell, density: FAILED before the model
+    force statistics            per-system fmax (eV/Å), non-finite and runaway guards, one kernel
     AFTER_FORCES hooks
     stage.post_force(batch, k)  for every stage k
     advance_status              counters, convergence, budgets, transitions (one kernel)
@@ -48,7 +49,9 @@ import torch
 
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph, graph_steps_allowed
+from batchmd.dynamics.guards import GuardRunner, resolve_guards
 from batchmd.dynamics.oom import OOMRecovery
+from batchmd.dynamics.outputs import ModelOutputs
 from batchmd.dynamics.refill import RefillPoints
 from batchmd.dynamics.constraints import (apply_com_constraint, apply_force_constraints, record_com_reference,
                                           record_degrees_of_freedom)
@@ -66,7 +69,7 @@ __all__ = ["FusedStage", "NoProgressWarning"]
 log = logging.getLogger(__name__)
 
 
-class FusedStage(RefillPoints, OOMRecovery):
+class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
     """Chain dynamics stages over one live batch; optionally refill it from a sampler.
 
     Parameters
@@ -128,6 +131,11 @@ class FusedStage(RefillPoints, OOMRecovery):
         batch (unmoved systems go back to the sampler), evaluate in chunks if still needed,
         retry the step; nothing is lost or duplicated (:mod:`batchmd.dynamics.oom`).
         Default True.
+    guards : Guards, True or False
+        Runaway guards (:mod:`batchmd.dynamics.guards`): non-finite positions, velocities,
+        cell and stress, a density bound (atoms/Å^3), an MD displacement bound (Å/step) and
+        an energy-drop bound (eV/atom) fail a system with a reason, on the device. True
+        (default): ``Guards()``; False: off (non-finite energy and forces still fail).
     """
 
     def __init__(
@@ -145,8 +153,12 @@ class FusedStage(RefillPoints, OOMRecovery):
         cuda_graph: bool | str = "auto",
         refill_in_place: bool = False,
         oom_retry: bool = True,
+        guards=True,
     ) -> None:
         self.stages = normalise_stages(sub_stages)
+        self.guards = resolve_guards(guards)
+        self._guard = GuardRunner(self.guards, self.stages)
+        self._stepping = False  # inside step(): a system failing the guards before the model took a step
         self._recorder = StageRecorder(self.stages)
         if cuda_graph not in (True, False, "auto"):
             raise ValueError(f"FusedStage: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
@@ -210,6 +222,7 @@ class FusedStage(RefillPoints, OOMRecovery):
             cuda_graph=self.cuda_graph,
             refill_in_place=self.refill_in_place,
             oom_retry=self.oom_retry,
+            guards=self.guards is not None and self.guards,
         )
 
     @property
@@ -239,11 +252,12 @@ class FusedStage(RefillPoints, OOMRecovery):
         largest = int(batch.num_atoms_per_system.max()) if b else 0  # one read per batch structure
         chunk, count = chunk_plan(largest, dev, self.chunked_reductions)
         part_max_sq = torch.zeros(b, count, dtype=batch.dtype, device=dev)
-        part_finite = torch.ones(b, count, dtype=torch.int32, device=dev)
+        part_finite = torch.zeros(b, count, dtype=torch.int32, device=dev)  # failure bits per chunk
+        part_disp = torch.zeros(b, count, dtype=torch.float64, device=dev)  # MD displacement bound per chunk (Å)
         buf = {
             "batch": batch,
             "shape": (b, batch.num_nodes),
-            "stats_chunk": (chunk, count, to_warp(part_max_sq), to_warp(part_finite)),
+            "stats_chunk": (chunk, count, to_warp(part_max_sq), to_warp(part_finite), to_warp(part_disp)),
             "finite": torch.zeros(b, dtype=torch.int32, device=dev),  # failure bits, 0 = finite
             "converged": torch.zeros(b, dtype=torch.bool, device=dev),
             "entered": torch.zeros(b, dtype=torch.bool, device=dev),
@@ -254,46 +268,10 @@ class FusedStage(RefillPoints, OOMRecovery):
         return buf
 
     # ----------------------------------------------------------------- priming
-    @staticmethod
-    def _store(batch, name: str, value: torch.Tensor, level: str) -> None:
-        """Point a batch field at a model output (no copy; nothing to do if it already is that tensor).
-
-        A model that returns the same preallocated output tensors every call keeps the
-        step free of allocations, and the loop's cached Warp views stay valid.
-        """
-        if batch.has_field(name) and batch[name] is value:
-            return
-        batch.set_field(name, value.detach().contiguous(), level)
-
-    def _stress_computed(self) -> bool:
-        """Whether evaluations in this loop produce a stress (asked for, or needed by a stage)."""
-        if getattr(self.model, "supports_out", False):
-            wanted = self.compute_stress or any(getattr(stage, "needs_stress", False) for stage in self.stages)
-            return wanted and bool(getattr(self.model, "computes_stress", False))
-        return bool(getattr(self.model, "computes_stress", False))
-
-    def _output_fields(self, batch) -> dict | None:
-        """The batch's own output tensors, for models that write into them (``supports_out``)."""
-        if not getattr(self.model, "supports_out", False):
-            return None
-        n, b, dtype, dev = batch.num_nodes, batch.num_graphs, batch.dtype, batch.device
-        wanted = {"forces": ((n, 3), "atom"), "energies": ((b, 1), "system")}
-        if self._stress_computed():
-            wanted["stress"] = ((b, 3, 3), "system")
-
-        out = {}
-        self._outputs_kept = True  # every system's outputs are from its last evaluation
-        for name, (shape, level) in wanted.items():
-            current = batch[name] if batch.has_field(name) else None
-            if current is None or tuple(current.shape) != shape or current.dtype != dtype or not current.is_contiguous():
-                current = torch.zeros(shape, dtype=dtype, device=dev)
-                batch.set_field(name, current, level)
-                self._outputs_kept = False
-            out["energy" if name == "energies" else name] = current
-        return out
-
     def _evaluate(self, batch) -> None:
         """One model evaluation; results written into the batch; per-system fmax, finite and force-criterion flags."""
+        self._guard.before_evaluation(batch, self._buffers(batch)["views"], self._active_atom_steps(batch.device),
+                                      self._stepping)  # FAILED here: no neighbors, NaN energy (guards.py)
         targets = self._output_fields(batch)
         if targets is None:
             out = self._call_model(batch)  # in chunks after an out-of-memory error (oom.py)
@@ -318,10 +296,11 @@ class FusedStage(RefillPoints, OOMRecovery):
         buf = self._buffers(batch)
         views = buf["views"]
         tables = self._stage_tables(batch.device)
-        chunk, count, w_part_max_sq, w_part_finite = buf["stats_chunk"]
+        chunk, count, w_part_max_sq, w_part_finite, w_part_disp = buf["stats_chunk"]
         w_forces, w_ptr = views("forces", batch.forces, vector=True), views("ptr", batch.ptr)
         if chunk:
-            self._launch_stats_chunks(batch.dtype, (b, count), [w_forces, w_ptr, chunk, w_part_max_sq, w_part_finite],
+            self._launch_stats_chunks(batch.dtype, (b, count), [w_forces, w_ptr, chunk, w_part_max_sq, w_part_finite,
+                                                                w_part_disp, *self._guard.chunk_args(batch, views)],
                                       batch.device)
         self._launch_stats(
             batch.dtype,
@@ -335,9 +314,11 @@ class FusedStage(RefillPoints, OOMRecovery):
                 chunk,
                 w_part_max_sq,
                 w_part_finite,
+                w_part_disp,
                 views("fmax", batch["fmax"]),
                 views("finite", buf["finite"]),
                 views("converged", buf["converged"]),
+                *self._guard.stats_args(batch, views, self._stress_computed()),
             ],
             batch.device,
         )
@@ -393,6 +374,7 @@ class FusedStage(RefillPoints, OOMRecovery):
         for name in ("stage", "status", "stage_steps", "n_steps"):
             batch.set_field(name, torch.zeros(b, dtype=torch.int32, device=dev), "system")
         batch.set_field("failure", torch.zeros(b, dtype=torch.int32, device=dev), "system")
+        batch.set_field("guard_energy_ref", torch.full((b,), float("nan"), dtype=batch.dtype, device=dev), "system")
         self._recorder.ensure_fields(batch, fresh=True)
 
     def _owns(self, batch) -> bool:
@@ -456,7 +438,11 @@ class FusedStage(RefillPoints, OOMRecovery):
         self._call_hooks(batch, HookStage.BEFORE_STEP)
         for k, stage in enumerate(self.stages):
             stage.pre_force(batch, k)
-        batch = self._evaluate_safely(batch)
+        self._stepping = True
+        try:
+            batch = self._evaluate_safely(batch)
+        finally:
+            self._stepping = False
         self._claim(batch)  # an out-of-memory recovery may have handed back a smaller batch
         self._call_hooks(batch, HookStage.AFTER_FORCES)
         for k, stage in enumerate(self.stages):

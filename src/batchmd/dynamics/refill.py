@@ -39,7 +39,8 @@ class RefillPoints:
         if indices.numel() == 0:
             return
         # Caches (neighbor lists, ...) stay behind: results carry physics and bookkeeping only.
-        graduated = batch.without_fields(prefix="_").index_select(indices.to(batch.device)).to("cpu")
+        graduated = batch.without_fields(("guard_energy_ref",), prefix="_").index_select(indices.to(batch.device))
+        graduated = graduated.to("cpu")
         graduated = self._recorder.expand(graduated)
         status = graduated["status"]
         graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")

@@ -35,8 +35,9 @@ class SystemStatus(IntEnum):
     met it; a stage without one, such as MD, ran its ``n_steps``).
     ``OUT_OF_STEPS``: a stage with a convergence criterion exhausted its step budget
     without meeting it; the system graduates without entering later stages.
-    ``FAILED``: non-finite energy or forces (or a hook marked it failed); taken out of
-    the run without stopping the others.
+    ``FAILED``: non-finite energy or forces, a runaway caught by a guard
+    (:mod:`batchmd.dynamics.guards`), or a hook marked it failed; taken out of the run
+    without stopping the others (``failure`` says why).
     ``PENDING``: just inserted by an inflight refill; it does not move in its first step,
     whose force evaluation gives it forces at its initial positions, and becomes ACTIVE
     (or graduates, if already converged) at the end of that step. This saves a separate
@@ -63,6 +64,15 @@ class FailureReason(IntFlag):
     was rejected before the run (``run_frames(..., invalid="skip")``). ``CELL``: a cell
     filter met a cell it cannot relax (not periodic in all three directions, zero volume) or
     a non-finite stress.
+
+    Runaway guards (:mod:`batchmd.dynamics.guards`, set on the device every step):
+    ``NONFINITE_CELL`` and ``DENSITY`` (checked before the model is called, so the model never
+    sees them), ``NONFINITE_POSITIONS`` / ``NONFINITE_VELOCITIES`` / ``NONFINITE_STRESS``
+    (with the force statistics; the stress when it is computed). ``DENSITY``: a fully periodic
+    system denser than ``Guards.max_density`` atoms/Å^3 (a collapsing cell), failed before its
+    neighbor list or edges are built. ``DISPLACEMENT`` (an MD step would move an atom more than
+    ``Guards.max_displacement`` Å), ``ENERGY_DROP`` (the energy per atom fell more than
+    ``Guards.max_energy_drop`` eV/atom below its start).
     :func:`failure_text` turns the bits into the text written with results.
     """
 
@@ -72,13 +82,27 @@ class FailureReason(IntFlag):
     HOOK = 4
     INVALID_INPUT = 8
     CELL = 16
+    NONFINITE_POSITIONS = 32
+    NONFINITE_CELL = 64
+    NONFINITE_VELOCITIES = 128
+    NONFINITE_STRESS = 256
+    DENSITY = 512
+    DISPLACEMENT = 1024
+    ENERGY_DROP = 2048
+
+    @classmethod
+    def before_evaluation(cls) -> int:
+        """Bits set before the model is called: such a system's energy, forces and stress are NaN."""
+        return int(cls.NONFINITE_CELL | cls.DENSITY)
 
 
-def failure_text(code: int) -> str:
-    """One line naming the failure bits of ``code`` (``""`` for 0).
+def failure_text(code: int, step: int | None = None) -> str:
+    """One line naming the failure bits of ``code`` (``""`` for 0); ``step``: the step it failed at.
 
     >>> failure_text(3)
     'non-finite energy; non-finite forces'
+    >>> failure_text(64, step=4)
+    'non-finite cell at step 4'
     """
     words = {
         FailureReason.NONFINITE_ENERGY: "non-finite energy",
@@ -86,9 +110,19 @@ def failure_text(code: int) -> str:
         FailureReason.HOOK: "marked failed by a hook",
         FailureReason.INVALID_INPUT: "invalid input",
         FailureReason.CELL: "cell filter: non-periodic or degenerate cell, or non-finite stress",
+        FailureReason.NONFINITE_POSITIONS: "non-finite positions",
+        FailureReason.NONFINITE_CELL: "non-finite cell",
+        FailureReason.NONFINITE_VELOCITIES: "non-finite velocities",
+        FailureReason.NONFINITE_STRESS: "non-finite stress",
+        FailureReason.DENSITY: "density above Guards.max_density (collapsing cell)",
+        FailureReason.DISPLACEMENT: "an MD step would move an atom more than Guards.max_displacement",
+        FailureReason.ENERGY_DROP: "energy per atom fell more than Guards.max_energy_drop below its start",
     }
     code = int(code)
-    return "; ".join(text for bit, text in words.items() if code & int(bit))
+    text = "; ".join(text for bit, text in words.items() if code & int(bit))
+    if text and step is not None:
+        text += f" at step {int(step)}"
+    return text
 
 
 #: System-level int32 fields owned by the dynamics loop (``failure``: :class:`FailureReason` bits).

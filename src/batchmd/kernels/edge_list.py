@@ -14,7 +14,9 @@ want instead the pairs within their cutoff *now*, as one flat list. Two launches
 Filter: ``|r_ij| < cutoff[s]`` (strict, as ``ase.neighborlist.neighbor_list``), with a
 per-system cutoff ``cutoff[s] <= r_list``; for a half list also ``i < j``, or ``i == j`` and
 ``n`` lexicographically positive (an atom's own periodic images: ``n`` and ``-n`` are the
-same pair). A row that overflowed its capacity (count stored negated) is re-walked over the
+same pair). A NaN distance passes the filter, so a non-finite geometry gives NaN edges (and a
+NaN model output), never an isolated atom. Atoms of EMPTY (padding) and FAILED systems (the
+loop's runaway guards) get no edges, when the batch carries ``status``. A row that overflowed its capacity (count stored negated) is re-walked over the
 system's bins with the build's own acceptance test, so no pair is ever lost. The edges of
 an atom appear in its row order (same-image neighbors, then periodic images), atoms in
 ascending order: edges are grouped by ``i`` and therefore by system, and the result is
@@ -27,6 +29,7 @@ from typing import Any
 
 import warp as wp
 
+from batchmd.kernels.bookkeeping import EMPTY, FAILED
 from batchmd.kernels.neighbor_list import image_shift, in_phase, is_candidate, stencil_bin, unpack_image
 
 wp.set_module_options({"enable_backward": False})
@@ -44,7 +47,7 @@ def lex_positive(k: wp.vec3i):
 
 @wp.func
 def keep_edge(i: int, j: int, k: wp.vec3i, d2: Any, rc_sq: Any, half: int):
-    if not (d2 < rc_sq):
+    if d2 >= rc_sq:  # a NaN distance is kept: a non-finite geometry must give a NaN result, never "no pair"
         return False
     if half != 0:
         if j < i:
@@ -79,6 +82,8 @@ def edge_atoms(
     count: wp.array(dtype=wp.int32),
     cutoff: wp.array(dtype=Any),
     half: int,
+    status: wp.array(dtype=wp.int32),
+    use_status: int,
     write: int,
     want_vectors: int,
     # bin walk for rows that overflowed (the list's own tables)
@@ -113,6 +118,8 @@ def edge_atoms(
     if write != 0:
         e = int(offsets[i])
     m = int(0)
+    if use_status != 0 and (status[s] == EMPTY or status[s] == FAILED):
+        n = 0  # padding, or a failed system (runaway guards): no edges
     if n >= 0:
         for t in range(n):
             j = base + neighbors[i, t]

@@ -28,7 +28,8 @@ early-exits for systems that are not flagged, so a step never synchronises the h
                       margin from the (affinely deformed) reference (or its reference is
                       NaN, or it overflowed and ``check_overflow``).
 ``nl_frame``          one thread per flagged system: frame, bin widths, search ranges
-                      (EMPTY systems, the padding of a padded live batch, are unflagged here).
+                      (EMPTY systems, the padding of a padded live batch, FAILED systems and
+                      non-finite cells are unflagged here: never walked, never grown).
 ``nl_bin_atoms``      one thread per atom: its bin, own lattice wrap and wrapped position;
                       stores the reference position.
 ``nl_sort_bins``      one thread per flagged system: serial counting sort of its atoms
@@ -79,7 +80,7 @@ from typing import Any
 
 import warp as wp
 
-from batchmd.kernels.bookkeeping import EMPTY
+from batchmd.kernels.bookkeeping import EMPTY, FAILED
 from batchmd.kernels.neighbor_skin import nl_flag_atoms, nl_flag_systems  # noqa: F401 (launched as nlk.*)
 
 wp.set_module_options({"enable_backward": False})
@@ -184,11 +185,14 @@ def stencil_bin(bi: wp.vec3i, o0: int, o1: int, o2: int, nb: wp.vec3i, p0: int, 
 
 @wp.func
 def is_candidate(i: int, j: int, own_bin: bool, half: int, wrapped: wp.array(dtype=Any), xb: Any, r_list_sq: Any):
-    """The build's acceptance test for atom ``j`` of a stencil bin (``xb``: atom i moved into that bin's image)."""
+    """The build's acceptance test for atom ``j`` of a stencil bin (``xb``: atom i moved into that bin's image).
+
+    A NaN distance is accepted: a non-finite position gives NaN pairs (and NaN model outputs),
+    never an atom without neighbors."""
     if own_bin and (j == i or (half != 0 and j < i)):
         return False
     d = wrapped[j] - xb
-    return wp.dot(d, d) < r_list_sq
+    return not (wp.dot(d, d) >= r_list_sq)
 
 
 @wp.kernel
@@ -213,10 +217,13 @@ def nl_frame(
     s = wp.tid()
     if rebuild[s] == 0:
         return
-    if skip_empty != 0 and status[s] == EMPTY:  # padding of a padded live batch: never listed
-        rebuild[s] = 0
+    if skip_empty != 0 and (status[s] == EMPTY or status[s] == FAILED):
+        rebuild[s] = 0  # padding of a padded live batch, or a failed system (runaway guards): never listed
         return
     h = cell[s]
+    if not (wp.isfinite(wp.trace(wp.transpose(h) * h))):
+        rebuild[s] = 0  # a non-finite cell is never walked (its rows keep their last build)
+        return
     one = r_list / r_list
     zero = r_list - r_list
     r0 = h[0]

@@ -224,7 +224,7 @@ class EdgeNeighborList:
         T = warp_scalar(dtype)
         wv = self._wv
         common = [v["x"], v["batch_idx"], v["ptr"], v["cell"], v["neighbors"], v["images"], v["count"],
-                  wv("cutoffs", rc), int(self.half)]
+                  wv("cutoffs", rc), int(self.half), v["status"], int(v["skip_empty"])]
         walk = [v["pbc"], v["nbins"], v["bin_offset"], v["search"], v["atom_bin"], v["atom_wrap"],
                 v["bin_start"], v["bin_count"], v["bin_atoms"], v["wrapped"],
                 self.launch.scalar("r_list_sq", T, self.nl.r_list ** 2)]

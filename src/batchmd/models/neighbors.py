@@ -224,8 +224,12 @@ class NeighborList:
         cell = batch.cell.detach().cpu().double().numpy()
         pbc = batch.pbc.detach().cpu().numpy().astype(bool)
         ptr = batch.ptr.detach().cpu().numpy().astype(np.int64)
-        if not np.isfinite(cell).all():
-            raise ValueError("batchmd: positions and cell must be finite")
+        bad = ~np.isfinite(cell).all(axis=(1, 2))
+        if bad.any():  # a system the loop failed (runaway guards) is never listed: only others must be finite
+            failed = batch["status"].detach().cpu().numpy() == 3 if batch.has_field("status") else np.zeros(b, bool)
+            if not (failed | ~bad).all():
+                raise ValueError("batchmd: positions and cell must be finite")
+            cell[bad] = np.eye(3)
         # Bin grids travel with their systems in ``_nl_nbins`` (0 = not chosen yet), so after
         # an inflight refill only the newcomers are sized on the host.
         if batch.has_field("_nl_nbins") and tuple(batch["_nl_nbins"].shape) == (b, 3):
