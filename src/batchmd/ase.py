@@ -468,14 +468,20 @@ def run_frames(
     ValueError
         Before anything runs, naming the first invalid frame and atom
         (:func:`check_frames`), or (``UnsupportedSpeciesError``) the elements a stage's
-        model has no parameters for and the first frame holding one.
+        model has no parameters for and the first frame holding one, or the first frame a
+        stage cannot run (:func:`batchmd.dynamics.admission.check_frames_admission`: e.g. a
+        cluster, slab or ``FixAtoms`` crystal given a barostat, a non-periodic frame given a
+        cell filter), named by its input index: every frame is checked against every stage
+        before anything runs.
     """
     from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.admission import check_frames_admission
     from batchmd.dynamics.sinks import HostMemory
 
     check_frames(frames, min_distance=min_distance, ignore_constraints=ignore_constraints)
     stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
     _check_species_up_front(frames, stages)
+    check_frames_admission(frames, stages, input_indices=input_indices)  # every stage's rules, up front
     if max_atoms is None:
         max_atoms = default_max_atoms(frames)
     dataset = AtomsDataset(frames, dtype=dtype, ignore_constraints=ignore_constraints, input_indices=input_indices)

@@ -62,7 +62,10 @@ class FailureReason(IntFlag):
     FAILED (hooks should also OR this bit into ``failure``). ``INVALID_INPUT``: the input
     was rejected before the run (``run_frames(..., invalid="skip")``). ``CELL``: a cell
     filter met a cell it cannot relax (not periodic in all three directions, zero volume) or
-    a non-finite stress.
+    a non-finite stress. ``NOT_PERIODIC``, ``CONSTRAINTS``, ``SPECIES``: refused at
+    admission (:mod:`batchmd.dynamics.admission`): a stage the system would meet needs a fully
+    periodic 3-D cell, does not support its constraints (``FixAtoms``/``FixCom``), or the
+    model has no parameters for one of its elements; such a system never ran.
     :func:`failure_text` turns the bits into the text written with results.
     """
 
@@ -72,6 +75,9 @@ class FailureReason(IntFlag):
     HOOK = 4
     INVALID_INPUT = 8
     CELL = 16
+    NOT_PERIODIC = 256
+    CONSTRAINTS = 512
+    SPECIES = 1024
 
 
 def failure_text(code: int) -> str:
@@ -86,6 +92,10 @@ def failure_text(code: int) -> str:
         FailureReason.HOOK: "marked failed by a hook",
         FailureReason.INVALID_INPUT: "invalid input",
         FailureReason.CELL: "cell filter: non-periodic or degenerate cell, or non-finite stress",
+        FailureReason.NOT_PERIODIC: "refused at admission: a stage it would meet needs a fully periodic 3-D cell",
+        FailureReason.CONSTRAINTS: "refused at admission: a stage it would meet does not support its constraints "
+                                   "(FixAtoms/FixCom)",
+        FailureReason.SPECIES: "refused at admission: the model has no parameters for one of its elements",
     }
     code = int(code)
     return "; ".join(text for bit, text in words.items() if code & int(bit))
