@@ -56,8 +56,9 @@ class CRescaleNPT(NoseHooverChainNVT):
     Raises
     ------
     ValueError
-        Bad parameters; a model declaring ``computes_stress=False``; at the first step, a
-        system that is not fully periodic, has no volume or has fixed atoms.
+        Bad parameters; a model declaring ``computes_stress=False``. Systems that are not
+        fully periodic, have no volume or carry ``FixAtoms``/``FixCom`` never enter the
+        stage (admission, :mod:`batchmd.dynamics.admission`, as for the MTK barostats).
 
     Notes
     -----

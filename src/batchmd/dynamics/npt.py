@@ -261,9 +261,12 @@ class IsotropicMTKNPT(MTKBase):
     Raises
     ------
     ValueError
-        Bad parameters; a model that declares ``computes_stress=False``; at the first step,
-        a batch without stress or a system in this stage (or before it) that is not fully
-        periodic, has a zero-volume cell or has fixed atoms.
+        Bad parameters; a model that declares ``computes_stress=False``; a batch without
+        stress. Systems that are not fully periodic, have a zero-volume cell or carry
+        ``FixAtoms``/``FixCom`` never enter the stage: admission
+        (:mod:`batchmd.dynamics.admission`, rules :data:`BAROSTAT_REQUIREMENTS`) refuses
+        them up front (``ValueError`` naming the frame or system) or, served during a run,
+        writes them as failed.
 
     Notes
     -----
