@@ -141,7 +141,7 @@ def check_admission(manifest, indices, stages) -> None:
         ``"campaign: structure 3 (in.extxyz frame 3) holds ... (and 1 more structures)"``.
     """
     from batchmd.campaign.shards import DecodedShard
-    from batchmd.dynamics.admission import system_problem
+    from batchmd.dynamics.admission import Admission
 
     from batchmd.dynamics.admission import stage_requirements
 
@@ -150,6 +150,7 @@ def check_admission(manifest, indices, stages) -> None:
     if getattr(model, "supported_numbers", None) is None and not any(
             r.needs_pbc or not r.allows_fixed or not r.allows_fix_com for r in rules):
         return  # no rule any structure could break: no shard is read
+    admission = Admission(stages)
     wanted = None if indices is None else set(int(i) for i in np.asarray(indices).reshape(-1))
     problems = []
     for position, info in enumerate(manifest.shards):
@@ -162,9 +163,8 @@ def check_admission(manifest, indices, stages) -> None:
                 continue
             fields = shard.structure(row)
             fixed = fields["fixed"]
-            found = system_problem(fields["atomic_numbers"], fields["pbc"], fields["cell"],
-                                   0 if fixed is None else int(np.asarray(fixed).sum()), bool(fields["fix_com"]),
-                                   stages)
+            found = admission.problem(fields["atomic_numbers"], fields["pbc"], fields["cell"],
+                                      0 if fixed is None else int(np.asarray(fixed).sum()), bool(fields["fix_com"]))
             if found is not None:
                 problems.append((index, f"{shard.source[row]} frame {int(shard.frame[row])}", found[1]))
     if problems:

@@ -62,7 +62,7 @@ import numpy as np
 
 from batchmd.dynamics.status import FailureReason
 
-__all__ = ["Requirements", "AdmissionWarning", "stage_requirements", "system_problem", "atoms_problem_for_stages", "data_problem",
+__all__ = ["Requirements", "Admission", "AdmissionWarning", "stage_requirements", "system_problem", "atoms_problem_for_stages", "data_problem",
            "frames_problems", "check_frames_admission", "batch_problems", "check_model_stress",
            "system_label", "warn_refused", "MIN_CELL_VOLUME"]
 
@@ -124,14 +124,110 @@ def check_model_stress(stages, model) -> None:
                              "does not compute it (computes_stress=False)")
 
 
-def _species_problem(numbers, model) -> str | None:
-    if model is None or getattr(model, "supported_numbers", None) is None or not hasattr(model, "check_species"):
+def _det3(m) -> float:
+    """Determinant of a 3x3 (nested sequence or array) in plain floats (numpy's det costs ~20x more)."""
+    (a, b, c), (d, e, f), (g, h, i) = (tuple(float(x) for x in row) for row in m)
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+
+
+class Admission:
+    """The rules of ``stages`` (and the model's elements), prepared once for many systems.
+
+    Parameters
+    ----------
+    stages : sequence of Dynamics
+        Every stage of the loop, in order.
+    model : optional
+        Whose ``supported_numbers`` / ``check_species`` rule the elements (default: the first
+        stage's ``model``).
+
+    Checking a system costs a few microseconds (a table lookup for the elements, plain-float
+    arithmetic for the cell); nothing is read for rules no remaining stage declares.
+    """
+
+    def __init__(self, stages, model=None) -> None:
+        self.stages = list(stages)
+        if model is None and self.stages:
+            model = getattr(self.stages[0], "model", None)
+        self.model = model
+        self.rules = [stage_requirements(stage) for stage in self.stages]
+        supported = getattr(model, "supported_numbers", None) if hasattr(model, "check_species") else None
+        self.table = None
+        if supported is not None:
+            self.table = np.zeros(256, dtype=bool)
+            self.table[[int(z) for z in supported if 0 <= int(z) < 256]] = True
+        n = len(self.rules)
+        # From stage k on: does any stage need pbc / refuse FixAtoms / refuse FixCom?
+        self.pbc_from = [any(r.needs_pbc for r in self.rules[k:]) for k in range(n + 1)]
+        self.fixed_from = [any(not r.allows_fixed for r in self.rules[k:]) for k in range(n + 1)]
+        self.com_from = [any(not r.allows_fix_com for r in self.rules[k:]) for k in range(n + 1)]
+
+    @property
+    def checks_species(self) -> bool:
+        """Whether the model restricts the elements."""
+        return self.table is not None
+
+    def species_problem(self, numbers) -> str | None:
+        """The model's one-line refusal of ``numbers`` (array [N] of int), or None."""
+        if self.table is None:
+            return None
+        numbers = np.asarray(numbers)
+        try:  # atomic numbers are 1..118 (AtomicData and the input checks refuse others)
+            if self.table[numbers].all():
+                return None
+        except IndexError:
+            pass
+        try:
+            self.model.check_species(np.unique(numbers))
+        except ValueError as error:
+            return str(error.args[0]).removeprefix("batchmd: ") if error.args else str(error)
         return None
-    try:
-        model.check_species(np.unique(np.asarray(numbers)))
-    except ValueError as error:
-        return str(error.args[0]).removeprefix("batchmd: ") if error.args else str(error)
-    return None
+
+    def problem(self, numbers, pbc, cell, num_fixed: int, fix_com: bool, first_stage: int = 0):
+        """``(FailureReason bits, phrase)`` for one system entering at ``first_stage``, or None.
+
+        See :func:`system_problem` (arguments and phrases).
+        """
+        species = self.species_problem(numbers)
+        if species is not None:
+            return int(FailureReason.SPECIES), species
+        first = min(max(int(first_stage), 0), len(self.rules))
+        if not (self.pbc_from[first] or (num_fixed and self.fixed_from[first]) or (fix_com and self.com_from[first])):
+            return None
+        flags = volume = None
+        for k in range(first, len(self.stages)):
+            req = self.rules[k]
+            if req.needs_pbc:
+                if flags is None:
+                    flags = [bool(p) for p in (pbc.tolist() if hasattr(pbc, "tolist") else pbc)]
+                    volume = abs(_det3(cell.tolist() if hasattr(cell, "tolist") else cell))
+                if not all(flags):
+                    return int(FailureReason.NOT_PERIODIC), (
+                        f"is not periodic in all three directions (pbc {', '.join(map(str, flags))}), "
+                        f"which {_stage_name(self.stages[k], k, req)} needs")
+                if not volume > MIN_CELL_VOLUME:
+                    return int(FailureReason.NOT_PERIODIC), (
+                        f"has a cell of zero volume ({volume:.3g} Å^3), which {_stage_name(self.stages[k], k, req)} "
+                        "cannot run (it needs a 3-D cell)")
+            if (num_fixed and not req.allows_fixed) or (fix_com and not req.allows_fix_com):
+                note = f" ({req.constraint_note})" if req.constraint_note else ""
+                what = f"has {int(num_fixed)} fixed atoms (FixAtoms)" if num_fixed and not req.allows_fixed \
+                    else "has FixCom"
+                return int(FailureReason.CONSTRAINTS), (
+                    f"{what}, which {_stage_name(self.stages[k], k, req)} does not support{note}")
+        return None
+
+    def data_problem(self, data):
+        """:meth:`problem` for one :class:`~batchmd.data.AtomicData` (a sampler's sample) entering at stage 0."""
+        numbers = data["atomic_numbers"].cpu().numpy() if self.table is not None else None
+        if not (self.pbc_from[0] or self.fixed_from[0] or self.com_from[0]):
+            return self.problem(numbers, None, None, 0, False)
+        fields = data.fields
+        num_fixed = int(data["fixed"].sum()) if self.fixed_from[0] and "fixed" in fields else 0
+        fix_com = bool(data["fix_com"].reshape(-1)[0]) if self.com_from[0] and "fix_com" in fields else False
+        cell = data["cell"].detach().cpu().view(3, 3) if self.pbc_from[0] else None
+        pbc = data["pbc"].cpu().view(3) if self.pbc_from[0] else None
+        return self.problem(numbers, pbc, cell, num_fixed, fix_com)
 
 
 def system_problem(numbers, pbc, cell, num_fixed: int, fix_com: bool, stages, first_stage: int = 0,
@@ -162,34 +258,10 @@ def system_problem(numbers, pbc, cell, num_fixed: int, fix_com: bool, stages, fi
     (int, str) or None
         :class:`~batchmd.dynamics.status.FailureReason` bits and one phrase, e.g. ``"has 18
         fixed atoms (FixAtoms), which stage 0 (MTKNPT, a barostat) does not support (as in
-        ASE, which raises NotImplementedError)"``; the first rule broken, in stage order.
+        ASE, which raises NotImplementedError)"``; the elements first, then the first rule
+        broken in stage order. For many systems build one :class:`Admission` instead.
     """
-    if model is None and len(stages):
-        model = getattr(stages[0], "model", None)
-    species = _species_problem(numbers, model)
-    if species is not None:
-        return int(FailureReason.SPECIES), species
-    pbc = np.asarray(pbc, dtype=bool).reshape(3)
-    for k in range(int(first_stage), len(stages)):
-        stage = stages[k]
-        req = stage_requirements(stage)
-        name = _stage_name(stage, k, req)
-        if req.needs_pbc:
-            if not pbc.all():
-                flags = ", ".join(str(bool(p)) for p in pbc)
-                return int(FailureReason.NOT_PERIODIC), (
-                    f"is not periodic in all three directions (pbc {flags}), which {name} needs")
-            volume = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64).reshape(3, 3))))
-            if not volume > MIN_CELL_VOLUME:
-                return int(FailureReason.NOT_PERIODIC), (
-                    f"has a cell of zero volume ({volume:.3g} Å^3), which {name} cannot run (it needs a 3-D cell)")
-        note = f" ({req.constraint_note})" if req.constraint_note else ""
-        if num_fixed and not req.allows_fixed:
-            return int(FailureReason.CONSTRAINTS), (
-                f"has {int(num_fixed)} fixed atoms (FixAtoms), which {name} does not support{note}")
-        if fix_com and not req.allows_fix_com:
-            return int(FailureReason.CONSTRAINTS), f"has FixCom, which {name} does not support{note}"
-    return None
+    return Admission(stages, model).problem(numbers, pbc, cell, num_fixed, fix_com, first_stage)
 
 
 def _atoms_constraints(atoms) -> tuple[int, bool]:
@@ -202,25 +274,22 @@ def _atoms_constraints(atoms) -> tuple[int, bool]:
 
 def data_problem(data, stages, model=None) -> tuple[int, str] | None:
     """:func:`system_problem` for one :class:`~batchmd.data.AtomicData` (a sampler's sample) entering at stage 0."""
-    fields = data.fields
-    num_fixed = int(data["fixed"].sum()) if "fixed" in fields else 0
-    fix_com = bool(data["fix_com"].reshape(-1)[0]) if "fix_com" in fields else False
-    return system_problem(data["atomic_numbers"].cpu().numpy(), data["pbc"].reshape(3).cpu().numpy(),
-                          data["cell"].reshape(3, 3).detach().cpu().double().numpy(), num_fixed, fix_com, stages,
-                          model=model)
+    return Admission(stages, model).data_problem(data)
 
 
-def atoms_problem_for_stages(atoms, stages, model=None) -> tuple[int, str] | None:
-    """:func:`system_problem` for one ``ase.Atoms`` entering at stage 0."""
-    num_fixed, fix_com = _atoms_constraints(atoms)
-    return system_problem(atoms.numbers, atoms.pbc, atoms.cell.array, num_fixed, fix_com, stages, model=model)
+def atoms_problem_for_stages(atoms, stages, model=None, admission: Admission | None = None):
+    """:func:`system_problem` for one ``ase.Atoms`` entering at stage 0 (``(bits, phrase)`` or None)."""
+    rules = admission if admission is not None else Admission(stages, model)
+    num_fixed, fix_com = _atoms_constraints(atoms) if atoms.constraints or "fix_com" in atoms.info else (0, False)
+    return rules.problem(atoms.numbers, atoms.pbc, atoms.cell.array, num_fixed, fix_com)
 
 
 def frames_problems(frames, stages, model=None) -> dict[int, str]:
     """``{frame index: phrase}`` for every frame of ``frames`` (ase.Atoms) that may not enter ``stages``."""
     problems = {}
+    rules = Admission(stages, model)
     for index, atoms in enumerate(frames):
-        found = atoms_problem_for_stages(atoms, stages, model=model)
+        found = atoms_problem_for_stages(atoms, stages, admission=rules)
         if found is not None:
             problems[index] = found[1]
     return problems
@@ -283,11 +352,12 @@ def batch_problems(batch, stages, model=None, everyone: bool = False) -> list[tu
         np.zeros(b, np.int64)
     status = batch["status"].reshape(-1).cpu().numpy() if batch.has_field("status") else None
     out = []
+    rules = Admission(stages, model)
     for s in range(b):
         if status is not None and int(status[s]) == int(SystemStatus.EMPTY):
             continue
-        found = system_problem(numbers[ptr[s]:ptr[s + 1]], pbc[s], cell[s], int(fixed[s]), bool(fix_com[s]),
-                               stages, first_stage=int(stage[s]), model=model)
+        found = rules.problem(numbers[ptr[s]:ptr[s + 1]], pbc[s], cell[s], int(fixed[s]), bool(fix_com[s]),
+                              first_stage=int(stage[s]))
         if found is not None:
             out.append((s, *found))
     return out

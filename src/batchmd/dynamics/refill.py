@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from batchmd.dynamics.admission import batch_problems, data_problem, system_label, warn_refused
+from batchmd.dynamics.admission import Admission, batch_problems, system_label, warn_refused
 from batchmd.dynamics.hooks import HookContext, HookStage
 from batchmd.dynamics.status import FailureReason, SystemStatus
 
@@ -134,11 +134,20 @@ class RefillPoints:
         moves. Each system is checked from its ``stage`` on when resuming, else from stage 0.
         """
         self._check_species(batch)
-        problems = batch_problems(batch, self.stages, model=None, everyone=not self._resuming)
+        problems = batch_problems(batch, self.stages, model=self.model, everyone=not self._resuming)
         if problems:
             s, _, phrase = problems[0]
             more = f" (and {len(problems) - 1} more systems)" if len(problems) > 1 else ""
             raise ValueError(f"FusedStage: {system_label(batch, s)} {phrase}{more}")
+
+    def _admission_rules(self) -> Admission:
+        """The stages' and the model's rules, prepared once (rebuilt if the stages or model change)."""
+        key = (tuple(id(stage) for stage in self.stages), id(self.model))
+        cached = getattr(self, "_admission", None)
+        if cached is None or cached[0] != key:
+            cached = (key, Admission(self.stages, self.model))
+            self._admission = cached
+        return cached[1]
 
     def _admitted(self, samples) -> list:
         """The served ``samples`` that pass admission (:mod:`batchmd.dynamics.admission`) for every stage.
@@ -150,8 +159,9 @@ class RefillPoints:
         from batchmd.data import Batch
 
         kept, refused, codes = [], [], []
+        rules = self._admission_rules()
         for data in samples:
-            found = data_problem(data, self.stages, model=self.model)
+            found = rules.data_problem(data)
             if found is None:
                 kept.append(data)
             else:
