@@ -201,8 +201,12 @@ def test_a_batch_handed_to_the_loop_is_refused_naming_the_system():
     with pytest.raises(ValueError, match=r"^FusedStage: system 1 is not periodic"):
         BAROSTATS["MTKNPT"](lj()).run(batch)
     batch.set_field("system_id", torch.tensor([[4], [9]]), "system")
-    with pytest.raises(ValueError, match=r"^FusedStage: system_id 9 has|^FusedStage: system_id 9 is"):
+    with pytest.raises(ValueError, match=r"^FusedStage: system_id 9 is not periodic"):
         BAROSTATS["IsotropicMTKNPT"](lj()).step(batch)
+    constrained = Batch.from_ase([crystal(), fixed_crystal(), fixcom_crystal()], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"system 1 has 4 fixed atoms \(FixAtoms\), which stage 0 \(CRescaleNPT, "
+                                         r"a barostat\) does not support \(as in ASE.*\(and 1 more systems\)"):
+        BAROSTATS["CRescaleNPT"](lj()).run(constrained)
 
 
 def test_resume_checks_each_system_from_its_own_stage():

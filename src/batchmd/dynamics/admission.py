@@ -342,9 +342,8 @@ def batch_problems(batch, stages, model=None, everyone: bool = False) -> list[tu
     cell = batch.cell.reshape(-1, 3, 3).detach().cpu().double().numpy() if batch.cell is not None \
         else np.zeros((b, 3, 3))
     if batch.has_field("fixed"):
-        fixed = np.add.reduceat(batch["fixed"].cpu().numpy().astype(np.int64), ptr[:-1]) if batch.num_nodes else \
-            np.zeros(b, np.int64)
-        fixed = np.where(ptr[1:] > ptr[:-1], fixed, 0)
+        fixed = np.zeros(b, dtype=np.int64)
+        np.add.at(fixed, batch.batch_idx.cpu().numpy(), batch["fixed"].cpu().numpy().astype(np.int64))
     else:
         fixed = np.zeros(b, dtype=np.int64)
     fix_com = batch["fix_com"].reshape(-1).cpu().numpy() if batch.has_field("fix_com") else np.zeros(b, bool)
