@@ -9,6 +9,15 @@ step's evaluation. With ``refill_in_place`` a graduated slot first takes a sampl
 exactly its atom count, written into the slot's rows
 (:meth:`~batchmd.data.Batch.overwrite_systems`): the batch keeps its tensors.
 
+Admission (:mod:`batchmd.dynamics.admission`): every sample the sampler serves -- for the
+first live batch, an in-place refill, an appended batch or a compaction -- is checked on
+the host against every stage it will meet (elements, periodicity, constraints) before it
+enters; one that fails never enters: it is written to the sinks as FAILED with its
+:class:`~batchmd.dynamics.status.FailureReason` bit, an ``AdmissionWarning`` names its
+``system_id``, and the sampler's next sample takes its place. A batch handed to the loop
+(``run(batch)``, ``step(batch)``, resumes) is known up front and refused with a
+``ValueError`` naming the system instead.
+
 Example
 -------
 Used through :class:`~batchmd.dynamics.fused.FusedStage`; see ``examples/inflight_batching.py``.
@@ -107,8 +116,10 @@ class RefillPoints:
         if initial is None:  # a sampler without it: no give-back of the initial systems
             return self._admitted_batch(self._to_run_device(self.sampler.build_initial_batch()))
         sampler = self.sampler
+        refused = self.stats.systems_refused
         samples = self._admitted(initial())
-        while True:
+        while self.stats.systems_refused > refused:  # refused samples left room: take more
+            refused = self.stats.systems_refused
             free_atoms = sampler.max_atoms - sum(d.num_nodes for d in samples)
             free_slots = sampler.max_batch_size - len(samples)
             free_edges = None
