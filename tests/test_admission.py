@@ -280,3 +280,30 @@ def test_campaign_refuses_a_structure_its_model_cannot_run_before_writing(tmp_pa
     with pytest.raises(ValueError, match=r"^campaign: structure 3 \(.*in.extxyz frame 3\) .*no parameters for Cu"):
         run_campaign(config)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_cli_pipeline_refuses_a_frame_a_later_stage_cannot_run(tmp_path, capsys):
+    """fire -> npt over a file holding a slab: the slab would meet the barostat at stage 1; refused up front."""
+    path = tmp_path / "in.extxyz"
+    ase.io.write(path, [crystal(), slab()])
+    config = tmp_path / "run.toml"
+    config.write_text(f'''input = "{path}"
+output = "{tmp_path / 'out.extxyz'}"
+device = "cpu"
+
+[[stages]]
+method = "fire"
+fmax = 0.05
+max_steps = 20
+
+[[stages]]
+method = "npt"
+temperature = 40.0
+pressure = 0.1
+dt = 4.0
+steps = 10
+''')
+    assert main(["pipeline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "frame 1 is not periodic" in err and "stage 1 (IsotropicMTKNPT, a barostat)" in err
+    assert _outputs(tmp_path) == []
