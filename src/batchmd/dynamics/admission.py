@@ -1,6 +1,6 @@
 """Admission: the checks every system passes before it enters a live batch, however it enters.
 
-Each stage (a :class:`~batchmd.dynamics.base.Dynamics`) declares what a system needs to run
+Each stage (a :class:`~batchmd.dynamics.Dynamics`) declares what a system needs to run
 in it, in one small declarative object, :class:`Requirements`, returned by
 ``stage.requirements()``:
 

@@ -76,7 +76,7 @@ class CRescaleNPT(NoseHooverChainNVT):
     REQUIREMENTS = BAROSTAT_REQUIREMENTS
 
     def requirements(self):
-        """:data:`REQUIREMENTS`: fully periodic 3-D cells, no FixAtoms, no FixCom."""
+        """``REQUIREMENTS``: fully periodic 3-D cells, no FixAtoms, no FixCom."""
         return self.REQUIREMENTS
 
     def __init__(self, model, dt=1.0, temperature=300.0, pressure=0.0, compressibility=None, taup=1000.0,

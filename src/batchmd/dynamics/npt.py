@@ -53,7 +53,7 @@ class MTKBase(Dynamics):
     REQUIREMENTS = BAROSTAT_REQUIREMENTS
 
     def requirements(self) -> Requirements:
-        """:data:`REQUIREMENTS` (see :meth:`Dynamics.requirements <batchmd.dynamics.base.Dynamics.requirements>`)."""
+        """``REQUIREMENTS`` (see :meth:`Dynamics.requirements <batchmd.dynamics.Dynamics.requirements>`)."""
         return self.REQUIREMENTS
 
     def __init__(self, model, dt=1.0, temperature=300.0, pressure=0.0, tdamp=100.0, pdamp=1000.0, tchain=3,
