@@ -328,17 +328,34 @@ def test_steady_state_step_has_no_host_reads_and_no_allocations(method):
 
 
 def test_non_periodic_system_with_a_cell_filter_fails_alone():
-    """A cluster (no cell) given a cell filter is marked FAILED (failure bit CELL), never 'converged';
-    the crystal beside it relaxes as usual."""
+    """A cluster (no cell) given a cell filter: a batch handed to the loop is refused before anything moves
+    (admission); served by a sampler during a run it is written as FAILED (failure bit NOT_PERIODIC), never
+    'converged', and the crystal beside it relaxes as usual. The device-side guard (failure bit CELL) still
+    catches a cell that goes bad during the run."""
+    import warnings
+
     from ase.cluster import Icosahedron
 
+    from batchmd.ase import AtomsDataset
+    from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.sinks import HostMemory
     from batchmd.dynamics.status import FailureReason, SystemStatus, failure_text
 
     cluster = Icosahedron("Ar", noshells=2, latticeconstant=5.4)
     cluster.rattle(0.1, seed=1)
     model = LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
-    relax = FIRE(model, cell_filter=FrechetCellFilter(), convergence_hook=ConvergenceHook.from_forces(1e-3))
-    out = relax.run(Batch.from_ase([cluster, argon_cell(1)], dtype=torch.float64), n_steps=300)
+    relax = FIRE(model, cell_filter=FrechetCellFilter(), convergence_hook=ConvergenceHook.from_forces(1e-3),
+                 n_steps=300)
+    with pytest.raises(ValueError, match="system 0 is not periodic in all three directions"):
+        relax.run(Batch.from_ase([cluster, argon_cell(1)], dtype=torch.float64))
+    sampler = SizeAwareSampler(AtomsDataset([cluster, argon_cell(1)], dtype=torch.float64), max_atoms=20)
+    memory = HostMemory(capacity=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        FusedStage([relax], sampler=sampler, sinks=[memory]).run()
+    out = memory.drain()
+    out = out.index_select(torch.argsort(out["system_id"].reshape(-1)))
     assert out["status"].tolist() == [int(SystemStatus.FAILED), int(SystemStatus.CONVERGED)]
-    assert int(out["failure"][0]) & int(FailureReason.CELL)
-    assert "cell filter" in failure_text(int(out["failure"][0]))
+    assert int(out["failure"][0]) == int(FailureReason.NOT_PERIODIC)
+    assert "periodic" in failure_text(int(out["failure"][0]))
+    assert "cell filter" in failure_text(int(FailureReason.CELL))

@@ -299,10 +299,24 @@ def test_an_mlip_missing_an_element_does_not_recommend_itself():
     assert "another MLIP: --model mace:PATH or metatomic:PATH" in message and "sevennet-0," not in message
 
 
-def test_a_run_whose_frames_all_failed_exits_3(tmp_path):
+def test_a_run_whose_frames_all_failed_exits_3(tmp_path, monkeypatch, capsys):
+    """Every frame fails during the run (here: a model returning NaN energies): written as failed, exit 3.
+    (A cell filter given a cluster, this test's input before issue 20, is now refused up front: exit 2.)"""
+    from batchmd.cli import main
+    from batchmd.models.lj import LennardJones
+
     ar = tmp_path / "ar13.xyz"
     cluster = Atoms("Ar2", positions=[[0, 0, 0], [0, 0, 3.8]])  # no cell: a cell filter cannot relax it
     ase.io.write(ar, cluster)
-    done = batchmd("relax", ar, "-o", tmp_path / "m.extxyz", "--cell", "full")
-    assert done.returncode == 3, done.stderr
-    assert "failed" in done.stderr and ase.io.read(tmp_path / "m.extxyz").info["status"] == "failed"
+    assert main(["relax", str(ar), "-o", str(tmp_path / "m.extxyz"), "--cell", "full", "--device", "cpu"]) == 2
+    assert "frame 0 is not periodic" in capsys.readouterr().err and not (tmp_path / "m.extxyz").exists()
+    forward = LennardJones.forward
+
+    def nan_energy(self, batch, *args, **kwargs):
+        out = forward(self, batch, *args, **kwargs)
+        out["energy"].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(LennardJones, "forward", nan_energy)
+    assert main(["relax", str(ar), "-o", str(tmp_path / "m.extxyz"), "--device", "cpu"]) == 3
+    assert "failed" in capsys.readouterr().err and ase.io.read(tmp_path / "m.extxyz").info["status"] == "failed"

@@ -250,16 +250,23 @@ def test_a_model_is_never_applied_to_elements_it_has_no_parameters_for():
     copper = Batch.from_ase([bulk("Cu", "fcc", a=3.6, cubic=True)], dtype=torch.float64)
     with pytest.raises(UnsupportedSpeciesError, match="Cu"):
         FIRE(argon, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=5).run(copper)
-    # inflight: a later sample holding an uncovered element is refused when it is served, naming it
+    # inflight: a later sample holding an uncovered element is refused when it is served (admission): written
+    # as failed with the reason, never evaluated, and a warning names it; the others run (issue 20)
     frames = [bulk("Ar", "fcc", a=5.26, cubic=True), bulk("Ar", "fcc", a=5.3, cubic=True),
               bulk("Kr", "fcc", a=5.7, cubic=True)]
     from batchmd.ase import AtomsDataset
+    from batchmd.dynamics.admission import AdmissionWarning
+    from batchmd.dynamics.sinks import HostMemory
 
     sampler = SizeAwareSampler(AtomsDataset(frames, dtype=torch.float64), max_atoms=4, max_batch_size=1)
+    memory = HostMemory(capacity=3)
     stage = FusedStage([FIRE(argon, convergence_hook=ConvergenceHook.from_forces(0.01), n_steps=50)],
-                       sampler=sampler, refill_frequency=1)
-    with pytest.raises(UnsupportedSpeciesError, match=r"Kr.*system_id 2"):
+                       sampler=sampler, sinks=[memory], refill_frequency=1)
+    with pytest.warns(AdmissionWarning, match=r"system_id 2 .*no parameters for Kr"):
         stage.run()
+    out = memory.drain()
+    failed = {int(i): int(s) for i, s in zip(out["system_id"].reshape(-1), out["status"].reshape(-1))}
+    assert failed[2] == 3 and failed[0] != 3 and failed[1] != 3
 
 
 def test_run_frames_refuses_uncovered_elements_before_running():

@@ -337,13 +337,17 @@ def run_frames(
     ValueError
         Before anything runs, naming the first invalid frame and atom
         (:func:`check_frames`), or (``UnsupportedSpeciesError``) the elements a stage's
-        model has no parameters for and the first frame holding one; a bad per-frame
-        temperature or pressure, naming the frame (:func:`frame_targets`); a stage
-        temperature or pressure given as a (slot-indexed) tensor.
+        model has no parameters for and the first frame holding one, or the first frame a
+        stage cannot run (:func:`batchmd.dynamics.admission.check_frames_admission`: e.g. a
+        cluster, slab or ``FixAtoms`` crystal given a barostat, a non-periodic frame given a
+        cell filter), named by its input index: every frame is checked against every stage
+        before anything runs; a bad per-frame temperature or pressure, naming the frame
+        (:func:`frame_targets`); a stage temperature or pressure given as a (slot-indexed) tensor.
 
     An empty ``frames`` returns an empty result (no frames, zero counters) without running.
     """
     from batchmd.dynamics import FusedStage, SizeAwareSampler
+    from batchmd.dynamics.admission import check_frames_admission
     from batchmd.dynamics.hooks import RunStats
     from batchmd.dynamics.sinks import HostMemory
 
@@ -354,6 +358,7 @@ def run_frames(
     _refuse_slot_tensors(stages)
     temperatures, pressures = frame_targets(frames, temperature, pressure)
     _check_species_up_front(frames, stages)
+    check_frames_admission(frames, stages, input_indices=input_indices)  # every stage's rules, up front
     if max_atoms is None:
         max_atoms = default_max_atoms(frames)
     given = temperature is not None or pressure is not None

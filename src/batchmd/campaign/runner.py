@@ -47,7 +47,7 @@ from batchmd.campaign.metrics import SUMMARY_FIELDS, MetricsRecorder, write_summ
 from batchmd.campaign.ownership import owned_indices
 from batchmd.dynamics.hooks import Hook, HookStage
 
-__all__ = ["run_campaign", "prepare_outdir", "CampaignReport"]
+__all__ = ["run_campaign", "prepare_outdir", "CampaignReport", "check_admission"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,52 @@ def prepare_outdir(layout: CampaignLayout, contract: dict, world_size: int) -> i
         log.info("campaign %s: resuming as attempt %d; %d structures already committed, %d orphan shards removed",
                  layout.root, attempt, done.size, len(repaired["orphans"]))
     return attempt
+
+
+def check_admission(manifest, indices, stages) -> None:
+    """Refuse a campaign whose dataset holds a structure one of ``stages`` cannot run, before anything runs.
+
+    The rules of :mod:`batchmd.dynamics.admission` (the model's elements, periodicity,
+    constraints), for every structure of ``manifest`` (or global ``indices``), entering at
+    stage 0. Reads each shard once.
+
+    Raises
+    ------
+    ValueError
+        Naming the structure's global input index, its source file and frame, e.g.
+        ``"campaign: structure 3 (in.extxyz frame 3) holds ... (and 1 more structures)"``.
+    """
+    from batchmd.campaign.shards import DecodedShard
+    from batchmd.dynamics.admission import Admission
+
+    from batchmd.dynamics.admission import stage_requirements
+
+    rules = [stage_requirements(stage) for stage in stages]
+    model = getattr(stages[0], "model", None) if stages else None
+    if getattr(model, "supported_numbers", None) is None and not any(
+            r.needs_pbc or not r.allows_fixed or not r.allows_fix_com for r in rules):
+        return  # no rule any structure could break: no shard is read
+    admission = Admission(stages)
+    wanted = None if indices is None else set(int(i) for i in np.asarray(indices).reshape(-1))
+    problems = []
+    for position, info in enumerate(manifest.shards):
+        if wanted is not None and not wanted.intersection(info.indices):
+            continue
+        shard = DecodedShard(manifest.read_shard(position))
+        for row in range(shard.num_rows):
+            index = int(shard.index[row])
+            if wanted is not None and index not in wanted:
+                continue
+            fields = shard.structure(row)
+            fixed = fields["fixed"]
+            found = admission.problem(fields["atomic_numbers"], fields["pbc"], fields["cell"],
+                                      0 if fixed is None else int(np.asarray(fixed).sum()), bool(fields["fix_com"]))
+            if found is not None:
+                problems.append((index, f"{shard.source[row]} frame {int(shard.frame[row])}", found[1]))
+    if problems:
+        index, where, phrase = min(problems)
+        more = f" (and {len(problems) - 1} more structures)" if len(problems) > 1 else ""
+        raise ValueError(f"campaign: structure {index} ({where}) {phrase}{more}")
 
 
 class _ServedSamples:
@@ -224,6 +270,7 @@ def _run(config, ctx: RankContext, hooks: list) -> CampaignReport:
     layout = CampaignLayout(config.output)
     manifest = Manifest.load(config.manifest)
     model = build_model(config.model)
+    check_admission(manifest, None, build_stages(config.stages, model))  # every rank, before anything is written
     contract = build_contract(config, manifest, model)
     attempt = _start(config, ctx, layout, contract)
     ctx.barrier()

@@ -78,6 +78,10 @@ def _execute(config, device: str | None, quiet: bool = False) -> int:
         report = run_campaign(config, context=context)
     except (ContractMismatch, CorruptFileError, FileNotFoundError) as error:
         raise CLIError(str(error)) from error
+    except ValueError as error:  # a structure the stages cannot run (admission), a budget too small
+        if not str(error).startswith(("campaign: ", "structures ")):
+            raise
+        raise CLIError(str(error)) from error
     finally:
         context.close()
     if not quiet and report.summary is not None:

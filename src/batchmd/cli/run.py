@@ -87,6 +87,12 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
         stages = [build_stage(s, model, where=command) for s in stage_specs]
     except (ValueError, TypeError) as error:  # a stage refusing this model (e.g. NPT without stress)
         raise CLIError(str(error).removeprefix("batchmd: ")) from None
+    from batchmd.dynamics.admission import check_frames_admission
+
+    try:  # every frame against every stage, before anything is written (a barostat on a molecule, ...)
+        check_frames_admission(frames, stages, source=str(input_path) if input_path is not None else "input")
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     labels = [_stage_label(s) for s in stage_specs]
     timings["model"] = time.perf_counter() - t0
     max_atoms = max_atoms if max_atoms is not None else getattr(args, "max_atoms", None)

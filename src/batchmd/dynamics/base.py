@@ -69,6 +69,17 @@ class Dynamics:
     #: then asks the model for it at every evaluation.
     needs_stress = False
 
+    def requirements(self):
+        """What a system needs to enter this stage (:class:`~batchmd.dynamics.admission.Requirements`).
+
+        Checked on the host by :mod:`batchmd.dynamics.admission` when a system enters a live
+        batch (at every entry point), for every stage it will meet. The default asks for
+        nothing but the stress when the stage declares ``needs_stress``.
+        """
+        from batchmd.dynamics.admission import Requirements
+
+        return Requirements(needs_stress=bool(self.needs_stress))
+
     def __init__(self, model, n_steps: int | None = None, convergence_hook=None, hooks=None) -> None:
         if n_steps is not None:
             if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 0:

@@ -18,7 +18,7 @@ import warp as wp
 
 from batchmd.dynamics.base import set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
-from batchmd.dynamics.npt import MTKBase, check_barostat_batch, check_pressure
+from batchmd.dynamics.npt import BAROSTAT_REQUIREMENTS, MTKBase, check_barostat_batch, check_pressure
 from batchmd.dynamics.nose_hoover import NoseHooverChainNVT, check_positive
 from batchmd.dynamics.velocities import ensure_rng_counter
 from batchmd.kernels import crescale as crk
@@ -56,8 +56,9 @@ class CRescaleNPT(NoseHooverChainNVT):
     Raises
     ------
     ValueError
-        Bad parameters; a model declaring ``computes_stress=False``; at the first step, a
-        system that is not fully periodic, has no volume or has fixed atoms.
+        Bad parameters; a model declaring ``computes_stress=False``. Systems that are not
+        fully periodic, have no volume or carry ``FixAtoms`` never enter the
+        stage (admission, :mod:`batchmd.dynamics.admission`, as for the MTK barostats).
 
     Notes
     -----
@@ -74,6 +75,12 @@ class CRescaleNPT(NoseHooverChainNVT):
     name = "crescale"
     method = "npt-crescale"
     needs_stress = True
+    #: Admission rules (:mod:`batchmd.dynamics.admission`): those of every barostat.
+    REQUIREMENTS = BAROSTAT_REQUIREMENTS
+
+    def requirements(self):
+        """``REQUIREMENTS``: fully periodic 3-D cells, no FixAtoms (FixCom allowed)."""
+        return self.REQUIREMENTS
 
     def __init__(self, model, dt=1.0, temperature=300.0, pressure=0.0, compressibility=None, taup=1000.0,
                  tdamp=100.0, tchain=3, tloop=1, n_steps=None, hooks=None, convergence_hook=None,

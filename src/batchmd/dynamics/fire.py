@@ -141,6 +141,14 @@ class FIRE(Dynamics):
         """Whether the model must compute the stress (with a cell filter)."""
         return self.cell_filter is not None
 
+    def requirements(self):
+        """With a cell filter: a fully periodic 3-D cell and the stress (FixAtoms and FixCom allowed, as in ASE)."""
+        from batchmd.dynamics.admission import Requirements
+
+        if self.cell_filter is None:
+            return Requirements()
+        return Requirements(needs_pbc=True, needs_stress=True, role=f"a {type(self.cell_filter).__name__}")
+
     def init_state(self, batch, mask: torch.Tensor) -> None:
         """Reset FIRE's state (and copy its parameters) for the systems where ``mask`` is True.
 

@@ -47,6 +47,7 @@ import logging
 
 import torch
 
+from batchmd.dynamics.admission import check_model_stress
 from batchmd.dynamics.hooks import HookContext, HookStage, RunStats
 from batchmd.dynamics.cuda_graph import StepGraph, graph_steps_allowed
 from batchmd.dynamics.guards import GuardRunner, resolve_guards
@@ -178,11 +179,8 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
                 raise ValueError("FusedStage: all stages must share the same model object (one evaluation per step)")
             model = next(iter(models.values()))
         self.model = model
-        for k, stage in enumerate(self.stages):
-            if getattr(stage, "needs_stress", False) and getattr(model, "computes_stress", None) is False:
-                raise ValueError(f"FusedStage: stage {k} ({type(stage).__name__}) needs the stress, but the model "
-                                 "does not compute it (computes_stress=False)")
-        self.model = model
+        check_model_stress(self.stages, model)  # admission's rule on the model (admission.py)
+        self._resuming = False
         self.compute_stress = bool(compute_stress)
         self.sampler = sampler
         self.sinks = list(sinks) if sinks is not None else []
@@ -394,7 +392,8 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
         that already carries loop fields where it stopped (same stage, same counters,
         same stage state), e.g. a batch returned by ``run(n_steps=...)`` of this pipeline.
         """
-        self._check_species(batch)
+        self._resuming = bool(resume and batch.has_field("status") and batch.has_field("stage"))
+        self._check_admission(batch)  # every system, for every stage it will meet (admission.py)
         if resume and batch.has_field("status"):
             if not batch.has_field("failure"):
                 batch.set_field("failure", torch.zeros(batch.num_graphs, dtype=torch.int32, device=batch.device),
@@ -527,8 +526,11 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
         if batch is None:
             if self.sampler is None:
                 raise ValueError("FusedStage.run(batch=None) needs a sampler (inflight mode)")
-            batch = self._initial_batch()
             self.stats = RunStats(systems_total=len(self.sampler), max_atoms=self.sampler.max_atoms)
+            batch = self._initial_batch()  # systems refused at admission are written as failed here
+            if batch is None:  # every served system was refused
+                warn_if_idle(self.stats, n_steps)
+                return None
         else:
             self.stats = RunStats()
         self._reported = None

@@ -93,6 +93,9 @@ class RunStats:
         Unmoved systems handed back to the sampler after such errors (served again later).
     systems_completed : int
         Graduated systems whose last stage was MD and ran its steps (not "converged").
+    systems_refused : int
+        Served systems refused at admission (:mod:`batchmd.dynamics.admission`): written as
+        failed without running (also counted in ``systems_failed``).
     stage_counts : dict
         Per stage (``"k:method"``, the ``stage{k}_method`` of result frames and the CLI's
         method names, see :func:`~batchmd.dynamics.base.stage_method`), graduated systems by
@@ -118,6 +121,7 @@ class RunStats:
     oom_events: int = 0
     systems_returned: int = 0
     systems_completed: int = 0
+    systems_refused: int = 0
     stage_counts: dict = field(default_factory=dict)
     start_time: float = field(default_factory=time.perf_counter, repr=False)
 

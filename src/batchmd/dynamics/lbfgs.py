@@ -112,6 +112,14 @@ class LBFGS(Dynamics):
         """Whether the model must compute the stress (with a cell filter)."""
         return self.cell_filter is not None
 
+    def requirements(self):
+        """With a cell filter: a fully periodic 3-D cell and the stress (FixAtoms and FixCom allowed, as in ASE)."""
+        from batchmd.dynamics.admission import Requirements
+
+        if self.cell_filter is None:
+            return Requirements()
+        return Requirements(needs_pbc=True, needs_stress=True, role=f"a {type(self.cell_filter).__name__}")
+
     def _history_field(self, batch, name, shape, level, mask_rows, value=0.0, dtype=None):
         """Create (or resize) a state field; zero (``value``) the rows selected by ``mask_rows``."""
         dtype = dtype or batch.positions.dtype

@@ -18,6 +18,7 @@ import ase.units
 import numpy as np
 import torch
 
+from batchmd.dynamics.admission import Requirements
 from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
 from batchmd.dynamics.velocities import check_policy
@@ -25,7 +26,19 @@ from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count,
 from batchmd.kernels import npt as nptk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
 
-__all__ = ["IsotropicMTKNPT", "MTKNPT", "MTKBase", "check_pressure", "check_barostat_batch"]
+__all__ = ["IsotropicMTKNPT", "MTKNPT", "MTKBase", "check_pressure", "check_barostat_batch", "BAROSTAT_REQUIREMENTS"]
+
+#: Admission rules of the barostats (MTK and C-rescale): fully periodic 3-D cells; FixAtoms
+#: refused, as in ASE, which raises NotImplementedError; FixCom allowed (``3N - 3`` degrees of
+#: freedom, :mod:`batchmd.dynamics.constraints`; ASE refuses it). One line per rule.
+BAROSTAT_REQUIREMENTS = Requirements(
+    needs_pbc=True,
+    needs_stress=True,
+    allows_fixed=False,
+    allows_fix_com=True,
+    role="a barostat",
+    constraint_note="as in ASE, which raises NotImplementedError",
+)
 
 
 class MTKBase(Dynamics):
@@ -37,6 +50,13 @@ class MTKBase(Dynamics):
 
     isotropic = False
     needs_stress = True
+    #: What a system needs to enter a barostat stage (:mod:`batchmd.dynamics.admission`): a fully
+    #: periodic 3-D cell, no FixAtoms (as ASE's MTKNPT); FixCom is allowed.
+    REQUIREMENTS = BAROSTAT_REQUIREMENTS
+
+    def requirements(self) -> Requirements:
+        """``REQUIREMENTS`` (see :meth:`Dynamics.requirements <batchmd.dynamics.Dynamics.requirements>`)."""
+        return self.REQUIREMENTS
 
     def __init__(self, model, dt=1.0, temperature=300.0, pressure=0.0, tdamp=100.0, pdamp=1000.0, tchain=3,
                  pchain=3, tloop=1, ploop=1, n_steps=None, hooks=None, convergence_hook=None, velocities: str = "auto",
@@ -246,9 +266,12 @@ class IsotropicMTKNPT(MTKBase):
     Raises
     ------
     ValueError
-        Bad parameters; a model that declares ``computes_stress=False``; at the first step,
-        a batch without stress or a system in this stage (or before it) that is not fully
-        periodic, has a zero-volume cell or has fixed atoms.
+        Bad parameters; a model that declares ``computes_stress=False``; a batch without
+        stress. Systems that are not fully periodic, have a zero-volume cell or carry
+        ``FixAtoms`` never enter the stage: admission
+        (:mod:`batchmd.dynamics.admission`, rules :data:`BAROSTAT_REQUIREMENTS`) refuses
+        them up front (``ValueError`` naming the frame or system) or, served during a run,
+        writes them as failed.
 
     Notes
     -----
@@ -316,35 +339,20 @@ def check_pressure(owner: str, pressure):
 
 
 def check_barostat_batch(owner: str, batch, stage_index: int, checked):
-    """Checks of a barostat stage, on the host once per batch structure; returns the new ``checked`` key.
+    """The batch carries a stress (once per batch structure); returns the new ``checked`` key.
 
-    Raises ``ValueError`` when the batch has no stress, or when a system in this stage or an
-    earlier one (it may enter this stage) is not fully periodic, has no volume, or carries
-    fixed atoms (``fixed``: FixAtoms under a barostat is refused, as in ASE, which raises
-    NotImplementedError). ``fix_com`` is supported (the barostats count ``3N - 3`` degrees
-    of freedom; ASE refuses it). ``checked`` is the key of the last batch checked.
+    The per-system rules of a barostat (fully periodic 3-D cell, no ``FixAtoms``;
+    :data:`BAROSTAT_REQUIREMENTS`) are checked when a system enters the live
+    batch, by :mod:`batchmd.dynamics.admission` (every entry point: first batch, refills,
+    rebuilt batches, resumes), never here.
+
+    Raises
+    ------
+    ValueError
+        The batch has no stress.
     """
-    if not batch.has_field("stress") or batch.stress is None:
+    stress = batch.stress if batch.has_field("stress") else None
+    if stress is None:
         raise ValueError(f"{owner}: the batch has no stress; the model must compute it (a barostat needs "
                          "it) and the loop must ask for it (FusedStage does for this stage)")
-    key = (batch.ptr, batch.pbc, batch.cell, stage_index)
-    if checked is not None and all(a is b for a, b in zip(checked, key)):
-        return checked
-    here = (batch["stage"] <= stage_index).cpu() if batch.has_field("stage") else torch.ones(batch.num_graphs,
-                                                                                              dtype=torch.bool)
-    pbc = batch.pbc.reshape(-1, 3).cpu()
-    volume = torch.linalg.det(batch.cell.detach().double().cpu()).abs()
-    bad = here & (~pbc.all(dim=1) | (volume < 1e-8))
-    if bool(bad.any()):
-        slots = torch.nonzero(bad).reshape(-1).tolist()
-        raise ValueError(f"{owner}: a barostat needs fully periodic systems with a 3-D cell; slot(s) {slots} "
-                         "are not (pbc must be (True, True, True) and the cell volume > 0)")
-    if batch.has_field("fixed"):
-        fixed = torch.zeros(batch.num_graphs, dtype=torch.int64).index_add_(
-            0, batch.batch_idx.long().cpu(), batch["fixed"].long().cpu())
-        bad = here & (fixed > 0)
-        if bool(bad.any()):
-            slots = torch.nonzero(bad).reshape(-1).tolist()
-            raise ValueError(f"{owner}: slot(s) {slots} have fixed atoms (FixAtoms); the barostat does not "
-                             "support constraints (as in ASE, which raises NotImplementedError)")
-    return key
+    return (stress,)

@@ -9,6 +9,15 @@ step's evaluation. With ``refill_in_place`` a graduated slot first takes a sampl
 exactly its atom count, written into the slot's rows
 (:meth:`~batchmd.data.Batch.overwrite_systems`): the batch keeps its tensors.
 
+Admission (:mod:`batchmd.dynamics.admission`): every sample the sampler serves -- for the
+first live batch, an in-place refill, an appended batch or a compaction -- is checked on
+the host against every stage it will meet (elements, periodicity, constraints) before it
+enters; one that fails never enters: it is written to the sinks as FAILED with its
+:class:`~batchmd.dynamics.status.FailureReason` bit, an ``AdmissionWarning`` names its
+``system_id``, and the sampler's next sample takes its place. A batch handed to the loop
+(``run(batch)``, ``step(batch)``, resumes) is known up front and refused with a
+``ValueError`` naming the system instead.
+
 Example
 -------
 Used through :class:`~batchmd.dynamics.fused.FusedStage`; see ``examples/inflight_batching.py``.
@@ -20,6 +29,7 @@ import time
 
 import torch
 
+from batchmd.dynamics.admission import Admission, batch_problems, system_label, warn_refused
 from batchmd.dynamics.hooks import HookContext, HookStage
 from batchmd.dynamics.status import FailureReason, SystemStatus
 
@@ -82,7 +92,7 @@ class RefillPoints:
         """
         from batchmd.data import Batch
 
-        samples = self.sampler.take(free_atoms, free_edges, free_slots)
+        samples = self._admitted(self.sampler.take(free_atoms, free_edges, free_slots))
         if not samples:
             return None
         self._remember_newcomers(samples)
@@ -94,16 +104,113 @@ class RefillPoints:
             self._newcomers[int(data.system_id.reshape(-1)[0])] = data
 
     def _initial_batch(self):
-        """The sampler's first live batch, on the run's device (its samples remembered as newcomers)."""
+        """The sampler's first live batch, on the run's device (its samples remembered as newcomers).
+
+        Samples refused at admission are written as failed (:meth:`_admitted`) and more are
+        taken until the budget is full or the sampler has nothing that fits; None when every
+        sample was refused.
+        """
         from batchmd.data import Batch
 
         self._newcomers = {}
         initial = getattr(self.sampler, "initial_samples", None)
         if initial is None:  # a sampler without it: no give-back of the initial systems
-            return self._to_run_device(self.sampler.build_initial_batch())
-        samples = initial()
+            return self._admitted_batch(self._to_run_device(self.sampler.build_initial_batch()))
+        sampler = self.sampler
+        refused = self.stats.systems_refused
+        samples = self._admitted(initial())
+        while self.stats.systems_refused > refused:  # refused samples left room: take more
+            refused = self.stats.systems_refused
+            free_atoms = sampler.max_atoms - sum(d.num_nodes for d in samples)
+            free_slots = sampler.max_batch_size - len(samples)
+            free_edges = None
+            if sampler.max_edges is not None:
+                free_edges = sampler.max_edges - sum(int(d.sample_num_edges.reshape(-1)[0]) for d in samples)
+            if free_slots <= 0 or free_atoms <= 0 or sampler.exhausted:
+                break
+            more = sampler.take(free_atoms, free_edges, free_slots)
+            if not more:
+                break
+            samples += self._admitted(more)
+        if not samples:
+            return None
         self._remember_newcomers(samples)
         return self._to_run_device(Batch.from_data_list(samples))
+
+    # ----------------------------------------------------------------- admission
+    def _check_admission(self, batch) -> None:
+        """Refuse a batch handed to the loop (known up front) whose systems may not run their stages.
+
+        Raises ``UnsupportedSpeciesError`` (elements) or ``ValueError`` naming the first
+        system (``system_id``, else its index in the batch) and the rule, before anything
+        moves. Each system is checked from its ``stage`` on when resuming, else from stage 0.
+        """
+        self._check_species(batch)
+        problems = batch_problems(batch, self.stages, model=self.model, everyone=not self._resuming)
+        if problems:
+            s, _, phrase = problems[0]
+            more = f" (and {len(problems) - 1} more systems)" if len(problems) > 1 else ""
+            raise ValueError(f"FusedStage: {system_label(batch, s)} {phrase}{more}")
+
+    def _admission_rules(self) -> Admission:
+        """The stages' and the model's rules, prepared once (rebuilt if the stages or model change)."""
+        key = (tuple(id(stage) for stage in self.stages), id(self.model))
+        cached = getattr(self, "_admission", None)
+        if cached is None or cached[0] != key:
+            cached = (key, Admission(self.stages, self.model))
+            self._admission = cached
+        return cached[1]
+
+    def _admitted(self, samples) -> list:
+        """The served ``samples`` that pass admission (:mod:`batchmd.dynamics.admission`) for every stage.
+
+        A refused sample never enters the live batch: it is written to the sinks at once as
+        FAILED with its :class:`FailureReason` bit, and an ``AdmissionWarning`` names its
+        ``system_id`` and the rule. Host-side, on the newcomers of a refill point only.
+        """
+        from batchmd.data import Batch
+
+        kept, refused, codes = [], [], []
+        rules = self._admission_rules()
+        for data in samples:
+            found = rules.data_problem(data)
+            if found is None:
+                kept.append(data)
+            else:
+                refused.append(data)
+                codes.append(found)
+        if refused:
+            self._refuse(Batch.from_data_list(refused), codes)
+        return kept
+
+    def _admitted_batch(self, batch):
+        """The systems of a served batch that pass admission; the others are refused (see :meth:`_admitted`)."""
+        problems = batch_problems(batch, self.stages, model=self.model, everyone=True)
+        if not problems:
+            return batch
+        bad = [s for s, _, _ in problems]
+        self._refuse(batch.without_fields(prefix="_").index_select(torch.tensor(bad, device=batch.device)),
+                     [(bits, phrase) for _, bits, phrase in problems])
+        keep = torch.ones(batch.num_graphs, dtype=torch.bool)
+        keep[bad] = False
+        return batch.index_select(keep.to(batch.device)) if bool(keep.any()) else None
+
+    def _refuse(self, batch, codes) -> None:
+        """Write the refused systems of ``batch`` to the sinks as FAILED (they never ran); ``codes``:
+        ``[(FailureReason bits, phrase)]`` per system."""
+        batch = self._to_run_device(batch)
+        warn_refused([(system_label(batch, i), phrase) for i, (_, phrase) in enumerate(codes)])
+        self._reset_loop_fields(batch)
+        b, dev, dtype = batch.num_graphs, batch.device, batch.dtype
+        batch["status"].fill_(int(SystemStatus.FAILED))
+        batch.set_field("failure", torch.tensor([bits for bits, _ in codes], dtype=torch.int32, device=dev), "system")
+        nan = float("nan")
+        batch.set_field("energies", torch.full((b, 1), nan, dtype=dtype, device=dev), "system")
+        batch.set_field("forces", torch.full_like(batch.positions, nan), "atom")
+        batch.set_field("fmax", torch.full((b,), nan, dtype=dtype, device=dev), "system")
+        batch.set_field("stress", torch.full((b, 3, 3), nan, dtype=dtype, device=dev), "system")
+        self.stats.systems_refused += b
+        self._graduate(batch, torch.arange(b))
 
     def _check_species(self, batch) -> None:
         """Refuse systems with elements the model has no parameters for, before they move.
@@ -131,9 +238,16 @@ class RefillPoints:
                               *error.args[1:])
             raise
 
+    def _request_admitted(self, request, num_atoms: int):
+        """The sampler's next sample from ``request(num_atoms)`` that passes admission, or None."""
+        while True:
+            data = request(num_atoms)
+            if data is None or self._admitted([data]):
+                return data
+
     def _prepare_new(self, new):
-        """Newcomers on the run's device with loop fields, PENDING status and stage-0 state."""
-        self._check_species(new)
+        """Newcomers (admitted: see :meth:`_admitted`) on the run's device with loop fields, PENDING status and
+        stage-0 state."""
         new = self._to_run_device(new)
         self._reset_loop_fields(new)  # a sample carrying loop fields from an earlier run starts fresh
         new["status"].fill_(int(SystemStatus.PENDING))
@@ -206,7 +320,7 @@ class RefillPoints:
             return done
         slots, samples, left = [], [], []
         for s in done.tolist():
-            data = self.sampler.request_same_size(int(sizes[s]))
+            data = self._request_admitted(self.sampler.request_same_size, int(sizes[s]))
             if data is None:
                 left.append(s)
             else:
@@ -251,7 +365,7 @@ class RefillPoints:
         samples = []
 
         def request(max_atoms: int):
-            data = self.sampler.request_replacement(max_atoms)
+            data = self._request_admitted(self.sampler.request_replacement, max_atoms)
             if data is not None:
                 samples.append(data)
             return data

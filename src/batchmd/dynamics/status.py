@@ -73,6 +73,10 @@ class FailureReason(IntFlag):
     neighbor list or edges are built. ``DISPLACEMENT`` (an MD step would move an atom more than
     ``Guards.max_displacement`` Å), ``ENERGY_DROP`` (the energy per atom fell more than
     ``Guards.max_energy_drop`` eV/atom below its start).
+    ``NOT_PERIODIC``, ``CONSTRAINTS``, ``SPECIES``: refused at
+    admission (:mod:`batchmd.dynamics.admission`): a stage the system would meet needs a fully
+    periodic 3-D cell, does not support its constraints (``FixAtoms``/``FixCom``), or the
+    model has no parameters for one of its elements; such a system never ran.
     :func:`failure_text` turns the bits into the text written with results.
     """
 
@@ -89,6 +93,9 @@ class FailureReason(IntFlag):
     DENSITY = 512
     DISPLACEMENT = 1024
     ENERGY_DROP = 2048
+    NOT_PERIODIC = 4096
+    CONSTRAINTS = 8192
+    SPECIES = 16384
 
     @classmethod
     def before_evaluation(cls) -> int:
@@ -117,6 +124,10 @@ def failure_text(code: int, step: int | None = None) -> str:
         FailureReason.DENSITY: "density above Guards.max_density (collapsing cell)",
         FailureReason.DISPLACEMENT: "an MD step would move an atom more than Guards.max_displacement",
         FailureReason.ENERGY_DROP: "energy per atom fell more than Guards.max_energy_drop below its start",
+        FailureReason.NOT_PERIODIC: "refused at admission: a stage it would meet needs a fully periodic 3-D cell",
+        FailureReason.CONSTRAINTS: "refused at admission: a stage it would meet does not support its constraints "
+                                   "(FixAtoms/FixCom)",
+        FailureReason.SPECIES: "refused at admission: the model has no parameters for one of its elements",
     }
     code = int(code)
     text = "; ".join(text for bit, text in words.items() if code & int(bit))
