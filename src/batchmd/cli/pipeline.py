@@ -142,7 +142,44 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
                            "(--cell full or hydrostatic relaxes the cell under pressure)")
         if method == "lbfgs" and values["maxstep"] > 1.0:
             raise CLIError(f"{where} (lbfgs): maxstep must be <= 1 Å, got {values['maxstep']}")
+    check_ranges(where, method, values)
     return values
+
+
+#: Commands whose stage keys are command-line options (``--dt``), not pipeline-file keys.
+OPTION_COMMANDS = ("md", "relax")
+
+
+def check_ranges(where: str, method: str, values: dict) -> None:
+    """Unit slips (see :mod:`batchmd.dynamics.ranges`): warn (one line) or raise :class:`CLIError`.
+
+    MD ``dt`` outside 0.05..20 fs and temperatures above 1e5 K warn; pressures beyond 500 GPa
+    in magnitude are refused, beyond 100 GPa warn. Messages name the option (``--dt``) for
+    ``batchmd md``/``relax`` and the stage key for pipeline files, with the unit.
+    """
+    import warnings
+
+    from batchmd.dynamics.ranges import (UnusualValueWarning, pressure_range_problem, temperature_range_problem,
+                                         timestep_note)
+
+    def label(key):
+        return f"--{key.replace('_', '-')}" if where in OPTION_COMMANDS else f"{where} ({method}): {key} ="
+
+    notes = []
+    if method not in ("fire", "lbfgs") and values.get("dt") is not None:
+        text = timestep_note(label("dt"), values["dt"])
+        if text:
+            notes.append(("warning", text))
+    if values.get("temperature") is not None:
+        notes.append(temperature_range_problem(label("temperature"), values["temperature"]))
+    if values.get("pressure") is not None:
+        notes.append(pressure_range_problem(label("pressure"), values["pressure"], unit="GPa"))
+    notes = [note for note in notes if note]
+    for kind, text in notes:
+        if kind == "error":
+            raise CLIError(text)
+    for _, text in notes:
+        warnings.warn(text, UnusualValueWarning, stacklevel=2)
 
 
 def _cell_filter(values, model):
@@ -223,8 +260,14 @@ def build_stage(spec: dict, model, where: str = "stage"):
     where : str
         Prefix of error messages (e.g. ``"run.toml: stages[1]"``).
     """
+    import warnings
+
+    from batchmd.dynamics.ranges import UnusualValueWarning
+
     values = check_stage(spec, where)
-    return _BUILDERS[spec["method"]](values, model)
+    with warnings.catch_warnings():  # check_stage warned already, in the CLI's terms (--dt, GPa)
+        warnings.simplefilter("ignore", UnusualValueWarning)
+        return _BUILDERS[spec["method"]](values, model)
 
 
 def load_config(path) -> dict:

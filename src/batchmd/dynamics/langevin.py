@@ -17,6 +17,7 @@ import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param
 from batchmd.dynamics.constraints import fixed_mask
+from batchmd.dynamics.ranges import check_md_ranges
 from batchmd.dynamics.velocities import check_policy, ensure_rng_counter
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.langevin import langevin_post_force_kernel_overloads, langevin_pre_force_kernel_overloads
@@ -101,6 +102,7 @@ class NVTLangevin(Dynamics):
     ):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         self.velocity_policy = check_policy("NVTLangevin", velocities)
+        check_md_ranges("NVTLangevin", dt=dt, temperature=temperature)
         self.dt = dt
         self.temperature = temperature
         self.friction = friction
