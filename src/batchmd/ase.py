@@ -7,8 +7,14 @@
 - :func:`run_frames` / :func:`relax`: run dynamics stages over a list of ``ase.Atoms`` with
   inflight batching and get a list of ``ase.Atoms`` back, in input order, each carrying its
   results: energy (eV), forces (eV/Å), stress (eV/Å^3) as a single-point calculator, and
-  ``system_id``, ``input_index``, ``status``, ``converged``, ``n_steps`` and ``fmax`` (eV/Å)
-  in ``atoms.info``.
+  ``system_id``, ``input_index``, ``status``, ``converged``, ``n_steps``, ``fmax`` and
+  ``fmax_atoms`` (eV/Å) in ``atoms.info``.
+
+``fmax`` is the value the convergence test compares with its threshold, as ASE's optimizers
+log it: the largest force-row norm of what is optimised, so with a cell filter
+(``FrechetCellFilter``, ``--cell full``) the filter's N + 3 rows, cell rows included.
+``fmax_atoms`` is the largest atomic force norm, ``max |atoms.get_forces()|`` (ASE's
+constraints applied: fixed atoms count zero); without a cell filter the two are equal.
 
 The reverse direction (an ASE calculator as a batchmd model) is
 :class:`batchmd.models.ase_calculator.ASECalculatorModel`.
@@ -52,8 +58,12 @@ __all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check
 #: of :mod:`batchmd.dynamics.stage_results`).
 RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
 
+#: ``atoms.info`` keys computed from the results on the host (see the module docstring).
+DERIVED_KEYS = ("fmax_atoms",)
+
 # Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
-_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
+_LOOP_KEYS = frozenset(RESULT_KEYS) | frozenset(DERIVED_KEYS) | {"stage", "stage_steps", "sample_index",
+                                                                  "sample_num_edges", "energy",
                                        "failure"}
 _STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method)$")
 
@@ -284,7 +294,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
     list of ase.Atoms
         Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
         momenta come from the result; energy, forces and stress are attached as a
-        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
+        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS` and, where
+        forces are known, ``fmax_atoms`` (eV/Å, see the module docstring). A FAILED
         system (``info["status"] == "failed"``) gets ``info["failure"]`` (why, see
         :func:`batchmd.dynamics.status.failure_text`) and no calculator results; if its
         final positions or momenta are not finite, the input structure is kept.
@@ -320,6 +331,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms]) ->
         results = dict(frame.calc.results) if frame.calc is not None else {}
         if results and not failed:
             atoms.calc = SinglePointCalculator(atoms, **results)
+            if results.get("forces") is not None and len(atoms):
+                atoms.info["fmax_atoms"] = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
         out.append(atoms)
     out.sort(key=lambda a: a.info["input_index"])
     return out

@@ -143,7 +143,8 @@ def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None
         names = unsupported_constraints(atoms)
         if names:
             return (f"has ASE constraint {names[0]}, which batchmd does not honour (it honours "
-                    f"{', '.join(SUPPORTED_CONSTRAINTS)}); remove it or pass ignore_constraints=True to drop it")
+                    f"{', '.join(SUPPORTED_CONSTRAINTS)}); remove it, or drop it with ignore_constraints=True "
+                    "(command line: --ignore-constraints)")
     if min_distance > 0 and n > 1:
         from ase.neighborlist import neighbor_list
 

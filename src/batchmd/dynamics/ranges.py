@@ -62,7 +62,9 @@ def _values(value):
 
 
 def _shown(array) -> str:
-    return f"{array[0]:g}" if array.size == 1 else f"[{', '.join(f'{v:g}' for v in array[:4])}{', ...' if array.size > 4 else ''}]"
+    if array.size == 1:
+        return f"{array[0]:g}"
+    return f"[{', '.join(f'{v:g}' for v in array[:4])}{', ...' if array.size > 4 else ''}]"
 
 
 def timestep_note(label: str, dt) -> str | None:
