@@ -51,7 +51,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from batchmd.data import AtomicData, Batch
 
-__all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
+__all__ = ["DERIVED_KEYS", "RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
            "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
 
 #: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
