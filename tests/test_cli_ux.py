@@ -399,3 +399,16 @@ def test_velocities_start_from_rest(tmp_path, capsys):
     assert main(["pipeline", str(config), "-q"]) == 0
     assert max(a.info["stage0_temperature"] for a in ase.io.read(tmp_path / "p.extxyz", ":")) < 5
     assert Path(tmp_path / "p.summary.csv").exists()
+
+
+def test_shard_ignore_constraints(tmp_path, capsys):
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    atoms.set_constraint(FixBondLength(0, 1))
+    path = tmp_path / "in.traj"
+    ase.io.write(path, [atoms])
+    assert main(["shard", str(path), str(tmp_path / "rejected"), "--quiet"]) == 0
+    assert "FixBondLength" in (tmp_path / "rejected" / "invalid.jsonl").read_text()
+    assert main(["shard", str(path), str(tmp_path / "kept"), "--quiet", "--ignore-constraints"]) == 0
+    from batchmd.campaign import Manifest
+
+    assert Manifest.load(tmp_path / "kept").num_structures == 1
