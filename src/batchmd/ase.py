@@ -7,8 +7,14 @@
 - :func:`run_frames` / :func:`relax`: run dynamics stages over a list of ``ase.Atoms`` with
   inflight batching and get a list of ``ase.Atoms`` back, in input order, each carrying its
   results: energy (eV), forces (eV/Å), stress (eV/Å^3) as a single-point calculator, and
-  ``system_id``, ``input_index``, ``status``, ``converged``, ``n_steps`` and ``fmax`` (eV/Å)
-  in ``atoms.info``.
+  ``system_id``, ``input_index``, ``status``, ``converged``, ``n_steps``, ``fmax`` and
+  ``fmax_atoms`` (eV/Å) in ``atoms.info``.
+
+``fmax`` is the value the convergence test compares with its threshold, as ASE's optimizers
+log it: the largest force-row norm of what is optimised, so with a cell filter
+(``FrechetCellFilter``, ``--cell full``) the filter's N + 3 rows, cell rows included.
+``fmax_atoms`` is the largest atomic force norm, ``max |atoms.get_forces()|`` (ASE's
+constraints applied: fixed atoms count zero); without a cell filter the two are equal.
 
 The reverse direction (an ASE calculator as a batchmd model) is
 :class:`batchmd.models.ase_calculator.ASECalculatorModel`.
@@ -43,10 +49,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from batchmd.ase_checks import (_check_species_up_front, _refuse_slot_tensors, check_frames, frame_problems,
                                 frame_targets)
-from batchmd.ase_results import RESULT_KEYS, _loop_keys, results_to_atoms
+from batchmd.ase_results import DERIVED_KEYS, RESULT_KEYS, _loop_keys, results_to_atoms
 from batchmd.data import AtomicData, Batch
 
-__all__ = ["RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
+__all__ = ["DERIVED_KEYS", "RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
            "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
 
 

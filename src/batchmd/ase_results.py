@@ -27,7 +27,12 @@ __all__ = ["RESULT_KEYS", "results_to_atoms"]
 RESULT_KEYS = ("system_id", "input_index", "status", "converged", "n_steps", "fmax")
 
 # Fields the dynamics loop owns: dropped from input frames so that a re-run starts fresh.
-_LOOP_KEYS = frozenset(RESULT_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
+#: ``atoms.info`` keys computed from the results on the host: ``fmax_atoms`` (eV/Å), the largest
+#: atomic force of ``atoms.get_forces()`` (constraints applied; with a cell filter ``fmax`` is the
+#: filter's, cell rows included, as ASE's optimizers log it).
+DERIVED_KEYS = ("fmax_atoms",)
+
+_LOOP_KEYS = frozenset(RESULT_KEYS) | frozenset(DERIVED_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
                                        "failure", "dof"}
 _STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method|target_temperature_K|target_pressure_GPa)$")
 
@@ -100,7 +105,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
     list of ase.Atoms
         Sorted by ``input_index``. Arrays and info of the input are kept; positions, cell,
         momenta come from the result; energy, forces and stress are attached as a
-        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS`. A FAILED
+        single-point calculator; ``atoms.info`` gets the :data:`RESULT_KEYS` and, where
+        forces are known, ``fmax_atoms`` (eV/Å, :data:`DERIVED_KEYS`). A FAILED
         system (``info["status"] == "failed"``) gets ``info["failure"]`` (why and at which
         step, e.g. ``"non-finite cell at step 4"``, see
         :func:`batchmd.dynamics.status.failure_text`) and the geometry of that step, with
@@ -146,6 +152,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         consistent = finite and energy is not None and np.isfinite(energy).all()
         if results and consistent:
             atoms.calc = SinglePointCalculator(atoms, **results)
+            if results.get("forces") is not None and len(atoms):
+                atoms.info["fmax_atoms"] = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
         out.append(atoms)
     out.sort(key=lambda a: a.info["input_index"])
     return out

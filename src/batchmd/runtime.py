@@ -33,6 +33,7 @@ __all__ = [
     "launch",
     "warp_stream",
     "torch_threads",
+    "set_deterministic",
     "WarpViewCache",
     "LaunchCache",
     "CachedLaunch",
@@ -206,6 +207,47 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def set_deterministic(threads: int = 1) -> None:
+    """Make runs bitwise reproducible: the same inputs on the same machine and software give the same bits.
+
+    batchmd's own Warp kernels (neighbor lists, Lennard-Jones, integrators, optimizers,
+    reductions) use no floating-point atomics, so they are already deterministic on CPU and
+    CUDA, for any thread count. A machine-learned potential runs torch operators, and some
+    of those reduce in an order that changes from run to run (observed: SevenNet-0 in
+    float32 on 2 CPU threads, positions differing by 1.4e-6 Å after a relaxation). This
+    function sets, for the whole process:
+
+    - ``torch.use_deterministic_algorithms(True, warn_only=True)``: torch's deterministic
+      kernels; an operator without one warns (``UserWarning``) instead of failing;
+    - ``torch.set_num_threads(threads)``: a fixed intra-op thread count (1 by default: one
+      order of every CPU reduction);
+    - on CUDA, ``CUBLAS_WORKSPACE_CONFIG=":4096:8"`` (unless already set; it must be set
+      before the first cuBLAS call) and ``torch.backends.cudnn.deterministic = True``,
+      ``benchmark = False``.
+
+    Bitwise equality then holds between runs with the same device, dtype, thread count,
+    torch / Warp / model package versions and batch composition (``max_atoms``); see
+    docs/cli.rst ("Reproducibility"). It costs speed on CPUs with many cores.
+
+    Parameters
+    ----------
+    threads : int
+        torch intra-op threads (>= 1).
+
+    Raises
+    ------
+    ValueError
+        ``threads`` < 1.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"batchmd: set_deterministic: threads must be an integer >= 1, got {threads!r}")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def launch(kernel, dim, inputs, device: torch.device | str | None, outputs=None) -> None:

@@ -103,6 +103,7 @@ def write_dataset(
     format: str | None = None,
     index: str = ":",
     progress=None,
+    ignore_constraints: bool = False,
 ) -> Manifest:
     """Write the structures of ``inputs`` as a sharded dataset in ``outdir``.
 
@@ -125,6 +126,9 @@ def write_dataset(
         Passed to ``ase.io.iread``.
     progress : callable, optional
         Called as ``progress(source, valid_so_far, invalid_so_far)`` after each file.
+    ignore_constraints : bool
+        Accept structures with ASE constraints batchmd does not honour (they are not stored;
+        ``FixAtoms`` and ``FixCom`` are).
 
     Returns
     -------
@@ -145,7 +149,8 @@ def write_dataset(
             report.append({"source": source, "frame": None, "reason": "file not found"})
             continue
         for frame, atoms, error in iter_frames(source, format=format, index=index):
-            reason = error if atoms is None else validate_atoms(atoms, min_distance=min_distance, max_atoms=max_atoms)
+            reason = error if atoms is None else validate_atoms(atoms, min_distance=min_distance, max_atoms=max_atoms,
+                                                                ignore_constraints=ignore_constraints)
             if reason is not None:
                 report.append({"source": source, "frame": frame, "reason": reason})
                 continue

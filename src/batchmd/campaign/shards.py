@@ -94,7 +94,8 @@ def _jsonable(value):
     return str(value)
 
 
-def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = None) -> str | None:
+def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = None,
+                   ignore_constraints: bool = False) -> str | None:
     """Why ``atoms`` cannot enter a campaign, or None if it is valid.
 
     Parameters
@@ -105,6 +106,8 @@ def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = Non
         the check. Overlapping atoms make most potentials blow up.
     max_atoms : int, optional
         Largest allowed structure (atoms).
+    ignore_constraints : bool
+        Accept ASE constraints batchmd does not honour (only ``FixAtoms``/``FixCom`` are stored).
 
     Returns
     -------
@@ -115,7 +118,8 @@ def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = Non
     """
     from batchmd.data.validate import atoms_problem
 
-    problem = atoms_problem(atoms, min_distance=min_distance, max_atoms=max_atoms)
+    problem = atoms_problem(atoms, min_distance=min_distance, max_atoms=max_atoms,
+                            ignore_constraints=ignore_constraints)
     return None if problem is None else f"structure {problem}"
 
 

@@ -157,7 +157,7 @@ def config_from_cli_args(args):
     if hasattr(args, "config"):
         from batchmd.cli.pipeline import load_config
 
-        table = load_config(args.config)
+        table = load_config(args.config, output_given=getattr(args, "output", None) is not None)
         source, output = table["input"], args.output or table["output"]
         model = {"name": "lj", **table.get("model", {})}
         stages = table["stages"]

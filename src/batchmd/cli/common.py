@@ -36,13 +36,17 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- inputs
-def read_frames(path) -> list:
+def read_frames(path, ignore_constraints: bool = False) -> list:
     """Read every frame of ``path`` with ASE (extxyz, ASE trajectory, ASE database, CIF, POSCAR, ...).
+
+    ``ignore_constraints``: accept ASE constraints batchmd does not honour (they are dropped;
+    ``--ignore-constraints``).
 
     Raises
     ------
     CLIError
-        Missing or unreadable file, no frames, a frame with no atoms, NaN/inf coordinates.
+        Missing or unreadable file, no frames, or a frame :func:`batchmd.data.validate.atoms_problem`
+        refuses (no atoms, NaN/inf coordinates, a disordered CIF site, an unsupported constraint, ...).
     """
     path = Path(path)
     if not path.exists():
@@ -61,7 +65,7 @@ def read_frames(path) -> list:
     if not isinstance(frames, list):
         frames = [frames]
     try:
-        check_frames(frames, source=str(path))
+        check_frames(frames, source=str(path), ignore_constraints=ignore_constraints)
     except ValueError as error:
         raise CLIError(str(error)) from error
     return frames
@@ -74,8 +78,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_required: bool = T
 
     parser.add_argument("-o", "--output", required=output_required,
                         help="output file; format from the extension (.extxyz, .xyz, .traj, .cif, .vasp, ...)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from OUTPUT.partial (finished frames are not recomputed)")
+    add_resume_argument(parser)
     parser.add_argument("--max-atoms", type=int, default=None,
                         help="atom budget of the live batch (default: all atoms, at most 4096)")
     parser.add_argument("--refill-every", type=int, default=10, help="steps between refill points")
@@ -87,7 +90,30 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_required: bool = T
                         help="turn the runaway guards off (density, MD displacement, energy drop, non-finite "
                              "positions/cell/stress; see docs/workflows.rst); non-finite energy and forces still "
                              "fail a frame")
+    add_input_arguments(parser)
+    add_determinism_argument(parser)
     add_verbosity_arguments(parser)
+
+
+def add_resume_argument(parser) -> None:
+    """``--resume`` (see :mod:`batchmd.cli.runner`)."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from OUTPUT.partial (finished frames are not recomputed); "
+                             "if OUTPUT is already complete from the same run, say so and do nothing")
+
+
+def add_input_arguments(parser) -> None:
+    """``--ignore-constraints``."""
+    parser.add_argument("--ignore-constraints", action="store_true",
+                        help="drop ASE constraints batchmd does not honour (it honours FixAtoms and FixCom) "
+                             "instead of refusing the frame")
+
+
+def add_determinism_argument(parser) -> None:
+    """``--deterministic`` (see :func:`batchmd.runtime.set_deterministic`)."""
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bitwise reproducible runs: torch deterministic algorithms, one CPU thread, "
+                             "CUBLAS_WORKSPACE_CONFIG on CUDA (slower; see docs/cli.rst)")
 
 
 def default_device() -> str:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["CLIError", "Interrupted"]
+__all__ = ["AlreadyComplete", "CLIError", "Interrupted"]
 
 
 class CLIError(Exception):
     """A user error: the message is printed as one line and the command exits with status 2."""
+
+
+class AlreadyComplete(Exception):
+    """``--resume`` found the output complete from the same run: nothing to do.
+
+    ``args``: (message, exit status: 0, or 3 when that run had failed frames).
+    """
 
 
 class Interrupted(KeyboardInterrupt):

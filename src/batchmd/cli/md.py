@@ -5,10 +5,13 @@ nvt or nvt-langevin (Langevin thermostat at --temperature, friction --friction),
 nvt-nose-hoover (Nosé-Hoover chain, time scale --tdamp), npt (MTK barostat at --pressure
 GPa with a Nosé-Hoover chain; --barostat isotropic or full; the output cells are the final
 ones) or nve (velocity Verlet).
-Frames with momenta keep them; frames without start from Maxwell-Boltzmann velocities
-at --temperature with zero total momentum, drawn per frame from a stream keyed on
+Initial velocities (--velocities): auto (default) keeps the momenta a frame carries and
+draws the others -- frames without momenta, or with all-zero momenta -- from
+Maxwell-Boltzmann at --temperature with zero total momentum, from a stream keyed on
 (--seed, the frame's index), so a frame's run never depends on the other frames (for nve
---temperature is optional: without it such frames start at rest).
+--temperature is optional: without it such frames start at rest); keep uses the momenta
+as given (all-zero momenta: start from rest; no momenta: rest); zero starts every frame
+from rest; maxwell-boltzmann draws for every frame (needs --temperature).
 OUTPUT holds the final frame of each input frame, in input order, with momenta, energy
 (eV), forces (eV/Å) and, in its info: input_index, status (completed or failed: MD
 systems are never "converged"), n_steps, stage0_temperature (mean kinetic temperature
@@ -32,11 +35,12 @@ __all__ = ["ENSEMBLES", "add_parser", "command", "initial_velocities"]
 #: ``--ensemble`` choices: name -> (stage method of batchmd.cli.pipeline.STAGE_KEYS, options it uses,
 #: whether --temperature is required). A new ensemble is one entry here (and its stage there).
 ENSEMBLES = {
-    "nvt": ("nvt", ("temperature", "dt", "friction", "steps", "seed"), True),
-    "nvt-langevin": ("nvt", ("temperature", "dt", "friction", "steps", "seed"), True),
-    "nvt-nose-hoover": ("nvt-nose-hoover", ("temperature", "dt", "tdamp", "steps", "seed"), True),
-    "npt": ("npt", ("temperature", "pressure", "dt", "tdamp", "pdamp", "barostat", "steps", "seed"), True),
-    "nve": ("nve", ("dt", "steps", "temperature", "seed"), False),
+    "nvt": ("nvt", ("temperature", "dt", "friction", "steps", "seed", "velocities"), True),
+    "nvt-langevin": ("nvt", ("temperature", "dt", "friction", "steps", "seed", "velocities"), True),
+    "nvt-nose-hoover": ("nvt-nose-hoover", ("temperature", "dt", "tdamp", "steps", "seed", "velocities"), True),
+    "npt": ("npt", ("temperature", "pressure", "dt", "tdamp", "pdamp", "barostat", "steps", "seed", "velocities"),
+            True),
+    "nve": ("nve", ("dt", "steps", "temperature", "seed", "velocities"), False),
 }
 
 
@@ -59,6 +63,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--barostat", default="isotropic", choices=("isotropic", "full"),
                         help="npt: isotropic (cell shape kept, ASE's IsotropicMTKNPT) or full (ASE's MTKNPT)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat noise and initial velocities")
+    parser.add_argument("--velocities", default="auto", choices=("auto", "keep", "zero", "maxwell-boltzmann"),
+                        help="initial velocities: auto (keep the input's momenta, draw where there are none or all "
+                             "are zero), keep (the input's momenta as given: all-zero means at rest), zero (every "
+                             "frame from rest), maxwell-boltzmann (draw at --temperature for every frame)")
     add_model_arguments(parser)
     parser.set_defaults(command=command)
 
@@ -101,5 +109,7 @@ def command(args) -> int:
     if args.temperature is not None and args.temperature < 0:
         raise CLIError(f"--temperature must be >= 0 K, got {args.temperature}")
     spec = {"method": method, **{key: getattr(args, key) for key in options if getattr(args, key) is not None}}
+    if spec.get("velocities") == "auto":  # the default; left out so the run's identity (--resume) is unchanged
+        del spec["velocities"]
     # velocities: the stage's policy (momenta kept, else a draw keyed on --seed and the frame's index)
     return execute(args, "md", [spec], input_path=args.input, output=args.output)

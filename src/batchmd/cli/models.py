@@ -11,11 +11,17 @@ A model is only applied to elements it has parameters for: otherwise the command
 before running with one line naming the elements and the models that cover them (exit 2).
 Every output frame records the model (``model`` and its parameters, or its file and
 checksum) in its info, and the end-of-run summary names it.
+
+What a model package prints while it is imported or loaded (MACE's "cuequivariance ... is
+not available" line) is logged at INFO level (shown with ``-v``), never printed otherwise.
+A file that is not a model of the kind named (``--model mace:structure.cif``,
+``--model sevennet:mace.model``) is one error line naming the file (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 
 from batchmd.cli.errors import CLIError
@@ -125,7 +131,8 @@ def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None
     from batchmd.models.registry import MissingExtraError, load_model
 
     try:
-        model = load_model(name, device=device, dtype=dtype)
+        with _stdout_to_log(name):
+            model = load_model(name, device=device, dtype=dtype)
     except (ValueError, MissingExtraError, FileNotFoundError, OSError) as error:
         raise CLIError(str(error).removeprefix("batchmd: ")) from error
     except ImportError as error:  # a model module or package that cannot be imported
@@ -136,6 +143,23 @@ def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None
         except UnsupportedSpeciesError as error:
             raise species_error(name, error.unsupported, getattr(model, "supported_numbers", None), frames) from error
     return model
+
+
+@contextlib.contextmanager
+def _stdout_to_log(name: str):
+    """What a model package prints on import or load (e.g. MACE's "cuequivariance ... is not available"
+    line) goes to the ``batchmd`` logger at INFO level (shown with ``-v``), not to stdout."""
+    import io
+    import logging
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        log = logging.getLogger("batchmd")
+        for line in filter(None, (line.strip() for line in captured.getvalue().splitlines())):
+            log.info("%s: %s", name.split(":")[0], line)
 
 
 def model_info(model, name: str) -> dict:

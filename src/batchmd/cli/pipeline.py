@@ -3,7 +3,7 @@
 Schema (every key is checked; an unknown one is an error naming it)::
 
     input = "structures.extxyz"        # any file ASE reads; relative to the config file
-    output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file
+    output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file (or -o)
     device = "cuda"                    # optional: cpu | cuda (default: cuda when available)
     dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)
     max_atoms = 2048                   # optional: atom budget of the live batch
@@ -33,6 +33,8 @@ Schema (every key is checked; an unknown one is an error naming it)::
     friction = 0.01                    # 1/fs
     steps = 100
     seed = 0
+    velocities = "auto"                # optional, every MD stage: auto | keep | zero | maxwell-boltzmann
+                                       # (batchmd md --velocities; see batchmd.dynamics.velocities)
 
     [[stages]]
     method = "nve"                     # velocity Verlet
@@ -77,17 +79,19 @@ STAGE_KEYS = {
               "memory": (False, int, 100), "damping": (False, float, 1.0), "alpha": (False, float, 70.0),
               "cell": (False, str, "fixed"), "pressure": (False, float, 0.0)},
     "nvt": {"temperature": (True, float, None), "dt": (True, float, None), "friction": (False, float, 0.01),
-            "steps": (True, int, None), "seed": (False, int, 0)},
+            "steps": (True, int, None), "seed": (False, int, 0), "velocities": (False, str, "auto")},
     "nve": {"dt": (True, float, None), "steps": (True, int, None), "temperature": (False, float, None),
-            "seed": (False, int, 0)},
+            "seed": (False, int, 0), "velocities": (False, str, "auto")},
     "nvt-nose-hoover": {"temperature": (True, float, None), "dt": (True, float, None), "steps": (True, int, None),
-                        "tdamp": (False, float, None), "seed": (False, int, 0)},
+                        "tdamp": (False, float, None), "seed": (False, int, 0), "velocities": (False, str, "auto")},
     "npt": {"temperature": (True, float, None), "pressure": (True, float, None), "dt": (True, float, None),
             "steps": (True, int, None), "tdamp": (False, float, None), "pdamp": (False, float, None),
-            "barostat": (False, str, "isotropic"), "seed": (False, int, 0)},
+            "barostat": (False, str, "isotropic"), "seed": (False, int, 0),
+            "velocities": (False, str, "auto")},
 }
 #: Allowed values of the string keys.
-CHOICES = {"barostat": ("isotropic", "full"), "cell": ("fixed", "full", "hydrostatic", "volume")}
+CHOICES = {"barostat": ("isotropic", "full"), "cell": ("fixed", "full", "hydrostatic", "volume"),
+           "velocities": ("auto", "keep", "zero", "maxwell-boltzmann")}
 TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages"}
 MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
 
@@ -101,6 +105,8 @@ CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": T
 
 def _value(where: str, key: str, value, kind):
     if kind is str:
+        if key == "velocities" and isinstance(value, str):  # the Python policy name is maxwell_boltzmann
+            value = value.replace("_", "-")
         if value not in CHOICES[key]:
             raise CLIError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         return value
@@ -144,7 +150,52 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
                            "(--cell full or hydrostatic relaxes the cell under pressure)")
         if method == "lbfgs" and values["maxstep"] > 1.0:
             raise CLIError(f"{where} (lbfgs): maxstep must be <= 1 Å, got {values['maxstep']}")
+    if values.get("velocities") == "maxwell-boltzmann" and values.get("temperature") is None:
+        raise CLIError(f"{option_label(where, method, 'velocities')} maxwell-boltzmann needs "
+                       f"{option_label(where, method, 'temperature').removesuffix(' =')} (K) to draw at")
+    check_ranges(where, method, values)
     return values
+
+
+#: Commands whose stage keys are command-line options (``--dt``), not pipeline-file keys.
+OPTION_COMMANDS = ("md", "relax")
+
+
+def option_label(where: str, method: str, key: str) -> str:
+    """How messages name a stage key: ``--dt`` for ``batchmd md``/``relax``, ``FILE: stages[0] (nvt): dt =`` else."""
+    return f"--{key.replace('_', '-')}" if where in OPTION_COMMANDS else f"{where} ({method}): {key} ="
+
+
+def check_ranges(where: str, method: str, values: dict) -> None:
+    """Unit slips (see :mod:`batchmd.dynamics.ranges`): warn (one line) or raise :class:`CLIError`.
+
+    MD ``dt`` outside 0.05..20 fs and temperatures above 1e5 K warn; pressures beyond 500 GPa
+    in magnitude are refused, beyond 100 GPa warn. Messages name the option (``--dt``) for
+    ``batchmd md``/``relax`` and the stage key for pipeline files, with the unit.
+    """
+    import warnings
+
+    from batchmd.dynamics.ranges import (UnusualValueWarning, pressure_range_problem, temperature_range_problem,
+                                         timestep_note)
+
+    def label(key):
+        return option_label(where, method, key)
+
+    notes = []
+    if method not in ("fire", "lbfgs") and values.get("dt") is not None:
+        text = timestep_note(label("dt"), values["dt"])
+        if text:
+            notes.append(("warning", text))
+    if values.get("temperature") is not None:
+        notes.append(temperature_range_problem(label("temperature"), values["temperature"]))
+    if values.get("pressure") is not None:
+        notes.append(pressure_range_problem(label("pressure"), values["pressure"], unit="GPa"))
+    notes = [note for note in notes if note]
+    for kind, text in notes:
+        if kind == "error":
+            raise CLIError(text)
+    for _, text in notes:
+        warnings.warn(text, UnusualValueWarning, stacklevel=2)
 
 
 def _cell_filter(values, model):
@@ -175,18 +226,23 @@ def _lbfgs(values, model):
                  n_steps=values["max_steps"], cell_filter=_cell_filter(values, model))
 
 
+def _policy(values) -> str:
+    """The stage's velocity policy in Python's spelling (:data:`batchmd.dynamics.velocities.VELOCITY_POLICIES`)."""
+    return values["velocities"].replace("-", "_")
+
+
 def _nvt(values, model):
     from batchmd.dynamics import NVTLangevin
 
     return NVTLangevin(model, dt=values["dt"], temperature=values["temperature"], friction=values["friction"],
-                       random_seed=values["seed"], n_steps=values["steps"])
+                       random_seed=values["seed"], n_steps=values["steps"], velocities=_policy(values))
 
 
 def _nve(values, model):
     from batchmd.dynamics import NVE
 
     return NVE(model, dt=values["dt"], n_steps=values["steps"], temperature=values["temperature"],
-               random_seed=values["seed"])
+               random_seed=values["seed"], velocities=_policy(values))
 
 
 def _nose_hoover(values, model):
@@ -194,7 +250,7 @@ def _nose_hoover(values, model):
 
     tdamp = values["tdamp"] if values["tdamp"] is not None else 100.0 * values["dt"]
     return NoseHooverChainNVT(model, dt=values["dt"], temperature=values["temperature"], tdamp=tdamp,
-                              random_seed=values["seed"], n_steps=values["steps"])
+                              random_seed=values["seed"], n_steps=values["steps"], velocities=_policy(values))
 
 
 def _npt(values, model):
@@ -206,7 +262,8 @@ def _npt(values, model):
     tdamp = values["tdamp"] if values["tdamp"] is not None else 100.0 * values["dt"]
     pdamp = values["pdamp"] if values["pdamp"] is not None else 1000.0 * values["dt"]
     return cls(model, dt=values["dt"], temperature=values["temperature"], pressure=values["pressure"] * ase.units.GPa,
-               tdamp=tdamp, pdamp=pdamp, random_seed=values["seed"], n_steps=values["steps"])
+               tdamp=tdamp, pdamp=pdamp, random_seed=values["seed"], n_steps=values["steps"],
+               velocities=_policy(values))
 
 
 _BUILDERS = {"fire": _fire, "lbfgs": _lbfgs, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
@@ -224,12 +281,21 @@ def build_stage(spec: dict, model, where: str = "stage"):
     where : str
         Prefix of error messages (e.g. ``"run.toml: stages[1]"``).
     """
+    import warnings
+
+    from batchmd.dynamics.ranges import UnusualValueWarning
+
     values = check_stage(spec, where)
-    return _BUILDERS[spec["method"]](values, model)
+    with warnings.catch_warnings():  # check_stage warned already, in the CLI's terms (--dt, GPa)
+        warnings.simplefilter("ignore", UnusualValueWarning)
+        return _BUILDERS[spec["method"]](values, model)
 
 
-def load_config(path) -> dict:
-    """Read and check a pipeline TOML file; returns the table with paths resolved."""
+def load_config(path, output_given: bool = False) -> dict:
+    """Read and check a pipeline TOML file; returns the table with paths resolved.
+
+    ``output_given``: the command line names the output (``-o``), so the file need not.
+    """
     import tomllib
 
     path = Path(path)
@@ -243,8 +309,11 @@ def load_config(path) -> dict:
     if unknown:
         raise CLIError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(sorted(TOP_KEYS))}")
     for key in ("input", "output"):
+        if key == "output" and output_given and key not in config:
+            continue
         if not isinstance(config.get(key), str):
-            raise CLIError(f"{path}: {key!r} must be a file name")
+            hint = " (or give -o OUTPUT)" if key == "output" else ""
+            raise CLIError(f"{path}: {key!r} must be a file name{hint}")
         config[key] = str((path.parent / config[key]))
     stages = config.get("stages")
     if not isinstance(stages, list) or not stages:
@@ -262,15 +331,17 @@ def load_config(path) -> dict:
 
 def add_parser(subparsers) -> None:
     """Register ``batchmd pipeline``."""
+    from batchmd.cli.common import add_determinism_argument, add_input_arguments, add_resume_argument
     from batchmd.cli.main import add_verbosity_arguments
 
     parser = subparsers.add_parser("pipeline", help="multi-stage run described in a TOML file",
                                    description=__doc__)
     parser.add_argument("config", help="TOML file (schema above; example: examples/pipeline.toml)")
     parser.add_argument("-o", "--output", default=None, help="override the config's output file")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from OUTPUT.partial (finished frames are not recomputed)")
+    add_resume_argument(parser)
     parser.add_argument("--device", default=None, help="override the config's device (default: cuda when available)")
+    add_input_arguments(parser)
+    add_determinism_argument(parser)
     add_verbosity_arguments(parser)
     parser.set_defaults(command=command)
 
@@ -284,7 +355,7 @@ def command(args) -> int:
         return rc
     from batchmd.cli.run import execute
 
-    config = load_config(args.config)
+    config = load_config(args.config, output_given=args.output is not None)
     output = args.output or config["output"]
     model = {"name": "lj", **config.get("model", {})}
     return execute(args, "pipeline", config["stages"], input_path=config["input"], output=output, model_spec=model,

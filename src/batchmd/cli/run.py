@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from batchmd.cli.errors import CLIError
+from batchmd.cli.errors import AlreadyComplete, CLIError
 
 __all__ = ["execute", "init_warp_quietly"]
 
@@ -48,6 +48,11 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     from batchmd.cli.pipeline import build_stage, check_stage
 
     quiet = getattr(args, "quiet", False)
+    ignore_constraints = bool(getattr(args, "ignore_constraints", False))
+    if getattr(args, "deterministic", False):
+        from batchmd.runtime import set_deterministic
+
+        set_deterministic()
     timings = {}
     t0 = time.perf_counter()
     for i, spec in enumerate(stage_specs):
@@ -66,7 +71,7 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     if frames is None:
         if input_path is not None and Path(output).resolve() == Path(input_path).resolve():
             raise CLIError(f"the output {output} is the input file: it would be overwritten; choose another -o")
-        frames = read_frames(input_path)
+        frames = read_frames(input_path, ignore_constraints=ignore_constraints)
         checksum = file_checksum(input_path)
     else:
         checksum = f"generated: {len(frames)} frames"
@@ -113,9 +118,18 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     guards = not getattr(args, "no_guards", False)
     fingerprint = {"command": command, "input": checksum, "model": info, "stages": stage_specs,
                    "dtype": str(dtype), **({} if guards else {"guards": False}), **(extra_fingerprint or {})}
-    report = run_stages(frames, stages, output, max_atoms=max_atoms, refill_frequency=refill_every, device=device,
-                        dtype=dtype, quiet=quiet, resume=getattr(args, "resume", False), fingerprint=fingerprint,
-                        model_info=info, stage_labels=labels, guards=guards)
+    if ignore_constraints:  # only when set: partial files of earlier runs keep their identity
+        fingerprint["ignore_constraints"] = True
+    try:
+        report = run_stages(frames, stages, output, max_atoms=max_atoms, refill_frequency=refill_every,
+                            device=device, dtype=dtype, quiet=quiet, resume=getattr(args, "resume", False),
+                            fingerprint=fingerprint, model_info=info, stage_labels=labels,
+                            ignore_constraints=ignore_constraints, guards=guards)
+    except AlreadyComplete as done:
+        message, status = done.args
+        if not quiet:
+            print(f"batchmd: {message}")
+        return status
     timings.update(report.timings)
     stats = report.stats
     refill_points = stats.steps // max(1, refill_every)

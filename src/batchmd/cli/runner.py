@@ -13,8 +13,16 @@ Interruption: SIGINT (Ctrl-C) and SIGTERM stop the run; the finished frames stay
 (SIGTERM). ``--resume`` (same command) reads the partial file, checks it belongs to the
 same run (else one error line), and runs only the frames not finished. Each system's
 result depends only on its own input and its input index (its ``system_id``, which seeds
-its Langevin noise), so the final file is bitwise what an uninterrupted run writes.
+its Langevin noise), so the final file is bitwise what an uninterrupted run writes (for
+machine-learned potentials, under the conditions of docs/cli.rst, "Reproducibility").
 Without ``--resume`` an existing partial file is an error (nothing is deleted).
+
+``--resume`` with nothing to resume (no ``OUTPUT.partial``): when ``OUTPUT`` exists and its
+summary's ``run_fingerprint`` column says it is this very run (same input checksum, model,
+stages, dtype), the command says the output is complete and exits without recomputing
+(status 0, or 3 if that run had failed frames); when ``OUTPUT`` exists from another run (or
+its summary is missing), it refuses (status 2: nothing is overwritten); when there is no
+``OUTPUT`` either, it says so and runs every frame.
 
 Identity: every result frame carries ``input_index``, its position in the input file
 (0-based) -- the identity to use. ``system_id`` equals it in command-line runs (in the
@@ -33,9 +41,10 @@ import math
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
-from batchmd.cli.errors import CLIError, Interrupted
+from batchmd.cli.errors import AlreadyComplete, CLIError, Interrupted
 
 __all__ = ["RunReport", "file_checksum", "run_stages", "summary_path"]
 
@@ -94,11 +103,36 @@ def _interruptible():
             signal.signal(signal.SIGTERM, previous)
 
 
+def fingerprint_digest(fingerprint: dict) -> str:
+    """A run's identity as 16 hex digits (sha256 of its canonical JSON): the summary's ``run_fingerprint``."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_complete(output: Path, partial: Path, fingerprint: dict, n_frames: int) -> None:
+    """``--resume`` without a partial file but with ``output``: raise :class:`AlreadyComplete` or :class:`CLIError`."""
+    summary = summary_path(output)
+    digest = fingerprint_digest(fingerprint)
+    try:
+        with open(summary, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        rows = []
+    if len(rows) == n_frames and all(row.get("run_fingerprint") == digest for row in rows):
+        failed = sum(1 for row in rows if row.get("status") == "failed")
+        note = f" ({failed} failed frames)" if failed else ""
+        raise AlreadyComplete(f"--resume: {output} is already complete from this run{note} and there is no {partial}: "
+                              "nothing to resume, nothing recomputed", 3 if failed else 0)
+    raise CLIError(f"--resume: nothing to resume (no {partial}), and {output} exists from another run (its summary "
+                   f"{summary.name} does not match this command): delete it, or run without --resume to overwrite it")
+
+
 def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, resume: bool) -> dict:
     """Finished frames of an interrupted run, by input index (empty when starting fresh)."""
     if not partial.exists():
         if resume:
-            log.warning("--resume: nothing to resume (no %s); running every frame from the beginning", partial)
+            log.warning("--resume: nothing to resume (no %s and no output yet); running every frame from the "
+                        "beginning", partial)
         meta_path.unlink(missing_ok=True)
         return {}
     if not resume:
@@ -135,7 +169,35 @@ def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, res
     return done
 
 
-def _summary_rows(frames, stage_labels) -> list[dict]:
+#: g/cm^3 per amu/Å^3.
+_G_CM3 = 1.66053906660
+
+
+def _cell_columns(atoms) -> dict:
+    """``volume_A3``, ``density_g_cm3`` and ``pressure_GPa`` of a result frame (empty where not defined).
+
+    Volume and density need a fully periodic 3-D cell; the pressure, -trace(stress)/3, also
+    needs the stress (models that compute it, in stages that ask for it: cell relaxation,
+    NPT). Where the frame has momenta (MD) the stress includes the kinetic (ideal-gas) term,
+    ASE's ``atoms.get_stress(include_ideal_gas=True)``: the instantaneous pressure of the
+    final frame.
+    """
+    row = {"volume_A3": None, "density_g_cm3": None, "pressure_GPa": None}
+    if not (atoms.pbc.all() and atoms.cell.rank == 3):
+        return row
+    volume = float(atoms.get_volume())
+    row["volume_A3"] = volume
+    row["density_g_cm3"] = float(atoms.get_masses().sum()) * _G_CM3 / volume
+    results = atoms.calc.results if atoms.calc is not None else {}
+    if results.get("stress") is not None:
+        import ase.units
+
+        stress = atoms.get_stress(voigt=True, include_ideal_gas=atoms.has("momenta"))
+        row["pressure_GPa"] = float(-stress[:3].sum() / 3.0 / ase.units.GPa)
+    return row
+
+
+def _summary_rows(frames, stage_labels, run_fingerprint: str | None = None) -> list[dict]:
     rows = []
     for atoms in frames:
         info = atoms.info
@@ -143,7 +205,8 @@ def _summary_rows(frames, stage_labels) -> list[dict]:
         row = {"input_index": info.get("input_index"), "formula": atoms.get_chemical_formula(),
                "n_atoms": len(atoms), "status": info.get("status"), "failure": info.get("failure", ""),
                "energy_eV": energy,
-               "fmax": info.get("fmax"), "n_steps": info.get("n_steps")}
+               "fmax": info.get("fmax"), "fmax_atoms": info.get("fmax_atoms"), "n_steps": info.get("n_steps"),
+               **_cell_columns(atoms)}
         # Stage columns carry the frame's own info keys (stage{k}_status, ...), so a file and
         # its summary are read the same way; a pipeline may run one method twice.
         for k, label in enumerate(stage_labels):
@@ -152,6 +215,8 @@ def _summary_rows(frames, stage_labels) -> list[dict]:
                 key = f"stage{k}_{suffix}"
                 if key in info:
                     row[key] = info[key]
+        if run_fingerprint is not None:
+            row["run_fingerprint"] = run_fingerprint
         rows.append(row)
     return rows
 
@@ -160,6 +225,8 @@ def _write_summary(path: Path, rows) -> None:
     fields = []
     for row in rows:
         fields += [key for key in row if key not in fields]
+    if "run_fingerprint" in fields:  # last column: the run's identity (see --resume)
+        fields = [key for key in fields if key != "run_fingerprint"] + ["run_fingerprint"]
     staging = path.with_name(f".{path.name}.tmp")
     with open(staging, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -200,7 +267,8 @@ def summary_lines(report: RunReport, model_text: str, stage_labels) -> list[str]
 
 def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int = 10, device=None, dtype=None,
                quiet: bool = False, resume: bool = False, fingerprint: dict | None = None,
-               model_info: dict | None = None, stage_labels=None, guards: bool = True) -> RunReport:
+               model_info: dict | None = None, stage_labels=None, ignore_constraints: bool = False,
+               guards: bool = True) -> RunReport:
     """Run ``stages`` over ``frames`` with inflight batching; write ``output`` and its summary.
 
     Parameters
@@ -220,12 +288,21 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         ``atoms.info`` entries naming the model and its parameters, added to every frame.
     stage_labels : list of str
         Names of the stages (``fire``, ``nvt``, ...), recorded as ``stage{k}_method``.
+    ignore_constraints : bool
+        Drop ASE constraints batchmd does not honour (``--ignore-constraints``).
     guards : bool
         The runaway guards (:mod:`batchmd.dynamics.guards`) on (default) or off (``--no-guards``).
 
     Returns
     -------
     RunReport
+
+    Raises
+    ------
+    AlreadyComplete
+        ``resume`` and ``output`` is complete from this same run (nothing is run).
+    CLIError
+        A user error (nothing written).
     """
     from batchmd.cli.common import check_positive_int, output_writer
 
@@ -241,6 +318,8 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
     partial = output.with_name(output.name + ".partial")
     meta_path = output.with_name(output.name + ".partial.json")
     fingerprint = json.loads(json.dumps(fingerprint or {}, default=str))
+    if resume and not partial.exists() and output.exists():
+        _check_complete(output, partial, fingerprint, len(frames))
     done = _load_partial(partial, meta_path, fingerprint, frames, resume)
     todo = [i for i in range(len(frames)) if i not in done]
     if done:
@@ -256,10 +335,14 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         sink = ExtXYZSink(partial)
         start = time.perf_counter()
         try:
-            with _interruptible():
+            with _interruptible(), warnings.catch_warnings():
+                from batchmd.dynamics.stages import NoProgressWarning
+
+                warnings.simplefilter("ignore", NoProgressWarning)  # said in CLI terms below (_no_progress)
                 result = run_frames([frames[i] for i in todo], stages, max_atoms=max_atoms,
                                     refill_frequency=refill_frequency, sinks=[sink], hooks=[progress], device=device,
-                                    dtype=dtype, collect=False, input_indices=todo, guards=guards)
+                                    dtype=dtype, collect=False, input_indices=todo,
+                                    ignore_constraints=ignore_constraints, guards=guards)
         except KeyboardInterrupt as error:
             progress.close()
             finished = _frames_in(partial, len(done) + len(sink))  # what the file holds, flushed or not
@@ -270,6 +353,7 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         progress.close()
         stats = result.stats
         timings["run"] = time.perf_counter() - start
+        _no_progress(stats)
     else:
         from batchmd.dynamics.hooks import RunStats
 
@@ -286,7 +370,7 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) after the run: every frame is in "
                                   f"{partial}; run the same command with --resume to write {output}") from None
     summary = summary_path(output)
-    _write_summary(summary, _summary_rows(finished, stage_labels or []))
+    _write_summary(summary, _summary_rows(finished, stage_labels or [], fingerprint_digest(fingerprint)))
     for atoms in finished:  # failed systems are written (status "failed", info "failure") and named here
         if "failure" in atoms.info:
             log.error("frame %d failed: %s (written with status=failed)", atoms.info["input_index"],
@@ -295,6 +379,22 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
     meta_path.unlink(missing_ok=True)
     timings["write"] = time.perf_counter() - start
     return RunReport(finished, stats, timings, output, summary, resumed=len(done))
+
+
+def _no_progress(stats) -> None:
+    """One warning line when no frame took a step (FusedStage's NoProgressWarning, in the CLI's terms)."""
+    if stats.atom_steps or not stats.systems_graduated:
+        return
+    parts = []
+    if stats.systems_converged:
+        parts.append(f"{stats.systems_converged} already met the convergence criterion at the start "
+                     "(lower --fmax to relax further)")
+    if stats.systems_failed:
+        parts.append(f"{stats.systems_failed} failed at their first evaluation (named below)")
+    if stats.systems_out_of_steps:
+        parts.append(f"{stats.systems_out_of_steps} had no step budget (raise --max-steps / --steps)")
+    log.warning("no frame took a step: %s; the output holds the input structures with their energies and forces",
+                "; ".join(parts) or f"{stats.systems_graduated} frames graduated at their first evaluation")
 
 
 def _write_output(partial, frames, output, staging, writer, stage_labels, model_info, stages=None) -> list:

@@ -30,6 +30,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--min-distance", type=float, default=0.1,
                         help="reject frames with atoms closer than this, Å (default 0.1; 0 disables)")
     parser.add_argument("--max-atoms", type=int, default=None, help="reject frames with more atoms")
+    parser.add_argument("--ignore-constraints", action="store_true",
+                        help="accept frames with ASE constraints batchmd does not honour (only FixAtoms and FixCom "
+                             "are stored) instead of rejecting them")
     parser.add_argument("--format", default=None, help="ase.io format name (default: guessed per file)")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     parser.set_defaults(command=run)
@@ -49,7 +52,8 @@ def run(args) -> int:
     try:
         manifest = write_dataset(args.inputs, args.outdir, max_rows=args.max_rows,
                                  max_shard_atoms=args.max_shard_atoms, min_distance=args.min_distance,
-                                 max_atoms=args.max_atoms, format=args.format)
+                                 max_atoms=args.max_atoms, format=args.format,
+                                 ignore_constraints=args.ignore_constraints)
     except (FileExistsError, ValueError) as error:
         raise CLIError(str(error)) from error
     if not args.quiet:

@@ -4,8 +4,17 @@
 (``run_frames``, ``relax``, every CLI command) and ``batchmd.campaign.shards.validate_atoms``
 (``batchmd shard``): no atoms, unknown elements, non-finite positions / cell / momenta,
 non-positive masses, periodic directions without a lattice vector, zero-volume periodic
-cells, overlapping atoms (closer than ``min_distance``), and ASE constraints batchmd does
-not honour (it honours ``FixAtoms`` and ``FixCom``; see :mod:`batchmd.dynamics.constraints`).
+cells, overlapping atoms (closer than ``min_distance``), ASE constraints batchmd does
+not honour (it honours ``FixAtoms`` and ``FixCom``; see :mod:`batchmd.dynamics.constraints`),
+and disordered structures: sites with partial or mixed occupancy (:func:`disorder_problem`).
+
+Disorder: ASE's CIF reader keeps one species per site (the dominant one) and records the
+site occupancies in ``atoms.info["occupancy"]`` (``{site: {symbol: occupancy}}``, sites
+numbered in the order of the CIF's ``_atom_site`` loop, each atom's site in
+``atoms.arrays["spacegroup_kinds"]``; extxyz files keep both). A ``LiNi0.5Co0.5O2`` CIF
+(Ni and Co sharing one site) is read as ``Li3Co3O6``: running it would give a silent wrong
+answer, so it is refused by name. Build an ordered cell (a supercell with explicit species)
+first.
 
 Example
 -------
@@ -18,16 +27,68 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SUPPORTED_CONSTRAINTS", "atoms_problem", "unsupported_constraints"]
+__all__ = ["OCCUPANCY_TOLERANCE", "SUPPORTED_CONSTRAINTS", "atoms_problem", "disorder_problem",
+           "unsupported_constraints"]
 
 #: ASE constraints carried into the batch and honoured by every dynamics method.
 SUPPORTED_CONSTRAINTS = ("FixAtoms", "FixCom")
+
+#: A site is fully occupied when its one species' occupancy is within this of 1 (refinements
+#: often print 0.999 or 1.001 for a full site).
+OCCUPANCY_TOLERANCE = 0.01
 
 
 def unsupported_constraints(atoms) -> list[str]:
     """Names of the ASE constraints on ``atoms`` that batchmd does not honour."""
     return [type(c).__name__ for c in getattr(atoms, "constraints", ()) or ()
             if type(c).__name__ not in SUPPORTED_CONSTRAINTS]
+
+
+def disorder_problem(atoms) -> str | None:
+    """Why ``atoms`` is not an ordered structure (a phrase, "has ..."), or None.
+
+    Reads the site occupancies ASE's CIF reader stores (``atoms.info["occupancy"]``, see the
+    module docstring). A site is disordered when it holds more than one species or its one
+    species' occupancy differs from 1 by more than :data:`OCCUPANCY_TOLERANCE`.
+
+    Example
+    -------
+    >>> from ase import Atoms
+    >>> atoms = Atoms("Co", cell=[3, 3, 3], pbc=True, info={"occupancy": {"0": {"Ni": 0.5, "Co": 0.5}}})
+    >>> disorder_problem(atoms)  # doctest: +NORMALIZE_WHITESPACE
+    'is disordered: CIF site 0 holds Ni 0.5 + Co 0.5 but was read as Co on atom 0 (ASE keeps one species
+     per site); batchmd runs ordered structures only: build an ordered cell (e.g. a supercell with
+     explicit species) first'
+    """
+    occupancy = atoms.info.get("occupancy")
+    if not isinstance(occupancy, dict) or not occupancy:
+        return None
+    kinds = atoms.arrays.get("spacegroup_kinds")
+    if kinds is not None and len(kinds) == len(atoms):
+        members = {}
+        for index, kind in enumerate(np.asarray(kinds).tolist()):
+            members.setdefault(str(kind), []).append(index)
+    else:  # ASE's reader without a cell: one site per atom, keyed by atom index
+        members = {key: [int(key)] for key in occupancy if str(key).isdigit() and int(key) < len(atoms)}
+    for key in sorted(members, key=lambda k: (len(k), k)):
+        site = occupancy.get(key)
+        if not isinstance(site, dict) or not site:
+            continue
+        try:
+            values = {str(symbol): float(value) for symbol, value in site.items()}
+        except (TypeError, ValueError):
+            return f"has an unreadable occupancy for CIF site {key} ({site!r})"
+        if len(values) == 1 and abs(next(iter(values.values())) - 1.0) <= OCCUPANCY_TOLERANCE:
+            continue
+        atoms_here = members[key]
+        shown = ", ".join(str(i) for i in atoms_here[:3]) + (", ..." if len(atoms_here) > 3 else "")
+        held = " + ".join(f"{symbol} {value:g}" for symbol, value in values.items())
+        read_as = atoms.get_chemical_symbols()[atoms_here[0]]
+        plural = "s" if len(atoms_here) > 1 else ""
+        return (f"is disordered: CIF site {key} holds {held} but was read as {read_as} on atom{plural} {shown} "
+                "(ASE keeps one species per site); batchmd runs ordered structures only: build an ordered cell "
+                "(e.g. a supercell with explicit species) first")
+    return None
 
 
 def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None,
@@ -55,6 +116,9 @@ def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None
     if bad.size:
         return (f"has atomic number {int(numbers[bad[0]])} at atom {int(bad[0])}, not an element "
                 "(allowed 1..118; 0 is ASE's dummy atom X)")
+    disorder = disorder_problem(atoms)
+    if disorder is not None:
+        return disorder
     positions = atoms.get_positions()
     bad = np.nonzero(~np.isfinite(positions).all(axis=1))[0]
     if bad.size:
@@ -85,7 +149,8 @@ def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None
         names = unsupported_constraints(atoms)
         if names:
             return (f"has ASE constraint {names[0]}, which batchmd does not honour (it honours "
-                    f"{', '.join(SUPPORTED_CONSTRAINTS)}); remove it or pass ignore_constraints=True to drop it")
+                    f"{', '.join(SUPPORTED_CONSTRAINTS)}); remove it, or drop it with ignore_constraints=True "
+                    "(command line: --ignore-constraints)")
     if min_distance > 0 and n > 1:
         from ase.neighborlist import neighbor_list
 

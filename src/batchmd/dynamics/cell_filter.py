@@ -25,6 +25,7 @@ import torch
 
 from batchmd.dynamics.base import set_system_param, system_target
 from batchmd.dynamics.convergence import ConvergenceHook
+from batchmd.dynamics.ranges import check_md_ranges
 from batchmd.kernels import cell_filter as cfk
 from batchmd.runtime import LaunchCache, WarpViewCache
 
@@ -96,6 +97,7 @@ class CellFilter:
                 raise ValueError(f"batchmd: {type(self).__name__} {name} must be finite, got {value!r}")
         if isinstance(factor, (int, float)) and factor <= 0:
             raise ValueError(f"batchmd: {type(self).__name__} cell factor must be > 0, got {factor!r}")
+        check_md_ranges(f"batchmd: {type(self).__name__}", pressure=scalar_pressure)  # eV/Å^3; unit slips
         if mask is not None and not isinstance(mask, (str, torch.Tensor)):
             mask = _mask3x3(mask)
         self.scalar_pressure = scalar_pressure

@@ -17,6 +17,7 @@ import torch
 
 from batchmd.dynamics.base import Dynamics, check_parameter, set_system_param, system_target
 from batchmd.dynamics.constraints import fixed_mask
+from batchmd.dynamics.ranges import check_md_ranges
 from batchmd.dynamics.velocities import check_policy, ensure_rng_counter
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.langevin import langevin_post_force_kernel_overloads, langevin_pre_force_kernel_overloads
@@ -115,6 +116,7 @@ class NVTLangevin(Dynamics):
         self.dt = check_parameter("NVTLangevin", "dt", dt)
         self.temperature = check_parameter("NVTLangevin", "temperature", temperature, allow_zero=True)
         self.friction = check_parameter("NVTLangevin", "friction", friction, allow_zero=True)
+        check_md_ranges("NVTLangevin", dt=dt, temperature=temperature)
         if random_seed is None:
             random_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.random_seed = int(random_seed)

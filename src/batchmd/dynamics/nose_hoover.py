@@ -20,6 +20,7 @@ import torch
 
 from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
+from batchmd.dynamics.ranges import check_md_ranges
 from batchmd.dynamics.velocities import check_policy
 from batchmd.kernels import nose_hoover as nhk
 from batchmd.runtime import LaunchCache, WarpViewCache, warp_scalar
@@ -179,6 +180,7 @@ class NoseHooverChainNVT(Dynamics):
         self.tdamp = check_positive(owner, "tdamp", tdamp)
         self.tchain = check_count(owner, "tchain", tchain)
         self.tloop = check_count(owner, "tloop", tloop)
+        check_md_ranges(owner, dt=dt, temperature=temperature)
         self._views = WarpViewCache()
         self._launch = LaunchCache()
 

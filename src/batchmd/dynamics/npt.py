@@ -21,6 +21,7 @@ import torch
 from batchmd.dynamics.admission import Requirements
 from batchmd.dynamics.base import Dynamics, set_system_param, system_target
 from batchmd.dynamics.constraints import system_dof
+from batchmd.dynamics.ranges import check_md_ranges
 from batchmd.dynamics.velocities import check_policy
 from batchmd.dynamics.nose_hoover import chain_energy, chain_width, check_count, check_positive, set_chain_rows
 from batchmd.kernels import npt as nptk
@@ -79,6 +80,7 @@ class MTKBase(Dynamics):
         self.pchain = check_count(owner, "pchain", pchain)
         self.tloop = check_count(owner, "tloop", tloop)
         self.ploop = check_count(owner, "ploop", ploop)
+        check_md_ranges(owner, dt=dt, temperature=temperature)
         self._views = WarpViewCache()
         self._launch = LaunchCache()
         self._checked = None
@@ -328,13 +330,19 @@ class MTKNPT(MTKBase):
 
 
 def check_pressure(owner: str, pressure):
-    """Validate an external pressure (eV/Å^3): a finite number or a finite 1-D tensor; returns it."""
+    """Validate an external pressure (eV/Å^3): a finite number or a finite 1-D tensor; returns it.
+
+    Beyond :data:`batchmd.dynamics.ranges.PRESSURE_MAX_GPA` in magnitude raises ``ValueError``;
+    beyond ``PRESSURE_WARN_GPA`` warns (a unit slip, see :mod:`batchmd.dynamics.ranges`).
+    """
     if isinstance(pressure, torch.Tensor):
         if pressure.dim() != 1 or not bool(torch.isfinite(pressure.detach().double().cpu()).all()):
             raise ValueError(f"{owner}: pressure must be a finite number or a finite 1-D tensor (eV/Å^3)")
+        check_md_ranges(owner, pressure=pressure)
         return pressure
     if isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not np.isfinite(pressure):
         raise ValueError(f"{owner}: pressure must be a finite number (eV/Å^3), got {pressure!r}")
+    check_md_ranges(owner, pressure=pressure)
     return float(pressure)
 
 

@@ -15,6 +15,7 @@ import ase.units
 import torch
 
 from batchmd.dynamics.base import Dynamics, check_parameter, set_system_param, system_target
+from batchmd.dynamics.ranges import check_md_ranges
 from batchmd.dynamics.velocities import check_policy
 from batchmd.runtime import CachedLaunch, WarpViewCache
 from batchmd.kernels.verlet import verlet_post_force_kernel_overloads, verlet_pre_force_kernel_overloads
@@ -77,6 +78,7 @@ class NVE(Dynamics):
         self.temperature = None if temperature is None else check_parameter("NVE", "temperature", temperature,
                                                                               allow_zero=True)
         self.velocity_policy = check_policy("NVE", velocities)
+        check_md_ranges("NVE", dt=dt, temperature=temperature)
         if velocities == "maxwell_boltzmann" and temperature is None:
             raise ValueError("NVE: velocities='maxwell_boltzmann' needs a temperature (K)")
         if random_seed is None:

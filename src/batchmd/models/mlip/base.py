@@ -59,7 +59,7 @@ import torch
 from batchmd.models.base import Model
 from batchmd.models.edges import EdgeNeighborList, Edges
 
-__all__ = ["DEFAULT_CHUNK_ATOMS", "Graph", "GraphModel", "file_sha256"]
+__all__ = ["DEFAULT_CHUNK_ATOMS", "Graph", "GraphModel", "file_sha256", "first_line"]
 
 #: Atoms per evaluation chunk by device type (None: the whole batch at once). Measured on the
 #: 2-core CPU machine (``benchmarks/mlip_step_split.py --chunks``, small MACE, 512 atoms): one
@@ -75,6 +75,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def first_line(error: BaseException) -> str:
+    """``"TypeName: first line of the message"`` of an exception (for one-line load errors)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 @dataclass

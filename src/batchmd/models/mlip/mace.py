@@ -31,7 +31,7 @@ import warnings
 
 import torch
 
-from batchmd.models.mlip.base import GraphModel, file_sha256
+from batchmd.models.mlip.base import GraphModel, file_sha256, first_line
 from batchmd.models.registry import require_package
 
 __all__ = ["MACEModel", "import_mace", "random_mace"]
@@ -97,14 +97,18 @@ class MACEModel(GraphModel):
         FileNotFoundError
             No such file.
         ValueError
-            The file does not hold a MACE model.
+            The file does not hold a MACE model (or cannot be read by ``torch.load``).
         """
         import_mace()
         if not os.path.isfile(path):
             raise FileNotFoundError(f"batchmd: MACE model file {path!r} not found")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # not a torch file, a truncated one, a pickle of missing classes, ...
+            raise ValueError(f"batchmd: {path!r} is not a MACE model file (torch.load failed: "
+                             f"{first_line(err)})") from err
         if not (isinstance(module, torch.nn.Module) and hasattr(module, "atomic_numbers") and hasattr(module, "r_max")):
             raise ValueError(f"batchmd: {path!r} does not hold a MACE model (got {type(module).__name__})")
         model = cls(module, name=f"MACE({os.path.basename(path)})", **kwargs)

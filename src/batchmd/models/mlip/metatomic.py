@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from batchmd.models.mlip.base import GraphModel, file_sha256
+from batchmd.models.mlip.base import GraphModel, file_sha256, first_line
 from batchmd.models.registry import require_package
 
 __all__ = ["MetatomicModel"]
@@ -102,11 +102,17 @@ class MetatomicModel(GraphModel):
             ``metatomic-torch`` is not installed (``pip install 'batchmd[metatomic]'``).
         FileNotFoundError
             No such file.
+        ValueError
+            The file is not an exported metatomic model.
         """
         _, mta = _import()
         if not os.path.isfile(path):
             raise FileNotFoundError(f"batchmd: metatomic model file {path!r} not found")
-        module = mta.load_atomistic_model(path, extensions_directory=extensions_directory)
+        try:
+            module = mta.load_atomistic_model(path, extensions_directory=extensions_directory)
+        except Exception as err:  # not an exported TorchScript model, missing extensions, ...
+            raise ValueError(f"batchmd: {path!r} is not an exported metatomic model (metatomic could not load it: "
+                             f"{first_line(err)})") from err
         model = cls(module, name=f"metatomic({os.path.basename(path)})", **kwargs)
         model._info = {"file": os.path.abspath(path), "sha256": file_sha256(path)}
         return model

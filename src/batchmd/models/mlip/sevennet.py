@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from batchmd.models.mlip.base import GraphModel, file_sha256
+from batchmd.models.mlip.base import GraphModel, file_sha256, first_line
 from batchmd.models.registry import require_package
 
 __all__ = ["SevenNetModel", "import_sevenn", "follow_dtype"]
@@ -123,6 +123,8 @@ class SevenNetModel(GraphModel):
             ``sevenn`` is not installed (``pip install 'batchmd[sevennet]'``).
         FileNotFoundError
             Neither a file nor a pretrained name.
+        ValueError
+            The file is not a SevenNet checkpoint.
         """
         _, util = import_sevenn()
         if os.path.isfile(checkpoint):
@@ -135,9 +137,13 @@ class SevenNetModel(GraphModel):
                     f"batchmd: SevenNet checkpoint {checkpoint!r} is neither a file nor a pretrained name "
                     f"known to sevenn ({err})") from None
             name = "SevenNet-0" if checkpoint.lower() in ("7net-0", "sevennet-0", "7net-0_11july2024") else checkpoint
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module, config = util.model_from_checkpoint(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module, config = util.model_from_checkpoint(path)
+        except Exception as err:  # not a torch file, a MACE model, a truncated checkpoint, ...
+            raise ValueError(f"batchmd: {str(path)!r} is not a SevenNet checkpoint (sevenn could not load it: "
+                             f"{first_line(err)})") from err
         model = cls(module, cutoff=float(module.cutoff), type_map=dict(module.type_map), name=name, **kwargs)
         model._info = {"file": str(path), "sha256": file_sha256(path)}
         return model
