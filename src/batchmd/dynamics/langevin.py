@@ -113,10 +113,10 @@ class NVTLangevin(Dynamics):
     ):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
         self.velocity_policy = check_policy("NVTLangevin", velocities)
+        check_md_ranges("NVTLangevin", dt=dt, temperature=temperature)  # unit slips, with units (skips strings)
         self.dt = check_parameter("NVTLangevin", "dt", dt)
         self.temperature = check_parameter("NVTLangevin", "temperature", temperature, allow_zero=True)
         self.friction = check_parameter("NVTLangevin", "friction", friction, allow_zero=True)
-        check_md_ranges("NVTLangevin", dt=dt, temperature=temperature)
         if random_seed is None:
             random_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.random_seed = int(random_seed)

@@ -74,11 +74,11 @@ class NVE(Dynamics):
     def __init__(self, model, dt=1.0, n_steps=None, hooks=None, convergence_hook=None, temperature=None,
                  velocities: str = "auto", random_seed=None):
         super().__init__(model, n_steps=n_steps, convergence_hook=convergence_hook, hooks=hooks)
+        check_md_ranges("NVE", dt=dt, temperature=temperature)  # unit slips, with units (skips strings)
         self.dt = check_parameter("NVE", "dt", dt)
         self.temperature = None if temperature is None else check_parameter("NVE", "temperature", temperature,
                                                                               allow_zero=True)
         self.velocity_policy = check_policy("NVE", velocities)
-        check_md_ranges("NVE", dt=dt, temperature=temperature)
         if velocities == "maxwell_boltzmann" and temperature is None:
             raise ValueError("NVE: velocities='maxwell_boltzmann' needs a temperature (K)")
         if random_seed is None:
