@@ -28,8 +28,10 @@ EMPTY = wp.constant(5)  # a slot's padding rows in a padded live batch (batchmd.
 FAILURE_ENERGY = wp.constant(1)
 FAILURE_FORCES = wp.constant(2)
 FAILURE_POSITIONS = wp.constant(32)
+FAILURE_CELL = wp.constant(64)
 FAILURE_VELOCITIES = wp.constant(128)
 FAILURE_STRESS = wp.constant(256)
+FAILURE_DENSITY = wp.constant(512)
 FAILURE_DISPLACEMENT = wp.constant(1024)
 FAILURE_ENERGY_DROP = wp.constant(2048)
 # Bits set before the model is called (FailureReason.before_evaluation()): energy and stress become NaN.

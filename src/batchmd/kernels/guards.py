@@ -21,12 +21,10 @@ import warp as wp
 
 wp.set_module_options({"enable_backward": False})
 
-ACTIVE = wp.constant(0)
-FAILED = wp.constant(3)
-PENDING = wp.constant(4)
-# FailureReason bits (batchmd.dynamics.status)
-NONFINITE_CELL = wp.constant(64)
-DENSITY = wp.constant(512)
+# Statuses and FailureReason bits (batchmd.dynamics.status), defined once in the bookkeeping kernels.
+from batchmd.kernels.bookkeeping import ACTIVE, FAILED, PENDING  # noqa: E402
+from batchmd.kernels.bookkeeping import FAILURE_CELL as NONFINITE_CELL  # noqa: E402
+from batchmd.kernels.bookkeeping import FAILURE_DENSITY as DENSITY  # noqa: E402
 
 
 @wp.func
