@@ -146,7 +146,7 @@ def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, res
     if changed:
         raise CLIError(f"--resume: {partial} is from a different run ({', '.join(changed)} changed); "
                        f"rerun the original command or delete {partial}")
-    from batchmd.ase import _scalar
+    from batchmd.ase_results import _scalar
     from batchmd.dynamics.sinks import read_extxyz
 
     done = {}
