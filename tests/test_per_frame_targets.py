@@ -166,6 +166,27 @@ def test_cli_md_reads_info_keys_and_records_the_targets_used(tmp_path, capsys):
     assert not (tmp_path / "b.extxyz").exists()
 
 
+def test_cli_md_without_temperature_takes_every_frames_own(tmp_path, capsys):
+    """No --temperature: each frame's info['temperature_K'] is its target; a frame without one is exit 2, unwritten."""
+    from batchmd.cli import main
+
+    frames = [argon32() for _ in range(2)]
+    frames[0].info["temperature_K"] = 20.0
+    frames[1].info["temperature_K"] = 60.0
+    ase.io.write(tmp_path / "in.extxyz", frames)
+    out = tmp_path / "out.extxyz"
+    assert main(["md", str(tmp_path / "in.extxyz"), "-o", str(out), "--steps", "5", "--dt", "2", "-q"]) == 0
+    got = ase.io.read(out, ":")
+    assert [a.info["stage0_target_temperature_K"] for a in got] == [20.0, 60.0]
+    del frames[1].info["temperature_K"]
+    ase.io.write(tmp_path / "half.extxyz", frames)
+    rc = main(["md", str(tmp_path / "half.extxyz"), "-o", str(tmp_path / "h.extxyz"), "--steps", "5", "--dt", "2",
+               "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs --temperature (K), or info['temperature_K'] on every frame" in err and "frame 1" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "h.extxyz").exists()
+
+
 # ----------------------------------------------------------------------------- relax(cell=...)
 def test_relax_cell_options_are_the_clis(tmp_path):
     from batchmd.cli import main

@@ -98,8 +98,7 @@ def command(args) -> int:
     from batchmd.cli.run import execute
 
     method, options, needs_temperature = ENSEMBLES[args.ensemble]
-    if args.temperature is None and needs_temperature:
-        raise CLIError(f"--ensemble {args.ensemble} needs --temperature (K)")
+    from_info = args.temperature is None and needs_temperature  # every frame must carry info["temperature_K"]
     if args.ensemble == "npt" and args.pressure is None:
         raise CLIError("--ensemble npt needs --pressure (GPa)")
     for option, default in (("pressure", None), ("pdamp", None), ("tdamp", None), ("friction", 0.01),
@@ -112,4 +111,24 @@ def command(args) -> int:
     if spec.get("velocities") == "auto":  # the default; left out so the run's identity (--resume) is unchanged
         del spec["velocities"]
     # velocities: the stage's policy (momenta kept, else a draw keyed on --seed and the frame's index)
-    return execute(args, "md", [spec], input_path=args.input, output=args.output)
+    hook = None
+    if from_info:
+        spec["temperature"] = 1.0  # checked stage spec; replaced from the frames before the stage is built
+        def hook(frames):
+            return _temperatures_from_info(frames, spec, args.ensemble, args.input)
+    return execute(args, "md", [spec], input_path=args.input, output=args.output, frames_hook=hook)
+
+
+def _temperatures_from_info(frames, spec: dict, ensemble: str, source) -> list:
+    """Without --temperature, every frame must carry its own ``info["temperature_K"]`` (K).
+
+    The stage then runs each frame at its own value (the per-frame target overrides the
+    stage's); the stage's value is set to the first frame's, which no frame uses.
+    """
+    missing = [i for i, atoms in enumerate(frames) if atoms.info.get("temperature_K") is None]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CLIError(f"--ensemble {ensemble} needs --temperature (K), or info['temperature_K'] on every frame: "
+                       f"{source}: frame {missing[0]}{more} has none")
+    spec["temperature"] = float(frames[0].info["temperature_K"])
+    return frames
