@@ -129,3 +129,16 @@ def test_kill_every_rank_at_random_times(tmp_path):
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "worker":
     _worker(sys.argv[2], int(sys.argv[3]))
+
+
+@pytest.mark.parametrize("flag,phrase", [("--ignore-constraints", "batchmd shard --ignore-constraints"),
+                                         ("--no-guards", "not available in campaigns")])
+def test_single_process_flags_under_torchrun_are_one_line_errors(tmp_path, monkeypatch, capsys, flag, phrase):
+    """Under torchrun a CLI flag the campaign path cannot honour is refused (exit 2), never silently dropped."""
+    from batchmd.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    rc = main(["relax", str(tmp_path / "dataset"), "-o", str(tmp_path / "run"), flag])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and phrase in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -196,6 +196,17 @@ def maybe_run_distributed(args) -> int | None:
     """
     if "WORLD_SIZE" not in os.environ:  # batchmd.campaign.distributed.under_torchrun, without importing torch
         return None
+    from batchmd.cli.common import CLIError
+
+    if getattr(args, "ignore_constraints", False):  # a campaign reads a sharded dataset: constraints were read then
+        raise CLIError("--ignore-constraints applies when the dataset is written: batchmd shard --ignore-constraints "
+                       "INPUT... DATASET, then run the campaign on DATASET")
+    if getattr(args, "no_guards", False):
+        raise CLIError("--no-guards is not available in campaigns (torchrun); the runaway guards stay on")
+    if getattr(args, "deterministic", False):
+        from batchmd.runtime import set_deterministic
+
+        set_deterministic()
     config = config_from_cli_args(args)
     device = getattr(args, "device", None)
     return _execute(config, "cpu" if device == "cpu" else None, quiet=getattr(args, "quiet", False))
