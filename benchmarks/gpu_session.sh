@@ -38,7 +38,7 @@ stage_setup() {
 }
 
 stage_test() {
-    timeout 150 $PY -m pytest tests/test_cuda.py tests/test_cuda_budget.py -v -p no:cacheprovider -o addopts="" 2>&1 \
+    timeout 200 $PY -m pytest tests/test_cuda.py tests/test_cuda_budget.py tests/test_device_truth.py -v -p no:cacheprovider -o addopts="" 2>&1 \
         | tee "$REPORT/test_cuda.log" | tail -40
 }
 
