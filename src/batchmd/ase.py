@@ -390,6 +390,10 @@ def run_frames(
         raise RuntimeError(f"batchmd.ase.run_frames: {leftover.num_graphs} systems did not graduate")
     out = []
     if memory is not None and len(memory):
+        if ignore_constraints:  # dropped constraints are not written back with the results either
+            from batchmd.data.validate import drop_unsupported_constraints
+
+            frames = drop_unsupported_constraints(frames)[0]
         inputs = frames if input_indices is None else dict(zip(dataset.input_indices, frames))
         out = results_to_atoms(memory.drain().to_ase(), inputs, stages=stages)
     return InflightResult(out, fused.stats)

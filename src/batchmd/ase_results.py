@@ -113,7 +113,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         its energy, forces and stress only when its energy is finite (they then belong to
         that geometry; see :mod:`batchmd.dynamics.guards`). If the final positions, cell or
         momenta are not finite, the input structure is kept, without results: an energy is
-        never paired with another geometry.
+        never paired with another geometry (and ``fmax`` is NaN when no forces of that geometry
+        are known).
         Constraints of the input (``FixAtoms``) are kept.
     """
     from batchmd.dynamics.status import SystemStatus, failure_text
@@ -150,6 +151,8 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
         results = dict(frame.calc.results) if frame.calc is not None else {}
         energy = results.get("energy", results.get("free_energy"))
         consistent = finite and energy is not None and np.isfinite(energy).all()
+        if failed and not consistent and "fmax" in atoms.info:
+            atoms.info["fmax"] = float("nan")  # no forces of this geometry: never a stale or zero fmax
         if results and consistent:
             atoms.calc = SinglePointCalculator(atoms, **results)
             if results.get("forces") is not None and len(atoms):

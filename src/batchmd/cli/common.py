@@ -15,10 +15,13 @@ per-structure summary ``OUTPUT_STEM.summary.csv`` beside it (see :mod:`batchmd.c
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from pathlib import Path
 
 from batchmd.cli.errors import CLIError
+
+log = logging.getLogger("batchmd")
 
 __all__ = [
     "CLIError",
@@ -68,6 +71,13 @@ def read_frames(path, ignore_constraints: bool = False) -> list:
         check_frames(frames, source=str(path), ignore_constraints=ignore_constraints)
     except ValueError as error:
         raise CLIError(str(error)) from error
+    if ignore_constraints:
+        from batchmd.data.validate import drop_unsupported_constraints
+
+        frames, dropped = drop_unsupported_constraints(frames)
+        if dropped:
+            log.warning("%s: --ignore-constraints: dropped %s (not honoured, not written to the output)",
+                        path, ", ".join(dropped))
     return frames
 
 

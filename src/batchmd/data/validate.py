@@ -91,6 +91,24 @@ def disorder_problem(atoms) -> str | None:
     return None
 
 
+def drop_unsupported_constraints(frames) -> tuple[list, list[str]]:
+    """``(frames, dropped)``: copies of the frames that hold unsupported ASE constraints, without them.
+
+    What ``ignore_constraints=True`` means: such constraints are neither honoured nor written back
+    with the results (``FixAtoms`` and ``FixCom`` are kept). ``dropped``: their names, sorted, once.
+    Frames without any are returned as they are (not copied).
+    """
+    out, dropped = [], set()
+    for atoms in frames:
+        names = unsupported_constraints(atoms)
+        if names:
+            atoms = atoms.copy()
+            atoms.set_constraint([c for c in atoms.constraints if type(c).__name__ in SUPPORTED_CONSTRAINTS])
+            dropped.update(names)
+        out.append(atoms)
+    return out, sorted(dropped)
+
+
 def atoms_problem(atoms, min_distance: float = 0.1, max_atoms: int | None = None,
                   ignore_constraints: bool = False) -> str | None:
     """Why ``atoms`` cannot be run, as a phrase naming the atom(s) ("has ..."), or None.

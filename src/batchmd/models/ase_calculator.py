@@ -22,12 +22,17 @@ Example
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 
+from batchmd.kernels.bookkeeping import EMPTY, FAILED
 from batchmd.models.base import Model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ASECalculatorModel"]
 
@@ -85,14 +90,29 @@ class ASECalculatorModel(Model):
         energies = np.zeros(batch.num_graphs)
         forces = np.zeros((batch.num_nodes, 3))
         stress = np.zeros((batch.num_graphs, 3, 3))
+        # Systems the loop already failed (a guard: non-finite or collapsed cell), empty padding rows and
+        # systems with a non-finite geometry are not handed to the calculator: NaN outputs, so the loop
+        # fails (or keeps failed) that system alone. A calculator raising for one system does the same.
+        skip = np.zeros(batch.num_graphs, dtype=bool)
+        if batch.has_field("status"):
+            status = batch["status"].reshape(-1).cpu().numpy()
+            skip |= (status == int(FAILED)) | (status == int(EMPTY))
         for s in range(batch.num_graphs):
             lo, hi = ptr[s], ptr[s + 1]
+            if skip[s] or not (np.isfinite(positions[lo:hi]).all() and np.isfinite(cells[s]).all()):
+                energies[s], forces[lo:hi], stress[s] = np.nan, np.nan, np.nan
+                continue
             atoms = self._atoms(numbers[lo:hi], positions[lo:hi], cells[s], pbcs[s])
             atoms.calc = self.calculator
-            energies[s] = atoms.get_potential_energy()
-            forces[lo:hi] = atoms.get_forces()
-            if self.computes_stress and atoms.cell.rank == 3:
-                stress[s] = voigt_6_to_full_3x3_stress(atoms.get_stress())
+            try:
+                energies[s] = atoms.get_potential_energy()
+                forces[lo:hi] = atoms.get_forces()
+                if self.computes_stress and atoms.cell.rank == 3:
+                    stress[s] = voigt_6_to_full_3x3_stress(atoms.get_stress())
+            except Exception as error:  # one system's failure is that system's, never the run's
+                log.warning("%s raised for system %d (%s: %s); the system is failed (non-finite energy)",
+                            type(self.calculator).__name__, s, type(error).__name__, error)
+                energies[s], forces[lo:hi], stress[s] = np.nan, np.nan, np.nan
         as_tensor = lambda a: torch.as_tensor(a, dtype=batch.dtype, device=batch.device)  # noqa: E731
         out = {"energy": as_tensor(energies).reshape(-1, 1), "forces": as_tensor(forces)}
         if self.computes_stress:
