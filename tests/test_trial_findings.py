@@ -86,3 +86,21 @@ def test_ignore_constraints_does_not_write_the_dropped_constraints_back(tmp_path
     got = ase.io.read(tmp_path / "out.traj")
     assert [type(c).__name__ for c in got.constraints] == ["FixAtoms"]
     np.testing.assert_allclose(got.positions[0], atoms.positions[0], atol=1e-12)  # FixAtoms still held
+
+
+def test_unit_warnings_are_said_once_and_pipeline_errors_carry_units(tmp_path, capsys):
+    from batchmd.cli import main
+
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    ase.io.write(tmp_path / "in.extxyz", [atoms])
+    assert main(["md", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "o.extxyz"), "--temperature", "40",
+                 "--steps", "2", "--dt", "0.002"]) == 0
+    assert capsys.readouterr().err.count("is below the usual MD range") == 1
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'input = "{tmp_path / "in.extxyz"}"\noutput = "{tmp_path / "p.extxyz"}"\n'
+                    '[[stages]]\nmethod = "nvt"\ntemperature = 40.0\ndt = 0.002\nsteps = 2\n')
+    assert main(["pipeline", str(toml)]) == 0
+    assert capsys.readouterr().err.count("is below the usual MD range") == 1
+    toml.write_text(toml.read_text().replace("temperature = 40.0", "temperature = -4.0"))
+    assert main(["pipeline", str(toml)]) == 2
+    assert "temperature must be >= 0 K, got -4.0" in capsys.readouterr().err

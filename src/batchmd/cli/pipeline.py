@@ -103,6 +103,11 @@ CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": T
               "volume": {"constant_volume": True}}
 
 
+#: Units of the stage keys, for messages (as in docs/cli.rst).
+_UNITS = {"temperature": "K", "dt": "fs", "tdamp": "fs", "pdamp": "fs", "taup": "fs", "friction": "1/fs",
+          "fmax": "eV/Å", "pressure": "GPa"}
+
+
 def _value(where: str, key: str, value, kind):
     if kind is str:
         if key == "velocities" and isinstance(value, str):  # the Python policy name is maxwell_boltzmann
@@ -121,7 +126,9 @@ def _value(where: str, key: str, value, kind):
     if key == "pressure":  # GPa; negative is tension
         return float(value)
     if value < 0 or (value == 0 and key not in ("friction", "temperature")):
-        raise CLIError(f"{where}: {key} must be {'>= 0' if key in ('friction', 'temperature') else '> 0'}, got {value!r}")
+        unit = _UNITS.get(key, "")
+        raise CLIError(f"{where}: {key} must be {'>= 0' if key in ('friction', 'temperature') else '> 0'}"
+                       f"{' ' + unit if unit else ''}, got {value!r}")
     return float(value)
 
 
@@ -285,9 +292,9 @@ def build_stage(spec: dict, model, where: str = "stage"):
 
     from batchmd.dynamics.ranges import UnusualValueWarning
 
-    values = check_stage(spec, where)
-    with warnings.catch_warnings():  # check_stage warned already, in the CLI's terms (--dt, GPa)
+    with warnings.catch_warnings():  # the command checked the stage already and warned once, in the CLI's terms
         warnings.simplefilter("ignore", UnusualValueWarning)
+        values = check_stage(spec, where)
         return _BUILDERS[spec["method"]](values, model)
 
 

@@ -55,8 +55,15 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
         set_deterministic()
     timings = {}
     t0 = time.perf_counter()
-    for i, spec in enumerate(stage_specs):
-        check_stage(spec, where=f"{command}" if len(stage_specs) == 1 else f"{command}: stages[{i}]")
+    import warnings
+
+    from batchmd.dynamics.ranges import UnusualValueWarning
+
+    with warnings.catch_warnings():
+        if command == "pipeline":  # load_config checked (and warned about) every stage, naming the file
+            warnings.simplefilter("ignore", UnusualValueWarning)
+        for i, spec in enumerate(stage_specs):
+            check_stage(spec, where=f"{command}" if len(stage_specs) == 1 else f"{command}: stages[{i}]")
     output_writer(output)
     device = resolve_device(device if device is not None else getattr(args, "device", None))
     model_name = (model_spec or {}).get("name") or getattr(args, "model", None)
