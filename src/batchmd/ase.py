@@ -304,10 +304,11 @@ def run_frames(
         Drop ASE constraints other than ``FixAtoms`` instead of refusing the frame.
     temperature : sequence of float, optional
         Per-frame thermostat target, K (one per frame, in ``frames`` order; e.g. a list, a
-        numpy array or a 1-D tensor of ``len(frames)``). Default: each frame's
-        ``atoms.info["temperature_K"]`` where it has one.
+        numpy array or a 1-D tensor of ``len(frames)``; a NaN entry: that frame runs at the
+        stage's own temperature). Default: each frame's ``atoms.info["temperature_K"]`` where
+        it has one.
     pressure : sequence of float, optional
-        Per-frame external pressure, eV/Å^3 (``ase.units.GPa`` per GPa). Default: each
+        Per-frame external pressure, eV/Å^3 (``ase.units.GPa`` per GPa; NaN: the stage's). Default: each
         frame's ``atoms.info["pressure_GPa"]`` (GPa) where it has one.
 
     guards : Guards, True or False
