@@ -104,3 +104,13 @@ def test_unit_warnings_are_said_once_and_pipeline_errors_carry_units(tmp_path, c
     toml.write_text(toml.read_text().replace("temperature = 40.0", "temperature = -4.0"))
     assert main(["pipeline", str(toml)]) == 2
     assert "temperature must be >= 0 K, got -4.0" in capsys.readouterr().err
+
+
+def test_batchmd_relax_and_run_frames_are_reachable_from_the_package():
+    import batchmd
+    import batchmd.ase
+
+    assert batchmd.relax is batchmd.ase.relax and batchmd.run_frames is batchmd.ase.run_frames
+    assert batchmd.relax([], None) == []
+    with pytest.raises(AttributeError):
+        batchmd.no_such_thing  # noqa: B018
