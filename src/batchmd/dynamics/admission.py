@@ -12,8 +12,14 @@ in it, in one small declarative object, :class:`Requirements`, returned by
     The model must compute the stress (checked once per loop, against the model).
 ``allows_fixed`` / ``allows_fix_com``
     Whether systems carrying ``FixAtoms`` (the atom field ``fixed``) or ``FixCom`` (the
-    system field ``fix_com``) may enter. The barostats refuse both, as ASE's
-    ``MTKNPT`` does (it raises ``NotImplementedError``).
+    system field ``fix_com``) may enter. The barostats refuse ``FixAtoms``, as ASE's
+    ``MTKNPT`` does (it raises ``NotImplementedError``), and allow ``FixCom``.
+``needs_dof``
+    The system must have degrees of freedom, ``g = 3N - 3 N_fixed - 3 [FixCom] > 0``
+    (:mod:`batchmd.dynamics.constraints`): the barostats, whose equations divide by ``g``
+    (MTK's ``1 + 3/g``; refused with the ``CONSTRAINTS`` bit, e.g. a one-atom crystal with
+    ``FixCom``). Thermostats and integrators run a system with ``g = 0`` unchanged (it has no
+    kinetic energy: temperature 0).
 
 The model adds one rule: every element must be one it has parameters for
 (``model.check_species``).
@@ -84,6 +90,8 @@ class Requirements:
         Systems with fixed atoms (``FixAtoms``) may enter.
     allows_fix_com : bool
         Systems with ``FixCom`` may enter.
+    needs_dof : bool
+        Systems need ``3N - 3 N_fixed - 3 [FixCom] > 0`` degrees of freedom.
     role : str
         What the stage is, for messages (``"a barostat"``, ``"a cell filter"``).
     constraint_note : str
@@ -95,6 +103,7 @@ class Requirements:
     needs_stress: bool = False
     allows_fixed: bool = True
     allows_fix_com: bool = True
+    needs_dof: bool = False
     role: str = ""
     constraint_note: str = ""
 
@@ -161,6 +170,7 @@ class Admission:
         self.pbc_from = [any(r.needs_pbc for r in self.rules[k:]) for k in range(n + 1)]
         self.fixed_from = [any(not r.allows_fixed for r in self.rules[k:]) for k in range(n + 1)]
         self.com_from = [any(not r.allows_fix_com for r in self.rules[k:]) for k in range(n + 1)]
+        self.dof_from = [any(r.needs_dof for r in self.rules[k:]) for k in range(n + 1)]
 
     @property
     def checks_species(self) -> bool:
@@ -183,16 +193,22 @@ class Admission:
             return str(error.args[0]).removeprefix("batchmd: ") if error.args else str(error)
         return None
 
-    def problem(self, numbers, pbc, cell, num_fixed: int, fix_com: bool, first_stage: int = 0):
+    def problem(self, numbers, pbc, cell, num_fixed: int, fix_com: bool, first_stage: int = 0,
+                n_atoms: int | None = None):
         """``(FailureReason bits, phrase)`` for one system entering at ``first_stage``, or None.
 
-        See :func:`system_problem` (arguments and phrases).
+        See :func:`system_problem` (arguments and phrases); ``n_atoms`` defaults to ``len(numbers)``.
         """
         species = self.species_problem(numbers)
         if species is not None:
             return int(FailureReason.SPECIES), species
         first = min(max(int(first_stage), 0), len(self.rules))
-        if not (self.pbc_from[first] or (num_fixed and self.fixed_from[first]) or (fix_com and self.com_from[first])):
+        no_dof = False
+        if self.dof_from[first]:
+            n = len(numbers) if n_atoms is None else int(n_atoms)
+            no_dof = 3 * n - 3 * int(num_fixed) - 3 * int(bool(fix_com)) <= 0
+        if not (self.pbc_from[first] or (num_fixed and self.fixed_from[first]) or (fix_com and self.com_from[first])
+                or no_dof):
             return None
         flags = volume = None
         for k in range(first, len(self.stages)):
@@ -215,19 +231,26 @@ class Admission:
                     else "has FixCom"
                 return int(FailureReason.CONSTRAINTS), (
                     f"{what}, which {_stage_name(self.stages[k], k, req)} does not support{note}")
+            if no_dof and req.needs_dof:
+                n = len(numbers) if n_atoms is None else int(n_atoms)
+                why = "all atoms fixed" if num_fixed >= n else "one free atom under FixCom" if fix_com else "no atoms"
+                return int(FailureReason.CONSTRAINTS), (
+                    f"has no degrees of freedom ({why}), which {_stage_name(self.stages[k], k, req)} needs")
         return None
 
     def data_problem(self, data):
         """:meth:`problem` for one :class:`~batchmd.data.AtomicData` (a sampler's sample) entering at stage 0."""
         numbers = data["atomic_numbers"].cpu().numpy() if self.table is not None else None
-        if not (self.pbc_from[0] or self.fixed_from[0] or self.com_from[0]):
+        if not (self.pbc_from[0] or self.fixed_from[0] or self.com_from[0] or self.dof_from[0]):
             return self.problem(numbers, None, None, 0, False)
         fields = data.fields
-        num_fixed = int(data["fixed"].sum()) if self.fixed_from[0] and "fixed" in fields else 0
-        fix_com = bool(data["fix_com"].reshape(-1)[0]) if self.com_from[0] and "fix_com" in fields else False
+        counts = self.fixed_from[0] or self.dof_from[0]
+        num_fixed = int(data["fixed"].sum()) if counts and "fixed" in fields else 0
+        fix_com = bool(data["fix_com"].reshape(-1)[0]) if (self.com_from[0] or self.dof_from[0]) \
+            and "fix_com" in fields else False
         cell = data["cell"].detach().cpu().view(3, 3) if self.pbc_from[0] else None
         pbc = data["pbc"].cpu().view(3) if self.pbc_from[0] else None
-        return self.problem(numbers, pbc, cell, num_fixed, fix_com)
+        return self.problem(numbers, pbc, cell, num_fixed, fix_com, n_atoms=int(data["positions"].shape[0]))
 
 
 def system_problem(numbers, pbc, cell, num_fixed: int, fix_com: bool, stages, first_stage: int = 0,

@@ -274,6 +274,7 @@ def chain_energy(batch, eta_name, p_eta_name, chain_name, temperature, tau_fs, d
     """``dof0 kT eta_0 + kT sum_{j>0} eta_j + sum_j p_j^2/(2 Q_j)`` per system (eV), ``Q_0 = dof0 kT tau^2``.
 
     Used for the Nosé-Hoover thermostat (``dof0 = g``, the degrees of freedom) and the MTK barostat chains.
+    A chain with ``Q_j = 0`` (``g = 0``: the thermostat leaves it at rest) contributes 0.
     """
     eta, p_eta = batch[eta_name], batch[p_eta_name]
     columns = torch.arange(eta.shape[1], device=eta.device)
@@ -284,4 +285,5 @@ def chain_energy(batch, eta_name, p_eta_name, chain_name, temperature, tau_fs, d
     q[:, 0] = q[:, 0] * dof0
     weights = kT[:, None].expand_as(eta).clone()
     weights[:, 0] = weights[:, 0] * dof0
+    q = torch.where(q > 0, q, torch.ones_like(q))  # g = 0: p_eta stays 0 (no 0/0); q > 0 unchanged
     return ((weights * eta + 0.5 * p_eta * p_eta / q) * used).sum(1)

@@ -31,12 +31,15 @@ __all__ = ["IsotropicMTKNPT", "MTKNPT", "MTKBase", "check_pressure", "check_baro
 
 #: Admission rules of the barostats (MTK and C-rescale): fully periodic 3-D cells; FixAtoms
 #: refused, as in ASE, which raises NotImplementedError; FixCom allowed (``3N - 3`` degrees of
-#: freedom, :mod:`batchmd.dynamics.constraints`; ASE refuses it). One line per rule.
+#: freedom, :mod:`batchmd.dynamics.constraints`; ASE refuses it); at least one degree of
+#: freedom (MTK's ``1 + 3/N_f`` and the barostat mass divide by ``N_f``; a one-atom crystal
+#: with FixCom has none and is refused). One line per rule.
 BAROSTAT_REQUIREMENTS = Requirements(
     needs_pbc=True,
     needs_stress=True,
     allows_fixed=False,
     allows_fix_com=True,
+    needs_dof=True,
     role="a barostat",
     constraint_note="as in ASE, which raises NotImplementedError",
 )

@@ -177,10 +177,17 @@ def nhc_system_kernel(
     Shapes: ``ptr`` [B+1]; per-system arrays [B] (dt, tdamp fs; temperature K); ``eta``,
     ``p_eta`` [B, width]; ``masses`` [N] amu; ``forces``, ``velocities`` vec3 [N];
     ``dof`` [B] the degrees of freedom ``g = 3N - 3 N_fixed - 3 [fix_com]`` (fixed atoms
-    have zero velocity and force, so they add nothing to ``K2``).
+    have zero velocity and force, so they add nothing to ``K2``). A system with ``g = 0`` has no
+    kinetic energy and ``Q_0 = 0``: its chain stays at rest and ``scale[s] = 1`` (the step is
+    velocity Verlet, as NVE).
     """
     s = wp.tid()
     if stage[s] != stage_index or status[s] != 0:
+        return
+    if dof[s] <= masses.dtype(0.0):
+        # No degrees of freedom (every atom fixed, or one atom under FixCom): no kinetic energy
+        # to thermostat and Q_0 = 0; the chain stays at rest and the momenta are not scaled.
+        scale[s] = masses.dtype(1.0)
         return
     start = ptr[s]
     end = ptr[s + 1]
