@@ -166,8 +166,10 @@ def _stage_info(info: dict, source: dict) -> None:
     """Per-stage keys from ``source`` with statuses as names; overall ``status`` and ``converged``.
 
     The overall status is that of the last stage the system entered (an MD stage that ran
-    its steps is ``completed``, never ``converged``); ``converged`` is True when every
-    optimizer stage converged and no later stage failed (False for pure MD runs).
+    its steps, or an optimizer stage without a convergence criterion that ran its
+    ``n_steps``, is ``completed``, never ``converged``); ``converged`` is True when every
+    optimizer stage converged (met its criterion) and no later stage failed (False for pure
+    MD runs and for runs with an optimizer stage without a criterion).
     """
     from batchmd.dynamics.stage_results import status_name
 

@@ -127,7 +127,8 @@ def batch_to_table(batch, index: np.ndarray, meta: list[dict], rank: int, attemp
         "status": pa.array(_np(batch["status"], np.int32).reshape(-1)),
         "failure": pa.array(_np(batch["failure"], np.int32).reshape(-1) if batch.has_field("failure")
                             else np.zeros(b, np.int32)),
-        "converged": pa.array(_np(batch["status"]).reshape(-1) == 1),
+        "converged": pa.array(_np(batch["converged"], bool).reshape(-1) if batch.has_field("converged")
+                              else _np(batch["status"]).reshape(-1) == 1),
         "n_steps": pa.array(_np(batch["n_steps"], np.int32).reshape(-1)),
         "fmax": pa.array(_np(batch["fmax"]).reshape(-1), f64),
         "rank": pa.array(np.full(b, rank, np.int32)),

@@ -58,7 +58,6 @@ from batchmd.dynamics.constraints import (apply_com_constraint, apply_force_cons
                                           record_degrees_of_freedom)
 from batchmd.dynamics.stage_results import StageRecorder
 from batchmd.dynamics.stages import NoProgressWarning, normalise_stages, stage_tables, warn_if_idle
-from batchmd.dynamics.status import SystemStatus
 from batchmd.dynamics.velocities import apply_velocity_policy
 from batchmd.kernels import bookkeeping as bk
 from batchmd.kernels.reductions import chunk_plan
@@ -574,7 +573,7 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
         if self.sampler is None:
             batch = self._refill_point(batch)
             self._claim(batch)
-            batch.set_field("converged", (batch["status"] == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
+            batch.set_field("converged", self._recorder.converged(batch["status"]).reshape(-1, 1), "system")
             warn_if_idle(self.stats, n_steps)
             return batch
         batch = self._refill_point(batch) if batch.num_graphs else batch

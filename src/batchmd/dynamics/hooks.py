@@ -62,7 +62,8 @@ class RunStats:
         Sum over steps of the atoms of active systems (counted at refill points).
     systems_graduated, systems_converged, systems_out_of_steps, systems_failed : int
         Graduation counts by outcome (``systems_converged``: the last stage, an optimizer,
-        met its criterion).
+        met its criterion; ``systems_out_of_steps``: an optimizer ran out of steps before
+        meeting its criterion).
     systems_total : int or None
         Dataset size when a sampler drives the run.
     occupancy_sum : float
@@ -92,7 +93,8 @@ class RunStats:
     systems_returned : int
         Unmoved systems handed back to the sampler after such errors (served again later).
     systems_completed : int
-        Graduated systems whose last stage was MD and ran its steps (not "converged").
+        Graduated systems whose last stage ran its steps (not "converged"): MD, or an
+        optimizer without a convergence criterion.
     systems_refused : int
         Served systems refused at admission (:mod:`batchmd.dynamics.admission`): written as
         failed without running (also counted in ``systems_failed``).
@@ -128,8 +130,9 @@ class RunStats:
     def count_graduated(self, graduated, recorder=None) -> None:
         """Count graduated systems by outcome (host batch with ``status`` and ``stage{k}_status`` fields).
 
-        ``systems_converged``: the last stage is an optimizer that converged;
-        ``systems_completed``: the last stage is MD and ran its steps; ``stage_counts``:
+        ``systems_converged``: the last stage is an optimizer that met its criterion;
+        ``systems_completed``: the last stage ran its steps (MD, or an optimizer without a
+        convergence criterion); ``stage_counts``:
         ``{"0:fire": {"converged": 3, ...}, "1:nvt": {...}}`` (names of
         :mod:`batchmd.dynamics.stage_results`).
         """
@@ -144,9 +147,9 @@ class RunStats:
         if recorder is None:
             self.systems_converged += int(done.sum())
             return
-        last_md = torch.tensor(recorder.is_md, dtype=torch.bool)[graduated["stage"].reshape(-1).long()]
-        self.systems_converged += int((done & ~last_md).sum())
-        self.systems_completed += int((done & last_md).sum())
+        last_completes = torch.tensor(recorder.completes, dtype=torch.bool)[graduated["stage"].reshape(-1).long()]
+        self.systems_converged += int((done & ~last_completes).sum())
+        self.systems_completed += int((done & last_completes).sum())
         for k, name in enumerate(recorder.names):
             key = f"{k}:{name}"
             if not graduated.has_field(f"stage{k}_status"):

@@ -53,7 +53,7 @@ class RefillPoints:
         graduated = graduated.to("cpu")
         graduated = self._recorder.expand(graduated)
         status = graduated["status"]
-        graduated.set_field("converged", (status == int(SystemStatus.CONVERGED)).reshape(-1, 1), "system")
+        graduated.set_field("converged", self._recorder.converged(status).reshape(-1, 1), "system")
         if graduated.has_field("failure"):  # FAILED without a reason: a hook set the status
             unexplained = (status == int(SystemStatus.FAILED)) & (graduated["failure"] == 0)
             graduated.set_field("failure", torch.where(unexplained, int(FailureReason.HOOK), graduated["failure"]),

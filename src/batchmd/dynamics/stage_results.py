@@ -8,8 +8,9 @@ the graduated systems (and so ``atoms.info`` keys of result frames), for stage `
 
 ``stage{k}_status``
     :class:`StageStatus` code: ``converged`` (an optimizer met its criterion),
-    ``completed`` (an MD stage ran its steps), ``out_of_steps`` (an optimizer ran out of
-    steps), ``failed`` (non-finite energy or forces), ``skipped`` (an earlier stage ended
+    ``completed`` (an MD stage ran its steps, or an optimizer stage without a convergence
+    criterion ran its ``n_steps``: it never converged, it stopped), ``out_of_steps`` (an
+    optimizer with a criterion ran out of steps before meeting it), ``failed`` (non-finite energy or forces), ``skipped`` (an earlier stage ended
     the system's run, e.g. FIRE out of steps: NVT after it is skipped).
 ``stage{k}_steps``
     Steps taken in stage ``k``.
@@ -60,8 +61,8 @@ class StageStatus(IntEnum):
 def status_name(code, md: bool = False) -> str:
     """The name of a status code: ``converged``, ``completed``, ``out_of_steps``, ``failed``, ``skipped``.
 
-    ``md=True``: a CONVERGED code of a stage without a convergence criterion (MD ran its
-    steps) is ``completed``. A name is returned unchanged.
+    ``md=True``: a CONVERGED code of a stage that ends by running its steps (MD, or an
+    optimizer without a convergence criterion) is ``completed``. A name is returned unchanged.
     """
     if isinstance(code, str):
         return code
@@ -79,8 +80,9 @@ def status_names(batch) -> list[str]:
     """Each system's ``status`` as a name, in batch order (one host read).
 
     Example: ``status_names(FIRE(model, ...).run(batch))`` -> ``["converged", "out_of_steps"]``.
-    A CONVERGED system whose last stage was MD (no convergence criterion) reads
-    ``converged`` here; the per-stage fields ``stage{k}_status`` (see :class:`StageRecorder`)
+    A CONVERGED system whose last stage was MD or an optimizer without a convergence
+    criterion reads ``converged`` here (the batch's ``converged`` field is False for it,
+    see :meth:`StageRecorder.converged`); the per-stage fields ``stage{k}_status`` (see :class:`StageRecorder`)
     say ``completed`` for it.
     """
     return [status_name(code) for code in batch["status"].reshape(-1).tolist()]
@@ -100,6 +102,7 @@ class StageRecorder:
         from batchmd.runtime import CachedLaunch
 
         self.num_stages = len(stages)
+        self._stages = list(stages)
         self.is_md = [not getattr(s, "is_optimizer", False) for s in stages]
         from batchmd.dynamics.base import stage_method
 
@@ -107,6 +110,31 @@ class StageRecorder:
         self._launch_temperature = CachedLaunch(srk.accumulate_md_temperature_overloads)
         self._launch_entry = CachedLaunch(srk.record_stage_entry_overloads)
         self._tables: dict = {}
+
+    @property
+    def completes(self) -> list[bool]:
+        """Per stage: whether a system that ends it normally *completed* it rather than converged.
+
+        MD stages (they run their steps) and optimizer stages without a convergence criterion
+        (``convergence_hook=None``: they stop after ``n_steps``, as ASE's ``run(steps=n)``
+        without ``fmax``, which reports not converged). Read at each use: a stage's criterion
+        is its ``convergence_hook`` at run time.
+        """
+        return [md or s.convergence_hook is None for md, s in zip(self.is_md, self._stages)]
+
+    def converged(self, status: torch.Tensor) -> torch.Tensor:
+        """Per system: whether it *converged*: ``status`` CONVERGED and every optimizer stage has a criterion.
+
+        ``status``: int32 ``[B]`` or ``[B, 1]`` :class:`~batchmd.dynamics.SystemStatus` codes
+        (a CONVERGED system ended every stage normally, so each criterion was met). False for
+        pipelines without an optimizer (MD only) or with an optimizer stage without a
+        convergence criterion (it ran its ``n_steps`` and stopped). Same device and shape as
+        ``status``, bool. The ``converged`` field of returned and graduated batches and the
+        ``converged`` key of result frames (:mod:`batchmd.ase_results`) agree with it.
+        """
+        optimizers = [not md for md in self.is_md]
+        honest = any(optimizers) and not any(o and c for o, c in zip(optimizers, self.completes))
+        return (status == int(SystemStatus.CONVERGED)) & honest
 
     def ensure_fields(self, batch, fresh: bool = False) -> None:
         """Create the ``[B, K]`` fields (zeros; NaN exit fmax) if missing, of another width, or ``fresh``."""
@@ -173,12 +201,13 @@ class StageRecorder:
         tsum = graduated["stage_tsum"]
         fmax_now = graduated["fmax"].reshape(-1).to(torch.float64)
         n = final.numel()
+        completes = self.completes
         for k in range(self.num_stages):
             before, at = final > k, final == k
             code = torch.full((n,), int(StageStatus.SKIPPED), dtype=torch.int32)
             code[before] = int(StageStatus.CONVERGED)
             code[at] = status[at].to(torch.int32)
-            if self.is_md[k]:
+            if completes[k]:  # MD, or an optimizer without a criterion: it ran its steps
                 code[code == int(StageStatus.CONVERGED)] = int(StageStatus.COMPLETED)
             end = start[:, k + 1] if k + 1 < self.num_stages else total.long()
             steps = torch.where(before, end - start[:, k], torch.zeros_like(end))

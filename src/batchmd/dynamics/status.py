@@ -32,7 +32,11 @@ class SystemStatus(IntEnum):
 
     ``ACTIVE``: still moving in its current stage.
     ``CONVERGED``: finished every stage normally (a stage with a convergence criterion
-    met it; a stage without one, such as MD, ran its ``n_steps``).
+    met it; a stage without one, such as MD or an optimizer without ``convergence_hook``,
+    ran its ``n_steps``). Not the same as *converged*: such a system's ``converged`` field
+    and result ``status`` say so only if every optimizer stage met a criterion
+    (:meth:`~batchmd.dynamics.stage_results.StageRecorder.converged`; otherwise
+    ``completed``).
     ``OUT_OF_STEPS``: a stage with a convergence criterion exhausted its step budget
     without meeting it; the system graduates without entering later stages.
     ``FAILED``: non-finite energy or forces, a runaway caught by a guard
