@@ -114,3 +114,15 @@ def test_batchmd_relax_and_run_frames_are_reachable_from_the_package():
     assert batchmd.relax([], None) == []
     with pytest.raises(AttributeError):
         batchmd.no_such_thing  # noqa: B018
+
+
+@pytest.mark.parametrize("args,phrase", [(["--ensemble", "nvt-nose-hoover", "--tdamp", "0.5"], "--tdamp 0.5 fs is under"),
+                                         (["--friction", "10"], "--friction 10 1/fs is above 1 1/fs")])
+def test_time_constants_and_friction_in_the_wrong_unit_warn(tmp_path, capsys, args, phrase):
+    from batchmd.cli import main
+
+    ase.io.write(tmp_path / "in.extxyz", [bulk("Ar", "fcc", a=5.3, cubic=True)])
+    rc = main(["md", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "o.extxyz"), "--temperature", "40",
+               "--steps", "2", "--dt", "2", *args])
+    assert rc in (0, 3)  # it runs as asked (a 0.5 fs chain may fail the frame: exit 3), after the warning
+    assert capsys.readouterr().err.count(phrase) == 1

@@ -197,6 +197,14 @@ def check_ranges(where: str, method: str, values: dict) -> None:
         notes.append(temperature_range_problem(label("temperature"), values["temperature"]))
     if values.get("pressure") is not None:
         notes.append(pressure_range_problem(label("pressure"), values["pressure"], unit="GPa"))
+    dt = values.get("dt") if method not in ("fire", "lbfgs") else None
+    for key in ("tdamp", "pdamp", "taup"):  # time constants in fs; one shorter than a step is a ps slip
+        if dt is not None and values.get(key) is not None and values[key] < 5.0 * dt:
+            notes.append(("warning", f"{label(key)} {values[key]:g} fs is under 5 time steps (dt {dt:g} fs): "
+                                     f"it is in fs ({values[key]:g} ps would be {values[key] * 1000:g} fs)"))
+    if values.get("friction") is not None and values["friction"] > 1.0:
+        notes.append(("warning", f"{label('friction')} {values['friction']:g} 1/fs is above 1 1/fs: it is in 1/fs "
+                                 f"({values['friction']:g} 1/ps would be {values['friction'] / 1000:g} 1/fs)"))
     notes = [note for note in notes if note]
     for kind, text in notes:
         if kind == "error":
