@@ -15,24 +15,13 @@ from ase import units
 from ase.cluster import Icosahedron
 from ase.constraints import FixCom
 
+from test_cuda import _cuda_available as _cuda  # noqa: E402  (one definition of 'a GPU is seen')
 from test_runaway import argon32, close_pair_crystal, lj  # noqa: E402
 
 from batchmd.ase import run_frames
 from batchmd.data import Batch
 from batchmd.dynamics import NVE, FusedStage, IsotropicMTKNPT, NoseHooverChainNVT
 from batchmd.dynamics.status import FailureReason, SystemStatus, failure_text
-
-
-def _cuda() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import warp as wp
-
-        wp.init()
-        return wp.get_cuda_device_count() > 0
-    except Exception:  # pragma: no cover - depends on the machine
-        return False
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU"))]
