@@ -143,8 +143,10 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
             _record_stage_info(atoms, frame.info, stages)
         if failed:
             step = frame.info.get("n_steps")
-            text = failure_text(_scalar(frame.info.get("failure", 0)),
-                                None if step is None else _scalar(step)) or "failed"
+            reason = frame.info.get("failure", 0)  # bits (Batch.to_ase) or text (ExtXYZSink files)
+            text = reason if isinstance(reason, str) else failure_text(
+                _scalar(reason), None if step is None else _scalar(step))
+            text = text or "failed"
             if not finite:
                 text += "; non-finite positions, cell or momenta, input structure written instead"
             atoms.info["failure"] = text

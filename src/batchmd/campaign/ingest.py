@@ -104,13 +104,17 @@ def write_dataset(
     index: str = ":",
     progress=None,
     ignore_constraints: bool = False,
+    strict: bool = False,
 ) -> Manifest:
     """Write the structures of ``inputs`` as a sharded dataset in ``outdir``.
 
     Parameters
     ----------
     inputs : list of path
-        ASE-readable files (any format ``ase.io`` reads), taken in order.
+        ASE-readable files (any format ``ase.io`` reads), folders and globs
+        (:func:`batchmd.data.inputs.expand_inputs`: a folder's structure files, sorted), taken
+        in order. A row's ``source`` is the file's path as given or found, ``frame`` its
+        index in that file (``source_file`` / ``source_index`` of the exported results).
     outdir : path
         New or empty directory. Refused if it already holds a manifest (datasets are
         immutable: write a new one instead).
@@ -129,6 +133,11 @@ def write_dataset(
     ignore_constraints : bool
         Accept structures with ASE constraints batchmd does not honour (they are not stored;
         ``FixAtoms`` and ``FixCom`` are).
+    strict : bool
+        ``batchmd shard``: a missing input, an empty folder, a glob matching nothing, a file
+        named twice or a file ASE cannot read from its first frame raises ``ValueError``
+        naming it before anything is written. Otherwise (default) each becomes an
+        ``invalid.jsonl`` entry (``frame`` null) and the other inputs are written.
 
     Returns
     -------
@@ -140,14 +149,34 @@ def write_dataset(
         raise FileExistsError(f"{outdir} already holds a dataset (manifest.json); datasets are immutable, use a new OUTDIR")
     if int(max_rows) < 1 or int(max_shard_atoms) < 1:
         raise ValueError("write_dataset: max_rows and max_shard_atoms must be >= 1")
+    from batchmd.data.inputs import expand_inputs
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    sources: list[str | None] = []
+    report: list[dict] = []
+    if strict:  # every input named, readable from its first frame, before anything is written
+        sources = expand_inputs(inputs)
+        for source in sources:
+            if index == ":":
+                try:
+                    import ase.io
+
+                    ase.io.read(source, index=0, format=format)
+                except Exception as error:
+                    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                    raise ValueError(f"{source}: cannot read it with ASE ({message})") from error
+    else:
+        for given in inputs:
+            try:
+                sources += expand_inputs([given])
+            except ValueError as error:
+                given = os.fspath(given)
+                reason = "file not found" if not os.path.exists(given) and "*" not in given else str(error)
+                report.append({"source": given, "frame": None, "reason": reason})
     os.makedirs(os.path.join(outdir, "shards"), exist_ok=True)
     buffer = _ShardBuffer(outdir, int(max_rows), int(max_shard_atoms))
-    report: list[dict] = []
-    for path in inputs:
-        source = os.fspath(path)
-        if not os.path.exists(source):
-            report.append({"source": source, "frame": None, "reason": "file not found"})
-            continue
+    for source in sources:
         for frame, atoms, error in iter_frames(source, format=format, index=index):
             reason = error if atoms is None else validate_atoms(atoms, min_distance=min_distance, max_atoms=max_atoms,
                                                                 ignore_constraints=ignore_constraints)

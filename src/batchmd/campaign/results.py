@@ -15,6 +15,16 @@ velocities) plus the outcome::
     n_steps     int32        steps taken over all stages
     fmax        double       largest atomic force at the end, eV/Å
     rank, attempt int32      who wrote it, in which start of the campaign
+    stage_info  string       JSON of the per-stage keys as the CLI writes them
+                             (``stage{k}_status`` as a word, ``stage{k}_steps``,
+                             ``stage{k}_fmax``, ``stage{k}_temperature``); null in older shards
+
+Read as atoms (``read_results(as_atoms=True)``, ``batchmd campaign export``), a result has
+the info keys of a ``batchmd relax``/``pipeline`` output: ``status`` as the CLI's word
+(``converged``, ``completed``, ``out_of_steps``, ``failed``; the last stage's, as
+:func:`batchmd.ase.results_to_atoms` says it), ``stage{k}_*``, ``source_file`` and
+``source_index`` (the file and frame the structure was sharded from), and the input's own
+info as stored in the shard (portable, :func:`batchmd.data.info_io.portable_info`).
 
 Only shards recorded in a commit log count (see :mod:`batchmd.campaign.commits`).
 
@@ -56,8 +66,12 @@ RESULT_SCHEMA = pa.schema(
         ("fmax", pa.float64()),
         ("rank", pa.int32()),
         ("attempt", pa.int32()),
+        ("stage_info", pa.string()),
     ]
 )
+
+#: Per-stage system fields kept in the ``stage_info`` column (see :mod:`batchmd.dynamics.stage_results`).
+_STAGE_SUFFIXES = ("status", "steps", "fmax", "temperature")
 
 
 class ExactlyOnceError(RuntimeError):
@@ -133,8 +147,47 @@ def batch_to_table(batch, index: np.ndarray, meta: list[dict], rank: int, attemp
         "fmax": pa.array(_np(batch["fmax"]).reshape(-1), f64),
         "rank": pa.array(np.full(b, rank, np.int32)),
         "attempt": pa.array(np.full(b, attempt, np.int32)),
+        "stage_info": pa.array(_stage_info_json(batch), pa.string()),
     }
     return pa.Table.from_arrays([columns[f.name] for f in RESULT_SCHEMA], schema=RESULT_SCHEMA)
+
+
+def _stage_info_json(batch) -> list:
+    """Per system, JSON of its ``stage{k}_*`` fields with statuses as words (None without any)."""
+    import re
+
+    from batchmd.dynamics.stage_results import status_name
+
+    names = sorted((name for name in batch.fields if re.fullmatch(r"stage\d+_(status|steps|fmax|temperature)", name)),
+                   key=lambda n: (int(n[5:].split("_")[0]), n))
+    if not names:
+        return [None] * batch.num_graphs
+    values = {name: _np(batch[name]).reshape(-1).tolist() for name in names}
+    rows = []
+    for i in range(batch.num_graphs):
+        row = {}
+        for name in names:
+            value = values[name][i]
+            row[name] = status_name(value) if name.endswith("_status") else value
+        rows.append(json.dumps(row, sort_keys=True))
+    return rows
+
+
+def _status_info(info: dict, code: int, converged: bool, stage_json) -> None:
+    """``status`` (the CLI's word) and the per-stage keys of a result row, into ``info``."""
+    from batchmd.dynamics.stage_results import status_name
+    from batchmd.dynamics.status import SystemStatus
+
+    stages = json.loads(stage_json) if stage_json else {}
+    info.update(stages)
+    entered = [value for key, value in sorted(stages.items(), key=lambda kv: int(kv[0][5:].split("_")[0]))
+               if key.endswith("_status") and value != "skipped"]
+    if entered:
+        info["status"] = entered[-1]
+    elif code == int(SystemStatus.CONVERGED) and not converged:
+        info["status"] = "completed"  # older shards: ran its steps (MD) without meeting a criterion
+    else:
+        info["status"] = status_name(code)
 
 
 def read_result_table(path, sha256: str | None = None, columns=None) -> pa.Table:
@@ -148,19 +201,21 @@ def read_result_table(path, sha256: str | None = None, columns=None) -> pa.Table
     return pq.read_table(io.BytesIO(data), columns=columns)
 
 
-def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
+def _table_to_atoms(table: pa.Table, with_input_info: bool, as_words: bool | None = None) -> list:
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
 
     from batchmd.campaign.shards import DecodedShard
 
+    as_words = with_input_info if as_words is None else as_words
     decoded = DecodedShard(table)
     cols = {name: table.column(name).to_numpy(zero_copy_only=False)
             for name in ("system_id", "energy", "status", "converged", "n_steps", "fmax", "rank", "attempt")}
     from batchmd.dynamics.status import failure_text
 
     failure = table.column("failure").to_numpy() if "failure" in table.column_names else None  # older shards: none
+    stage_info = table.column("stage_info").to_pylist() if "stage_info" in table.column_names else None
     forces = table.column("forces").to_pylist()
     stress = table.column("stress").to_pylist()
     frames = []
@@ -186,13 +241,17 @@ def _table_to_atoms(table: pa.Table, with_input_info: bool) -> list:
         atoms.info.update({
             "system_id": int(cols["system_id"][row]),
             "input_index": int(decoded.index[row]),
-            "source": decoded.source[row],
-            "source_frame": int(decoded.frame[row]),
-            "status": int(cols["status"][row]),
+            "source_file": decoded.source[row],
+            "source_index": int(decoded.frame[row]),
             "converged": bool(cols["converged"][row]),
             "n_steps": int(cols["n_steps"][row]),
             "fmax": float(cols["fmax"][row]),
         })
+        if not as_words:  # a Batch: numeric system fields
+            atoms.info["status"] = int(cols["status"][row])
+        else:
+            _status_info(atoms.info, int(cols["status"][row]), bool(cols["converged"][row]),
+                         stage_info[row] if stage_info is not None else None)
         if failure is not None and failure[row]:
             atoms.info["failure"] = failure_text(int(failure[row]), int(cols["n_steps"][row]))
         results = {"energy": float(cols["energy"][row]), "forces": np.asarray(forces[row]).reshape(-1, 3)}
@@ -213,11 +272,12 @@ def read_results(outdir, as_atoms: bool = False, verify: bool = True, require_co
         The campaign's output directory.
     as_atoms : bool
         Return ``list[ase.Atoms]`` (energy, forces, stress in a single-point calculator;
-        ``info`` holds ``system_id``, ``input_index``, ``source``, ``source_frame``,
-        ``status``, ``converged``, ``n_steps``, ``fmax`` and the input's own ``info``)
-        instead of a :class:`~batchmd.data.Batch` (float ``dtype``; system fields
-        ``system_id``, ``input_index``, ``status``, ``converged``, ``n_steps``, ``fmax``,
-        ``source_frame``).
+        ``info`` holds ``system_id``, ``input_index``, ``source_file``, ``source_index``,
+        ``status`` (the CLI's word), ``converged``, ``n_steps``, ``fmax``, the per-stage
+        ``stage{k}_*`` keys and the input's own ``info``) instead of a
+        :class:`~batchmd.data.Batch` (float ``dtype``; system fields ``system_id``,
+        ``input_index``, ``status`` (code), ``converged``, ``n_steps``, ``fmax``,
+        ``source_index``).
     verify : bool
         Check every result shard against the SHA-256 in its commit record.
     require_complete : bool
@@ -241,7 +301,7 @@ def read_results(outdir, as_atoms: bool = False, verify: bool = True, require_co
     layout = CampaignLayout(outdir)
     records = committed_records(layout)
     tables = [read_result_table(layout.result_path(r["file"]), r["sha256"] if verify else None) for r in records]
-    table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="default") if tables else RESULT_SCHEMA.empty_table()
     index = table.column("index").to_numpy()
     order = np.argsort(index, kind="stable")
     index = index[order]

@@ -19,7 +19,9 @@ Schema of an input shard (``SCHEMA_VERSION`` 1); lengths per row in brackets::
     cell            list<double> [9]   Å, lattice vectors as rows
     pbc             list<bool>   [3]
     velocities      list<double> [3N]  Å / ASE time unit, null when absent
-    info            string       JSON of ``atoms.info`` (numpy values as lists)
+    info            string       JSON of ``atoms.info``, made portable first
+                                 (:func:`batchmd.data.info_io.portable_info`: numpy as
+                                 lists, None dropped, a Spacegroup as its symbol, ...)
     fixed           list<bool>   [N]   ASE ``FixAtoms`` mask, null without constraint
                                        (absent in shards written before it existed)
     fix_com         bool         ASE ``FixCom`` (null: none; absent in older shards)
@@ -40,12 +42,13 @@ True
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from batchmd.data.info_io import info_json
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -76,22 +79,6 @@ STRUCTURE_SCHEMA = pa.schema(
         ("fix_com", pa.bool_()),
     ]
 )
-
-
-def _jsonable(value):
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def validate_atoms(atoms, min_distance: float = 0.1, max_atoms: int | None = None,
@@ -137,7 +124,7 @@ def atoms_to_row(atoms, index: int, source: str, frame: int) -> dict:
         "cell": atoms.cell.array.reshape(-1),
         "pbc": atoms.pbc.astype(bool),
         "velocities": None if velocities is None else velocities.reshape(-1),
-        "info": json.dumps(_jsonable(dict(atoms.info)), sort_keys=True),
+        "info": info_json(atoms.info),
         "fixed": _fixed_mask(atoms),
         "fix_com": True if any(type(c).__name__ == "FixCom" for c in atoms.constraints) else None,
     }

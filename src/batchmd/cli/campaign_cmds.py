@@ -44,9 +44,10 @@ def add_parser(subparsers) -> None:
     status = sub.add_parser("status", help="print a campaign's progress")
     status.add_argument("outdir")
     status.set_defaults(command=_status)
-    export = sub.add_parser("export", help="write a campaign's results as extxyz, sorted by input index")
+    export = sub.add_parser("export", help="write a campaign's results (as relax writes them), sorted by input index")
     export.add_argument("outdir")
-    export.add_argument("-o", "--output", required=True, help="output file (.extxyz)")
+    export.add_argument("-o", "--output", required=True,
+                        help="output file; format from the extension (.extxyz, .traj, .json, ...)")
     export.add_argument("--require-complete", action="store_true", help="fail unless every structure has a result")
     export.set_defaults(command=_export)
     parser.set_defaults(command=lambda args: _usage(parser))
@@ -130,16 +131,25 @@ def _status(args) -> int:
 
 
 def _export(args) -> int:
-    import ase.io
-
+    """Write the committed results like a ``batchmd relax`` output: same info keys, status words,
+    portable info (:func:`batchmd.data.info_io.write_frames`), format from the extension, atomic."""
     from batchmd.campaign import ExactlyOnceError, read_results
-    from batchmd.cli.common import CLIError
+    from batchmd.cli.common import CLIError, output_writer
 
+    output_writer(args.output)  # a bad extension or directory: refused before anything is read
     try:
         frames = read_results(args.outdir, as_atoms=True, require_complete=args.require_complete)
     except (ExactlyOnceError, FileNotFoundError) as error:
         raise CLIError(str(error)) from error
-    ase.io.write(args.output, frames, format="extxyz")
+    writer = output_writer(args.output, len(frames))
+    staging = f"{os.path.join(os.path.dirname(os.path.abspath(args.output)), '.' + os.path.basename(args.output))}.tmp"
+    try:
+        writer(frames, staging)
+    except Exception as error:
+        if os.path.exists(staging):
+            os.unlink(staging)
+        raise CLIError(f"{args.output}: cannot write it as {writer.format} ({str(error).splitlines()[0]})") from error
+    os.replace(staging, args.output)
     print(f"wrote {len(frames)} structures to {args.output}")
     return 0
 
@@ -176,6 +186,12 @@ def config_from_cli_args(args):
         model = {"name": model["name"]}
     from batchmd.campaign import CorruptFileError
 
+    if isinstance(source, (list, tuple)):  # relax INPUT... / a pipeline's input list: one dataset under torchrun
+        if len(source) != 1:
+            names = " ".join(str(s) for s in source)
+            raise CLIError(f"under torchrun, the input must be one sharded dataset; make one with "
+                           f"`batchmd shard {names} DATASET/`")
+        source = source[0]
     hint = f"under torchrun, the input must be a sharded dataset; make one with `batchmd shard {source} DATASET/`"
     if not (os.path.isdir(source) or os.path.basename(source) == "manifest.json"):
         raise CLIError(f"{source}: {hint}")

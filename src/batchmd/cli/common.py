@@ -29,6 +29,7 @@ __all__ = [
     "add_run_arguments",
     "check_positive_int",
     "default_device",
+    "input_files",
     "output_format",
     "output_writer",
     "read_frames",
@@ -39,8 +40,13 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- inputs
-def read_frames(path, ignore_constraints: bool = False) -> list:
-    """Read every frame of ``path`` with ASE (extxyz, ASE trajectory, ASE database, CIF, POSCAR, ...).
+def read_frames(paths, ignore_constraints: bool = False) -> list:
+    """Read every frame of ``paths`` (files, folders, globs; one path or a list) with ASE.
+
+    Any format ``ase.io.read`` reads (extxyz, ASE trajectory or database, CIF, POSCAR, ...);
+    folders and globs as :func:`batchmd.data.inputs.expand_inputs` expands them. Frames are
+    in input order, each file's in file order, each with ``info["source_file"]`` and
+    ``info["source_index"]`` (:func:`batchmd.data.inputs.read_structures`).
 
     ``ignore_constraints``: accept ASE constraints batchmd does not honour (they are dropped;
     ``--ignore-constraints``).
@@ -48,37 +54,44 @@ def read_frames(path, ignore_constraints: bool = False) -> list:
     Raises
     ------
     CLIError
-        Missing or unreadable file, no frames, or a frame :func:`batchmd.data.validate.atoms_problem`
-        refuses (no atoms, NaN/inf coordinates, a disordered CIF site, an unsupported constraint, ...).
+        A missing file or folder, an empty folder, a glob matching nothing, an unreadable
+        file, no frames, or a frame :func:`batchmd.data.validate.atoms_problem` refuses (no
+        atoms, NaN/inf coordinates, a disordered CIF site, an unsupported constraint, ...),
+        named by its file and its index in that file.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"{path}: no such file")
-    if not path.is_file():
-        raise CLIError(f"{path}: not a file")
-    import ase.io
-
     from batchmd.ase import check_frames
+    from batchmd.data.inputs import expand_inputs, read_file
 
     try:
-        frames = ase.io.read(path, index=":")
-    except Exception as error:  # ASE raises many types for unreadable files
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CLIError(f"{path}: cannot read it with ASE ({message})") from error
-    if not isinstance(frames, list):
-        frames = [frames]
-    try:
-        check_frames(frames, source=str(path), ignore_constraints=ignore_constraints)
+        files = expand_inputs(paths)
     except ValueError as error:
         raise CLIError(str(error)) from error
-    if ignore_constraints:
-        from batchmd.data.validate import drop_unsupported_constraints
+    frames = []
+    for path in files:
+        try:
+            part = read_file(path)
+            check_frames(part, source=str(path), ignore_constraints=ignore_constraints)
+        except ValueError as error:
+            raise CLIError(str(error)) from error
+        if ignore_constraints:
+            from batchmd.data.validate import drop_unsupported_constraints
 
-        frames, dropped = drop_unsupported_constraints(frames)
-        if dropped:
-            log.warning("%s: --ignore-constraints: dropped %s (not honoured, not written to the output)",
-                        path, ", ".join(dropped))
+            part, dropped = drop_unsupported_constraints(part)
+            if dropped:
+                log.warning("%s: --ignore-constraints: dropped %s (not honoured, not written to the output)",
+                            path, ", ".join(dropped))
+        frames += part
     return frames
+
+
+def input_files(paths) -> list[str]:
+    """The files ``paths`` (files, folders, globs) name, in order; CLIError for a bad one."""
+    from batchmd.data.inputs import expand_inputs
+
+    try:
+        return expand_inputs(paths)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
 
 
 # ----------------------------------------------------------------------------- run options
@@ -188,13 +201,11 @@ def check_number(option: str, value, low: float = 0.0, strict: bool = True) -> N
 
 # ----------------------------------------------------------------------------- outputs
 def _fsync_write(frames, path, format) -> None:
-    import os
+    """Write ``frames`` durably (fsync: before it is renamed onto the output), info made portable
+    (:func:`batchmd.data.info_io.write_frames`: the same keys come back from every output path)."""
+    from batchmd.data.info_io import write_frames
 
-    import ase.io
-
-    ase.io.write(os.fspath(path), frames, format=format)
-    with open(path, "rb+") as handle:  # durable before it is renamed onto the output
-        os.fsync(handle.fileno())
+    write_frames(path, frames, format=format, fsync=True)
 
 
 #: Output formats by extension: ASE format name (``writer(frames, path)`` is ASE's writer).

@@ -1,6 +1,6 @@
-"""``batchmd md INPUT -o OUTPUT``: molecular dynamics of every frame (NVT, NPT or NVE).
+"""``batchmd md INPUT... -o OUTPUT``: molecular dynamics of every frame (NVT, NPT or NVE).
 
-Every frame of INPUT runs --steps steps of the chosen ensemble through inflight batching:
+Every frame of every INPUT (files, folders, quoted globs; as ``batchmd relax``) runs --steps steps of the chosen ensemble through inflight batching:
 nvt or nvt-langevin (Langevin thermostat at --temperature, friction --friction),
 nvt-nose-hoover (Nosé-Hoover chain, time scale --tdamp), npt (MTK barostat at --pressure
 GPa with a Nosé-Hoover chain; --barostat isotropic or full; the output cells are the final
@@ -13,7 +13,7 @@ Maxwell-Boltzmann at --temperature with zero total momentum, from a stream keyed
 as given (all-zero momenta: start from rest; no momenta: rest); zero starts every frame
 from rest; maxwell-boltzmann draws for every frame (needs --temperature).
 OUTPUT holds the final frame of each input frame, in input order, with momenta, energy
-(eV), forces (eV/Å) and, in its info: input_index, status (completed or failed: MD
+(eV), forces (eV/Å) and, in its info: input_index, source_file, source_index, status (completed or failed: MD
 systems are never "converged"), n_steps, stage0_temperature (mean kinetic temperature
 over the run, K) and the model.
 
@@ -48,7 +48,9 @@ def add_parser(subparsers) -> None:
     """Register ``batchmd md``."""
     parser = subparsers.add_parser("md", help="molecular dynamics of every frame of a file (NVT, NPT or NVE)",
                                    description=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("input", help="structures: any file ASE reads (extxyz, traj, db, cif, POSCAR)")
+    parser.add_argument("input", nargs="+", metavar="INPUT",
+                        help="structures: files ASE reads (extxyz, traj, db, cif, POSCAR), folders (their structure "
+                             "files, sorted) and quoted globs ('data/*.cif'); frames in the order given")
     add_run_arguments(parser)
     parser.add_argument("--ensemble", default="nvt", choices=tuple(ENSEMBLES), help="thermodynamic ensemble")
     parser.add_argument("--temperature", type=float, default=None,
@@ -128,7 +130,9 @@ def _temperatures_from_info(frames, spec: dict, ensemble: str, source) -> list:
     missing = [i for i, atoms in enumerate(frames) if atoms.info.get("temperature_K") is None]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        info = frames[missing[0]].info
+        where = f"{info.get('source_file', source)}: frame {info.get('source_index', missing[0])}"
         raise CLIError(f"--ensemble {ensemble} needs --temperature (K), or info['temperature_K'] on every frame: "
-                       f"{source}: frame {missing[0]}{more} has none")
+                       f"{where}{more} has none")
     spec["temperature"] = float(frames[0].info["temperature_K"])
     return frames

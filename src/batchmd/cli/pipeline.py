@@ -2,7 +2,8 @@
 
 Schema (every key is checked; an unknown one is an error naming it)::
 
-    input = "structures.extxyz"        # any file ASE reads; relative to the config file
+    input = "structures.extxyz"        # any file ASE reads; relative to the config file; or a list
+                                       # of files, folders and globs: ["a.cif", "structures/", "data/*.xyz"]
     output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file (or -o)
     device = "cuda"                    # optional: cpu | cuda (default: cuda when available)
     dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)
@@ -326,10 +327,14 @@ def load_config(path, output_given: bool = False) -> dict:
     for key in ("input", "output"):
         if key == "output" and output_given and key not in config:
             continue
-        if not isinstance(config.get(key), str):
-            hint = " (or give -o OUTPUT)" if key == "output" else ""
+        value = config.get(key)
+        if key == "input" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            config[key] = [str(path.parent / v) for v in value]  # files, folders, globs (batchmd.data.inputs)
+            continue
+        if not isinstance(value, str):
+            hint = " (or give -o OUTPUT)" if key == "output" else " or a list of them (files, folders, globs)"
             raise CLIError(f"{path}: {key!r} must be a file name{hint}")
-        config[key] = str((path.parent / config[key]))
+        config[key] = str((path.parent / value))
     stages = config.get("stages")
     if not isinstance(stages, list) or not stages:
         raise CLIError(f"{path}: at least one [[stages]] table is required")

@@ -1,17 +1,19 @@
-"""``batchmd relax INPUT -o OUTPUT``: relax every frame of a file with batched FIRE or LBFGS.
+"""``batchmd relax INPUT... -o OUTPUT``: relax every frame of files with batched FIRE or LBFGS.
 
-Every frame of INPUT (extxyz, ASE trajectory or database, CIF, POSCAR: anything
-ase.io.read reads) is relaxed with FIRE or LBFGS (ase.optimize.FIRE / LBFGS step for
+Every frame of every INPUT (extxyz, ASE trajectory or database, CIF, POSCAR: anything
+ase.io.read reads; a folder means its structure files, sorted; a quoted glob its
+matches) is relaxed with FIRE or LBFGS (ase.optimize.FIRE / LBFGS step for
 step) through inflight batching; the cell is kept unless --cell relaxes it too (ASE's
 FrechetCellFilter; --pressure in GPa). OUTPUT holds one frame per input frame, in input
-order, with the energy (eV) and forces (eV/Å) and, in its info: input_index (position in INPUT),
-status (converged, out_of_steps, failed), converged, n_steps, fmax (eV/Å), the per-stage
+order, with the energy (eV) and forces (eV/Å) and, in its info: input_index (position in the inputs), source_file and source_index (the
+file and the frame's index in it), status (converged, out_of_steps, failed), converged, n_steps, fmax (eV/Å), the per-stage
 stage0_* keys and the model. OUTPUT_STEM.summary.csv beside it has one row per frame.
 
 Example:
 
     batchmd relax structures.extxyz -o relaxed.extxyz --fmax 0.01 --max-steps 1000
     batchmd relax crystals.extxyz -o relaxed.extxyz --cell full --pressure 1.0 --optimizer lbfgs
+    batchmd relax a.cif b.cif structures/ 'data/*.extxyz' -o relaxed.extxyz
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("relax",
                                    help="relax every frame of a file (FIRE or LBFGS, optionally the cell; inflight)",
                                    description=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("input", help="structures: any file ASE reads (extxyz, traj, db, cif, POSCAR)")
+    parser.add_argument("input", nargs="+", metavar="INPUT",
+                        help="structures: files ASE reads (extxyz, traj, db, cif, POSCAR), folders (their structure "
+                             "files, sorted) and quoted globs ('data/*.cif'); frames in the order given")
     add_run_arguments(parser)
     parser.add_argument("--fmax", type=float, default=0.05, help="force threshold, eV/Å")
     parser.add_argument("--max-steps", type=int, default=500, help="step budget per frame")

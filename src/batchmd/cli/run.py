@@ -32,6 +32,23 @@ def init_warp_quietly(verbose: bool = False) -> None:
     runtime.init_warp(quiet=True)
 
 
+def frame_origin(message: str, frames) -> str:
+    """``"input: frame 7 ..."`` -> ``"b.cif: frame 2 (input frame 7) ..."`` from the frame's origin keys."""
+    import re
+
+    match = re.match(r"input: frame (\d+)", message)
+    if match is None or not 0 <= int(match.group(1)) < len(frames):
+        return message
+    index = int(match.group(1))
+    info = frames[index].info
+    if "source_file" not in info:
+        return message
+    where = f"{info['source_file']}: frame {info.get('source_index', '?')}"
+    if len(frames) > 1:
+        where += f" (input frame {index})"
+    return where + message[match.end():]
+
+
 def _stage_label(spec: dict) -> str:
     return spec["method"]
 
@@ -73,13 +90,18 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
 
     t0 = time.perf_counter()
     from batchmd.cli.common import read_frames
-    from batchmd.cli.runner import file_checksum
-
+    
     if frames is None:
-        if input_path is not None and Path(output).resolve() == Path(input_path).resolve():
-            raise CLIError(f"the output {output} is the input file: it would be overwritten; choose another -o")
-        frames = read_frames(input_path, ignore_constraints=ignore_constraints)
-        checksum = file_checksum(input_path)
+        from batchmd.cli.common import input_files
+        from batchmd.data.inputs import inputs_checksum
+
+        files = input_files(input_path)
+        for path in files:
+            if Path(output).resolve() == Path(path).resolve():
+                raise CLIError(f"the output {output} is the input file {path}: it would be overwritten; "
+                               "choose another -o")
+        frames = read_frames(files, ignore_constraints=ignore_constraints)
+        checksum = inputs_checksum(files)
     else:
         checksum = f"generated: {len(frames)} frames"
     output_writer(output, len(frames))
@@ -102,9 +124,9 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     from batchmd.dynamics.admission import check_frames_admission
 
     try:  # every frame against every stage, before anything is written (a barostat on a molecule, ...)
-        check_frames_admission(frames, stages, source=str(input_path) if input_path is not None else "input")
+        check_frames_admission(frames, stages, source="input")
     except ValueError as error:
-        raise CLIError(str(error)) from None
+        raise CLIError(frame_origin(str(error), frames)) from None
     labels = [_stage_label(s) for s in stage_specs]
     timings["model"] = time.perf_counter() - t0
     max_atoms = max_atoms if max_atoms is not None else getattr(args, "max_atoms", None)

@@ -24,8 +24,11 @@ stages, dtype), the command says the output is complete and exits without recomp
 its summary is missing), it refuses (status 2: nothing is overwritten); when there is no
 ``OUTPUT`` either, it says so and runs every frame.
 
-Identity: every result frame carries ``input_index``, its position in the input file
-(0-based) -- the identity to use. ``system_id`` equals it in command-line runs (in the
+Identity: every result frame carries ``input_index``, its position in the inputs (0-based,
+over every input file in the order given) -- the identity to use -- and its origin,
+``source_file`` and ``source_index`` (:mod:`batchmd.data.inputs`). With several input
+files the run's identity checksums their bytes in order (a changed, added, removed or
+reordered file is another run). ``system_id`` equals it in command-line runs (in the
 library, :class:`~batchmd.dynamics.SizeAwareSampler` numbers systems in serving order
 unless given ``system_ids``).
 """
@@ -159,12 +162,9 @@ def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, res
     # Rewrite the partial file with its complete frames only (an interrupted write may have
     # left a truncated last frame), then append the rest of the run after them.
     staging = partial.with_name(f".{partial.name}.tmp")
-    import ase.io
+    from batchmd.data.info_io import write_frames
 
-    with open(staging, "w") as handle:
-        ase.io.write(handle, [done[i] for i in sorted(done)], format="extxyz")
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_frames(staging, [done[i] for i in sorted(done)], format="extxyz", fsync=True)
     os.replace(staging, partial)
     return done
 
@@ -202,7 +202,8 @@ def _summary_rows(frames, stage_labels, run_fingerprint: str | None = None) -> l
     for atoms in frames:
         info = atoms.info
         energy = atoms.calc.results.get("energy") if atoms.calc is not None else None
-        row = {"input_index": info.get("input_index"), "formula": atoms.get_chemical_formula(),
+        row = {"input_index": info.get("input_index"), "source_file": info.get("source_file"),
+               "source_index": info.get("source_index"), "formula": atoms.get_chemical_formula(),
                "n_atoms": len(atoms), "status": info.get("status"), "failure": info.get("failure", ""),
                "energy_eV": energy,
                "fmax": info.get("fmax"), "fmax_atoms": info.get("fmax_atoms"), "n_steps": info.get("n_steps"),

@@ -1,7 +1,8 @@
 """``batchmd shard INPUT... OUTDIR``: convert ASE-readable files into a sharded dataset.
 
 Every frame of every INPUT (extxyz, ASE trajectory or database, CIF, POSCAR: anything
-``ase.io`` reads) is validated and written to immutable Parquet shards in OUTDIR with a
+``ase.io`` reads; a folder means its structure files, sorted; a quoted glob its matches)
+is validated and written to immutable Parquet shards in OUTDIR with a
 versioned ``manifest.json``. Rejected frames are listed, with the reason for each, in
 ``OUTDIR/invalid.jsonl``; nothing is dropped silently. The dataset is the input of
 ``batchmd campaign run`` and of ``batchmd relax``/``pipeline`` under torchrun.
@@ -22,7 +23,8 @@ def add_parser(subparsers) -> None:
         return
     parser = subparsers.add_parser("shard", help="convert structure files into a sharded dataset (Parquet + manifest)",
                                    description=__doc__.split("\n\n")[1])
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="structure files ASE reads")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="structure files ASE reads, folders (their structure files, sorted) and quoted globs")
     parser.add_argument("outdir", metavar="OUTDIR", help="new dataset directory")
     parser.add_argument("--max-rows", type=int, default=4096, help="structures per shard at most (default 4096)")
     parser.add_argument("--max-shard-atoms", type=int, default=2_000_000,
@@ -53,7 +55,7 @@ def run(args) -> int:
         manifest = write_dataset(args.inputs, args.outdir, max_rows=args.max_rows,
                                  max_shard_atoms=args.max_shard_atoms, min_distance=args.min_distance,
                                  max_atoms=args.max_atoms, format=args.format,
-                                 ignore_constraints=args.ignore_constraints)
+                                 ignore_constraints=args.ignore_constraints, strict=True)
     except (FileExistsError, ValueError) as error:
         raise CLIError(str(error)) from error
     if not args.quiet:

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-__all__ = ["HostMemory", "ExtXYZSink", "read_extxyz", "SinkFullError"]
+__all__ = ["HostMemory", "ExtXYZSink", "read_extxyz", "SinkFullError", "status_words"]
 
 
 class SinkFullError(RuntimeError):
@@ -84,6 +84,34 @@ class HostMemory:
         return f"HostMemory(capacity={self.capacity}, held={self._count})"
 
 
+def status_words(info: dict) -> dict:
+    """``info`` with the dynamics loop's integer codes as the CLI's words (in place; returned).
+
+    ``stage{k}_status`` -> its name (:func:`~batchmd.dynamics.stage_results.status_name`:
+    ``converged``, ``completed``, ``out_of_steps``, ``failed``, ``skipped``); ``status`` ->
+    the name of the last stage the system entered (as :func:`batchmd.ase.results_to_atoms`
+    says it), else the name of its code; ``failure`` (FailureReason bits) -> the text of
+    :func:`~batchmd.dynamics.status.failure_text` (dropped when 0: no failure).
+    """
+    import re
+
+    from batchmd.dynamics.stage_results import status_name
+    from batchmd.dynamics.status import failure_text
+
+    stages = sorted(int(key[5:-7]) for key in info if re.fullmatch(r"stage\d+_status", key))
+    for k in stages:
+        info[f"stage{k}_status"] = status_name(info[f"stage{k}_status"])
+    entered = [info[f"stage{k}_status"] for k in stages if info[f"stage{k}_status"] != "skipped"]
+    if "status" in info:
+        info["status"] = entered[-1] if entered else status_name(info["status"])
+    if "failure" in info and not isinstance(info["failure"], str):
+        code = int(info.pop("failure"))
+        if code:
+            steps = info.get("n_steps")
+            info["failure"] = failure_text(code, None if steps is None else int(steps))
+    return info
+
+
 def _system_info(batch, index: int) -> dict:
     info = {}
     for name, level in batch.fields.items():
@@ -112,7 +140,11 @@ class ExtXYZSink:
     Each frame carries positions (Å), numbers, cell, pbc, the energy (eV) and forces
     (eV/Å) as a single-point calculator, and every scalar system field (``system_id``,
     ``status``, ``converged``, ``n_steps``, ``fmax``, ``sample_index``, ...) in
-    ``atoms.info``. Read it back with :func:`read_extxyz`.
+    ``atoms.info``, statuses as the CLI's words (``converged``, ``completed``,
+    ``out_of_steps``, ``failed``; ``failure`` as text, see :func:`status_words`), and the
+    input's own info made portable (:func:`batchmd.data.info_io.portable_info`: multi-line
+    strings, None, ... as every batchmd output writes them). Read it back with
+    :func:`read_extxyz` or ``ase.io.read``.
     """
 
     def __init__(self, path, fsync: bool = True) -> None:
@@ -126,7 +158,7 @@ class ExtXYZSink:
 
     def write(self, batch) -> None:
         """Append every system of ``batch`` as one frame each."""
-        import ase.io
+        from batchmd.data.info_io import write_frames
 
         if batch.num_graphs == 0:
             return
@@ -134,11 +166,8 @@ class ExtXYZSink:
         frames = cpu.to_ase()
         for index, atoms in enumerate(frames):
             atoms.info.update(_system_info(cpu, index))
-        with open(self.path, "a") as handle:
-            ase.io.write(handle, frames, format="extxyz")
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
+            status_words(atoms.info)
+        write_frames(self.path, frames, format="extxyz", fsync=self.fsync, append=True)
         self._count += len(frames)
 
 
