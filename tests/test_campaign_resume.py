@@ -57,7 +57,7 @@ def test_results_match_a_direct_relaxation(dataset):
     assert bool(batch["converged"].all())
     frames = read_results(dataset / "run", as_atoms=True)
     assert [a.info["tag"] for a in frames[:2]] == ["cluster-0", "cluster-1"]  # the input's own info
-    assert frames[3].info["source_frame"] == 3 and frames[3].get_potential_energy() == batch.energies[3].item()
+    assert frames[3].info["source_index"] == 3 and frames[3].get_potential_energy() == batch.energies[3].item()
     # a second run has nothing left to do and writes nothing new
     again = run_campaign(lj_config(dataset))
     assert (again.attempt, again.skipped, again.committed) == (2, 20, 0)

@@ -183,7 +183,7 @@ def test_extxyz_sink_appends_durably_and_reads_back(tmp_path):
     sink.write(_small_batch(1, first_id=2))
     frames = read_extxyz(path)
     assert [a.info["system_id"] for a in frames] == [0, 1, 2]
-    assert frames[0].info["status"] == 1
+    assert frames[0].info["status"] == "converged" and frames[1].info["status"] == "out_of_steps"  # the CLI's words
     assert frames[1].get_potential_energy() == pytest.approx(2.5)
     assert torch.allclose(torch.from_numpy(frames[0].get_forces()), first.forces[:3])
     # a crash mid-write leaves a truncated tail: complete frames still read back

@@ -213,8 +213,8 @@ def _fsync_write(frames, path, format) -> None:
 OUTPUT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj", ".cif": "cif", ".vasp": "vasp",
                   ".poscar": "vasp", ".pdb": "proteindatabank", ".json": "json", ".db": "db"}
 
-#: Formats that keep each frame's info (results, model) in the file itself.
-KEEPS_INFO = {"extxyz", "traj", "json", "db"}
+#: Formats that keep each frame's info (results, model) in the file itself (read back by ase.io.read).
+KEEPS_INFO = {"extxyz", "traj"}  # ASE reads .json/.db back without atoms.info
 
 
 def output_format(path) -> str:
