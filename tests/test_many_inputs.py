@@ -65,7 +65,7 @@ def test_expand_and_read_order_and_origin(tree):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["missing.extxyz"], "missing.extxyz: no such file or folder"),
+    (["missing.extxyz"], "missing.extxyz: no such file"),
     (["empty"], "empty: folder holds no structure file"),
     (["data/*.cif"], "data/*.cif: pattern matches no file"),
     (["structures/notes.txt"], "notes.txt: cannot read it with ASE"),

@@ -44,7 +44,7 @@ def frame_origin(message: str, frames) -> str:
     if "source_file" not in info:
         return message
     where = f"{info['source_file']}: frame {info.get('source_index', '?')}"
-    if len(frames) > 1:
+    if info.get("source_index") != index:  # several input files: also the position over all of them
         where += f" (input frame {index})"
     return where + message[match.end():]
 

@@ -114,7 +114,7 @@ def expand_inputs(inputs, recursive: bool = False) -> list[str]:
             for match in matches:
                 found += _folder_files(match) if os.path.isdir(match) else [match]
         else:
-            raise ValueError(f"{given}: no such file or folder")
+            raise ValueError(f"{given}: no such file")
         for path in found:
             key = os.path.realpath(path)
             if key in seen:
