@@ -16,6 +16,12 @@ log it: the largest force-row norm of what is optimised, so with a cell filter
 ``fmax_atoms`` is the largest atomic force norm, ``max |atoms.get_forces()|`` (ASE's
 constraints applied: fixed atoms count zero); without a cell filter the two are equal.
 
+Files: :func:`read_structures` reads files, folders and globs as the command line does (each
+frame with ``source_file``/``source_index``), and :func:`write_frames` writes results as
+every batchmd output does (info made portable, so ``ase.io.read`` gives back the same keys
+as the CLI's files; plain ``ase.io.write`` fails on, e.g., a multi-line info string).
+Both live in :mod:`batchmd.data` (:mod:`~batchmd.data.inputs`, :mod:`~batchmd.data.info_io`).
+
 The reverse direction (an ASE calculator as a batchmd model) is
 :class:`batchmd.models.ase_calculator.ASECalculatorModel`.
 
@@ -51,9 +57,12 @@ from batchmd.ase_checks import (_check_species_up_front, _refuse_slot_tensors, c
                                 frame_targets)
 from batchmd.ase_results import DERIVED_KEYS, RESULT_KEYS, _loop_keys, results_to_atoms
 from batchmd.data import AtomicData, Batch
+from batchmd.data.info_io import write_frames
+from batchmd.data.inputs import read_structures
 
 __all__ = ["DERIVED_KEYS", "RESULT_KEYS", "Calculator", "AtomsDataset", "InflightResult", "check_frames", "frame_problems",
-           "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms"]
+           "frame_targets", "results_to_atoms", "run_frames", "relax", "default_max_atoms", "read_structures",
+           "write_frames"]
 
 
 class Calculator(_ASECalculator):

@@ -20,7 +20,8 @@ velocities) plus the outcome::
                              ``stage{k}_fmax``, ``stage{k}_temperature``); null in older shards
 
 Read as atoms (``read_results(as_atoms=True)``, ``batchmd campaign export``), a result has
-the info keys of a ``batchmd relax``/``pipeline`` output: ``status`` as the CLI's word
+the info keys of a ``batchmd relax``/``pipeline`` output (``model`` as its name,
+``stage{k}_method`` from the contract, ``fmax_atoms``): ``status`` as the CLI's word
 (``converged``, ``completed``, ``out_of_steps``, ``failed``; the last stage's, as
 :func:`batchmd.ase.results_to_atoms` says it), ``stage{k}_*``, ``source_file`` and
 ``source_index`` (the file and frame the structure was sharded from), and the input's own
@@ -190,6 +191,25 @@ def _status_info(info: dict, code: int, converged: bool, stage_json) -> None:
         info["status"] = status_name(code)
 
 
+def _cli_labels(frames, layout: CampaignLayout) -> None:
+    """The labels a CLI output carries: ``model`` (its name), ``stage{k}_method`` (from the
+    contract's stages) and ``fmax_atoms`` (largest atomic force norm, constraints applied, eV/Å)."""
+    try:
+        physics = read_json(layout.contract).get("physics", {})
+    except (OSError, CorruptFileError):
+        physics = {}
+    model = (physics.get("model") or {}).get("name")
+    methods = [stage.get("method") for stage in physics.get("stages") or [] if isinstance(stage, dict)]
+    for atoms in frames:
+        if model is not None:
+            atoms.info.setdefault("model", str(model))
+        for k, method in enumerate(methods):
+            if method is not None:
+                atoms.info[f"stage{k}_method"] = str(method)
+        if len(atoms) and atoms.calc is not None and np.isfinite(atoms.calc.results["forces"]).all():
+            atoms.info["fmax_atoms"] = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+
+
 def read_result_table(path, sha256: str | None = None, columns=None) -> pa.Table:
     """Read one result shard, refusing it if its bytes do not match ``sha256``."""
     import hashlib
@@ -319,6 +339,7 @@ def read_results(outdir, as_atoms: bool = False, verify: bool = True, require_co
     table = table.take(pa.array(order))
     frames = _table_to_atoms(table, with_input_info=as_atoms)
     if as_atoms:
+        _cli_labels(frames, layout)
         return frames
     from batchmd.data import Batch
 
