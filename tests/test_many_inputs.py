@@ -151,6 +151,7 @@ def test_shard_folders_and_globs_record_origin(tree):
     from batchmd.campaign.manifest import Manifest
 
     assert main(["shard", *given(tree), str(tree / "ds"), "--quiet"]) == 0
+    assert main(["relax", str(tree / "ds"), "-o", str(tree / "x.extxyz"), "--device", "cpu"]) == 2  # not torchrun
     manifest = Manifest.load(str(tree / "ds"))
     assert manifest.num_structures == len(ORDER) and manifest.num_invalid == 0
     config = CampaignConfig(manifest=str(tree / "ds"), output=str(tree / "run"),

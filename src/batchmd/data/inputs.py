@@ -67,6 +67,9 @@ def _is_structure_file(name: str) -> bool:
 def _folder_files(folder: str) -> list[str]:
     names = sorted(name for name in os.listdir(folder)
                    if _is_structure_file(name) and os.path.isfile(os.path.join(folder, name)))
+    if not names and os.path.isfile(os.path.join(folder, "manifest.json")):
+        raise ValueError(f"{folder}: a sharded dataset (manifest.json), not a folder of structure files; run it with "
+                         "`batchmd campaign run` or under torchrun (docs/campaigns.rst)")
     if not names:
         raise ValueError(f"{folder}: folder holds no structure file ({', '.join(STRUCTURE_EXTENSIONS[:8])}, ..., "
                          "POSCAR)")
