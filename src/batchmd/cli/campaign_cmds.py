@@ -3,6 +3,7 @@
 Subcommands::
 
     batchmd campaign run CONFIG [-o OUTDIR] [--manifest DATASET]   # alone or under torchrun
+    batchmd campaign run PIPELINE.toml --manifest DATASET -o OUTDIR # a batchmd pipeline file, as it is
     batchmd campaign status OUTDIR                                  # progress, attempts, per-rank metrics
     batchmd campaign export OUTDIR -o results.extxyz [--require-complete]
 
@@ -35,7 +36,9 @@ def add_parser(subparsers) -> None:
                                    description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="campaign_command", metavar="ACTION", parser_class=type(parser))
     run = sub.add_parser("run", help="run or resume a campaign (alone or under torchrun)")
-    run.add_argument("config", help="campaign config, JSON or TOML (schema: docs/campaigns.rst)")
+    run.add_argument("config", help="campaign config (JSON or TOML; schema: docs/campaigns.rst), or a pipeline TOML "
+                                    "file as batchmd pipeline runs it (with --manifest DATASET -o OUTDIR, or a "
+                                    "[campaign] table naming them)")
     run.add_argument("-o", "--output", default=None, help="override the config's output directory")
     run.add_argument("--manifest", default=None, help="override the config's dataset (directory or manifest.json)")
     run.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -73,10 +76,12 @@ def _execute(config, device: str | None, quiet: bool = False) -> int:
     from batchmd.campaign import ContractMismatch, CorruptFileError, run_campaign
     from batchmd.cli.common import CLIError
 
-    context = _context(device)
+    from batchmd.workflows.errors import SpecError
+
+    context = _context(device or getattr(config, "device", None))
     try:
         report = run_campaign(config, context=context)
-    except (ContractMismatch, CorruptFileError, FileNotFoundError) as error:
+    except (ContractMismatch, CorruptFileError, FileNotFoundError, SpecError) as error:
         raise CLIError(str(error)) from error
     except ValueError as error:  # a structure the stages cannot run (admission), a budget too small
         if not str(error).startswith(("campaign: ", "structures ")):
@@ -100,8 +105,9 @@ def _run(args) -> int:
         raise CLIError(f"{args.config}: no such file")
     try:
         config = CampaignConfig.from_file(args.config, output=args.output, manifest=args.manifest)
-    except (ValueError, TypeError) as error:
-        raise CLIError(f"{args.config}: {error}") from error
+    except (ValueError, TypeError) as error:  # SpecError: a bad model, stage or key (the CLI's messages)
+        text = str(error)
+        raise CLIError(text if text.startswith(str(args.config)) else f"{args.config}: {text}") from error
     return _execute(config, args.device)
 
 
@@ -151,31 +157,24 @@ def config_from_cli_args(args):
     model options, ``--max-atoms``, ``--refill-every``, ``--dtype``. pipeline: ``args.config``
     (its TOML; ``input`` a dataset, ``output`` OUTDIR, ``-o`` overrides it).
     """
-    from batchmd.campaign import CampaignConfig, Manifest
+    from batchmd.campaign import CampaignConfig, CorruptFileError, Manifest
     from batchmd.cli.common import CLIError
+    from batchmd.workflows.errors import SpecError
 
-    if hasattr(args, "config"):
-        from batchmd.cli.pipeline import load_config
-
-        table = load_config(args.config, output_given=getattr(args, "output", None) is not None)
-        source, output = table["input"], args.output or table["output"]
-        model = {"name": "lj", **table.get("model", {})}
-        stages = table["stages"]
-        dtype, max_atoms, refill = table.get("dtype", "float64"), table.get("max_atoms"), table.get("refill_every", 10)
-    else:
-        source, output = args.input, args.output
-        model = {"name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
-        if model["sigma"] is None:  # the campaign layer takes one LJ pair: argon, the LennardJones() default
-            model.update(sigma=3.405, epsilon=0.0104)
-        stages = [{"method": "fire", "fmax": args.fmax, "max_steps": args.max_steps}]
-        dtype, max_atoms, refill = args.dtype or "float64", args.max_atoms, args.refill_every
-    if model["name"] == "lj":
-        model["cutoff"] = model.get("cutoff") or 3.0 * model.get("sigma", 3.405)
-        model = {k: v for k, v in model.items() if v is not None}
-    else:
-        model = {"name": model["name"]}
-    from batchmd.campaign import CorruptFileError
-
+    try:
+        if hasattr(args, "config"):
+            config = CampaignConfig.from_pipeline(args.config, output=args.output)
+            source = config.manifest
+        else:
+            source = args.input
+            model = {"name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
+            stage = {"method": args.optimizer, "fmax": args.fmax, "max_steps": args.max_steps, "cell": args.cell,
+                     "pressure": args.pressure}  # the stage batchmd relax runs (batchmd.cli.relax)
+            config = CampaignConfig(manifest=source, output=args.output, stages=[stage], dtype=args.dtype,
+                                    model={k: v for k, v in model.items() if v is not None},
+                                    max_atoms=int(args.max_atoms or 4096), refill_frequency=int(args.refill_every))
+    except SpecError as error:
+        raise CLIError(str(error)) from None
     hint = f"under torchrun, the input must be a sharded dataset; make one with `batchmd shard {source} DATASET/`"
     if not (os.path.isdir(source) or os.path.basename(source) == "manifest.json"):
         raise CLIError(f"{source}: {hint}")
@@ -184,8 +183,9 @@ def config_from_cli_args(args):
     except (FileNotFoundError, CorruptFileError) as error:
         raise CLIError(f"{hint} ({error})") from error
     largest = max((max(s.atom_counts) for s in manifest.shards if s.atom_counts), default=1)
-    return CampaignConfig(manifest=manifest.root, output=output, model=model, stages=stages, dtype=dtype,
-                          max_atoms=max(int(max_atoms or 4096), largest), refill_frequency=int(refill))
+    config.manifest = manifest.root
+    config.max_atoms = max(config.max_atoms, largest)
+    return config
 
 
 def maybe_run_distributed(args) -> int | None:
