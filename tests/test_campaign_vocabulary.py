@@ -238,3 +238,25 @@ def test_sevennet_variable_cell_then_npt_two_rank_campaign_equals_the_cli(tmp_pa
     assert "4/4 structures done on 2 rank(s)" in proc.stdout
     campaign = read_results(tmp_path / "run", as_atoms=True, require_complete=True)
     assert_same_frames(cli, campaign, bitwise=False)
+
+
+def test_readme_campaign_commands_run_as_written(tmp_path, monkeypatch):
+    """The README's campaign block (run in-process; test_readme runs the console script): the README
+    pipeline's work as a campaign, equal to ``batchmd pipeline examples/pipeline.toml`` frame for frame."""
+    import shlex
+    import shutil
+
+    from test_readme import ROOT, readme_commands
+
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands("## Campaigns")
+    assert any("campaign run examples/pipeline.toml" in c for c in commands)
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "batchmd" and main(argv[1:]) == 0, command
+    assert main(["pipeline", "examples/pipeline.toml", "-q"]) == 0
+    cli = ase.io.read(tmp_path / "examples" / "argon_relaxed_nvt.extxyz", ":")
+    campaign = read_results(tmp_path / "run", as_atoms=True, require_complete=True)
+    assert_same_frames(cli, campaign, bitwise=True)
+    assert len(ase.io.read(tmp_path / "campaign.extxyz", ":")) == len(cli)
