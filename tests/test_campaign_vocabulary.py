@@ -211,6 +211,28 @@ def test_pipeline_file_as_a_campaign_equals_the_cli_frame_for_frame(tmp_path, ca
     # the per-frame targets were used: a frame at 60 K ends much colder than the others at 300 K
     temperatures = [a.get_temperature() for a in two]
     assert temperatures[1] < min(temperatures[0], temperatures[2], temperatures[3])
+    # changed physics is refused on resume (the contract holds the stages as written), one line, exit 2
+    with open(path) as handle:
+        changed = handle.read().replace("pressure = 0.5", "pressure = 0.6")
+    with open(path, "w") as handle:
+        handle.write(changed)
+    assert main(["campaign", "run", path, "--manifest", str(tmp_path / "ds"), "-o", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to resume" in err and "physics" in err and len(err.strip().splitlines()) == 1
+
+
+def test_relax_under_torchrun_runs_the_stage_relax_runs(tmp_path):
+    """``torchrun ... batchmd relax DATASET -o OUTDIR --cell full ...``: the campaign gets relax's own stage."""
+    from batchmd.cli.campaign_cmds import config_from_cli_args
+    from batchmd.cli.main import build_parser
+
+    ase.io.write(tmp_path / "in.extxyz", noble_crystals())
+    assert main(["shard", str(tmp_path / "in.extxyz"), str(tmp_path / "ds"), "--quiet"]) == 0
+    args = build_parser().parse_args(["relax", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--cell", "full",
+                                      "--pressure", "0.1", "--optimizer", "lbfgs", "--fmax", "0.02"])
+    config = config_from_cli_args(args)
+    assert config.stages == [{"method": "lbfgs", "fmax": 0.02, "max_steps": 500, "cell": "full", "pressure": 0.1}]
+    assert (config.model, config.dtype) == ({"name": "lj"}, "float64")
 
 
 @pytest.mark.slow

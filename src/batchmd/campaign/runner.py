@@ -4,10 +4,15 @@ Every rank runs :func:`run_campaign`::
 
     rank 0: write or check campaign.json (the contract), verify checkpoints, repair the
             output directory after a crash, record the attempt         -> start barrier
-    every rank: own shards by (seed, manifest version, world size); done = indices in
+    every rank: build the model (batchmd.workflows.models: the registry's names) on its
+            device and the stages (batchmd.workflows.stages: the pipeline's keys), and
+            check every structure against every stage (admission) before anything is written;
+            own shards by (seed, manifest version, world size); done = indices in
             committed result shards; run FusedStage + SizeAwareSampler over the rest on
-            cuda:LOCAL_RANK (or cpu), committing result shards every K systems or T s,
-            checkpointing and writing metrics at their intervals
+            cuda:LOCAL_RANK (or cpu), as batchmd.ase.run_frames runs the CLI's (stress
+            computed, refills in place, runaway guards on; a structure's info
+            temperature_K / pressure_GPa are its own targets), committing result shards
+            every K systems or T s, checkpointing and writing metrics at their intervals
     end:    final commit, checkpoint, metrics                          -> end barrier
     rank 0: gather per-rank numbers, write metrics/summary.json
 

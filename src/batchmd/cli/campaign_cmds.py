@@ -153,9 +153,11 @@ def _export(args) -> int:
 def config_from_cli_args(args):
     """A :class:`~batchmd.campaign.CampaignConfig` from ``batchmd relax`` or ``batchmd pipeline`` arguments.
 
-    relax: ``args.input`` (a dataset), ``args.output`` (OUTDIR), ``--fmax``, ``--max-steps``,
-    model options, ``--max-atoms``, ``--refill-every``, ``--dtype``. pipeline: ``args.config``
-    (its TOML; ``input`` a dataset, ``output`` OUTDIR, ``-o`` overrides it).
+    relax: ``args.input`` (a dataset), ``args.output`` (OUTDIR), the stage ``relax`` runs
+    (``--optimizer``, ``--fmax``, ``--max-steps``, ``--cell``, ``--pressure``), the model
+    options, ``--max-atoms``, ``--refill-every``, ``--dtype``. pipeline: ``args.config`` (its
+    TOML, :meth:`CampaignConfig.from_pipeline`: ``input`` a dataset or ``[campaign] manifest``,
+    ``output`` OUTDIR, ``-o`` overrides it).
     """
     from batchmd.campaign import CampaignConfig, CorruptFileError, Manifest
     from batchmd.cli.common import CLIError
