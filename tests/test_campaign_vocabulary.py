@@ -91,7 +91,9 @@ def assert_same_frames(cli, campaign, bitwise: bool) -> None:
 
     ``bitwise``: the campaign's float64 results, rounded as the CLI's output is (see
     :func:`through_extxyz`), equal the CLI's bit for bit. Otherwise within float64 round-off
-    of a batched network (1e-8 Å, 1e-8 eV/atom).
+    of a batched network, whose sums run in another order in another batch (measured with
+    SevenNet-0: cell 9e-16 Å, energy 2e-15 eV, positions equal at 8 decimals): cell and
+    energy to 1e-10, positions to one unit of the 8th decimal.
     """
     assert [a.info["system_id"] for a in campaign] == list(range(len(cli)))
     for a, b in zip(cli, through_extxyz(campaign)):
@@ -100,10 +102,10 @@ def assert_same_frames(cli, campaign, bitwise: bool) -> None:
             np.testing.assert_array_equal(a.positions, b.positions)
             np.testing.assert_array_equal(a.cell.array, b.cell.array)
             assert a.get_potential_energy() == b.get_potential_energy()
-        else:  # float64 round-off (a batched network sums in another order in another batch)
-            np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-8)
-            np.testing.assert_allclose(a.cell.array, b.cell.array, rtol=0, atol=1e-8)
-            assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-8 * len(a))
+        else:
+            np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1.01e-8)
+            np.testing.assert_allclose(a.cell.array, b.cell.array, rtol=0, atol=1e-10)
+            assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
 
 
 # ----------------------------------------------------------------------------- one vocabulary
@@ -249,7 +251,7 @@ def test_sevennet_variable_cell_then_npt_two_rank_campaign_equals_the_cli(tmp_pa
                           npt_steps=10, dt=1.0)
     assert main(["pipeline", path, "-q", "--device", "cpu"]) == 0
     cli = ase.io.read(tmp_path / "cli.traj", ":")
-    assert sum(a.info["stage1_status"] == "completed" for a in cli) >= 2, [a.info["stage0_status"] for a in cli]
+    assert [a.info["stage1_status"] for a in cli] == ["completed"] * 4, [a.info["stage0_status"] for a in cli]
     assert main(["shard", str(tmp_path / "in.extxyz"), str(tmp_path / "ds"), "--max-rows", "1", "--quiet"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
