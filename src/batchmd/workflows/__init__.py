@@ -8,7 +8,7 @@
 - :mod:`batchmd.workflows.pipeline`: the pipeline TOML file (``batchmd pipeline``, and
   ``batchmd campaign run`` on the same file).
 
-``batchmd relax``/``md``/``pipeline`` (:mod:`batchmd.cli`) and campaign configs
+``batchmd relax``/``md``/``pipeline`` (``batchmd.cli``) and campaign configs
 (:mod:`batchmd.campaign.config`) are thin users of these modules, so a stage or a model
 means the same thing, with the same one-line errors (:class:`SpecError`), wherever it is
 written. Nothing heavy is imported here: torch, Warp and the model packages are imported

@@ -37,7 +37,7 @@ import math
 
 from batchmd.workflows.errors import SpecError
 
-__all__ = ["CELL_MODES", "CHOICES", "STAGE_KEYS", "SpecError", "build_stage", "check_ranges", "check_stage",
+__all__ = ["CELL_MODES", "CHOICES", "STAGE_KEYS", "build_stage", "check_ranges", "check_stage",
            "option_label", "stage_label"]
 
 # method -> {key: (required, type, default)}. A new method (e.g. an optimizer or an ensemble)
