@@ -18,7 +18,7 @@ Example
 >>> from batchmd.campaign import CampaignConfig, read_results, run_campaign, write_dataset
 >>> # manifest = write_dataset(["structures.extxyz"], "dataset/")
 >>> # run_campaign(CampaignConfig(manifest="dataset/", output="run/", model={"name": "lj", "sigma": 3.405,
->>> #     "epsilon": 0.0104, "cutoff": 8.5}, stages=[{"method": "fire", "fmax": 0.01, "n_steps": 500}]))
+>>> #     "epsilon": 0.0104, "cutoff": 8.5}, stages=[{"method": "fire", "fmax": 0.01, "max_steps": 500}]))
 >>> # batch = read_results("run/")
 """
 

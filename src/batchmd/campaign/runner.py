@@ -4,10 +4,15 @@ Every rank runs :func:`run_campaign`::
 
     rank 0: write or check campaign.json (the contract), verify checkpoints, repair the
             output directory after a crash, record the attempt         -> start barrier
-    every rank: own shards by (seed, manifest version, world size); done = indices in
+    every rank: build the model (batchmd.workflows.models: the registry's names) on its
+            device and the stages (batchmd.workflows.stages: the pipeline's keys), and
+            check every structure against every stage (admission) before anything is written;
+            own shards by (seed, manifest version, world size); done = indices in
             committed result shards; run FusedStage + SizeAwareSampler over the rest on
-            cuda:LOCAL_RANK (or cpu), committing result shards every K systems or T s,
-            checkpointing and writing metrics at their intervals
+            cuda:LOCAL_RANK (or cpu), as batchmd.ase.run_frames runs the CLI's (stress
+            computed, refills in place, runaway guards on; a structure's info
+            temperature_K / pressure_GPa are its own targets), committing result shards
+            every K systems or T s, checkpointing and writing metrics at their intervals
     end:    final commit, checkpoint, metrics                          -> end barrier
     rank 0: gather per-rank numbers, write metrics/summary.json
 
@@ -36,7 +41,7 @@ import numpy as np
 
 from batchmd.campaign.checkpoint import verify_checkpoints, write_checkpoint
 from batchmd.campaign.commits import ResultWriter, committed_indices, repair
-from batchmd.campaign.config import build_model, build_stages
+from batchmd.campaign.config import build_model, build_stages, needs_elements
 from batchmd.campaign.contract import ContractMismatch, build_contract, check_contract
 from batchmd.campaign.dataset import ShardedDataset
 from batchmd.campaign.distributed import RankContext
@@ -47,7 +52,7 @@ from batchmd.campaign.metrics import SUMMARY_FIELDS, MetricsRecorder, write_summ
 from batchmd.campaign.ownership import owned_indices
 from batchmd.dynamics.hooks import Hook, HookStage
 
-__all__ = ["run_campaign", "prepare_outdir", "CampaignReport", "check_admission"]
+__all__ = ["run_campaign", "prepare_outdir", "CampaignReport", "check_admission", "dataset_elements"]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +178,17 @@ def check_admission(manifest, indices, stages) -> None:
         raise ValueError(f"campaign: structure {index} ({where}) {phrase}{more}")
 
 
+def dataset_elements(manifest) -> set:
+    """The atomic numbers present in ``manifest``'s structures (reads the ``atomic_numbers`` column of each shard)."""
+    import pyarrow.compute as pc
+
+    numbers = set()
+    for position in range(len(manifest.shards)):
+        column = manifest.read_shard(position, columns=["atomic_numbers"]).column("atomic_numbers")
+        numbers.update(int(z) for z in pc.unique(pc.list_flatten(column)).to_pylist())
+    return numbers
+
+
 class _ServedSamples:
     """Dataset wrapper remembering the input metadata of served samples until they are written."""
 
@@ -269,7 +285,8 @@ def _run(config, ctx: RankContext, hooks: list) -> CampaignReport:
 
     layout = CampaignLayout(config.output)
     manifest = Manifest.load(config.manifest)
-    model = build_model(config.model)
+    numbers = dataset_elements(manifest) if needs_elements(config.model) else None
+    model = build_model(config.model, device=ctx.device, dtype=config.torch_dtype, numbers=numbers)
     check_admission(manifest, None, build_stages(config.stages, model))  # every rank, before anything is written
     contract = build_contract(config, manifest, model)
     attempt = _start(config, ctx, layout, contract)
@@ -312,7 +329,8 @@ def _run(config, ctx: RankContext, hooks: list) -> CampaignReport:
         sampler = SizeAwareSampler(served, max_atoms=config.max_atoms, max_batch_size=config.max_batch_size)
         fused = FusedStage([(k, s) for k, s in enumerate(stages)], sampler=sampler, sinks=[writer],
                            hooks=[_CampaignHook(config.refill_frequency, tick), *hooks],
-                           refill_frequency=config.refill_frequency, device=ctx.device, dtype=config.torch_dtype)
+                           refill_frequency=config.refill_frequency, device=ctx.device, dtype=config.torch_dtype,
+                           compute_stress=True, refill_in_place=True)  # as the CLI (batchmd.ase.run_frames)
         fused.run(batch=None)
         stats = fused.stats
     writer.commit()

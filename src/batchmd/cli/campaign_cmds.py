@@ -3,6 +3,7 @@
 Subcommands::
 
     batchmd campaign run CONFIG [-o OUTDIR] [--manifest DATASET]   # alone or under torchrun
+    batchmd campaign run PIPELINE.toml --manifest DATASET -o OUTDIR # a batchmd pipeline file, as it is
     batchmd campaign status OUTDIR                                  # progress, attempts, per-rank metrics
     batchmd campaign export OUTDIR -o results.extxyz [--require-complete]
 
@@ -35,7 +36,9 @@ def add_parser(subparsers) -> None:
                                    description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="campaign_command", metavar="ACTION", parser_class=type(parser))
     run = sub.add_parser("run", help="run or resume a campaign (alone or under torchrun)")
-    run.add_argument("config", help="campaign config, JSON or TOML (schema: docs/campaigns.rst)")
+    run.add_argument("config", help="campaign config (JSON or TOML; schema: docs/campaigns.rst), or a pipeline TOML "
+                                    "file as batchmd pipeline runs it (with --manifest DATASET -o OUTDIR, or a "
+                                    "[campaign] table naming them)")
     run.add_argument("-o", "--output", default=None, help="override the config's output directory")
     run.add_argument("--manifest", default=None, help="override the config's dataset (directory or manifest.json)")
     run.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -44,10 +47,9 @@ def add_parser(subparsers) -> None:
     status = sub.add_parser("status", help="print a campaign's progress")
     status.add_argument("outdir")
     status.set_defaults(command=_status)
-    export = sub.add_parser("export", help="write a campaign's results (as relax writes them), sorted by input index")
+    export = sub.add_parser("export", help="write a campaign's results as extxyz, sorted by input index")
     export.add_argument("outdir")
-    export.add_argument("-o", "--output", required=True,
-                        help="output file; format from the extension (.extxyz, .traj, .json, ...)")
+    export.add_argument("-o", "--output", required=True, help="output file (.extxyz)")
     export.add_argument("--require-complete", action="store_true", help="fail unless every structure has a result")
     export.set_defaults(command=_export)
     parser.set_defaults(command=lambda args: _usage(parser))
@@ -74,10 +76,12 @@ def _execute(config, device: str | None, quiet: bool = False) -> int:
     from batchmd.campaign import ContractMismatch, CorruptFileError, run_campaign
     from batchmd.cli.common import CLIError
 
-    context = _context(device)
+    from batchmd.workflows.errors import SpecError
+
+    context = _context(device or getattr(config, "device", None))
     try:
         report = run_campaign(config, context=context)
-    except (ContractMismatch, CorruptFileError, FileNotFoundError) as error:
+    except (ContractMismatch, CorruptFileError, FileNotFoundError, SpecError) as error:
         raise CLIError(str(error)) from error
     except ValueError as error:  # a structure the stages cannot run (admission), a budget too small
         if not str(error).startswith(("campaign: ", "structures ")):
@@ -101,8 +105,9 @@ def _run(args) -> int:
         raise CLIError(f"{args.config}: no such file")
     try:
         config = CampaignConfig.from_file(args.config, output=args.output, manifest=args.manifest)
-    except (ValueError, TypeError) as error:
-        raise CLIError(f"{args.config}: {error}") from error
+    except (ValueError, TypeError) as error:  # SpecError: a bad model, stage or key (the CLI's messages)
+        text = str(error)
+        raise CLIError(text if text.startswith(str(args.config)) else f"{args.config}: {text}") from error
     return _execute(config, args.device)
 
 
@@ -131,25 +136,16 @@ def _status(args) -> int:
 
 
 def _export(args) -> int:
-    """Write the committed results like a ``batchmd relax`` output: same info keys, status words,
-    portable info (:func:`batchmd.data.info_io.write_frames`), format from the extension, atomic."""
-    from batchmd.campaign import ExactlyOnceError, read_results
-    from batchmd.cli.common import CLIError, output_writer
+    import ase.io
 
-    output_writer(args.output)  # a bad extension or directory: refused before anything is read
+    from batchmd.campaign import ExactlyOnceError, read_results
+    from batchmd.cli.common import CLIError
+
     try:
         frames = read_results(args.outdir, as_atoms=True, require_complete=args.require_complete)
     except (ExactlyOnceError, FileNotFoundError) as error:
         raise CLIError(str(error)) from error
-    writer = output_writer(args.output, len(frames))
-    staging = f"{os.path.join(os.path.dirname(os.path.abspath(args.output)), '.' + os.path.basename(args.output))}.tmp"
-    try:
-        writer(frames, staging)
-    except Exception as error:
-        if os.path.exists(staging):
-            os.unlink(staging)
-        raise CLIError(f"{args.output}: cannot write it as {writer.format} ({str(error).splitlines()[0]})") from error
-    os.replace(staging, args.output)
+    ase.io.write(args.output, frames, format="extxyz")
     print(f"wrote {len(frames)} structures to {args.output}")
     return 0
 
@@ -157,41 +153,36 @@ def _export(args) -> int:
 def config_from_cli_args(args):
     """A :class:`~batchmd.campaign.CampaignConfig` from ``batchmd relax`` or ``batchmd pipeline`` arguments.
 
-    relax: ``args.input`` (a dataset), ``args.output`` (OUTDIR), ``--fmax``, ``--max-steps``,
-    model options, ``--max-atoms``, ``--refill-every``, ``--dtype``. pipeline: ``args.config``
-    (its TOML; ``input`` a dataset, ``output`` OUTDIR, ``-o`` overrides it).
+    relax: ``args.input`` (a dataset), ``args.output`` (OUTDIR), the stage ``relax`` runs
+    (``--optimizer``, ``--fmax``, ``--max-steps``, ``--cell``, ``--pressure``), the model
+    options, ``--max-atoms``, ``--refill-every``, ``--dtype``. pipeline: ``args.config`` (its
+    TOML, :meth:`CampaignConfig.from_pipeline`: ``input`` a dataset or ``[campaign] manifest``,
+    ``output`` OUTDIR, ``-o`` overrides it).
     """
-    from batchmd.campaign import CampaignConfig, Manifest
+    from batchmd.campaign import CampaignConfig, CorruptFileError, Manifest
     from batchmd.cli.common import CLIError
+    from batchmd.workflows.errors import SpecError
 
-    if hasattr(args, "config"):
-        from batchmd.cli.pipeline import load_config
-
-        table = load_config(args.config, output_given=getattr(args, "output", None) is not None)
-        source, output = table["input"], args.output or table["output"]
-        model = {"name": "lj", **table.get("model", {})}
-        stages = table["stages"]
-        dtype, max_atoms, refill = table.get("dtype", "float64"), table.get("max_atoms"), table.get("refill_every", 10)
-    else:
-        source, output = args.input, args.output
-        model = {"name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
-        if model["sigma"] is None:  # the campaign layer takes one LJ pair: argon, the LennardJones() default
-            model.update(sigma=3.405, epsilon=0.0104)
-        stages = [{"method": "fire", "fmax": args.fmax, "max_steps": args.max_steps}]
-        dtype, max_atoms, refill = args.dtype or "float64", args.max_atoms, args.refill_every
-    if model["name"] == "lj":
-        model["cutoff"] = model.get("cutoff") or 3.0 * model.get("sigma", 3.405)
-        model = {k: v for k, v in model.items() if v is not None}
-    else:
-        model = {"name": model["name"]}
-    from batchmd.campaign import CorruptFileError
-
-    if isinstance(source, (list, tuple)):  # relax INPUT... / a pipeline's input list: one dataset under torchrun
-        if len(source) != 1:
-            names = " ".join(str(s) for s in source)
-            raise CLIError(f"under torchrun, the input must be one sharded dataset; make one with "
-                           f"`batchmd shard {names} DATASET/`")
-        source = source[0]
+    try:
+        if hasattr(args, "config"):
+            config = CampaignConfig.from_pipeline(args.config, output=args.output)
+            source = config.manifest
+        else:
+            source = args.input
+            if isinstance(source, (list, tuple)):  # relax INPUT...: one dataset under torchrun
+                if len(source) != 1:
+                    names = " ".join(str(s) for s in source)
+                    raise CLIError(f"under torchrun, the input must be one sharded dataset; make one with "
+                                   f"`batchmd shard {names} DATASET/`")
+                source = source[0]
+            model = {"name": args.model, "sigma": args.sigma, "epsilon": args.epsilon, "cutoff": args.cutoff}
+            stage = {"method": args.optimizer, "fmax": args.fmax, "max_steps": args.max_steps, "cell": args.cell,
+                     "pressure": args.pressure}  # the stage batchmd relax runs (batchmd.cli.relax)
+            config = CampaignConfig(manifest=source, output=args.output, stages=[stage], dtype=args.dtype,
+                                    model={k: v for k, v in model.items() if v is not None},
+                                    max_atoms=int(args.max_atoms or 4096), refill_frequency=int(args.refill_every))
+    except SpecError as error:
+        raise CLIError(str(error)) from None
     hint = f"under torchrun, the input must be a sharded dataset; make one with `batchmd shard {source} DATASET/`"
     if not (os.path.isdir(source) or os.path.basename(source) == "manifest.json"):
         raise CLIError(f"{source}: {hint}")
@@ -200,8 +191,9 @@ def config_from_cli_args(args):
     except (FileNotFoundError, CorruptFileError) as error:
         raise CLIError(f"{hint} ({error})") from error
     largest = max((max(s.atom_counts) for s in manifest.shards if s.atom_counts), default=1)
-    return CampaignConfig(manifest=manifest.root, output=output, model=model, stages=stages, dtype=dtype,
-                          max_atoms=max(int(max_atoms or 4096), largest), refill_frequency=int(refill))
+    config.manifest = manifest.root
+    config.max_atoms = max(config.max_atoms, largest)
+    return config
 
 
 def maybe_run_distributed(args) -> int | None:

@@ -146,14 +146,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-#: Model-name prefixes of machine-learned potentials, whose default dtype is float32.
-MLIP_PREFIXES = ("sevennet", "mace", "metatomic")
-
-
-def default_dtype_name(model_name: str | None) -> str:
-    """The ``--dtype`` default for a model: ``"float32"`` for an MLIP, ``"float64"`` otherwise."""
-    name = (model_name or "lj").lower()
-    return "float32" if name.startswith(MLIP_PREFIXES) else "float64"
+from batchmd.workflows.models import MLIP_PREFIXES, default_dtype_name  # noqa: E402  (shared with campaigns)
 
 
 def resolve_dtype(name: str):

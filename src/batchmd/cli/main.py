@@ -28,6 +28,7 @@ import logging
 import sys
 
 from batchmd.cli.errors import CLIError
+from batchmd.workflows.errors import SpecError
 
 __all__ = ["build_parser", "main"]
 
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
             return 2
         _configure_logging(args)
         return int(args.command(args) or 0)
-    except CLIError as error:
+    except (CLIError, SpecError) as error:  # SpecError: a bad stage, model or config (batchmd.workflows)
         print(f"batchmd: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:

@@ -21,12 +21,12 @@ A file that is not a model of the kind named (``--model mace:structure.cif``,
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 
 from batchmd.cli.errors import CLIError
 
 __all__ = ["add_model_arguments", "build_model", "model_text", "neighbor_capacity"]
+
+from batchmd.workflows.models import neighbor_capacity  # noqa: E402  (moved there; kept importable here)
 
 #: Built-in models and the elements they cover, for the "models covering ..." hint.
 
@@ -42,18 +42,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epsilon", type=float, default=None,
                        help="LJ epsilon, eV, one value for every element (default: per-element presets)")
     group.add_argument("--cutoff", type=float, default=None, help="LJ cutoff, Å (default: 3 x the largest sigma)")
-
-
-def neighbor_capacity(frames, cutoff: float, skin: float = 1.0) -> int:
-    """Neighbors per atom to allocate for ``frames`` (1.5x the densest frame's estimate + 16)."""
-    reach = 4.0 / 3.0 * math.pi * (cutoff + skin) ** 3
-    worst = 1
-    for atoms in frames:
-        if atoms.pbc.all() and atoms.cell.rank == 3:
-            worst = max(worst, int(len(atoms) / atoms.cell.volume * reach) + 1)
-        else:
-            worst = max(worst, len(atoms) * (1 + int(atoms.pbc.sum()) * 8))
-    return int(1.5 * worst) + 16
 
 
 def _symbols(numbers) -> str:
@@ -90,76 +78,36 @@ def species_error(name: str, bad, covered, frames=None) -> CLIError:
 def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None, device=None, dtype=None):
     """The model ``name`` for ``frames``, checked to cover every element in them.
 
+    The model spec is :mod:`batchmd.workflows.models`' (shared with pipeline files and
+    campaigns); this adds the command line's messages.
+
     Raises
     ------
     CLIError
         Unknown model, missing package, bad parameter, or elements the model does not cover.
     """
-    import numpy as np
+    from batchmd.workflows.errors import SpecError
+    from batchmd.workflows.models import SpeciesError
+    from batchmd.workflows.models import build_model as build
 
-    for option, value in (("--sigma", sigma), ("--epsilon", epsilon), ("--cutoff", cutoff)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value <= 0):
-            raise CLIError(f"{option} must be a positive finite number, got {value}")
-    present = set() if frames is None else {int(z) for atoms in frames for z in np.unique(atoms.numbers)}
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key != "lj" and (sigma is not None or epsilon is not None):
-        raise CLIError(f"--sigma/--epsilon are Lennard-Jones parameters; they do not apply to --model {name}")
-    if key == "lj":
-        from batchmd.models.lj import LJ_PRESETS, LennardJones
-
-        if (sigma is None) != (epsilon is None):
-            raise CLIError("--sigma and --epsilon go together (one pair for every element); give both or neither")
-        if sigma is not None:
-            model = LennardJones(sigma=sigma, epsilon=epsilon, cutoff=cutoff,
-                                 capacity=None if frames is None else neighbor_capacity(frames, cutoff or 3 * sigma))
-        else:
-            from ase.data import atomic_numbers
-
-            covered = {atomic_numbers[s] for s in LJ_PRESETS}
-            bad = present - covered
-            if bad:
-                raise species_error("lj", bad, covered, frames)
-            symbols = [s for s in LJ_PRESETS if atomic_numbers[s] in present] or ["Ar"]
-            probe = LennardJones(species=symbols, cutoff=cutoff)
-            capacity = None if frames is None else neighbor_capacity(frames, probe.cutoff)
-            model = LennardJones(species=symbols, cutoff=cutoff, capacity=capacity)
-        return model
-    if cutoff is not None:
-        raise CLIError(f"--cutoff is a Lennard-Jones parameter; it does not apply to --model {name}")
-    from batchmd.models.base import UnsupportedSpeciesError
-    from batchmd.models.registry import MissingExtraError, load_model
-
+    spec = {"name": name, "sigma": sigma, "epsilon": epsilon, "cutoff": cutoff}
     try:
-        with _stdout_to_log(name):
-            model = load_model(name, device=device, dtype=dtype)
-    except (ValueError, MissingExtraError, FileNotFoundError, OSError) as error:
-        raise CLIError(str(error).removeprefix("batchmd: ")) from error
-    except ImportError as error:  # a model module or package that cannot be imported
-        raise CLIError(f"--model {name}: cannot be loaded here ({error})") from error
+        model = build(spec, frames, device=device, dtype=dtype)
+    except SpeciesError as error:
+        raise species_error(error.name, error.bad, error.covered, frames) from None
+    except SpecError as error:
+        raise CLIError(str(error)) from None
     if frames is not None and hasattr(model, "check_species"):
+        import numpy as np
+
+        from batchmd.models.base import UnsupportedSpeciesError
+
+        present = {int(z) for atoms in frames for z in np.unique(atoms.numbers)}
         try:
             model.check_species(sorted(present))
         except UnsupportedSpeciesError as error:
             raise species_error(name, error.unsupported, getattr(model, "supported_numbers", None), frames) from error
     return model
-
-
-@contextlib.contextmanager
-def _stdout_to_log(name: str):
-    """What a model package prints on import or load (e.g. MACE's "cuequivariance ... is not available"
-    line) goes to the ``batchmd`` logger at INFO level (shown with ``-v``), not to stdout."""
-    import io
-    import logging
-
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured):
-            yield
-    finally:
-        log = logging.getLogger("batchmd")
-        for line in filter(None, (line.strip() for line in captured.getvalue().splitlines())):
-            log.info("%s: %s", name.split(":")[0], line)
 
 
 def model_info(model, name: str) -> dict:

@@ -2,8 +2,7 @@
 
 Schema (every key is checked; an unknown one is an error naming it)::
 
-    input = "structures.extxyz"        # any file ASE reads; relative to the config file; or a list
-                                       # of files, folders and globs: ["a.cif", "structures/", "data/*.xyz"]
+    input = "structures.extxyz"        # any file ASE reads; relative to the config file
     output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file (or -o)
     device = "cuda"                    # optional: cpu | cuda (default: cuda when available)
     dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)
@@ -59,294 +58,58 @@ Schema (every key is checked; an unknown one is an error naming it)::
     steps = 1000
     tdamp = 200.0                      # fs, optional (default 100 dt)
 
+    [campaign]                         # optional: read only by `batchmd campaign run` (and under torchrun)
+    manifest = "dataset/"              # sharded dataset (batchmd shard INPUT dataset/); relative to the file
+    output = "run/"                    # campaign output directory; also seed, commit_every, ... (docs/campaigns.rst)
+
 A full example is examples/pipeline.toml (run it from anywhere: paths are relative to the file).
+The same file runs as a sharded campaign: batchmd campaign run CONFIG --manifest DATASET -o OUTDIR.
+The stage and model keys are those of batchmd.workflows.stages and batchmd.workflows.models,
+shared with batchmd relax/md and campaign configs.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 from batchmd.cli.errors import CLIError
+from batchmd.workflows import stages as _stages
+from batchmd.workflows.errors import SpecError
+from batchmd.workflows.pipeline import MODEL_KEYS, TOP_KEYS, load_pipeline
+from batchmd.workflows.stages import CELL_MODES, CHOICES, OPTION_COMMANDS, STAGE_KEYS, option_label
 
 __all__ = ["STAGE_KEYS", "add_parser", "build_stage", "check_stage", "load_config", "command"]
-
-# method -> {key: (required, type, default)}. A new method (e.g. an optimizer or an ensemble)
-# is one entry here and one builder in _BUILDERS.
-STAGE_KEYS = {
-    "fire": {"fmax": (False, float, 0.05), "max_steps": (False, int, 500), "dt": (False, float, 0.1),
-             "maxstep": (False, float, 0.2), "cell": (False, str, "fixed"), "pressure": (False, float, 0.0)},
-    "lbfgs": {"fmax": (False, float, 0.05), "max_steps": (False, int, 500), "maxstep": (False, float, 0.2),
-              "memory": (False, int, 100), "damping": (False, float, 1.0), "alpha": (False, float, 70.0),
-              "cell": (False, str, "fixed"), "pressure": (False, float, 0.0)},
-    "nvt": {"temperature": (True, float, None), "dt": (True, float, None), "friction": (False, float, 0.01),
-            "steps": (True, int, None), "seed": (False, int, 0), "velocities": (False, str, "auto")},
-    "nve": {"dt": (True, float, None), "steps": (True, int, None), "temperature": (False, float, None),
-            "seed": (False, int, 0), "velocities": (False, str, "auto")},
-    "nvt-nose-hoover": {"temperature": (True, float, None), "dt": (True, float, None), "steps": (True, int, None),
-                        "tdamp": (False, float, None), "seed": (False, int, 0), "velocities": (False, str, "auto")},
-    "npt": {"temperature": (True, float, None), "pressure": (True, float, None), "dt": (True, float, None),
-            "steps": (True, int, None), "tdamp": (False, float, None), "pdamp": (False, float, None),
-            "barostat": (False, str, "isotropic"), "seed": (False, int, 0),
-            "velocities": (False, str, "auto")},
-}
-#: Allowed values of the string keys.
-CHOICES = {"barostat": ("isotropic", "full"), "cell": ("fixed", "full", "hydrostatic", "volume"),
-           "velocities": ("auto", "keep", "zero", "maxwell-boltzmann")}
-TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages"}
-MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
-
-
-#: ``cell`` of an optimizer stage -> cell filter options (``FrechetCellFilter``; "fixed": no filter).
-#: The same table as ``batchmd.dynamics.cell_filter.CELL_MODES`` (:func:`batchmd.ase.relax`'s
-#: ``cell``; a test keeps them equal), kept here so that the CLI starts without importing torch.
-CELL_MODES = {"fixed": None, "full": {}, "hydrostatic": {"hydrostatic_strain": True},
-              "volume": {"constant_volume": True}}
-
-
-#: Units of the stage keys, for messages (as in docs/cli.rst).
-_UNITS = {"temperature": "K", "dt": "fs", "tdamp": "fs", "pdamp": "fs", "taup": "fs", "friction": "1/fs",
-          "fmax": "eV/Å", "pressure": "GPa"}
-
-
-def _value(where: str, key: str, value, kind):
-    if kind is str:
-        if key == "velocities" and isinstance(value, str):  # the Python policy name is maxwell_boltzmann
-            value = value.replace("_", "-")
-        if value not in CHOICES[key]:
-            raise CLIError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
-        return value
-    if kind is int:
-        low = 0 if key == "seed" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            kind_name = "a non-negative" if low == 0 else "a positive"
-            raise CLIError(f"{where}: {key} must be {kind_name} integer, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CLIError(f"{where}: {key} must be a finite number, got {value!r}")
-    if key == "pressure":  # GPa; negative is tension
-        return float(value)
-    if value < 0 or (value == 0 and key not in ("friction", "temperature")):
-        unit = _UNITS.get(key, "")
-        raise CLIError(f"{where}: {key} must be {'>= 0' if key in ('friction', 'temperature') else '> 0'}"
-                       f"{' ' + unit if unit else ''}, got {value!r}")
-    return float(value)
+__all__ += ["CELL_MODES", "CHOICES", "MODEL_KEYS", "OPTION_COMMANDS", "TOP_KEYS", "option_label"]
 
 
 def check_stage(spec: dict, where: str = "stage") -> dict:
-    """Check a stage table against :data:`STAGE_KEYS`; returns its values with defaults filled in."""
-    if not isinstance(spec, dict):
-        raise CLIError(f"{where} must be a table ([[stages]])")
-    method = spec.get("method")
-    if method not in STAGE_KEYS:
-        raise CLIError(f"{where}: method must be one of {', '.join(STAGE_KEYS)}, got {method!r}")
-    schema = STAGE_KEYS[method]
-    unknown = sorted(set(spec) - set(schema) - {"method"})
-    if unknown:
-        raise CLIError(f"{where} ({method}): unknown key {unknown[0]!r}; expected {', '.join(sorted(schema))}")
-    values = {}
-    for key, (required, kind, default) in schema.items():
-        if key not in spec:
-            if required:
-                raise CLIError(f"{where} ({method}): missing key {key!r}")
-            values[key] = default
-        else:
-            values[key] = _value(f"{where} ({method})", key, spec[key], kind)
-    if method in ("fire", "lbfgs"):
-        if values["cell"] in ("fixed", "volume") and values["pressure"] != 0.0:
-            raise CLIError(f"{where} ({method}): pressure does nothing with cell = {values['cell']}: it needs a variable cell "
-                           "(--cell full or hydrostatic relaxes the cell under pressure)")
-        if method == "lbfgs" and values["maxstep"] > 1.0:
-            raise CLIError(f"{where} (lbfgs): maxstep must be <= 1 Å, got {values['maxstep']}")
-    if values.get("velocities") == "maxwell-boltzmann" and values.get("temperature") is None:
-        raise CLIError(f"{option_label(where, method, 'velocities')} maxwell-boltzmann needs "
-                       f"{option_label(where, method, 'temperature').removesuffix(' =')} (K) to draw at")
-    check_ranges(where, method, values)
-    return values
-
-
-#: Commands whose stage keys are command-line options (``--dt``), not pipeline-file keys.
-OPTION_COMMANDS = ("md", "relax")
-
-
-def option_label(where: str, method: str, key: str) -> str:
-    """How messages name a stage key: ``--dt`` for ``batchmd md``/``relax``, ``FILE: stages[0] (nvt): dt =`` else."""
-    return f"--{key.replace('_', '-')}" if where in OPTION_COMMANDS else f"{where} ({method}): {key} ="
+    """:func:`batchmd.workflows.stages.check_stage`, raising :class:`CLIError`."""
+    try:
+        return _stages.check_stage(spec, where)
+    except SpecError as error:
+        raise CLIError(str(error)) from None
 
 
 def check_ranges(where: str, method: str, values: dict) -> None:
-    """Unit slips (see :mod:`batchmd.dynamics.ranges`): warn (one line) or raise :class:`CLIError`.
-
-    MD ``dt`` outside 0.05..20 fs and temperatures above 1e5 K warn; pressures beyond 500 GPa
-    in magnitude are refused, beyond 100 GPa warn. Messages name the option (``--dt``) for
-    ``batchmd md``/``relax`` and the stage key for pipeline files, with the unit.
-    """
-    import warnings
-
-    from batchmd.dynamics.ranges import (UnusualValueWarning, pressure_range_problem, temperature_range_problem,
-                                         timestep_note)
-
-    def label(key):
-        return option_label(where, method, key)
-
-    notes = []
-    if method not in ("fire", "lbfgs") and values.get("dt") is not None:
-        text = timestep_note(label("dt"), values["dt"])
-        if text:
-            notes.append(("warning", text))
-    if values.get("temperature") is not None:
-        notes.append(temperature_range_problem(label("temperature"), values["temperature"]))
-    if values.get("pressure") is not None:
-        notes.append(pressure_range_problem(label("pressure"), values["pressure"], unit="GPa"))
-    dt = values.get("dt") if method not in ("fire", "lbfgs") else None
-    for key in ("tdamp", "pdamp", "taup"):  # time constants in fs; one shorter than a step is a ps slip
-        if dt is not None and values.get(key) is not None and values[key] < 5.0 * dt:
-            notes.append(("warning", f"{label(key)} {values[key]:g} fs is under 5 time steps (dt {dt:g} fs): "
-                                     f"it is in fs ({values[key]:g} ps would be {values[key] * 1000:g} fs)"))
-    if values.get("friction") is not None and values["friction"] > 1.0:
-        notes.append(("warning", f"{label('friction')} {values['friction']:g} 1/fs is above 1 1/fs: it is in 1/fs "
-                                 f"({values['friction']:g} 1/ps would be {values['friction'] / 1000:g} 1/fs)"))
-    notes = [note for note in notes if note]
-    for kind, text in notes:
-        if kind == "error":
-            raise CLIError(text)
-    for _, text in notes:
-        warnings.warn(text, UnusualValueWarning, stacklevel=2)
-
-
-def _cell_filter(values, model):
-    """The stage's cell filter (``cell``/``pressure`` keys; pressure in GPa), or None for a fixed cell."""
-    from batchmd.dynamics.cell_filter import GPA, cell_filter_for
-
-    if CELL_MODES[values["cell"]] is None:
-        return None
-    if getattr(model, "computes_stress", None) is False:
-        raise CLIError(f"--cell {values['cell']} (cell = \"{values['cell']}\" in a pipeline file) needs a model "
-                       "that computes the stress (lj, emt, sevennet-0, mace:PATH and metatomic:PATH do)")
-    return cell_filter_for(values["cell"], values["pressure"] * GPA)
-
-
-def _fire(values, model):
-    from batchmd.dynamics import FIRE, ConvergenceHook
-
-    return FIRE(model, dt=values["dt"], maxstep=values["maxstep"],
-                convergence_hook=ConvergenceHook.from_forces(values["fmax"]), n_steps=values["max_steps"],
-                cell_filter=_cell_filter(values, model))
-
-
-def _lbfgs(values, model):
-    from batchmd.dynamics import LBFGS, ConvergenceHook
-
-    return LBFGS(model, maxstep=values["maxstep"], memory=values["memory"], damping=values["damping"],
-                 alpha=values["alpha"], convergence_hook=ConvergenceHook.from_forces(values["fmax"]),
-                 n_steps=values["max_steps"], cell_filter=_cell_filter(values, model))
-
-
-def _policy(values) -> str:
-    """The stage's velocity policy in Python's spelling (:data:`batchmd.dynamics.velocities.VELOCITY_POLICIES`)."""
-    return values["velocities"].replace("-", "_")
-
-
-def _nvt(values, model):
-    from batchmd.dynamics import NVTLangevin
-
-    return NVTLangevin(model, dt=values["dt"], temperature=values["temperature"], friction=values["friction"],
-                       random_seed=values["seed"], n_steps=values["steps"], velocities=_policy(values))
-
-
-def _nve(values, model):
-    from batchmd.dynamics import NVE
-
-    return NVE(model, dt=values["dt"], n_steps=values["steps"], temperature=values["temperature"],
-               random_seed=values["seed"], velocities=_policy(values))
-
-
-def _nose_hoover(values, model):
-    from batchmd.dynamics import NoseHooverChainNVT
-
-    tdamp = values["tdamp"] if values["tdamp"] is not None else 100.0 * values["dt"]
-    return NoseHooverChainNVT(model, dt=values["dt"], temperature=values["temperature"], tdamp=tdamp,
-                              random_seed=values["seed"], n_steps=values["steps"], velocities=_policy(values))
-
-
-def _npt(values, model):
-    import ase.units
-
-    from batchmd.dynamics import IsotropicMTKNPT, MTKNPT
-
-    cls = IsotropicMTKNPT if values["barostat"] == "isotropic" else MTKNPT
-    tdamp = values["tdamp"] if values["tdamp"] is not None else 100.0 * values["dt"]
-    pdamp = values["pdamp"] if values["pdamp"] is not None else 1000.0 * values["dt"]
-    return cls(model, dt=values["dt"], temperature=values["temperature"], pressure=values["pressure"] * ase.units.GPa,
-               tdamp=tdamp, pdamp=pdamp, random_seed=values["seed"], n_steps=values["steps"],
-               velocities=_policy(values))
-
-
-_BUILDERS = {"fire": _fire, "lbfgs": _lbfgs, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
+    """:func:`batchmd.workflows.stages.check_ranges`, raising :class:`CLIError`."""
+    try:
+        _stages.check_ranges(where, method, values)
+    except SpecError as error:
+        raise CLIError(str(error)) from None
 
 
 def build_stage(spec: dict, model, where: str = "stage"):
-    """A dynamics stage from a stage table (``{"method": "fire", "fmax": 0.05, ...}``).
-
-    Parameters
-    ----------
-    spec : dict
-        ``method`` (a key of :data:`STAGE_KEYS`) and that method's keys (see the module docstring).
-    model : callable
-        The batchmd model every stage shares.
-    where : str
-        Prefix of error messages (e.g. ``"run.toml: stages[1]"``).
-    """
-    import warnings
-
-    from batchmd.dynamics.ranges import UnusualValueWarning
-
-    with warnings.catch_warnings():  # the command checked the stage already and warned once, in the CLI's terms
-        warnings.simplefilter("ignore", UnusualValueWarning)
-        values = check_stage(spec, where)
-        return _BUILDERS[spec["method"]](values, model)
+    """:func:`batchmd.workflows.stages.build_stage`, raising :class:`CLIError` for a bad spec."""
+    try:
+        return _stages.build_stage(spec, model, where)
+    except SpecError as error:
+        raise CLIError(str(error)) from None
 
 
 def load_config(path, output_given: bool = False) -> dict:
-    """Read and check a pipeline TOML file; returns the table with paths resolved.
-
-    ``output_given``: the command line names the output (``-o``), so the file need not.
-    """
-    import tomllib
-
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"{path}: no such file")
+    """Read and check a pipeline TOML file (:func:`batchmd.workflows.pipeline.load_pipeline`); CLIError if bad."""
     try:
-        config = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise CLIError(f"{path}: not valid TOML ({error})") from error
-    unknown = sorted(set(config) - TOP_KEYS)
-    if unknown:
-        raise CLIError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(sorted(TOP_KEYS))}")
-    for key in ("input", "output"):
-        if key == "output" and output_given and key not in config:
-            continue
-        value = config.get(key)
-        if key == "input" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            config[key] = [str(path.parent / v) for v in value]  # files, folders, globs (batchmd.data.inputs)
-            continue
-        if not isinstance(value, str):
-            hint = " (or give -o OUTPUT)" if key == "output" else " or a list of them (files, folders, globs)"
-            raise CLIError(f"{path}: {key!r} must be a file name{hint}")
-        config[key] = str((path.parent / value))
-    stages = config.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise CLIError(f"{path}: at least one [[stages]] table is required")
-    for i, spec in enumerate(stages):
-        check_stage(spec, where=f"{path}: stages[{i}]")
-    model = config.get("model", {})
-    if not isinstance(model, dict):
-        raise CLIError(f"{path}: [model] must be a table")
-    unknown = sorted(set(model) - MODEL_KEYS)
-    if unknown:
-        raise CLIError(f"{path}: [model]: unknown key {unknown[0]!r}; expected {', '.join(sorted(MODEL_KEYS))}")
-    return config
+        return load_pipeline(path, output_given=output_given)
+    except SpecError as error:
+        raise CLIError(str(error)) from None
 
 
 def add_parser(subparsers) -> None:

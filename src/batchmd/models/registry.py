@@ -45,6 +45,7 @@ from dataclasses import dataclass
 __all__ = [
     "MissingExtraError",
     "available_models",
+    "check_spec",
     "load_model",
     "register_model",
     "require_package",
@@ -148,6 +149,22 @@ def _resolve(spec: str) -> tuple[_Entry, str | None]:
             return entry, argument
     choices = ", ".join(available_models())
     raise ValueError(f"batchmd: unknown model {spec!r}; choose one of: {choices}")
+
+
+def check_spec(spec: str) -> str:
+    """Check that ``spec`` names a registered model, without building it; returns its listed form.
+
+    Raises
+    ------
+    ValueError
+        Unknown name (one line listing the choices) or a malformed spec (as :func:`load_model`).
+
+    Example
+    -------
+    >>> check_spec("mace:/models/mp.model")
+    'mace:PATH'
+    """
+    return _resolve(spec)[0].display
 
 
 def load_model(spec: str, *, device=None, dtype=None):
