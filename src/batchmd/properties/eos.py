@@ -190,8 +190,8 @@ def fit_eos(volumes, energies, eos: str = "birchmurnaghan") -> tuple[float, floa
     Raises
     ------
     ValueError
-        One line: the fit failed (ASE or scipy raised, or a non-finite result), or its
-        minimum V0 lies outside the sampled volumes.
+        One line: the fit failed (ASE or scipy raised, or a non-finite result), it has no
+        minimum (B0 <= 0), or its minimum V0 lies outside the sampled volumes.
     """
     from ase.units import GPa
 
@@ -208,6 +208,8 @@ def fit_eos(volumes, energies, eos: str = "birchmurnaghan") -> tuple[float, floa
     bp = float(fitter.eos_parameters[2]) if eos in _HAS_BP else math.nan
     if not (math.isfinite(v0) and math.isfinite(e0) and math.isfinite(b)):
         raise ValueError(f"the {eos} fit failed (non-finite V0, E0 or B0)")
+    if b <= 0:
+        raise ValueError(f"the {eos} fit has no minimum (B0 = {b / GPa:.4g} GPa <= 0: E(V) is not convex)")
     if not volumes.min() <= v0 <= volumes.max():
         raise ValueError(f"the {eos} fit's minimum V0 = {v0:.4g} Å^3 lies outside the sampled volumes "
                          f"{volumes.min():.4g} .. {volumes.max():.4g} Å^3 (is the input near equilibrium? "
@@ -284,7 +286,7 @@ def compute_eos(structures: Sequence, model, *, n_points: int = 9, strain: float
     -------
     list of EOSResult
         One per structure, in input order. A structure with a point that failed or did not
-        converge, or whose fit failed (ASE raised, or V0 outside the sampled volumes), has
+        converge, or whose fit failed (ASE raised, B0 <= 0, or V0 outside the sampled volumes), has
         ``ok=False`` and ``error`` naming it; the other structures are unaffected.
 
     Raises
