@@ -28,7 +28,7 @@ from batchmd.properties.eos import eos_volume_strains, scaled_copies
 
 # %%
 # Five fcc metals; the copper cell is rattled, so relaxing the atoms at each volume matters
-# ----------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 copper = bulk("Cu", "fcc", a=3.59, cubic=True)
 copper.rattle(0.03, seed=0)
 structures = [copper, bulk("Al", "fcc", a=3.99), bulk("Ni", "fcc", a=3.51), bulk("Ag", "fcc", a=4.06),
