@@ -149,3 +149,15 @@ def test_ctrl_c_keeps_finished_rows_and_resume_completes(tmp_path, capsys):
     _CALLS["left"] = 0  # complete: nothing recomputed (any model call would interrupt)
     assert main([*args, "-o", str(out), "--resume"]) == 0
     _CALLS["left"] = None
+
+
+def test_eos_help_imports_nothing_heavy_and_shows_defaults():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom batchmd.cli import main\ntry:\n    main(['eos', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch', 'warp', 'ase.io', 'scipy', 'numpy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    text = " ".join(done.stdout.split())
+    assert "(default: 9)" in text and "(default: birchmurnaghan)" in text and "``" not in text
