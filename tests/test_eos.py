@@ -131,6 +131,10 @@ def test_float32_close_to_float64(emt):
     [r64] = compute_eos([cu], emt, relax="none")
     [r32] = compute_eos([cu], emt, relax="none", dtype=torch.float32)
     assert r32.ok and rel(r32.V0_A3, r64.V0_A3) < 1e-5 and rel(r32.B0_GPa, r64.B0_GPa) < 1e-3
+    cu.rattle(0.03, seed=8)
+    [p64] = compute_eos([cu], emt, n_points=7)
+    [p32] = compute_eos([cu], emt, n_points=7, dtype=torch.float32)
+    assert p32.ok and rel(p32.V0_A3, p64.V0_A3) < 1e-5 and rel(p32.B0_GPa, p64.B0_GPa) < 1e-3
 
 
 def test_rows_plot_and_streamed_results(emt, tmp_path):
