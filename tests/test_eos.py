@@ -146,7 +146,7 @@ def test_rows_plot_and_streamed_results(emt, tmp_path):
     for column in ("index", "formula", "n_atoms", "ok", "error", "eos", "V0_A3", "V0_per_atom_A3", "E0_eV",
                    "E0_per_atom_eV", "B0_GPa", "B0_prime", "n_points"):
         assert column in row
-    assert all(np.isscalar(v) or v is None for v in row.values())
+    assert all(np.isscalar(v) or v is None for v in row.values()) and row["error"] is None
     results[0].plot(tmp_path / "cu.png")
     assert (tmp_path / "cu.png").read_bytes()[:4] == b"\x89PNG"
     failed = EOSResult(index=3, formula="X", n_atoms=1, ok=False, error="boom", eos="birchmurnaghan",

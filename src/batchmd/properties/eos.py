@@ -114,7 +114,7 @@ class EOSResult:
         """Flat columns (units in the names); NaN values where the result is not ``ok``."""
         n = max(self.n_atoms, 1)
         return {"index": self.index, "formula": self.formula, "n_atoms": self.n_atoms, "ok": self.ok,
-                "error": self.error or "", "eos": self.eos, "V0_A3": self.V0_A3, "V0_per_atom_A3": self.V0_A3 / n,
+                "error": self.error, "eos": self.eos, "V0_A3": self.V0_A3, "V0_per_atom_A3": self.V0_A3 / n,
                 "E0_eV": self.E0_eV, "E0_per_atom_eV": self.E0_eV / n, "B0_GPa": self.B0_GPa,
                 "B0_prime": self.B0_prime, "n_points": len(self.volumes_A3),
                 "V_min_A3": float(np.nanmin(self.volumes_A3)) if np.isfinite(self.volumes_A3).any() else math.nan,
