@@ -203,3 +203,22 @@ def test_sevennet0_silicon_matches_its_own_ase_calculator():
     v0, _, b0 = ase_eos(si, sevennet_reference_calculator(torch.float64), n_points=7, fmax=0.02)
     assert 80 < result.B0_GPa < 110  # SevenNet-0 silicon (DFT-PBE ~ 88 GPa)
     assert rel(result.V0_A3, v0) < 1e-6 and rel(result.B0_GPa, b0) < 1e-6, (result.V0_A3, v0, result.B0_GPa, b0)
+
+
+def test_a_failed_point_is_named_and_never_fitted_through():
+    from batchmd.models.ase_calculator import ASECalculatorModel
+
+    class Fragile(EMT):
+        """EMT that raises below 11.5 Å^3/atom: the compressed copper points fail."""
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            if atoms is not None and atoms.get_volume() / len(atoms) < 11.5:
+                raise RuntimeError("compressed too far")
+            super().calculate(atoms, properties, system_changes)
+
+    model = ASECalculatorModel(Fragile())
+    cu, al = bulk("Cu", "fcc", a=3.61), bulk("Al", "fcc", a=4.0)  # Cu: 11.76 Å^3/atom, Al: 16 Å^3/atom
+    results = compute_eos([cu, al], model, n_points=5, relax="none")
+    assert not results[0].ok and results[0].error.startswith("volume -6%: failed (")
+    assert "(and 1 more points)" in results[0].error and results[0].statuses[:2] == ["failed", "failed"]
+    assert math.isnan(results[0].B0_GPa) and results[1].ok
