@@ -9,6 +9,9 @@ batched): one launch moves every system. The relaxed volumes give the zero-tempe
 equation of state of Lennard-Jones argon and its bulk modulus; one point is checked
 against ASE itself.
 
+For the E(V) equation of state of many structures at once (V0, E0, B0, B0' from ASE's
+``EquationOfState``), see ``plot_eos.py`` (:func:`batchmd.properties.compute_eos`).
+
 Units: pressure in eV/Å^3 in the API (``GPA`` converts from GPa), forces eV/Å, volumes Å^3.
 """
 
