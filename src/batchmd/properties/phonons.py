@@ -114,9 +114,10 @@ def _supercell_matrices(structures, supercell_matrix, min_length) -> list[np.nda
         return matrix
 
     spec = supercell_matrix
-    per_structure = (isinstance(spec, (list, tuple)) and len(spec) == len(structures) and len(structures) > 0
-                     and all(np.asarray(s).ndim >= 1 and np.asarray(s).shape in ((3,), (3, 3)) for s in spec)
-                     and np.asarray(spec, dtype=object).shape not in ((3,), (3, 3)))
+    shape = np.shape(spec) if not isinstance(spec, str) else ()
+    n = len(structures)
+    # one matrix: 3 ints or 3x3 (phonopy's meaning); per structure: n x 3x3, or n x 3 ints when n != 3
+    per_structure = n > 0 and (shape == (n, 3, 3) or (shape == (n, 3) and n != 3))
     if per_structure:
         return [one(s, f"[{i}]") for i, s in enumerate(spec)]
     matrix = one(spec, "")
@@ -207,6 +208,7 @@ def compute_phonons(
     band_path="auto",
     band_npoints: int = 51,
     temperatures=tuple(range(0, 1001, 10)),
+    exclude_gamma_acoustic: bool = True,
     imaginary_tol_THz: float = 0.05,
     subtract_residual_forces: bool = True,
     symmetrize_fc: bool = False,
@@ -230,8 +232,10 @@ def compute_phonons(
         Periodic crystals (3-D cell, ``pbc`` all True), taken as phonopy's unit cell (not modified).
     model : callable
         Any batchmd model (LJ, ``load_model("emt")``, SevenNet-0, MACE, ...).
-    supercell_matrix : 3 ints, 3x3 ints, or a list of those (one per structure)
+    supercell_matrix : 3 ints, 3x3 ints, or one per structure
         Supercell of the unit cell (phonopy's ``supercell_matrix``). Default ``(2, 2, 2)``.
+        Per structure: a list of ``len(structures)`` 3x3 matrices, or of 3-int diagonals
+        (except with exactly 3 structures, where a 3x3 nesting is read as one matrix).
     min_length : float, optional
         Instead of ``supercell_matrix``: per structure the diagonal supercell whose lattice
         vectors are at least this long, Å (:func:`choose_supercell`).
@@ -249,6 +253,11 @@ def compute_phonons(
         q-points per band segment (ends included).
     temperatures : sequence of float
         K (default 0, 10, ..., 1000).
+    exclude_gamma_acoustic : bool
+        Leave the three acoustic modes at Γ out of the thermal sums (phonopy's
+        ``exclude_gamma_acoustic``, default True here): their frequency is zero up to numerical
+        noise, so otherwise each adds a spurious ``kB`` to Cv and a ``kB T ln(h nu / kB T)`` term
+        to F that depend on the noise (and on float32 vs float64) and vanish only as the mesh grows.
     imaginary_tol_THz : float
         Modes below ``-imaginary_tol_THz`` count as imaginary.
     subtract_residual_forces, symmetrize_fc, fc_calculator
@@ -340,7 +349,7 @@ def compute_phonons(
             mine = evaluated[start:start + len(frames)]
             start += len(frames)
             _finish(res, mine, subtract_residual_forces, symmetrize_fc, fc_calculator, mesh, band_path,
-                    band_npoints, temps, float(imaginary_tol_THz))
+                    band_npoints, temps, float(imaginary_tol_THz), exclude_gamma_acoustic)
     finally:
         if progress_hook is not None:
             progress_hook.close()
@@ -362,7 +371,8 @@ def _relax(structures, model, results, relax_cell, fmax, max_steps, optimizer, r
             for a, s in zip(relaxed, structures)]
 
 
-def _finish(res, frames, subtract, symmetrize_fc, fc_calculator, mesh, band_path, band_npoints, temps, tol):
+def _finish(res, frames, subtract, symmetrize_fc, fc_calculator, mesh, band_path, band_npoints, temps, tol,
+            exclude_gamma_acoustic):
     ph = res.phonopy
     names = (["perfect supercell"] if subtract else []) + \
         [f"displacement {k} of {res.n_displacements}" for k in range(res.n_displacements)]
@@ -389,7 +399,7 @@ def _finish(res, frames, subtract, symmetrize_fc, fc_calculator, mesh, band_path
         res.mesh_numbers = np.array(ph.mesh.mesh_numbers)
         ph.run_total_dos()
         res.dos_frequencies, res.dos = np.array(ph.total_dos.frequency_points), np.array(ph.total_dos.dos)
-        ph.run_thermal_properties(temperatures=temps)
+        _thermal(ph, temps, exclude_gamma_acoustic)
         t, free, entropy, cv = ph.thermal_properties.thermal_properties
         res.temperatures, res.free_energy_kJ_mol = np.array(t), np.array(free)
         res.entropy_J_K_mol, res.heat_capacity_J_K_mol = np.array(entropy), np.array(cv)
@@ -405,6 +415,17 @@ def _finish(res, frames, subtract, symmetrize_fc, fc_calculator, mesh, band_path
     res.imaginary_tol_THz = tol
     res.n_imaginary = int(np.sum((res.mesh_frequencies < -tol) * res.mesh_weights[:, None]))
     res.n_imaginary_gamma = int(np.sum(res.gamma_frequencies < -tol))
+
+
+def _thermal(ph, temps, exclude_gamma_acoustic):
+    import inspect
+
+    kwargs = {}
+    if "exclude_gamma_acoustic" in inspect.signature(ph.run_thermal_properties).parameters:
+        kwargs["exclude_gamma_acoustic"] = bool(exclude_gamma_acoustic)  # older phonopy: cut off by frequency
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*acoustic mode.*at Gamma.*")  # our documented choice
+        ph.run_thermal_properties(temperatures=temps, **kwargs)
 
 
 def _bands(res, ph, band_path, npoints):
