@@ -128,7 +128,7 @@ def _phonopy_atoms(atoms: Atoms):
     from phonopy.structure.atoms import PhonopyAtoms
 
     return PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=np.array(atoms.cell),
-                        scaled_positions=atoms.get_scaled_positions(wrap=False), masses=atoms.get_masses())
+                        scaled_positions=atoms.get_scaled_positions(), masses=atoms.get_masses())
 
 
 def _to_ase(cell) -> Atoms:
