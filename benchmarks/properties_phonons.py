@@ -194,8 +194,8 @@ def main(argv=None):
              "ratio (eval ratio) | max abs dfc eV/A^2 | with imaginary modes |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['structures']} | {r['frames']} ({r['sc_atoms']} supercell atoms "
-                     f"over structures) | {r['batchmd_s']:.2f} ({r['batchmd_eval_s']:.2f}) | {r['ase_s']:.2f} "
+        lines.append(f"| {r['workload']} | {r['structures']} | {r['frames']} ({r['sc_atoms']} atoms in the "
+                     f"structures' supercells) | {r['batchmd_s']:.2f} ({r['batchmd_eval_s']:.2f}) | {r['ase_s']:.2f} "
                      f"({r['ase_eval_s']:.2f}) | {r['ratio']:.2f}x ({r['eval_ratio']:.2f}x) | {r['max_dfc']:.1e} | "
                      f"{r['n_imag']} |")
     table = "\n".join(lines)

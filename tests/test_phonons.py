@@ -187,6 +187,8 @@ def test_refusals():
         compute_phonons([bulk("Cu")], model, displacement=0.0)
     with pytest.raises(ValueError, match="band_path"):
         compute_phonons([bulk("Cu")], model, band_path="magic")
+    with pytest.raises(ValueError, match=r"Fe.*\(frame 1\)"):
+        compute_phonons([bulk("Cu"), bulk("Fe")], model)
     assert compute_phonons([], model) == []
 
 

@@ -66,7 +66,7 @@ from ase import Atoms
 
 from batchmd.properties._phonon_result import PhononResult, supercell_label
 
-__all__ = ["PhononResult", "compute_phonons", "evaluate_frames", "choose_supercell"]
+__all__ = ["PhononResult", "compute_phonons", "evaluate_frames", "choose_supercell", "supercell_label"]
 
 _MISSING = ("batchmd.properties.phonons needs phonopy (>= 2.20): pip install 'batchmd[phonons]' "
             "(or pip install phonopy)")
@@ -237,8 +237,9 @@ def compute_phonons(
         Per structure: a list of ``len(structures)`` 3x3 matrices, or of 3-int diagonals
         (except with exactly 3 structures, where a 3x3 nesting is read as one matrix).
     min_length : float, optional
-        Instead of ``supercell_matrix``: per structure the diagonal supercell whose lattice
-        vectors are at least this long, Å (:func:`choose_supercell`).
+        Instead of ``supercell_matrix`` (ignored when this is given): per structure the
+        diagonal supercell whose lattice vectors are at least this long, Å
+        (:func:`choose_supercell`).
     displacement : float
         Displacement amplitude, Å (phonopy's default 0.01).
     primitive : "auto", None or 3x3
@@ -284,7 +285,9 @@ def compute_phonons(
         phonopy is not installed (the ``phonons`` extra).
     ValueError
         One line, before anything runs: a structure without a 3-D periodic cell, bad
-        options (supercell matrix, mesh, displacement, temperatures, band path).
+        options (supercell matrix, mesh, displacement, temperatures, band path); and the
+        up-front refusals of :func:`batchmd.ase.run_frames` (e.g. elements the model has no
+        parameters for, naming the first structure holding one as ``(frame k)``).
     """
     phonopy = _require_phonopy()
     structures = list(structures)
@@ -305,6 +308,7 @@ def compute_phonons(
             raise ImportError("compute_phonons: band_path='seekpath' needs the seekpath package "
                               "(pip install seekpath); band_path='ase' needs nothing more") from None
     matrices = _supercell_matrices(structures, supercell_matrix, min_length)
+    _check_species(structures, model)
     hooks = list(hooks)
     progress_hook = None
     if progress:
@@ -312,8 +316,8 @@ def compute_phonons(
 
         progress_hook = ProgressHook(enabled=True)
         hooks.append(progress_hook)
-    results = [PhononResult(index=i, formula=a.get_chemical_formula(), ok=True, n_atoms=len(a),
-                            supercell_matrix=m) for i, a in enumerate(structures, 0) for m in [matrices[i]]]
+    results = [PhononResult(index=i, formula=atoms.get_chemical_formula(), n_atoms=len(atoms), supercell_matrix=matrix)
+               for i, (atoms, matrix) in enumerate(zip(structures, matrices))]
     run_kw = dict(device=device, dtype=dtype, max_atoms=max_atoms, hooks=hooks)
     try:
         cells = list(structures)
@@ -354,6 +358,15 @@ def compute_phonons(
         if progress_hook is not None:
             progress_hook.close()
     return results
+
+
+def _check_species(structures, model) -> None:
+    """Elements the model has no parameters for, refused before anything runs (naming the structure)."""
+    from batchmd.ase_checks import _check_species_up_front
+    from batchmd.dynamics import FIRE
+
+    if structures:
+        _check_species_up_front(structures, [FIRE(model, n_steps=0)])
 
 
 def _relax(structures, model, results, relax_cell, fmax, max_steps, optimizer, run_kw) -> list[Atoms]:
@@ -488,5 +501,3 @@ def _ase_paths(cell):
         names.append(["$\\Gamma$" if name == "G" else name for name in path])
     return paths, names
 
-
-__all__ += ["supercell_label"]
