@@ -238,3 +238,19 @@ def test_sevennet_si_equals_sevennet_calculator_one_at_a_time():
           f"max |Δfc| {diff:.2e} eV/Å^2")
     np.testing.assert_allclose(res.force_constants, ref.force_constants, rtol=0, atol=1e-8)
     assert res.n_imaginary == 0 and np.sort(np.abs(res.gamma_frequencies))[2] < res.imaginary_tol_THz
+
+
+def test_small_atom_budget_refills_give_the_same_force_constants(emt_results, capsys):
+    """Supercells served a few at a time (many refills of the live batch) give the same answer."""
+    structures = [atoms for atoms, _ in EMT_CASES.values()]
+    matrices = [np.diag(sc) for _, sc in EMT_CASES.values()]
+    again = compute_phonons(structures, load_model("emt"), supercell_matrix=matrices, mesh=(12, 12, 12),
+                            temperatures=[300], band_path=None, max_atoms=40, progress=True,
+                            primitive="auto", symmetrize_fc=False)
+    for a, b in zip(again, emt_results):
+        np.testing.assert_allclose(a.force_constants, b.force_constants, rtol=0, atol=1e-12)
+    [sym] = compute_phonons([cu3au()], load_model("emt"), primitive=None, symmetrize_fc=True, mesh=(4, 4, 4),
+                            band_path=None)
+    fc = sym.force_constants
+    assert np.abs(fc.sum(axis=1)).max() < 1e-10  # translational sum rule imposed by phonopy
+    assert len(sym.phonopy.primitive) == 4 and sym.gamma_frequencies.shape == (12,)
