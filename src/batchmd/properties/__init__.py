@@ -1,0 +1,1 @@
+"""Properties computed at batch scale on the batchmd engine: equation of state, elastic tensor, phonons."""
