@@ -253,7 +253,9 @@ class ElasticResult:
         image = ax.imshow(self.C_sym, cmap="RdBu_r", vmin=-limit, vmax=limit)
         for i in range(6):
             for j in range(6):
-                ax.text(j, i, f"{self.C_sym[i, j]:.0f}", ha="center", va="center", fontsize=8)
+                value = self.C_sym[i, j] if abs(self.C_sym[i, j]) >= 0.5 else 0.0  # no "-0"
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(value) > 0.6 * limit else "black")
         ax.set_xticks(range(6), [f"{k + 1}\n{v}" for k, v in enumerate(VOIGT_LABELS)])
         ax.set_yticks(range(6), [f"{k + 1} {v}" for k, v in enumerate(VOIGT_LABELS)])
         ax.set_title(f"{self.formula}: C (GPa), K_VRH {self.K_VRH:.1f}, G_VRH {self.G_VRH:.1f}")
