@@ -237,16 +237,21 @@ class ElasticResult:
         return row
 
     def plot(self, path) -> None:
-        """Write a PNG: the ``C_sym`` heatmap (GPa) and, per strained component, the six stresses vs strain
-        with the fitted lines. Raises ``ValueError`` for a failed result."""
+        """Write :meth:`figure` as a PNG to ``path`` (no pyplot, no backend change). Raises ``ValueError`` for a
+        failed result."""
+        fig = self.figure()
+        fig.savefig(path, dpi=110)
+
+    def figure(self, fig=None):
+        """Draw the ``C_sym`` heatmap (GPa) and, per strained component, the six stresses vs strain with the
+        fitted lines, into ``fig`` (a ``matplotlib.figure.Figure``; default a new 13 x 5.2 inch one, not
+        registered with pyplot). Returns the figure. Raises ``ValueError`` for a failed result."""
         if not self.ok:
             raise ValueError(f"ElasticResult.plot: structure {self.index} ({self.formula}) failed: {self.error}")
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = plt.figure(figsize=(13, 5.2), layout="constrained")
+        if fig is None:
+            fig = Figure(figsize=(13, 5.2), layout="constrained")
         grid = fig.add_gridspec(2, 5)
         ax = fig.add_subplot(grid[:, :2])
         limit = float(np.abs(self.C_sym).max()) or 1.0
@@ -278,8 +283,7 @@ class ElasticResult:
                 axj.set_ylabel("stress (GPa)", fontsize=8)
             if j == 2:
                 axj.legend(fontsize=6, title="stress", title_fontsize=6)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        return fig
 
 
 def _check_strains(strains) -> np.ndarray:
