@@ -45,7 +45,7 @@ def crystals(n: int, metals=METALS):
     rng = np.random.default_rng(21)
     for i in range(n):
         metal = metals[i % len(metals)]
-        shape = SHAPES[(i // len(METALS)) % len(SHAPES)]
+        shape = SHAPES[(i // len(metals)) % len(SHAPES)]
         if shape == "primitive":
             atoms = bulk(metal, "fcc", a=LJ_A.get(metal))
         else:
