@@ -159,21 +159,21 @@ class ElasticResult:
         ``error`` names the first, and the tensor and moduli are NaN).
     error : str or None
         One line, e.g. ``"strain -1% of xx: not converged in 500 steps (fmax 0.12 eV/Å)"``.
-    C : array [6, 6], GPa
-        Raw least-squares fit ``C[i, j] = d sigma_i / d eps_j`` (Voigt xx yy zz yz xz xy,
+    C : numpy.ndarray
+        [6, 6] GPa. Raw least-squares fit ``C[i, j] = d sigma_i / d eps_j`` (Voigt xx yy zz yz xz xy,
         engineering shear strain; stress positive in tension).
-    C_sym : array [6, 6], GPa
-        ``(C + C^T) / 2``: the tensor the moduli and the row's ``Cij_GPa`` use.
-    K_V, K_R, K_VRH, G_V, G_R, G_VRH : float, GPa
-        Bulk and shear moduli, Voigt, Reuss, Hill (:func:`vrh_moduli`, of ``C_sym``).
-    strains : array [n]
-        The strain magnitudes.
-    stresses : array [6, n, 6], GPa
-        ``stresses[j, k, i]``: Voigt stress ``i`` with component ``j`` strained by ``strains[k]``.
-    stress0 : array [6], GPa
-        Stress of the unstrained reference (after its ions were relaxed).
-    fit_rms : array [6, 6], GPa
-        Root-mean-square residual of each fitted line (non-linearity of the response).
+    C_sym : numpy.ndarray
+        [6, 6] GPa. ``(C + C^T) / 2``: the tensor the moduli and the row's ``Cij_GPa`` use.
+    K_V, K_R, K_VRH, G_V, G_R, G_VRH : float
+        GPa. Bulk and shear moduli, Voigt, Reuss, Hill (:func:`vrh_moduli`, of ``C_sym``).
+    strains : numpy.ndarray
+        [n] The strain magnitudes.
+    stresses : numpy.ndarray
+        [6, n, 6] GPa. ``stresses[j, k, i]``: Voigt stress ``i`` with component ``j`` strained by ``strains[k]``.
+    stress0 : numpy.ndarray
+        [6] GPa. Stress of the unstrained reference (after its ions were relaxed).
+    fit_rms : numpy.ndarray
+        [6, 6] GPa. Root-mean-square residual of each fitted line (non-linearity of the response).
     variants : tuple of str
         Variant names: ``"unstrained"``, then ``"strain -1% of xx"``, ... (component-major).
     status, n_steps, fmax : tuple
@@ -211,7 +211,7 @@ class ElasticResult:
 
     @property
     def stable(self) -> bool:
-        """Born stability: every eigenvalue of ``C_sym`` positive (False when the tensor is NaN)."""
+        """True when every eigenvalue of ``C_sym`` is positive (Born stability; False when the tensor is NaN)."""
         return bool(np.all(np.isfinite(self.C_sym)) and np.linalg.eigvalsh(self.C_sym).min() > 0)
 
     def row(self) -> dict:
