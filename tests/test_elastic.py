@@ -163,7 +163,7 @@ def test_equals_pymatgen_from_the_same_strains_and_stresses(hcp_result):
             stresses.append(Stress.from_voigt(hcp_result.stresses[j, k]))  # GPa, positive in tension: no sign flip
     tensor = ElasticTensor.from_independent_strains(strains, stresses, eq_stress=Stress.from_voigt(hcp_result.stress0),
                                                     vasp=False, tol=0.0)
-    assert rel(hcp_result.C, tensor.voigt.T) < 1e-10
+    assert rel(hcp_result.C, tensor.voigt.T) < 1e-10, rel(hcp_result.C, tensor.voigt.T)
     symmetric = ElasticTensor.from_voigt(0.5 * (tensor.voigt + tensor.voigt.T))
     ours = hcp_result.row()
     for name, theirs in (("K_V", symmetric.k_voigt), ("K_R", symmetric.k_reuss), ("K_VRH", symmetric.k_vrh),
@@ -229,8 +229,8 @@ def test_clamped_ions():
 def test_float32_close_to_float64(hcp_result):
     [result] = compute_elastic([hcp_argon()], lj_model(), relax_input=True, fmax=LJ_FMAX, dtype=torch.float32)
     assert result.ok, result.error
-    assert rel(result.C_sym, hcp_result.C_sym) < 1e-2, rel(result.C_sym, hcp_result.C_sym)
-    assert abs(result.K_VRH - hcp_result.K_VRH) < 1e-2 * hcp_result.K_VRH
+    assert rel(result.C_sym, hcp_result.C_sym) < 1e-3, rel(result.C_sym, hcp_result.C_sym)  # measured 3e-6
+    assert abs(result.K_VRH - hcp_result.K_VRH) < 1e-3 * hcp_result.K_VRH
 
 
 class _PoisonedEMT(EMT):
@@ -312,7 +312,7 @@ def test_row_plot_and_moduli(tmp_path, hcp_result):
     assert failed.row()["index"] == 3 and math.isnan(failed.row()["C11_GPa"]) and failed.row()["stable"] is None
 
 
-@pytest.mark.slow  # SevenNet-0 on CPU: ~25 relaxations each side
+@pytest.mark.slow  # SevenNet-0 on CPU (TorchScript warm-up of the model and of its own calculator): minutes
 def test_sevennet_silicon_equals_own_calculator():
     """Si diamond with SevenNet-0 (float64): batched vs SevenNet's own ASE calculator through the same ASE procedure."""
     pytest.importorskip("sevenn")
@@ -322,7 +322,7 @@ def test_sevennet_silicon_equals_own_calculator():
     [result] = compute_elastic([si], sevennet_model(), relax_input=True, dtype=torch.float64)
     assert result.ok, result.error
     reference = ase_elastic(si, lambda: sevennet_reference_calculator(torch.float64), relax_input=True)
-    assert rel(result.C, reference) < 1e-4, rel(result.C, reference)
+    assert rel(result.C, reference) < 1e-8, rel(result.C, reference)  # measured 1.3e-14
     C = result.C_sym
     assert abs(C[0, 0] - C[1, 1]) < 1e-2 * C[0, 0] and abs(C[3, 3] - C[5, 5]) < 1e-2 * C[0, 0]
     assert 60 < result.K_VRH < 120  # Si: ~98 GPa experimentally
