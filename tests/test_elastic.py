@@ -210,7 +210,7 @@ def test_cubic_symmetry_and_bulk_modulus_emt():
 
 
 def test_clamped_ions():
-    """1-atom cell: clamped = relaxed (no internal freedom); hcp: relaxing ions only softens (C_clamped - C_relaxed >= 0)."""
+    """1-atom cell: clamped = relaxed (no internal freedom); hcp: relaxing ions only softens (clamped - relaxed >= 0)."""
     one = bulk("Cu", "fcc", a=3.6)
     relaxed = compute_elastic([one], emt_model())[0]
     clamped = compute_elastic([one], emt_model(), relax_ions=False)[0]
@@ -224,6 +224,21 @@ def test_clamped_ions():
     assert difference.min() > -1e-3 * np.abs(start.C_sym).max() and difference.max() > 0.01 * np.abs(start.C_sym).max()
     reference = ase_elastic(start.structure, ase_lj, relax_ions=False)
     assert rel(start.C, reference) < 1e-9
+
+
+def test_lbfgs_and_progress(hcp_result, capsys):
+    """optimizer="lbfgs" ends within the fmax-limited precision of FIRE; progress=True writes a status line."""
+    [result] = compute_elastic([hcp_argon()], lj_model(), relax_input=True, fmax=LJ_FMAX, optimizer="lbfgs",
+                               progress=True)
+    assert result.ok, result.error
+    assert rel(result.C_sym, hcp_result.C_sym) < 1e-2, rel(result.C_sym, hcp_result.C_sym)
+    assert "systems" in capsys.readouterr().err
+
+
+def test_live_batch_size_does_not_change_the_result(hcp_result):
+    """max_atoms=4: two variants at a time, 24 refills; the same C as with all 25 variants live at once."""
+    [result] = compute_elastic([hcp_argon()], lj_model(), relax_input=True, fmax=LJ_FMAX, max_atoms=4)
+    assert result.ok and rel(result.C, hcp_result.C) < 1e-12, rel(result.C, hcp_result.C)
 
 
 def test_float32_close_to_float64(hcp_result):

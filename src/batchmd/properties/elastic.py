@@ -96,7 +96,8 @@ def strain_structure(atoms: Atoms, eps: np.ndarray) -> Atoms:
     return out
 
 
-def fit_stress_strain(strains: Sequence[float], stresses: np.ndarray, stress0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_stress_strain(strains: Sequence[float], stresses: np.ndarray,
+                      stress0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares stress-strain fit: ``C[i, j] = d sigma_i / d eps_j`` and the fit residuals.
 
     Parameters
