@@ -277,6 +277,9 @@ def test_failures_are_per_structure_and_named():
     assert fine.ok and np.array_equal(fine.C, alone.C)
     with pytest.raises(ValueError, match="plot.*failed"):
         slow.plot("never.png")
+    [unrelaxed] = compute_elastic([bulk("Cu", "fcc", a=3.7)], emt_model(), relax_input=True, max_steps=1)
+    assert not unrelaxed.ok and unrelaxed.error.startswith("input relaxation (cell full): not converged in 1 steps")
+    assert unrelaxed.row()["n_variants"] == 0 and math.isnan(unrelaxed.row()["C11_GPa"])
 
 
 def test_refusals_are_one_line():
