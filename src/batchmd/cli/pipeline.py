@@ -8,6 +8,10 @@ Schema (every key is checked; an unknown one is an error naming it)::
     dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)
     max_atoms = 2048                   # optional: atom budget of the live batch
     refill_every = 10                  # optional: steps between refill points
+    trajectory = "run.h5"              # optional: every system's frames (HDF5 store; relative to the file)
+    traj_every = 10                    # optional: a frame every N of each system's steps (default 10)
+    traj_fields = ["velocities"]       # optional: velocities, forces, energy, stress
+    log_every = 10                     # optional: thermo log OUTPUT_STEM.thermo.parquet every N steps
 
     [model]                            # optional; default: name = "lj" (noble-gas presets)
     name = "lj"                        # lj | emt | sevennet-0 | mace:PATH | metatomic:PATH | ...
@@ -92,7 +96,8 @@ STAGE_KEYS = {
 #: Allowed values of the string keys.
 CHOICES = {"barostat": ("isotropic", "full"), "cell": ("fixed", "full", "hydrostatic", "volume"),
            "velocities": ("auto", "keep", "zero", "maxwell-boltzmann")}
-TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages"}
+TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages", "trajectory",
+            "traj_every", "traj_fields", "log_every"}
 MODEL_KEYS = {"name", "sigma", "epsilon", "cutoff"}
 
 
@@ -330,6 +335,16 @@ def load_config(path, output_given: bool = False) -> dict:
             hint = " (or give -o OUTPUT)" if key == "output" else ""
             raise CLIError(f"{path}: {key!r} must be a file name{hint}")
         config[key] = str((path.parent / config[key]))
+    if "trajectory" in config:
+        if not isinstance(config["trajectory"], str):
+            raise CLIError(f"{path}: 'trajectory' must be a file name")
+        config["trajectory"] = str(path.parent / config["trajectory"])
+    for key in ("traj_every", "log_every"):
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1):
+            raise CLIError(f"{path}: {key!r} must be an integer >= 1, got {config[key]!r}")
+    if "traj_fields" in config and not (isinstance(config["traj_fields"], list)
+                                        and all(isinstance(f, str) for f in config["traj_fields"])):
+        raise CLIError(f"{path}: 'traj_fields' must be a list of names (velocities, forces, energy, stress)")
     stages = config.get("stages")
     if not isinstance(stages, list) or not stages:
         raise CLIError(f"{path}: at least one [[stages]] table is required")
@@ -355,6 +370,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-o", "--output", default=None, help="override the config's output file")
     add_resume_argument(parser)
     parser.add_argument("--device", default=None, help="override the config's device (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing trajectory store or thermo log (the config's trajectory / log_every)")
     add_input_arguments(parser)
     add_determinism_argument(parser)
     add_verbosity_arguments(parser)
@@ -373,6 +390,10 @@ def command(args) -> int:
     config = load_config(args.config, output_given=args.output is not None)
     output = args.output or config["output"]
     model = {"name": "lj", **config.get("model", {})}
+    from batchmd.cli.recording import recording_options
+
+    recording = recording_options(args, {k: config[k] for k in ("trajectory", "traj_every", "traj_fields",
+                                                                   "log_every") if k in config})
     return execute(args, "pipeline", config["stages"], input_path=config["input"], output=output, model_spec=model,
                    max_atoms=config.get("max_atoms"), refill_every=config.get("refill_every", 10),
-                   device=args.device or config.get("device"), dtype=config.get("dtype"))
+                   device=args.device or config.get("device"), dtype=config.get("dtype"), recording=recording)
