@@ -79,11 +79,13 @@ class _H5Target:
     def __init__(self, path: Path, fields: tuple, dt_table: list) -> None:
         self.path, self.fields, self.dt_table = Path(path), fields, dt_table
         self._rows, self._done = [], []
+        self._float = np.float64
         self.pending_bytes = 0
         self.segments = 0
         self.frames = 0
 
     def add(self, arrays: dict) -> None:
+        self._float = arrays["sys_float"].dtype  # the run's dtype, also for segments holding only marks
         self._rows.append(arrays)
         self.pending_bytes += sum(a.nbytes for a in arrays.values())
 
@@ -96,9 +98,12 @@ class _H5Target:
     def commit(self) -> None:
         if not self._rows and not self._done:
             return
-        sys_f = np.concatenate([r["sys_float"] for r in self._rows]) if self._rows else np.zeros((0, 9))
+        f = self.fields
+        width_s = 9 + ("energy" in f) + 9 * ("stress" in f)
+        width_a = 3 + 3 * ("velocities" in f) + 3 * ("forces" in f)
+        sys_f = np.concatenate([r["sys_float"] for r in self._rows]) if self._rows else np.zeros((0, width_s), self._float)
         sys_i = np.concatenate([r["sys_int"] for r in self._rows]) if self._rows else np.zeros((0, 8), np.int64)
-        atom_f = np.concatenate([r["atom_float"] for r in self._rows]) if self._rows else np.zeros((0, 3))
+        atom_f = np.concatenate([r["atom_float"] for r in self._rows]) if self._rows else np.zeros((0, width_a), self._float)
         atom_i = np.concatenate([r["atom_int"] for r in self._rows]) if self._rows else np.zeros(0, np.int64)
         done = np.asarray(self._done, dtype=np.int64)
         data = self._datasets(sys_f, sys_i, atom_f, atom_i)
@@ -191,7 +196,7 @@ class TrajectoryWriter(SnapshotCapture):
 
     def __init__(self, path, every: int = 10, fields=(), *, dt_fs=None, stages=None, flush_every: int = 10,
                  overwrite: bool = False, resume: bool = False, max_queue: int = 8, commit_bytes: int = 64 << 20,
-                 commit_seconds: float = 30.0) -> None:
+                 commit_seconds: float | None = None) -> None:
         from batchmd.trajectory.segments import remove_store, store_exists
 
         self.path = Path(path)
@@ -208,6 +213,7 @@ class TrajectoryWriter(SnapshotCapture):
                                  "it, or resume=True (--resume) to continue its run")
             remove_store(self.path)
         self._target = _H5Target(self.path, self.fields, dt_table)
+        parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         super().__init__(every, BackgroundWriter(self._target, max_queue, commit_bytes, commit_seconds), flush_every)
 
     def system_float(self, batch) -> torch.Tensor:
@@ -342,8 +348,10 @@ def finalize_store(path) -> Path:
             table = {f"{g}/{n}": ds[()] for g in ("frames", "done") if g in f for n, ds in f[g].items()}
             tables.append(table)
             for name, ds in f["atoms"].items():
-                rows, rest = atom_shapes.get(name, (0, None))
-                atom_shapes[name] = (rows + ds.shape[0], (ds.shape[1:], ds.dtype))
+                rows, kind = atom_shapes.get(name, (0, None))
+                if kind is None or ds.shape[0]:  # the dtype of segments with rows
+                    kind = (ds.shape[1:], ds.dtype)
+                atom_shapes[name] = (rows + ds.shape[0], kind)
     merged, offset = {}, 0
     for table in tables:
         table["frames/atom_start"] = table["frames/atom_start"] + offset

@@ -167,7 +167,7 @@ class ThermoLogHook(SnapshotCapture):
 
     def __init__(self, path, every: int = 10, stages=None, *, flush_every: int = 10, overwrite: bool = False,
                  resume: bool = False, max_queue: int = 8, commit_bytes: int = 16 << 20,
-                 commit_seconds: float = 30.0) -> None:
+                 commit_seconds: float | None = None) -> None:
         from batchmd.trajectory.segments import remove_store, store_exists
 
         self.path = Path(path)
@@ -177,6 +177,7 @@ class ThermoLogHook(SnapshotCapture):
                                  "or resume=True (--resume) to continue its run")
             remove_store(self.path)
         self.stages = list(stages) if stages is not None else None
+        parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         dts, kinds = _stage_kinds(self.stages)
         self._device_conserved = [(k, s) for k, (s, kind) in enumerate(zip(self.stages or [], kinds))
                                   if kind == "device"]

@@ -17,6 +17,7 @@ stays readable). Targets implement ``add(arrays)``, ``mark_done(ids)``, ``pendin
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -39,12 +40,16 @@ class BackgroundWriter:
         Snapshots waiting at most (then ``put`` blocks).
     commit_bytes : int
         Commit a segment once this many bytes are gathered (default 64 MiB).
-    commit_seconds : float
-        ... or once this long has passed since the last commit (default 30 s): what a
-        crash (SIGKILL, power loss) can lose; those systems rerun on ``--resume``.
+    commit_seconds : float or None
+        ... or once this long has passed since the last commit (default: the environment
+        variable ``BATCHMD_COMMIT_SECONDS``, else 30 s): what a crash (SIGKILL, power loss)
+        can lose; those systems rerun on ``--resume``.
     """
 
-    def __init__(self, target, max_queue: int = 8, commit_bytes: int = 64 << 20, commit_seconds: float = 30.0) -> None:
+    def __init__(self, target, max_queue: int = 8, commit_bytes: int = 64 << 20,
+                 commit_seconds: float | None = None) -> None:
+        if commit_seconds is None:
+            commit_seconds = float(os.environ.get("BATCHMD_COMMIT_SECONDS", 30.0))
         if max_queue < 1:
             raise ValueError(f"BackgroundWriter: max_queue must be >= 1, got {max_queue}")
         self.target = target

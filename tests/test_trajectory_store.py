@@ -1,0 +1,302 @@
+"""Trajectory stores (issue 23): every system's frames on disk, readers, export, durability with the run.
+
+Fast: Lennard-Jones argon of 4-12 atoms, tens of steps, float64. The resume tests compare an
+interrupted (Ctrl-C in process, SIGKILL in a subprocess) and resumed store with an
+uninterrupted one frame by frame, bit for bit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import h5py
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from batchmd.cli import main
+from batchmd.trajectory import (SystemNotRecorded, TrajectoryWriter, export_frames, list_systems, parse_systems,
+                                read_thermo, read_trajectory)
+from batchmd.trajectory.segments import parts_dir, segment_paths
+
+SIGMA, EPS, RC = 3.405, 0.0104, 8.5125
+
+
+def argon_frames(count=8, seed=0):
+    frames = []
+    for i in range(count):
+        atoms = bulk("Ar", "fcc", a=5.26 + 0.02 * (i % 3), cubic=True).repeat((1, 1, 1 + i % 3))
+        atoms.rattle(0.08, seed=seed + i)
+        frames.append(atoms)
+    return frames
+
+
+def _nvt(steps=20):
+    from batchmd.dynamics import NVTLangevin
+    from batchmd.models.lj import LennardJones
+
+    return NVTLangevin(LennardJones(sigma=SIGMA, epsilon=EPS, cutoff=RC), dt=5.0, temperature=40.0, n_steps=steps,
+                       random_seed=7)
+
+
+def _run(tmp_path, name, max_atoms, every=5, steps=20, fields=("velocities", "forces", "energy", "stress")):
+    from batchmd.ase import run_frames
+
+    nvt = _nvt(steps)
+    with TrajectoryWriter(tmp_path / name, every=every, fields=fields, stages=[nvt], flush_every=5) as traj:
+        result = run_frames(argon_frames(), [nvt], hooks=[traj], max_atoms=max_atoms, refill_frequency=5)
+    return result
+
+
+def test_frames_every_n_steps_match_the_results(tmp_path):
+    result = _run(tmp_path, "a.h5", max_atoms=16)  # 1-3 systems at a time: most enter through refills
+    store = tmp_path / "a.h5"
+    assert store.is_file() and not parts_dir(store).exists()
+    assert list_systems(store) == list(range(8))
+    for i, final in enumerate(result.frames):
+        arrays = read_trajectory(store, i, as_arrays=True)
+        assert arrays["step"].tolist() == [0, 5, 10, 15, 20]
+        assert np.allclose(arrays["time_fs"], [0, 25, 50, 75, 100])
+        assert arrays["positions"].shape == (5, len(final), 3) and arrays["positions"].dtype == np.float64
+        assert np.array_equal(arrays["positions"][-1], final.positions)  # bit for bit
+        assert np.array_equal(arrays["numbers"], final.numbers) and arrays["pbc"].all()
+        assert np.array_equal(arrays["cell"][-1], final.cell.array)
+        assert arrays["energy"][-1] == final.get_potential_energy()
+        assert np.array_equal(arrays["forces"][-1], final.get_forces())
+        assert np.allclose(arrays["velocities"][-1] / ase.units.fs, final.get_velocities(), rtol=1e-12, atol=0)
+        assert np.isfinite(arrays["stress"]).all()
+        frames = read_trajectory(store, i)
+        assert len(frames) == 5 and frames[2].info["step"] == 10 and frames[2].info["system_id"] == i
+        assert np.allclose(frames[-1].get_momenta(), final.get_momenta(), rtol=1e-12, atol=0)
+        assert frames[-1].get_potential_energy() == final.get_potential_energy()
+    first = read_trajectory(store, 0, as_arrays=True)
+    initial = argon_frames()[0]
+    assert np.array_equal(first["positions"][0], initial.positions)  # the input frame is frame 0
+
+
+def test_frames_do_not_depend_on_batching(tmp_path):
+    """A system's frames are at its own steps, whatever batch, slot or refill it ran in (what resume relies on)."""
+    _run(tmp_path, "one_batch.h5", max_atoms=1000, fields=("velocities",))
+    _run(tmp_path, "refills.h5", max_atoms=12, fields=("velocities",))
+    for i in range(8):
+        a = read_trajectory(tmp_path / "one_batch.h5", i, as_arrays=True)
+        b = read_trajectory(tmp_path / "refills.h5", i, as_arrays=True)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert np.array_equal(a[key], b[key]), (i, key)
+
+
+def test_never_recorded_system_and_bad_selection_are_one_line(tmp_path, capsys):
+    _run(tmp_path, "a.h5", max_atoms=1000, fields=())
+    with pytest.raises(SystemNotRecorded, match=r"^system 42 was never recorded in .*a\.h5 \(it holds 8 systems, "
+                                                r"ids 0\.\.7\)$") as caught:
+        read_trajectory(tmp_path / "a.h5", 42)
+    assert isinstance(caught.value, KeyError) and isinstance(caught.value, ValueError)
+    assert main(["traj", "export", str(tmp_path / "a.h5"), "--systems", "1,42", "-o", str(tmp_path / "x.extxyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "system 42 was never recorded" in err and not (tmp_path / "x.extxyz").exists()
+    assert parse_systems("0,5-7, 9") == [0, 5, 6, 7, 9]
+    with pytest.raises(ValueError, match="bad system selection '7-5'"):
+        parse_systems("7-5")
+    with pytest.raises(ValueError, match="no trajectory store"):
+        list_systems(tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match="exists: pass overwrite=True"):
+        TrajectoryWriter(tmp_path / "a.h5")
+
+
+def test_export_extxyz_traj_h5md(tmp_path, capsys):
+    _run(tmp_path, "a.h5", max_atoms=1000, fields=("velocities", "energy"))
+    store = str(tmp_path / "a.h5")
+    assert main(["traj", "export", store, "--systems", "0,2-3", "-o", str(tmp_path / "out.extxyz")]) == 0
+    frames = ase.io.read(tmp_path / "out.extxyz", ":")
+    assert len(frames) == 15 and [a.info["system_id"] for a in frames[::5]] == [0, 2, 3]
+    assert np.allclose(frames[4].positions, read_trajectory(store, 0)[-1].positions)
+    assert main(["traj", "export", store, "--systems", "1", "-o", str(tmp_path / "one.traj")]) == 0
+    traj = ase.io.read(tmp_path / "one.traj", ":")
+    assert len(traj) == 5 and np.allclose(traj[-1].get_momenta(), read_trajectory(store, 1)[-1].get_momenta())
+    written = export_frames(store, [0, 1], tmp_path / "sys{system}.h5md")
+    assert [p.name for p in written] == ["sys0.h5md", "sys1.h5md"]
+    with h5py.File(written[1], "r") as f:  # the H5MD 1.1 layout MDAnalysis reads
+        assert list(f["h5md"].attrs["version"]) == [1, 1]
+        pos = f["particles/system/position/value"][()]
+        assert pos.shape == (5, 8, 3) and np.allclose(pos, read_trajectory(store, 1, as_arrays=True)["positions"])
+        assert f["particles/system/box/edges/value"].shape == (5, 3, 3)
+        assert f["particles/system/position/step"][()].tolist() == [0, 5, 10, 15, 20]
+    with pytest.raises(ValueError, match=r"one system per file; put \{system\}"):
+        export_frames(store, [0, 1], tmp_path / "both.h5md")
+    capsys.readouterr()
+    assert main(["traj", "info", store]) == 0
+    assert "8 systems, 40 frames" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the command line
+def _md_args(source, out, steps=40):
+    return ["md", str(source), "-o", str(out), "--temperature", "40", "--steps", str(steps), "--dt", "5",
+            "--max-atoms", "16", "--refill-every", "5", "--device", "cpu", "--deterministic", "-q",
+            "--trajectory", str(out.with_suffix(".h5")), "--traj-every", "5",
+            "--traj-fields", "velocities,forces,energy,stress", "--log-every", "5"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: output, store and log."""
+    folder = tmp_path_factory.mktemp("ref")
+    source = folder / "in.extxyz"
+    ase.io.write(source, argon_frames(10, seed=3))
+    assert main(_md_args(source, folder / "full.extxyz")) == 0
+    return folder
+
+
+def assert_same_store(a, b):
+    assert list_systems(a) == list_systems(b)
+    for i in list_systems(a):
+        x, y = read_trajectory(a, i, as_arrays=True), read_trajectory(b, i, as_arrays=True)
+        assert x.keys() == y.keys()
+        for key in x:
+            assert np.array_equal(x[key], y[key], equal_nan=x[key].dtype.kind == "f"), (i, key)
+
+
+def assert_same_table(a, b):
+    """Column by column, bit for bit (NaN where NaN)."""
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows
+    for name in a.column_names:
+        x, y = a[name].to_numpy(), b[name].to_numpy()
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+
+
+def assert_same_run(folder, ref):
+    assert (folder / "int.extxyz").read_bytes() == (ref / "full.extxyz").read_bytes()
+    assert_same_store(folder / "int.h5", ref / "full.h5")
+    assert_same_table(read_thermo(folder / "int.thermo.parquet"), read_thermo(ref / "full.thermo.parquet"))
+    with h5py.File(folder / "int.h5") as f, h5py.File(ref / "full.h5") as g:  # the same index, system by system
+        for name in ("systems", "count"):
+            assert np.array_equal(f[f"index/{name}"][()], g[f"index/{name}"][()])
+    assert not parts_dir(folder / "int.h5").exists() and not (folder / "int.extxyz.partial").exists()
+
+
+@pytest.mark.parametrize("lose_last_segment", [False, True])
+def test_ctrl_c_then_resume_gives_the_uninterrupted_store(tmp_path, monkeypatch, capsys, reference,
+                                                          lose_last_segment):
+    """Ctrl-C at a refill point (in process); --resume: store, log and output bitwise the uninterrupted run's.
+
+    ``lose_last_segment``: the newest committed segment of store and log is deleted before
+    resuming (as if the crash came before it was written): systems already in the partial
+    output but without complete frames rerun, and their frames are rewritten once.
+    """
+    from batchmd.dynamics import sinks
+
+    source = reference / "in.extxyz"
+    out = tmp_path / "int.extxyz"
+    write, calls = sinks.ExtXYZSink.write, []
+
+    def interrupting(self, batch):
+        write(self, batch)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sinks.ExtXYZSink, "write", interrupting)
+    assert main(_md_args(source, out)) == 130
+    monkeypatch.setattr(sinks.ExtXYZSink, "write", write)
+    assert "--resume" in capsys.readouterr().err
+    store = tmp_path / "int.h5"
+    assert not store.exists() and segment_paths(store)
+    done = list_systems(store)  # the interrupted store opens; systems in flight have their first frames
+    assert 2 <= len(done) < 10
+    if lose_last_segment:
+        segment_paths(store)[-1].unlink()
+        segment_paths(tmp_path / "int.thermo.parquet")[-1].unlink()
+    assert main(_md_args(source, out)) == 2  # without --resume: refused, nothing deleted
+    assert "exists: add --resume" in capsys.readouterr().err or (tmp_path / "int.extxyz.partial").exists()
+    assert main(_md_args(source, out) + ["--resume"]) == 0, capsys.readouterr().err
+    assert_same_run(tmp_path, reference)
+
+
+def test_sigkill_mid_run_leaves_a_store_that_opens_and_resumes(tmp_path, capsys, reference):
+    """A process killed while writing (commits after every flush) leaves readable segments; --resume finishes."""
+    source = reference / "in.extxyz"
+    out = tmp_path / "int.extxyz"
+    args = _md_args(source, out, steps=40)
+    env = {**os.environ, "BATCHMD_COMMIT_SECONDS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = "import sys; from batchmd.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    store = tmp_path / "int.h5"
+    deadline = time.time() + 300
+    while len(segment_paths(store)) < 6 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    for system in list_systems(store):  # every committed segment opens and reads
+        read_trajectory(store, system)
+    read_thermo(tmp_path / "int.thermo.parquet")
+    assert main(args + ["--resume"]) == 0, capsys.readouterr().err
+    assert_same_run(tmp_path, reference)
+
+
+def test_existing_store_overwrite_and_interval_longer_than_the_run(tmp_path, capsys, reference):
+    source = reference / "in.extxyz"
+    out = tmp_path / "o.extxyz"
+    (tmp_path / "o.h5").write_bytes(b"precious")
+    args = _md_args(source, out, steps=10)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "trajectory store" in err and "--overwrite" in err
+    assert (tmp_path / "o.h5").read_bytes() == b"precious" and not out.exists()
+    assert main([a for a in args if a != "-q"] + ["--overwrite", "--traj-every", "50"]) == 0
+    assert "warning: --traj-every 50 is longer than every stage (at most 10 steps)" in capsys.readouterr().err
+    assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0]
+    assert main(args + ["--overwrite", "--traj-fields", "velocity"]) == 2
+    assert "unknown trajectory field 'velocity'" in capsys.readouterr().err
+
+
+def test_full_disk_is_a_named_error_and_committed_frames_stay(tmp_path, monkeypatch, capsys, reference):
+    from batchmd.trajectory import store as store_module
+
+    atomic_write, calls = store_module.atomic_write, []
+
+    def failing(final, write):
+        calls.append(final)
+        if len(calls) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        atomic_write(final, write)
+
+    monkeypatch.setattr(store_module, "atomic_write", failing)
+    monkeypatch.setenv("BATCHMD_COMMIT_SECONDS", "0")
+    out = tmp_path / "int.extxyz"
+    assert main(_md_args(reference / "in.extxyz", out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err and "the 2 segments" in err
+    assert "--resume" in err and not out.exists()
+    assert len(segment_paths(tmp_path / "int.h5")) == 2 and list_systems(tmp_path / "int.h5")
+    monkeypatch.setattr(store_module, "atomic_write", atomic_write)
+    assert main(_md_args(reference / "in.extxyz", out) + ["--resume"]) == 0, capsys.readouterr().err
+    assert_same_run(tmp_path, reference)
+
+
+def test_pipeline_toml_keys(tmp_path, capsys):
+    source = tmp_path / "in.extxyz"
+    ase.io.write(source, argon_frames(3))
+    config = tmp_path / "run.toml"
+    config.write_text(f'input = "{source.name}"\noutput = "out.extxyz"\ntrajectory = "run.h5"\ntraj_every = 4\n'
+                      'traj_fields = ["velocities"]\nlog_every = 2\n'
+                      '[[stages]]\nmethod = "fire"\nfmax = 0.05\nmax_steps = 30\n'
+                      '[[stages]]\nmethod = "nvt"\ntemperature = 30.0\ndt = 2.0\nsteps = 8\n')
+    assert main(["pipeline", str(config), "--device", "cpu", "-q"]) == 0, capsys.readouterr().err
+    arrays = read_trajectory(tmp_path / "run.h5", 1, as_arrays=True)
+    md = arrays["stage"] == 1
+    assert arrays["stage_step"][md].tolist() == [0, 4, 8] and np.allclose(arrays["time_fs"][md], [0, 8, 16])
+    assert np.isnan(arrays["time_fs"][~md]).all() and arrays["stage_step"][~md][0] == 0
+    table = read_thermo(tmp_path / "out.thermo.parquet").to_pandas()
+    assert set(table["stage"]) == {0, 1} and table[table.stage == 0]["temperature_K"].isna().all()
+    config.write_text(config.read_text().replace("traj_every = 4", "traj_every = 0"))
+    assert main(["pipeline", str(config), "--device", "cpu", "-q", "--overwrite"]) == 2
+    assert "'traj_every' must be an integer >= 1" in capsys.readouterr().err
