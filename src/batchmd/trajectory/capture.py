@@ -89,15 +89,19 @@ class SnapshotCapture:
     has_atoms = False
 
     def __init__(self, every: int, writer, flush_every: int = 10) -> None:
-        if int(every) != every or every < 1:
-            raise ValueError(f"{type(self).__name__}: every must be an integer >= 1, got {every!r}")
-        if int(flush_every) != flush_every or flush_every < 1:
-            raise ValueError(f"{type(self).__name__}: flush_every must be an integer >= 1, got {flush_every!r}")
+        self.check_intervals(every, flush_every)
         self.every, self.flush_every, self.writer = int(every), int(flush_every), writer
         self._shape = None
         self._staging = None
         self._was_live = None
         self._closed = False
+
+    @classmethod
+    def check_intervals(cls, every, flush_every) -> None:
+        """``ValueError`` unless both are integers >= 1 (subclasses call it before opening anything)."""
+        for name, value in (("every", every), ("flush_every", flush_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{cls.__name__}: {name} must be an integer >= 1, got {value!r}")
 
     # ----------------------------------------------------------------- what a row holds
     def system_float(self, batch) -> torch.Tensor:  # pragma: no cover - interface

@@ -199,6 +199,7 @@ class TrajectoryWriter(SnapshotCapture):
                  commit_seconds: float | None = None) -> None:
         from batchmd.trajectory.segments import remove_store, store_exists
 
+        self.check_intervals(every, flush_every)
         self.path = Path(path)
         self.fields = check_fields(fields)
         if stages is not None:

@@ -170,6 +170,7 @@ class ThermoLogHook(SnapshotCapture):
                  commit_seconds: float | None = None) -> None:
         from batchmd.trajectory.segments import remove_store, store_exists
 
+        self.check_intervals(every, flush_every)
         self.path = Path(path)
         if store_exists(self.path) and not resume:
             if not overwrite:
