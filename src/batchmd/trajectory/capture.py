@@ -12,7 +12,10 @@ moved) get no frame. So a system's frames are at its own stage steps
 through an inflight refill, and whatever slot or neighbours it had: an interrupted run
 resumed later (where systems rerun in other batches) records the same frames.
 
-Per step (every step, device work only, ~10 small torch ops): a ``[B]`` due mask, its
+Which steps can have a due system is planned on the host once per refill point (one small
+read of the live systems' status and stage steps, right after the loop's own sync, see
+:meth:`SnapshotCapture._plan`): on the other steps the recorder does nothing. On a planned
+step (device work only, ~10 small torch ops): a ``[B]`` due mask, its
 cumulative sum (destination rows), and one ``index_copy_`` per packed field into the
 staging buffers; a device counter advances. Every ``flush_every`` steps (the refill
 points, where the loop synchronises anyway), at graduations and at :meth:`close`, the
@@ -40,6 +43,7 @@ from batchmd.dynamics.status import SystemStatus
 __all__ = ["SnapshotCapture", "HostSnapshot"]
 
 _ACTIVE, _PENDING, _EMPTY = int(SystemStatus.ACTIVE), int(SystemStatus.PENDING), int(SystemStatus.EMPTY)
+_UNPLANNED = object()
 
 
 class HostSnapshot:
@@ -95,6 +99,11 @@ class SnapshotCapture:
         self._staging = None
         self._was_live = None
         self._closed = False
+        self._dirty = False  # rows staged since the last flush
+        self._armed = True  # this step is checked on the device
+        self._plan_refills, self._phases = -1, _UNPLANNED
+        #: Stages of the run (set by subclasses given ``stages``): lets steps with no due system skip all work.
+        self.n_stages = getattr(self, "n_stages", None)
 
     @classmethod
     def check_intervals(cls, every, flush_every) -> None:
@@ -125,19 +134,53 @@ class SnapshotCapture:
         return [_Part(self, HookStage.BEFORE_STEP, self._before), _Part(self, HookStage.AFTER_STEP, self._after),
                 _Part(self, HookStage.ON_GRADUATION, self._graduated)]
 
+    def _plan(self, batch, context) -> None:
+        """Which coming steps can have a due system: one read of the live systems per refill point.
+
+        Between refill points every system in the last stage advances its ``stage_steps`` by
+        one per step (or finishes, which ends its frames), and newcomers (PENDING) reach stage
+        step 0 after the first step; so a system is due on steps ``t`` of one residue modulo
+        ``every``. Steps of no live system's residue do no device work at all. Systems in an
+        earlier stage may change stage on any step (an optimizer converging): then every
+        step is checked on the device, as without ``stages``.
+        """
+        self._plan_refills = context.stats.refill_points
+        self._phases = None
+        if self.n_stages is None or batch.num_graphs == 0:
+            return
+        rows = torch.stack([batch["status"], batch["stage"], batch["stage_steps"]], dim=1).cpu().numpy()
+        status, stage, steps = rows[:, 0], rows[:, 1], rows[:, 2]
+        active, pending = status == _ACTIVE, status == _PENDING
+        if ((active | pending) & (stage != self.n_stages - 1)).any():
+            return
+        t = context.step + 1  # the step about to be taken (AFTER_STEP's context.step)
+        phases = set(((t - steps[active] - 1) % self.every).tolist())
+        if pending.any():
+            phases.add(t % self.every)
+        self._phases = phases
+
     def _before(self, batch, context) -> None:
         self._ensure(batch)
+        if context.stats.refill_points != self._plan_refills or self._phases is _UNPLANNED:
+            self._plan(batch, context)
         status = batch["status"]
-        live = self._was_live
-        torch.eq(status, _ACTIVE, out=live)
-        live.logical_or_(status == _PENDING)
         if context.step == 0:  # the initial batch, primed: its stage-step-0 frames
             due = (status == _ACTIVE) & (batch["stage_steps"] % self.every == 0)
             self._capture(batch, due)
+        t = context.step + 1
+        self._armed = self._phases is None or t % self.every in self._phases
+        if self._armed:
+            live = self._was_live
+            torch.eq(status, _ACTIVE, out=live)
+            live.logical_or_(status == _PENDING)
 
     def _after(self, batch, context) -> None:
         if self._was_live is None or self._was_live.shape[0] != batch.num_graphs:  # out-of-memory shrink mid-step
             self._ensure(batch)
+            return
+        if not self._armed:
+            if context.step % self.flush_every == 0:
+                self.flush()
             return
         due = self._was_live & (batch["stage_steps"] % self.every == 0)
         # A system finished at its priming evaluation (never moved) has no frame: in the initial
@@ -193,11 +236,13 @@ class SnapshotCapture:
             added.append(torch.zeros(1, dtype=torch.int64, device=due.device))
         if due.numel():
             self._count += torch.cat(added)
+            self._dirty = True
 
     def flush(self) -> None:
         """Hand the staged rows to the writer (one host sync: the row counts)."""
-        if self._staging is None:
+        if self._staging is None or not self._dirty:
             return
+        self._dirty = False
         n_sys, n_atoms = self._count.tolist()
         if n_sys == 0:
             return

@@ -214,6 +214,7 @@ class TrajectoryWriter(SnapshotCapture):
                                  "it, or resume=True (--resume) to continue its run")
             remove_store(self.path)
         self._target = _H5Target(self.path, self.fields, dt_table)
+        self.n_stages = len(stages) if stages is not None else None
         parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         super().__init__(every, BackgroundWriter(self._target, max_queue, commit_bytes, commit_seconds), flush_every)
 

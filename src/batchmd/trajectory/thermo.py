@@ -178,6 +178,7 @@ class ThermoLogHook(SnapshotCapture):
                                  "or resume=True (--resume) to continue its run")
             remove_store(self.path)
         self.stages = list(stages) if stages is not None else None
+        self.n_stages = len(stages) if stages is not None else None
         parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         dts, kinds = _stage_kinds(self.stages)
         self._device_conserved = [(k, s) for k, (s, kind) in enumerate(zip(self.stages or [], kinds))
