@@ -84,7 +84,8 @@ def one_run(name: str, folder: Path) -> tuple[float, int]:
 def main(out=None) -> None:
     out = Path(out) if out else HERE / "trajectory_overhead.md"
     folder = Path(tempfile.mkdtemp(prefix="bench_traj_"))
-    one_run("none", folder / "warm")  # compile kernels, warm caches
+    for name in VARIANTS:  # compile kernels, import h5py / pyarrow, warm caches
+        one_run(name, folder / "warm")
     times = {name: [] for name in VARIANTS}
     sizes = {}
     for _ in range(ROUNDS):
