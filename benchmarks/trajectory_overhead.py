@@ -15,7 +15,9 @@ steps (default 400), through :func:`batchmd.ase.run_frames` (inflight batching, 
 - ``traj/10 + log/10``: both (what ``batchmd md --trajectory ... --log-every 10`` does);
 - ``traj/1``: a frame every step (the worst case: 10x the data).
 
-Wall time includes closing the writers and merging the segments into the final files.
+Wall time includes closing the writers and merging the segments into the final files; CPU
+time (``time.process_time``: every thread of the process, the writer's included) is the
+steadier measure on a shared machine.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ VARIANTS = {
 }
 
 
-def one_run(name: str, folder: Path) -> tuple[float, int]:
+def one_run(name: str, folder: Path) -> tuple[float, float, int]:
     frames = [a.copy() for _ in range(COPIES) for a in wl.w2_structures()]
     model = LennardJones(sigma=wl.SIGMA, epsilon=wl.EPSILON, cutoff=wl.CUTOFF)
     nvt = NVTLangevin(model, dt=wl.W2_DT, temperature=wl.W2_TEMPERATURE, friction=wl.W2_FRICTION, n_steps=STEPS,
@@ -69,16 +71,16 @@ def one_run(name: str, folder: Path) -> tuple[float, int]:
             hooks.append(ThermoLogHook(folder / "log.parquet", every, [nvt], flush_every=10))
     if DEVICE.startswith("cuda"):
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run_frames(frames, [nvt], hooks=hooks, refill_frequency=10, device=DEVICE, dtype=torch.float32, collect=False)
     for hook in hooks:
         hook.close()
         hook.finalize()
     if DEVICE.startswith("cuda"):
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return elapsed, size
+    return elapsed, cpu, size
 
 
 def main(out=None) -> None:
@@ -87,14 +89,17 @@ def main(out=None) -> None:
     for name in VARIANTS:  # compile kernels, import h5py / pyarrow, warm caches
         one_run(name, folder / "warm")
     times = {name: [] for name in VARIANTS}
+    cpus = {name: [] for name in VARIANTS}
     sizes = {}
     for _ in range(ROUNDS):
         for name in VARIANTS:
-            elapsed, size = one_run(name, folder / "run")
+            elapsed, cpu, size = one_run(name, folder / "run")
             times[name].append(elapsed)
+            cpus[name].append(cpu)
             sizes[name] = size
     shutil.rmtree(folder, ignore_errors=True)
     base = statistics.median(times["none"])
+    base_cpu = statistics.median(cpus["none"])
     n_atoms = COPIES * wl.W2_N_ATOMS
     lines = [
         "# Trajectory and thermo-log overhead (W2-like NVT argon)",
@@ -105,14 +110,17 @@ def main(out=None) -> None:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name()}" if DEVICE.startswith("cuda") else "") + ".",
         "",
-        "| variant | wall time (s) | overhead vs none | files (MB) | rounds (s) |",
-        "|---|---|---|---|---|",
+        "| variant | wall time (s) | overhead vs none | CPU time, all threads (s) | CPU overhead | files (MB) "
+        "| rounds, wall (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         t = statistics.median(times[name])
+        c = statistics.median(cpus[name])
         over = "-" if name == "none" else f"{100 * (t / base - 1):+.1f}%"
+        cover = "-" if name == "none" else f"{100 * (c / base_cpu - 1):+.1f}%"
         rounds = ", ".join(f"{x:.2f}" for x in times[name])
-        lines.append(f"| {name} | {t:.3f} | {over} | {sizes[name] / 1e6:.2f} | {rounds} |")
+        lines.append(f"| {name} | {t:.3f} | {over} | {c:.3f} | {cover} | {sizes[name] / 1e6:.2f} | {rounds} |")
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     print(text)

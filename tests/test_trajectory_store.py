@@ -261,6 +261,10 @@ def test_existing_store_overwrite_and_interval_longer_than_the_run(tmp_path, cap
     assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0]
     assert main(args + ["--overwrite", "--traj-fields", "velocity"]) == 2
     assert "unknown trajectory field 'velocity'" in capsys.readouterr().err
+    out.unlink()  # a complete store, its output gone: --resume must not take it for an interrupted run's
+    assert main(args + ["--resume", "--traj-every", "50"]) == 2
+    assert "o.h5 exists: it is a complete run's" in capsys.readouterr().err
+    assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0]
 
 
 def test_full_disk_is_a_named_error_and_committed_frames_stay(tmp_path, monkeypatch, capsys, reference):

@@ -105,13 +105,17 @@ def check_paths(recording: dict | None, output, stages, resume: bool) -> None:
     for label, path in _paths(recording, output):
         if path.resolve() == output.resolve():
             raise CLIError(f"the {label} {path} is the output file; choose another path")
-        if store_exists(path) and not resume:
+        # --resume continues a store in segments (an interrupted run); a merged store is a complete
+        # run's, continued only with that run's partial output (a crash just before it was removed)
+        resumable = resume and (parts_dir(path).exists() or Path(str(output) + ".partial").exists())
+        if store_exists(path) and not resumable:
             if recording["overwrite"]:
                 remove_store(path)
                 continue
             where = path if path.exists() else parts_dir(path)
-            raise CLIError(f"{label} {where} exists: add --resume to continue its run, --overwrite to replace it, "
-                           "or choose another path")
+            hint = "it is a complete run's (no OUTPUT.partial to resume): " if resume else "add --resume to continue " \
+                "its run, "
+            raise CLIError(f"{label} {where} exists: {hint}--overwrite to replace it, or choose another path")
     longest = max((_stage_steps(s) for s in stages), default=0)
     for option, every in (("--traj-every", recording["traj_every"] if recording["trajectory"] else None),
                           ("--log-every", recording["log_every"])):

@@ -121,7 +121,8 @@ def read_trajectory(path, system_id: int, as_arrays: bool = False):
             rows = np.sort(_frames_of(f, system_id))
             if not len(rows):
                 continue
-            frame = {name: ds[()][rows] for name, ds in f["frames"].items()}
+            indexed = "index" in f  # a merged store: read only this system's rows (sorted, unique)
+            frame = {name: (ds[rows] if indexed else ds[()][rows]) for name, ds in f["frames"].items()}
             atoms = {}
             for name, ds in f["atoms"].items():
                 atoms[name] = np.stack([ds[s:s + n] for s, n in zip(frame["atom_start"], frame["n_atoms"])])
