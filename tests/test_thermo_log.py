@@ -81,6 +81,19 @@ def test_nve_conserved_is_total_and_langevin_has_none(tmp_path):
     assert table["conserved_energy_eV"].isna().all() and table["temperature_K"].notna().all()
 
 
+def test_mtk_npt_conserved_energy(tmp_path):
+    from batchmd.dynamics import IsotropicMTKNPT
+
+    stage = IsotropicMTKNPT(_lj(), dt=4.0, temperature=40.0, pressure=0.01 * ase.units.GPa, tdamp=100.0,
+                            pdamp=1000.0, n_steps=40)
+    table = _run(tmp_path, stage, frames(2))
+    for _, rows in table.groupby("system_id"):
+        conserved = rows["conserved_energy_eV"].to_numpy()
+        assert np.isfinite(conserved).all() and np.ptp(conserved) < 1e-4
+        assert np.ptp(rows["volume_A3"]) > 0  # the cell moves
+        assert np.ptp(rows["total_energy_eV"]) > 10 * np.ptp(conserved)
+
+
 def test_relax_log_has_fmax_and_no_temperature(tmp_path, capsys):
     source = tmp_path / "in.extxyz"
     ase.io.write(source, frames(3))

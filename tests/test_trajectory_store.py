@@ -97,6 +97,23 @@ def test_frames_do_not_depend_on_batching(tmp_path):
                 assert np.array_equal(a[key], b[key]), (other, i, key)
 
 
+def test_float32_runs_are_stored_in_float32(tmp_path):
+    import torch
+
+    from batchmd.ase import run_frames
+
+    nvt = _nvt(10)
+    with TrajectoryWriter(tmp_path / "f.h5", every=5, fields=("velocities", "energy"), stages=[nvt],
+                          commit_seconds=0) as traj:  # a segment per flush: some hold only completion marks
+        result = run_frames(argon_frames(4), [nvt], hooks=[traj], max_atoms=12, refill_frequency=5,
+                            dtype=torch.float32)
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f["atoms/positions"].dtype == np.float32 and f["frames/energy"].dtype == np.float32
+        assert f["atoms/velocities"].dtype == np.float32 and f["done/system_id"].shape == (4,)
+    arrays = read_trajectory(tmp_path / "f.h5", 2, as_arrays=True)
+    assert np.array_equal(arrays["positions"][-1], result.frames[2].positions.astype(np.float32))
+
+
 def test_never_recorded_system_and_bad_selection_are_one_line(tmp_path, capsys):
     _run(tmp_path, "a.h5", max_atoms=1000, fields=())
     with pytest.raises(SystemNotRecorded, match=r"^system 42 was never recorded in .*a\.h5 \(it holds 8 systems, "
@@ -185,38 +202,44 @@ def assert_same_run(folder, ref):
     assert not parts_dir(folder / "int.h5").exists() and not (folder / "int.extxyz.partial").exists()
 
 
-@pytest.mark.parametrize("lose_last_segment", [False, True])
-def test_ctrl_c_then_resume_gives_the_uninterrupted_store(tmp_path, monkeypatch, capsys, reference,
-                                                          lose_last_segment):
-    """Ctrl-C at a refill point (in process); --resume: store, log and output bitwise the uninterrupted run's.
+@pytest.mark.parametrize("mode", ["ctrl-c", "lost segment", "sigterm, merged"])
+def test_interrupt_then_resume_gives_the_uninterrupted_store(tmp_path, monkeypatch, capsys, reference, mode):
+    """Ctrl-C / SIGTERM at a refill point (in process); --resume: store, log and output bitwise the uninterrupted run's.
 
-    ``lose_last_segment``: the newest committed segment of store and log is deleted before
+    ``lost segment``: the newest committed segment of store and log is deleted before
     resuming (as if the crash came before it was written): systems already in the partial
     output but without complete frames rerun, and their frames are rewritten once.
+    ``merged``: ``batchmd traj merge`` before resuming (a merged store is continued too).
     """
     from batchmd.dynamics import sinks
 
     source = reference / "in.extxyz"
     out = tmp_path / "int.extxyz"
     write, calls = sinks.ExtXYZSink.write, []
+    sig = signal.SIGTERM if mode.startswith("sigterm") else signal.SIGINT
 
     def interrupting(self, batch):
         write(self, batch)
         calls.append(1)
         if len(calls) == 4:
+            if sig == signal.SIGTERM:
+                os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler raises in this thread
             raise KeyboardInterrupt
 
     monkeypatch.setattr(sinks.ExtXYZSink, "write", interrupting)
-    assert main(_md_args(source, out)) == 130
+    assert main(_md_args(source, out)) == 128 + sig
     monkeypatch.setattr(sinks.ExtXYZSink, "write", write)
     assert "--resume" in capsys.readouterr().err
     store = tmp_path / "int.h5"
     assert not store.exists() and segment_paths(store)
     done = list_systems(store)  # the interrupted store opens; systems in flight have their first frames
     assert 2 <= len(done) < 10
-    if lose_last_segment:
+    if mode == "lost segment":
         segment_paths(store)[-1].unlink()
         segment_paths(tmp_path / "int.thermo.parquet")[-1].unlink()
+    if mode.endswith("merged"):
+        assert main(["traj", "merge", str(store)]) == 0 and store.is_file() and not parts_dir(store).exists()
+        assert list_systems(store) == done
     assert main(_md_args(source, out)) == 2  # without --resume: refused, nothing deleted
     assert "exists: add --resume" in capsys.readouterr().err or (tmp_path / "int.extxyz.partial").exists()
     assert main(_md_args(source, out) + ["--resume"]) == 0, capsys.readouterr().err
