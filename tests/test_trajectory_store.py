@@ -284,6 +284,9 @@ def test_existing_store_overwrite_and_interval_longer_than_the_run(tmp_path, cap
     assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0]
     assert main(args + ["--overwrite", "--traj-fields", "velocity"]) == 2
     assert "unknown trajectory field 'velocity'" in capsys.readouterr().err
+    no_store = [a for a in args if a not in ("--trajectory", str(tmp_path / "o.h5"))]
+    assert main(no_store + ["--overwrite"]) == 2
+    assert "--traj-every and --traj-fields need --trajectory" in capsys.readouterr().err
     out.unlink()  # a complete store, its output gone: --resume must not take it for an interrupted run's
     assert main(args + ["--resume", "--traj-every", "50"]) == 2
     assert "o.h5 exists: it is a complete run's" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def add_recording_arguments(parser, trajectory: bool = True) -> None:
     if trajectory:
         parser.add_argument("--trajectory", default=None, metavar="STORE.h5",
                             help="write every system's frames to this HDF5 store (docs/trajectories.rst)")
-        parser.add_argument("--traj-every", type=int, default=10, metavar="N",
+        parser.add_argument("--traj-every", type=int, default=None, metavar="N",
                             help="with --trajectory: a frame every N of each system's steps (default 10)")
         parser.add_argument("--traj-fields", default="", metavar="LIST",
                             help="with --trajectory: also record some of velocities,forces,energy,stress "
@@ -56,11 +56,15 @@ def recording_options(args, config=None) -> dict | None:
     """The recording options of a command (pipeline: the TOML keys win over nothing); None when none is set."""
     config = config or {}
     trajectory = config.get("trajectory", getattr(args, "trajectory", None))
-    every = config.get("traj_every", getattr(args, "traj_every", 10))
-    fields = config.get("traj_fields", getattr(args, "traj_fields", ""))
+    every = config.get("traj_every", getattr(args, "traj_every", None))
+    fields = config.get("traj_fields", getattr(args, "traj_fields", None))
     log_every = config.get("log_every", getattr(args, "log_every", None))
+    if trajectory is None and (every is not None or fields):
+        raise CLIError("--traj-every and --traj-fields need --trajectory STORE.h5 (pipeline files: trajectory = ...)")
     if trajectory is None and log_every is None:
         return None
+    every = 10 if every is None else every
+    fields = fields or ""
     from batchmd.trajectory.store import check_fields
 
     for name, value in (("--traj-every", every), ("--log-every", log_every)):
