@@ -146,10 +146,10 @@ def test_export_extxyz_traj_h5md(tmp_path, capsys):
     assert [p.name for p in written] == ["sys0.h5md", "sys1.h5md"]
     with h5py.File(written[1], "r") as f:  # the H5MD 1.1 layout MDAnalysis reads
         assert list(f["h5md"].attrs["version"]) == [1, 1]
-        pos = f["particles/system/position/value"][()]
+        pos = f["particles/trajectory/position/value"][()]
         assert pos.shape == (5, 8, 3) and np.allclose(pos, read_trajectory(store, 1, as_arrays=True)["positions"])
-        assert f["particles/system/box/edges/value"].shape == (5, 3, 3)
-        assert f["particles/system/position/step"][()].tolist() == [0, 5, 10, 15, 20]
+        assert f["particles/trajectory/box/edges/value"].shape == (5, 3, 3)
+        assert f["particles/trajectory/position/step"][()].tolist() == [0, 5, 10, 15, 20]
     with pytest.raises(ValueError, match=r"one system per file; put \{system\}"):
         export_frames(store, [0, 1], tmp_path / "both.h5md")
     capsys.readouterr()
@@ -335,3 +335,17 @@ def test_pipeline_toml_keys(tmp_path, capsys):
     config.write_text(config.read_text().replace("traj_every = 4", "traj_every = 0"))
     assert main(["pipeline", str(config), "--device", "cpu", "-q", "--overwrite"]) == 2
     assert "'traj_every' must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_mdanalysis_reads_the_h5md_export(tmp_path):
+    """Where MDAnalysis is installed (not a dependency): its H5MD reader gives the stored frames back."""
+    mda = pytest.importorskip("MDAnalysis")
+    _run(tmp_path, "a.h5", max_atoms=1000, fields=("velocities", "forces"))
+    path = export_frames(tmp_path / "a.h5", [2], tmp_path / "s.h5md")[0]
+    ref = read_trajectory(tmp_path / "a.h5", 2, as_arrays=True)
+    universe = mda.Universe(str(path))
+    assert universe.atoms.n_atoms == 12 and len(universe.trajectory) == 5
+    for ts in universe.trajectory:
+        assert np.allclose(ts.positions, ref["positions"][ts.frame], atol=1e-5)
+        assert np.allclose(ts.velocities, ref["velocities"][ts.frame] * 1000.0, rtol=1e-5, atol=1e-6)  # Å/ps
+        assert ts.time == pytest.approx(ref["time_fs"][ts.frame] / 1000.0)  # ps

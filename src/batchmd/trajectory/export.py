@@ -4,9 +4,9 @@
   chosen systems, one system after another (OVITO, ASE's GUI, most tools); ``info`` holds
   ``system_id``, ``step``, ``time_fs``.
 - H5MD (``.h5md``), one system per file (``{system}`` in the name, or a single system):
-  ``particles/system/position`` and ``box/edges`` as time series, the layout MDAnalysis'
-  H5MD reader and other H5MD tools read (H5MD 1.1, de Buyl et al., Comput. Phys. Commun. 185,
-  1546 (2014)).
+  ``particles/trajectory/position`` (Å), ``velocity`` (Å/fs), ``force`` (kJ/mol/Å) and
+  ``box/edges`` as time series (H5MD 1.1, de Buyl et al., Comput. Phys. Commun. 185, 1546
+  (2014)): ``MDAnalysis.Universe("sys3.h5md")`` reads it (checked with MDAnalysis 2.11).
 
 A name containing ``{system}`` writes one file per system (``sys{system}.extxyz``).
 """
@@ -55,7 +55,7 @@ def write_h5md(path, arrays: dict, system_id: int) -> None:
         h5md.create_group("author").attrs["name"] = "batchmd"
         creator = h5md.create_group("creator")
         creator.attrs["name"], creator.attrs["version"] = "batchmd", getattr(batchmd, "__version__", "0")
-        part = f.create_group("particles/system")
+        part = f.create_group("particles/trajectory")  # the group name MDAnalysis' H5MD reader looks for
         box = part.create_group("box")
         box.attrs["dimension"] = 3
         box.attrs["boundary"] = np.array([b"periodic" if p else b"none" for p in arrays["pbc"]])
@@ -74,8 +74,10 @@ def write_h5md(path, arrays: dict, system_id: int) -> None:
         series(part, "position", arrays["positions"], "Angstrom")
         if "velocities" in arrays:
             series(part, "velocity", arrays["velocities"], "Angstrom fs-1")
-        if "forces" in arrays:
-            series(part, "force", arrays["forces"], "eV Angstrom-1")
+        if "forces" in arrays:  # in a force unit H5MD readers know (MDAnalysis: no eV)
+            import ase.units
+
+            series(part, "force", arrays["forces"] * (ase.units.mol / ase.units.kJ), "kJ mol-1 Angstrom-1")
         part.create_dataset("species", data=arrays["numbers"].astype(np.int32))
         if "energy" in arrays:
             series(f.require_group("observables"), "potential_energy", arrays["energy"], "eV")
