@@ -126,5 +126,60 @@ def main(out=None) -> None:
     print(text)
 
 
+def scale_check(n_systems: int = 100_000, frames: int = 5, atoms: int = 8) -> str:
+    """Store many systems without running dynamics: writer thread, merge, index, readers (synthetic rows).
+
+    ``python -m benchmarks.trajectory_overhead --scale 100000 [FRAMES ATOMS]``: ``n_systems`` systems of
+    ``atoms`` atoms, ``frames`` frames each, interleaved as an inflight run writes them
+    (snapshots of 10,000 systems), through the real writer (segments of 64 MiB), then merged.
+    """
+    import numpy as np
+
+    from batchmd.trajectory import list_systems, read_trajectory
+    from batchmd.trajectory.capture import HostSnapshot
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    store = folder / "big.h5"
+    writer = TrajectoryWriter(store, every=1, commit_seconds=1e9)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    chunk = 10_000
+    for frame in range(frames):
+        for first in range(0, n_systems, chunk):
+            ids = np.arange(first, min(first + chunk, n_systems))
+            b = len(ids)
+            sys_int = np.zeros((b, 8), np.int64)
+            sys_int[:, 0], sys_int[:, 1], sys_int[:, 3], sys_int[:, 4], sys_int[:, 5:] = ids, frame, frame, atoms, 1
+            cell = np.tile((np.eye(3, dtype=np.float32) * 10).reshape(1, 9), (b, 1))
+            snap = {"sys_float": cell, "sys_int": sys_int,
+                    "atom_float": rng.random((b * atoms, 3), dtype=np.float32),
+                    "atom_int": np.full(b * atoms, 18, np.int64)}
+            writer.writer.put(HostSnapshot({k: torch.from_numpy(v) for k, v in snap.items()}))
+    writer.writer.mark_done(range(n_systems))
+    writer.close()
+    written = time.perf_counter() - start
+    start = time.perf_counter()
+    writer.finalize()
+    merged = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = list_systems(store)
+    listed = time.perf_counter() - start
+    start = time.perf_counter()
+    picks = rng.choice(n_systems, 20, replace=False)
+    for sid in picks:
+        assert read_trajectory(store, int(sid), as_arrays=True)["positions"].shape == (frames, atoms, 3)
+    read = (time.perf_counter() - start) / len(picks)
+    size = store.stat().st_size
+    shutil.rmtree(folder, ignore_errors=True)
+    text = (f"{n_systems} systems x {frames} frames x {atoms} atoms (float32): written through the writer thread "
+            f"in {written:.1f} s, merged in {merged:.1f} s, {size / 1e6:.0f} MB; list_systems {listed * 1e3:.0f} ms "
+            f"({len(ids)} ids); read_trajectory of one system {read * 1e3:.1f} ms")
+    print(text)
+    return text
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    if len(sys.argv) > 2 and sys.argv[1] == "--scale":
+        scale_check(int(float(sys.argv[2])), *(int(x) for x in sys.argv[3:5]))
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else None)

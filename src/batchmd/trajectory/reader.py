@@ -45,12 +45,15 @@ def list_systems(path) -> list[int]:
     """Sorted ids of the systems with at least one frame in the store ``path``."""
     import h5py
 
-    ids = set()
-    for file in store_files(path):
+    files = store_files(path)
+    ids = []
+    for file in files:
         with h5py.File(file, "r") as f:
             _check(f, file)
-            ids.update(np.unique(f["index/systems"][()] if "index" in f else f["frames/system_id"][()]).tolist())
-    return sorted(int(i) for i in ids)
+            if "index" in f and len(files) == 1:  # a merged store: sorted and unique already
+                return f["index/systems"][()].tolist()
+            ids.append(np.unique(f["frames/system_id"][()]))
+    return np.unique(np.concatenate(ids)).tolist() if ids else []
 
 
 def store_summary(path) -> dict:
