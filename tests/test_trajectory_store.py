@@ -349,3 +349,15 @@ def test_mdanalysis_reads_the_h5md_export(tmp_path):
         assert np.allclose(ts.positions, ref["positions"][ts.frame], atol=1e-5)
         assert np.allclose(ts.velocities, ref["velocities"][ts.frame] * 1000.0, rtol=1e-5, atol=1e-6)  # Å/ps
         assert ts.time == pytest.approx(ref["time_fs"][ts.frame] / 1000.0)  # ps
+
+
+def test_python_resume_continues_a_merged_store(tmp_path):
+    from batchmd.ase import run_frames
+
+    frames = argon_frames()
+    for part, resume in ((range(0, 4), False), (range(4, 8), True)):
+        nvt = _nvt(10)
+        with TrajectoryWriter(tmp_path / "s.h5", every=5, stages=[nvt], resume=resume) as traj:
+            run_frames([frames[i] for i in part], [nvt], hooks=[traj], input_indices=list(part))
+    assert list_systems(tmp_path / "s.h5") == list(range(8)) and not parts_dir(tmp_path / "s.h5").exists()
+    assert read_trajectory(tmp_path / "s.h5", 6, as_arrays=True)["step"].tolist() == [0, 5, 10]

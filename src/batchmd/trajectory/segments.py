@@ -15,7 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
-__all__ = ["parts_dir", "segment_paths", "next_segment", "atomic_write", "store_exists", "remove_store"]
+__all__ = ["parts_dir", "segment_paths", "next_segment", "atomic_write", "store_exists", "remove_store",
+           "discard_parts", "reopen_merged"]
 
 _SEGMENT = re.compile(r"^seg-(\d{6,})\.(h5|parquet)$")
 
@@ -84,3 +85,25 @@ def remove_store(path) -> None:
     else:
         path.unlink(missing_ok=True)
     shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+def discard_parts(path) -> None:
+    """Remove the segment folder of ``path`` after a merge: renamed aside first (one atomic step,
+    so a crash never leaves a folder holding only some of the segments), then deleted."""
+    folder = parts_dir(path)
+    trash = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, trash)
+        _fsync_dir(folder.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def reopen_merged(path, ext: str) -> None:
+    """Continue a merged store: the file ``path`` becomes segment 0 of its folder again (no copy)."""
+    path = Path(path)
+    if path.is_file() and not segment_paths(path):
+        folder = parts_dir(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(path, folder / f"seg-000000.{ext}")
+        _fsync_dir(folder)

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from batchmd.trajectory.capture import SnapshotCapture
-from batchmd.trajectory.segments import atomic_write, next_segment, parts_dir, segment_paths
+from batchmd.trajectory.segments import (atomic_write, discard_parts, next_segment, parts_dir, reopen_merged,
+                                         segment_paths)
 from batchmd.trajectory.writer import BackgroundWriter
 
 __all__ = ["TrajectoryWriter", "FIELDS", "FORMAT", "finalize_store", "store_done_ids", "prepare_resume",
@@ -213,6 +213,7 @@ class TrajectoryWriter(SnapshotCapture):
                 raise ValueError(f"trajectory store {self.path} exists: pass overwrite=True (--overwrite) to replace "
                                  "it, or resume=True (--resume) to continue its run")
             remove_store(self.path)
+        reopen_merged(self.path, "h5")  # resume=True on a merged store: continue it
         self._target = _H5Target(self.path, self.fields, dt_table)
         self.n_stages = len(stages) if stages is not None else None
         parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
@@ -310,10 +311,7 @@ def prepare_resume(path, keep) -> None:
     """
     path = Path(path)
     keep = np.asarray(sorted(int(i) for i in keep), dtype=np.int64)
-    if path.is_file() and not segment_paths(path):
-        folder = parts_dir(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        path.replace(folder / "seg-000000.h5")
+    reopen_merged(path, "h5")
     for segment in segment_paths(path):
         data, fields = _read_h5(segment)
         frames = np.isin(data["frames/system_id"], keep)
@@ -339,7 +337,7 @@ def finalize_store(path) -> Path:
     if not segments:
         if not path.exists():  # a run that recorded nothing: an empty, valid store
             atomic_write(path, lambda tmp: write_h5(tmp, _empty(), (), index=_index({})))
-        shutil.rmtree(parts_dir(path), ignore_errors=True)
+        discard_parts(path)
         return path
     import h5py
 
@@ -377,7 +375,7 @@ def finalize_store(path) -> Path:
                     at += n
 
     atomic_write(path, write)
-    shutil.rmtree(parts_dir(path), ignore_errors=True)
+    discard_parts(path)
     return path
 
 

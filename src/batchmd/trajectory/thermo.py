@@ -25,14 +25,14 @@ uninterrupted one's. :func:`read_thermo` reads either form.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from batchmd.trajectory.capture import SnapshotCapture
-from batchmd.trajectory.segments import atomic_write, next_segment, parts_dir, segment_paths
+from batchmd.trajectory.segments import (atomic_write, discard_parts, next_segment, parts_dir, reopen_merged,
+                                         segment_paths)
 from batchmd.trajectory.writer import BackgroundWriter
 
 __all__ = ["ThermoLogHook", "COLUMNS", "read_thermo", "finalize_log", "log_done_ids", "prepare_log_resume",
@@ -177,6 +177,7 @@ class ThermoLogHook(SnapshotCapture):
                 raise ValueError(f"thermo log {self.path} exists: pass overwrite=True (--overwrite) to replace it, "
                                  "or resume=True (--resume) to continue its run")
             remove_store(self.path)
+        reopen_merged(self.path, "parquet")  # resume=True on a merged log: continue it
         self.stages = list(stages) if stages is not None else None
         self.n_stages = len(stages) if stages is not None else None
         parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
@@ -278,9 +279,7 @@ def prepare_log_resume(path, keep) -> None:
 
     path = Path(path)
     keep = sorted(int(i) for i in keep)
-    if path.is_file() and not segment_paths(path):
-        parts_dir(path).mkdir(parents=True, exist_ok=True)
-        path.replace(parts_dir(path) / "seg-000000.parquet")
+    reopen_merged(path, "parquet")
     for part in segment_paths(path):
         table = pq.read_table(part)
         done = json.loads((table.schema.metadata or {}).get(_DONE_KEY, b"[]"))
@@ -302,10 +301,10 @@ def finalize_log(path) -> Path:
     if not segment_paths(path):
         if not path.exists():
             atomic_write(path, lambda tmp: _write(_table({c: np.zeros(0) for c in COLUMNS}, []), tmp))
-        shutil.rmtree(parts_dir(path), ignore_errors=True)
+        discard_parts(path)
         return path
     table, done = _read_parts(path)
     table = _sorted(table).replace_schema_metadata({_DONE_KEY: json.dumps(sorted(done)).encode()})
     atomic_write(path, lambda tmp: _write(table, tmp))
-    shutil.rmtree(parts_dir(path), ignore_errors=True)
+    discard_parts(path)
     return path
