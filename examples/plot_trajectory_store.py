@@ -24,7 +24,7 @@ from batchmd.trajectory import ThermoLogHook, TrajectoryWriter, export_frames, l
 
 # %%
 # Six argon crystals, rattled, through a live batch of at most 64 atoms
-# --------------------------------------------------------------------
+# ---------------------------------------------------------------------
 structures = [bulk("Ar", "fcc", a=5.30, cubic=True).repeat((2, 2, 1 + i % 2)) for i in range(6)]
 for i, atoms in enumerate(structures):
     atoms.rattle(0.05, seed=i)
@@ -65,7 +65,7 @@ else:
 
 # %%
 # One system's frames, and an export for OVITO / ase gui
-# -----------------------------------------------------
+# ------------------------------------------------------
 frames = read_trajectory("nvt.h5", 3)
 print(len(frames), "frames of system 3; last at step", frames[-1].info["step"],
       f"({frames[-1].info['time_fs']:.0f} fs), T = {frames[-1].get_temperature():.1f} K")
