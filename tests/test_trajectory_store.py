@@ -361,3 +361,21 @@ def test_python_resume_continues_a_merged_store(tmp_path):
             run_frames([frames[i] for i in part], [nvt], hooks=[traj], input_indices=list(part))
     assert list_systems(tmp_path / "s.h5") == list(range(8)) and not parts_dir(tmp_path / "s.h5").exists()
     assert read_trajectory(tmp_path / "s.h5", 6, as_arrays=True)["step"].tolist() == [0, 5, 10]
+
+
+def test_full_disk_while_merging_then_resume_merges(tmp_path, monkeypatch, capsys, reference):
+    from batchmd.trajectory import store as store_module
+
+    def failing(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    finalize = store_module.finalize_store
+    monkeypatch.setattr(store_module, "finalize_store", failing)
+    out = tmp_path / "int.extxyz"
+    assert main(_md_args(reference / "in.extxyz", out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "merging its segments failed" in err and "--resume" in err
+    assert segment_paths(tmp_path / "int.h5") and (tmp_path / "int.extxyz.partial").exists()
+    monkeypatch.setattr(store_module, "finalize_store", finalize)
+    assert main(_md_args(reference / "in.extxyz", out) + ["--resume"]) == 0, capsys.readouterr().err
+    assert_same_run(tmp_path, reference)

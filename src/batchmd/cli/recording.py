@@ -187,5 +187,16 @@ def close_recorders(recorders) -> None:
 
 
 def finalize_recorders(recorders) -> list:
-    """Merge each store's segments into its file; returns the paths."""
-    return [recorder.finalize() for recorder in recorders]
+    """Merge each store's segments into its file; returns the paths.
+
+    A failure (e.g. a full disk) is one CLIError line: the segments stay, and the same command
+    with ``--resume`` (the partial output is still there) merges again.
+    """
+    paths = []
+    for recorder in recorders:
+        try:
+            paths.append(recorder.finalize())
+        except OSError as error:
+            raise CLIError(f"{recorder.path}: merging its segments failed ({error}); they stay in "
+                           f"{recorder.path}.parts; free space and run the same command with --resume") from error
+    return paths
