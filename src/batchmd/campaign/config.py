@@ -216,6 +216,10 @@ class CampaignConfig:
         from batchmd.workflows.pipeline import load_pipeline
 
         table = load_pipeline(path, output_given=True)
+        recorded = sorted(set(table) & {"trajectory", "traj_every", "traj_fields", "log_every"})
+        if recorded:  # never drop a record the user asked for without saying so
+            raise SpecError(f"{path}: {recorded[0]!r}: campaigns do not record trajectories or thermo logs yet; "
+                            "remove the key to run this file as a campaign (or run it with batchmd pipeline)")
         section = dict(table.get("campaign", {}))
         source = table["input"]
         if isinstance(source, list):  # inputs (files, folders, globs): a campaign reads one sharded dataset

@@ -36,7 +36,7 @@ __all__ = ["build_parser", "main"]
 #: Command modules, each with ``add_parser(subparsers)``; imported when the parser is built
 #: (they import only the standard library at module level).
 COMMANDS = ("batchmd.cli.relax", "batchmd.cli.md", "batchmd.cli.pipeline", "batchmd.cli.demo",
-            "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.properties")
+            "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.properties", "batchmd.cli.traj")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -70,6 +70,9 @@ def add_parser(subparsers) -> None:
                              "are zero), keep (the input's momenta as given: all-zero means at rest), zero (every "
                              "frame from rest), maxwell-boltzmann (draw at --temperature for every frame)")
     add_model_arguments(parser)
+    from batchmd.cli.recording import add_recording_arguments
+
+    add_recording_arguments(parser)
     parser.set_defaults(command=command)
 
 

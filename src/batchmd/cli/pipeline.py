@@ -8,6 +8,10 @@ Schema (every key is checked; an unknown one is an error naming it)::
     dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)
     max_atoms = 2048                   # optional: atom budget of the live batch
     refill_every = 10                  # optional: steps between refill points
+    trajectory = "run.h5"              # optional: every system's frames (HDF5 store; relative to the file)
+    traj_every = 10                    # optional: a frame every N of each system's steps (default 10)
+    traj_fields = ["velocities"]       # optional: velocities, forces, energy, stress
+    log_every = 10                     # optional: thermo log OUTPUT_STEM.thermo.parquet every N steps
 
     [model]                            # optional; default: name = "lj" (noble-gas presets)
     name = "lj"                        # lj | emt | sevennet-0 | mace:PATH | metatomic:PATH | ...
@@ -123,6 +127,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-o", "--output", default=None, help="override the config's output file")
     add_resume_argument(parser)
     parser.add_argument("--device", default=None, help="override the config's device (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing trajectory store or thermo log (the config's trajectory / log_every)")
     add_input_arguments(parser)
     add_determinism_argument(parser)
     add_verbosity_arguments(parser)
@@ -141,6 +147,10 @@ def command(args) -> int:
     config = load_config(args.config, output_given=args.output is not None)
     output = args.output or config["output"]
     model = {"name": "lj", **config.get("model", {})}
+    from batchmd.cli.recording import recording_options
+
+    recording = recording_options(args, {k: config[k] for k in ("trajectory", "traj_every", "traj_fields",
+                                                                   "log_every") if k in config})
     return execute(args, "pipeline", config["stages"], input_path=config["input"], output=output, model_spec=model,
                    max_atoms=config.get("max_atoms"), refill_every=config.get("refill_every", 10),
-                   device=args.device or config.get("device"), dtype=config.get("dtype"))
+                   device=args.device or config.get("device"), dtype=config.get("dtype"), recording=recording)

@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--pressure", type=float, default=0.0,
                         help="external pressure in GPa with --cell full/hydrostatic (default 0)")
     add_model_arguments(parser)
+    from batchmd.cli.recording import add_recording_arguments
+
+    add_recording_arguments(parser)
     parser.set_defaults(command=command)
 
 

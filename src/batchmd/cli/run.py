@@ -55,11 +55,13 @@ def _stage_label(spec: dict) -> str:
 
 def execute(args, command: str, stage_specs: list, *, input_path=None, output, frames=None, frames_hook=None,
             model_spec=None, extra_fingerprint=None, max_atoms=None, refill_every=None, device=None,
-            dtype=None) -> int:
+            dtype=None, recording=None) -> int:
     """Run ``stage_specs`` over the frames of ``input_path`` (or ``frames``) and write ``output``; returns 0.
 
     ``frames_hook(frames) -> frames`` prepares the frames (e.g. initial velocities);
-    ``model_spec`` overrides the model options of ``args`` (pipeline files).
+    ``model_spec`` overrides the model options of ``args`` (pipeline files); ``recording``
+    (:func:`batchmd.cli.recording.recording_options`; default: from ``args``) the trajectory
+    store and thermo log options.
     """
     from batchmd.cli.common import default_dtype_name, output_writer, resolve_device, resolve_dtype
     from batchmd.cli.pipeline import build_stage, check_stage
@@ -82,6 +84,10 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
         for i, spec in enumerate(stage_specs):
             check_stage(spec, where=f"{command}" if len(stage_specs) == 1 else f"{command}: stages[{i}]")
     output_writer(output)
+    from batchmd.cli.recording import fingerprint_part, recording_options
+
+    if recording is None:
+        recording = recording_options(args)
     device = resolve_device(device if device is not None else getattr(args, "device", None))
     model_name = (model_spec or {}).get("name") or getattr(args, "model", None)
     dtype = resolve_dtype(dtype or getattr(args, "dtype", None) or default_dtype_name(model_name))
@@ -149,11 +155,12 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
                    "dtype": str(dtype), **({} if guards else {"guards": False}), **(extra_fingerprint or {})}
     if ignore_constraints:  # only when set: partial files of earlier runs keep their identity
         fingerprint["ignore_constraints"] = True
+    fingerprint.update(fingerprint_part(recording))  # only when recording: earlier runs keep their identity
     try:
         report = run_stages(frames, stages, output, max_atoms=max_atoms, refill_frequency=refill_every,
                             device=device, dtype=dtype, quiet=quiet, resume=getattr(args, "resume", False),
                             fingerprint=fingerprint, model_info=info, stage_labels=labels,
-                            ignore_constraints=ignore_constraints, guards=guards)
+                            ignore_constraints=ignore_constraints, guards=guards, recording=recording)
     except AlreadyComplete as done:
         message, status = done.args
         if not quiet:
@@ -172,6 +179,8 @@ def execute(args, command: str, stage_specs: list, *, input_path=None, output, f
     if not quiet:
         for line in summary_lines(report, model_text(info), labels):
             print(line)
-        print(f"wrote {output} and {report.summary}")
+        extra = [str(p) for p in report.recorded]
+        print(f"wrote {output}, {report.summary}" + "".join(f", {p}" for p in extra) if extra
+              else f"wrote {output} and {report.summary}")
     failed = sum(1 for atoms in report.frames if atoms.info.get("status") == "failed")
     return EXIT_SOME_FAILED if failed else 0

@@ -83,9 +83,10 @@ def summary_path(output) -> Path:
 class RunReport:
     """What a run command produced: ``frames`` (input order), ``stats``, per-phase ``timings`` (s)."""
 
-    def __init__(self, frames, stats, timings, output, summary, resumed: int) -> None:
+    def __init__(self, frames, stats, timings, output, summary, resumed: int, recorded=()) -> None:
         self.frames, self.stats, self.timings = frames, stats, timings
         self.output, self.summary, self.resumed = output, summary, resumed
+        self.recorded = list(recorded)  # trajectory store / thermo log paths written
 
 
 @contextlib.contextmanager
@@ -161,12 +162,17 @@ def _load_partial(partial: Path, meta_path: Path, fingerprint: dict, frames, res
         done.setdefault(index, atoms)
     # Rewrite the partial file with its complete frames only (an interrupted write may have
     # left a truncated last frame), then append the rest of the run after them.
+    _rewrite_partial(partial, done)
+    return done
+
+
+def _rewrite_partial(partial: Path, done: dict) -> None:
+    """``partial`` holding exactly the frames of ``done`` (atomically)."""
     staging = partial.with_name(f".{partial.name}.tmp")
     from batchmd.data.info_io import write_frames
 
     write_frames(staging, [done[i] for i in sorted(done)], format="extxyz", fsync=True)
     os.replace(staging, partial)
-    return done
 
 
 #: g/cm^3 per amu/Å^3.
@@ -269,7 +275,7 @@ def summary_lines(report: RunReport, model_text: str, stage_labels) -> list[str]
 def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int = 10, device=None, dtype=None,
                quiet: bool = False, resume: bool = False, fingerprint: dict | None = None,
                model_info: dict | None = None, stage_labels=None, ignore_constraints: bool = False,
-               guards: bool = True) -> RunReport:
+               guards: bool = True, recording: dict | None = None) -> RunReport:
     """Run ``stages`` over ``frames`` with inflight batching; write ``output`` and its summary.
 
     Parameters
@@ -293,6 +299,10 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         Drop ASE constraints batchmd does not honour (``--ignore-constraints``).
     guards : bool
         The runaway guards (:mod:`batchmd.dynamics.guards`) on (default) or off (``--no-guards``).
+    recording : dict, optional
+        Trajectory store and thermo log options (:func:`batchmd.cli.recording.recording_options`);
+        on ``--resume`` only systems complete in the partial output *and* in the store and log
+        are kept (:mod:`batchmd.cli.recording`).
 
     Returns
     -------
@@ -322,10 +332,21 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
     if resume and not partial.exists() and output.exists():
         _check_complete(output, partial, fingerprint, len(frames))
     done = _load_partial(partial, meta_path, fingerprint, frames, resume)
+    from batchmd.cli import recording as rec
+
+    rec.check_paths(recording, output, stages, resume)
+    if recording is not None and resume and done:
+        keep = rec.resume_keep(recording, output, done)
+        if keep != set(done):
+            log.warning("--resume: %d finished frames have no complete trajectory or log yet: rerunning them",
+                        len(done) - len(keep))
+            done = {i: done[i] for i in sorted(keep)}
+            _rewrite_partial(partial, done)
     todo = [i for i in range(len(frames)) if i not in done]
     if done:
         log.info("resuming: %d of %d frames finished in %s; running %d", len(done), len(frames), partial, len(todo))
     meta_path.write_text(json.dumps(fingerprint, indent=1))
+    recorders = rec.open_recorders(recording, output, stages, resume, set(done), refill_frequency)
     stats = None
     if todo:
         from batchmd.ase import run_frames
@@ -341,17 +362,31 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
 
                 warnings.simplefilter("ignore", NoProgressWarning)  # said in CLI terms below (_no_progress)
                 result = run_frames([frames[i] for i in todo], stages, max_atoms=max_atoms,
-                                    refill_frequency=refill_frequency, sinks=[sink], hooks=[progress], device=device,
-                                    dtype=dtype, collect=False, input_indices=todo,
+                                    refill_frequency=refill_frequency, sinks=[sink], hooks=[progress, *recorders],
+                                    device=device, dtype=dtype, collect=False, input_indices=todo,
                                     ignore_constraints=ignore_constraints, guards=guards)
         except KeyboardInterrupt as error:
             progress.close()
+            with contextlib.suppress(CLIError):  # commit what was recorded; the interruption is the news
+                rec.close_recorders(recorders)
             finished = _frames_in(partial, len(done) + len(sink))  # what the file holds, flushed or not
             signum = error.args[0] if isinstance(error, Interrupted) and error.args else signal.SIGINT
             name = signal.Signals(signum).name
             raise Interrupted(signum, f"interrupted ({name}): {finished} of {len(frames)} frames finished are in "
                                       f"{partial}; run the same command with --resume to continue") from None
+        except BaseException as error:
+            from batchmd.trajectory import TrajectoryWriteError
+
+            progress.close()
+            try:
+                rec.close_recorders(recorders)
+            except CLIError as closing:
+                raise closing from error
+            if isinstance(error, TrajectoryWriteError):  # pragma: no cover - close_recorders raises it first
+                raise CLIError(f"{error}; free space and run the same command with --resume") from error
+            raise
         progress.close()
+        rec.close_recorders(recorders)
         stats = result.stats
         timings["run"] = time.perf_counter() - start
         _no_progress(stats)
@@ -360,6 +395,7 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
 
         stats = RunStats(systems_total=0)
         timings["run"] = 0.0
+        rec.close_recorders(recorders)
     start = time.perf_counter()
     staging = output.with_name(f".{output.name}.tmp{output.suffix}")
     try:
@@ -376,10 +412,11 @@ def run_stages(frames, stages, output, *, max_atoms=None, refill_frequency: int 
         if "failure" in atoms.info:
             log.error("frame %d failed: %s (written with status=failed)", atoms.info["input_index"],
                       atoms.info["failure"])
+    recorded = rec.finalize_recorders(recorders)  # before the partial file goes: a crash here resumes and merges again
     partial.unlink()
     meta_path.unlink(missing_ok=True)
     timings["write"] = time.perf_counter() - start
-    return RunReport(finished, stats, timings, output, summary, resumed=len(done))
+    return RunReport(finished, stats, timings, output, summary, resumed=len(done), recorded=recorded)
 
 
 def _no_progress(stats) -> None:

@@ -183,7 +183,8 @@ class FusedStage(RefillPoints, OOMRecovery, ModelOutputs):
         self.compute_stress = bool(compute_stress)
         self.sampler = sampler
         self.sinks = list(sinks) if sinks is not None else []
-        self.hooks = list(hooks) if hooks is not None else []
+        # A recorder spanning several hook stages (batchmd.trajectory) gives its parts via loop_hooks().
+        self.hooks = [h for hook in (hooks or []) for h in (hook.loop_hooks() if hasattr(hook, "loop_hooks") else [hook])]
         if int(refill_frequency) < 1:
             raise ValueError(f"FusedStage: refill_frequency must be >= 1, got {refill_frequency}")
         self.refill_frequency = int(refill_frequency)

@@ -35,7 +35,8 @@ from batchmd.workflows.stages import check_stage
 
 __all__ = ["CAMPAIGN_KEYS", "MODEL_KEYS", "TOP_KEYS", "load_pipeline"]
 
-TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages", "campaign"}
+TOP_KEYS = {"input", "output", "device", "dtype", "max_atoms", "refill_every", "model", "stages", "campaign",
+            "trajectory", "traj_every", "traj_fields", "log_every"}
 MODEL_KEYS = {"name", *LJ_KEYS}
 #: Keys of the ``[campaign]`` table: the operational settings of :class:`batchmd.campaign.CampaignConfig`.
 CAMPAIGN_KEYS = {"manifest", "output", "seed", "max_batch_size", "commit_every", "commit_interval_s",
@@ -76,6 +77,16 @@ def load_pipeline(path, output_given: bool = False) -> dict:
             hint = " (or give -o OUTPUT)" if key == "output" else " or a list of them (files, folders, globs)"
             raise SpecError(f"{path}: {key!r} must be a file name{hint}")
         config[key] = str((path.parent / value))
+    if "trajectory" in config:
+        if not isinstance(config["trajectory"], str):
+            raise SpecError(f"{path}: 'trajectory' must be a file name")
+        config["trajectory"] = str(path.parent / config["trajectory"])
+    for key in ("traj_every", "log_every"):
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1):
+            raise SpecError(f"{path}: {key!r} must be an integer >= 1, got {config[key]!r}")
+    if "traj_fields" in config and not (isinstance(config["traj_fields"], list)
+                                        and all(isinstance(f, str) for f in config["traj_fields"])):
+        raise SpecError(f"{path}: 'traj_fields' must be a list of names (velocities, forces, energy, stress)")
     stages = config.get("stages")
     if not isinstance(stages, list) or not stages:
         raise SpecError(f"{path}: at least one [[stages]] table is required")
