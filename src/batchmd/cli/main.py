@@ -1,4 +1,4 @@
-"""The ``batchmd`` command: ``relax``, ``md``, ``pipeline``, ``demo``, ``shard`` and ``campaign``.
+"""The ``batchmd`` command: ``relax``, ``md``, ``pipeline``, ``demo``, ``shard``, ``campaign``, ``traj``, ``plot``.
 
 Every user error (missing or unreadable file, bad frame, unknown option, bad model
 parameter, elements the model has no parameters for) prints one line,
@@ -34,7 +34,8 @@ __all__ = ["build_parser", "main"]
 #: Command modules, each with ``add_parser(subparsers)``; imported when the parser is built
 #: (they import only the standard library at module level).
 COMMANDS = ("batchmd.cli.relax", "batchmd.cli.md", "batchmd.cli.pipeline", "batchmd.cli.demo",
-            "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.traj")
+            "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.traj",
+            "batchmd.cli.plot")
 
 
 class _Parser(argparse.ArgumentParser):
