@@ -26,7 +26,7 @@ from batchmd.trajectory import ThermoLogHook, TrajectoryWriter
 
 # %%
 # Two replicas of argon at Rahman's liquid density (1.374 g/cm^3), 256 atoms each
-# -----------------------------------------------------------------------------
+# -------------------------------------------------------------------------------
 number_density = 1.374 / (39.948 * 1.66053906660)  # atoms per Å^3
 a = (4.0 / number_density) ** (1.0 / 3.0)
 frames = [bulk("Ar", "fcc", a=a, cubic=True).repeat(4) for _ in range(2)]
@@ -55,7 +55,7 @@ for system in (0, 1):
 
 # %%
 # g(r) over the second half of the 94.4 K stage, MSD and D after its first 2 ps
-# ---------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # ``r_max`` may be at most half the cell's smallest width (ASE's restriction; 11.6 Å here).
 g = [analysis.rdf("argon.h5", s, r_max=11.0, n_bins=110, frames=slice(30, None, 6)) for s in (0, 1)]
 msds = [analysis.msd("argon.h5", s, frames=slice(20, None), remove_com=True) for s in (0, 1)]
