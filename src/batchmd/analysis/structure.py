@@ -82,13 +82,14 @@ def _check(images, r_max: float, n_bins: int, system_id) -> None:
             raise ValueError(f"system {system_id}: frame {k} has no cell volume (g(r) needs the density N/V)")
         widths = _widths(atoms)
         if widths.min() < 2 * r_max:
+            half = widths.min() / 2
             raise ValueError(f"r_max={r_max:g} Å is beyond half the cell of system {system_id} (frame {k}: smallest "
-                             f"periodic width {widths.min():.4g} Å; ASE's RDF needs r_max <= {widths.min() / 2:.4g} Å)")
+                             f"periodic width {widths.min():.4g} Å; ASE's RDF needs r_max <= {half:.4g} Å)")
 
 
 def rdf_of_frames(images, r_max: float, n_bins: int, elements=None, system_id=None) -> RDF:
     """g(r) of a list of ase.Atoms (ASE's ``get_rdf`` averaged over them); see :func:`rdf`."""
-    from ase.geometry.rdf import get_rdf
+    from ase.geometry.rdf import CellTooSmall, VolumeNotDefined, get_rdf
 
     if not len(images):
         raise ValueError(f"system {system_id}: no frame to compute g(r) from")
@@ -108,7 +109,10 @@ def rdf_of_frames(images, r_max: float, n_bins: int, elements=None, system_id=No
             have = ", ".join(chemical_symbols[z] for z in sorted(present))
             raise ValueError(f"system {system_id} has no {missing[0]} atom (it holds {have})")
         pair = tuple(chemical_symbols[z] for z in numbers)
-    g, r = get_rdf(list(images), r_max, int(n_bins), elements=pair)
+    try:
+        g, r = get_rdf(list(images), r_max, int(n_bins), elements=pair)
+    except (CellTooSmall, VolumeNotDefined) as error:  # at the boundary, ASE's rounding may differ from ours
+        raise ValueError(f"system {system_id}: ASE's RDF refused r_max={r_max:g} Å: {error}") from None
     steps = np.array([a.info.get("step", -1) for a in images])
     return RDF(r=r, g=g, system_id=system_id, n_frames=len(images), elements=pair, r_max=r_max, steps=steps)
 
