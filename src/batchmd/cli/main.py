@@ -1,5 +1,5 @@
-"""The ``batchmd`` command: ``relax``, ``md``, ``pipeline``, ``demo``, ``shard``, ``campaign`` and the
-property commands ``eos``, ``elastic``, ``phonons`` (:mod:`batchmd.cli.properties`).
+"""The ``batchmd`` command: ``relax``, ``md``, ``pipeline``, ``demo``, ``shard``, ``campaign``, ``traj``,
+``plot`` and the property commands ``eos``, ``elastic``, ``phonons`` (:mod:`batchmd.cli.properties`).
 
 Every user error (missing or unreadable file, bad frame, unknown option, bad model
 parameter, elements the model has no parameters for) prints one line,
@@ -36,7 +36,8 @@ __all__ = ["build_parser", "main"]
 #: Command modules, each with ``add_parser(subparsers)``; imported when the parser is built
 #: (they import only the standard library at module level).
 COMMANDS = ("batchmd.cli.relax", "batchmd.cli.md", "batchmd.cli.pipeline", "batchmd.cli.demo",
-            "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.properties", "batchmd.cli.traj")
+            "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.properties", "batchmd.cli.traj",
+            "batchmd.cli.plot")
 
 
 class _Parser(argparse.ArgumentParser):
