@@ -37,6 +37,15 @@ Schema (every key is checked; an unknown one is an error naming it)::
                                        # (batchmd md --velocities; see batchmd.dynamics.velocities)
 
     [[stages]]
+    method = "nvt"                     # equilibration as graduation (nvt, nvt-nose-hoover, npt):
+    temperature = 300.0                # each system runs until equilibrated (pymbar's detection on
+    dt = 2.0                           # T, E and V every sample_every steps), then production_steps,
+    until_equilibrated = true          # and graduates with production averages and error bars;
+    production_steps = 2000            # replaces steps
+    max_steps = 20000                  # not equilibrated by then: "not equilibrated in N steps"
+    sample_every = 10                  # optional (default 10); production_steps is a multiple of it
+
+    [[stages]]
     method = "nve"                     # velocity Verlet
     dt = 1.0                           # fs
     steps = 100
@@ -89,6 +98,12 @@ STAGE_KEYS = {
             "barostat": (False, str, "isotropic"), "seed": (False, int, 0),
             "velocities": (False, str, "auto")},
 }
+#: Equilibration as graduation (batchmd.dynamics.equilibration.Equilibrate) for the thermostatted MD
+#: methods: ``until_equilibrated = true`` replaces ``steps`` by ``production_steps`` and ``max_steps``.
+EQUILIBRATION_KEYS = {"until_equilibrated": (False, bool, False), "production_steps": (False, int, None),
+                      "max_steps": (False, int, None), "sample_every": (False, int, 10)}
+for _method in ("nvt", "nvt-nose-hoover", "npt"):
+    STAGE_KEYS[_method].update(EQUILIBRATION_KEYS)
 #: Allowed values of the string keys.
 CHOICES = {"barostat": ("isotropic", "full"), "cell": ("fixed", "full", "hydrostatic", "volume"),
            "velocities": ("auto", "keep", "zero", "maxwell-boltzmann")}
@@ -109,6 +124,10 @@ _UNITS = {"temperature": "K", "dt": "fs", "tdamp": "fs", "pdamp": "fs", "taup": 
 
 
 def _value(where: str, key: str, value, kind):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise CLIError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
     if kind is str:
         if key == "velocities" and isinstance(value, str):  # the Python policy name is maxwell_boltzmann
             value = value.replace("_", "-")
@@ -146,7 +165,7 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
     values = {}
     for key, (required, kind, default) in schema.items():
         if key not in spec:
-            if required:
+            if required and not (key == "steps" and spec.get("until_equilibrated") is True):
                 raise CLIError(f"{where} ({method}): missing key {key!r}")
             values[key] = default
         else:
@@ -161,7 +180,34 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
         raise CLIError(f"{option_label(where, method, 'velocities')} maxwell-boltzmann needs "
                        f"{option_label(where, method, 'temperature').removesuffix(' =')} (K) to draw at")
     check_ranges(where, method, values)
+    if "until_equilibrated" in schema:
+        check_equilibration(where, method, spec, values)
     return values
+
+
+def check_equilibration(where: str, method: str, spec: dict, values: dict) -> None:
+    """``until_equilibrated`` needs ``production_steps`` and ``max_steps`` (not ``steps``); they need it.
+
+    ``production_steps`` must be a multiple of ``sample_every`` (see
+    :class:`batchmd.dynamics.equilibration.Equilibrate`). Raises :class:`CLIError` naming the option.
+    """
+    def label(key):
+        return option_label(where, method, key).removesuffix(" =")
+
+    if values["until_equilibrated"]:
+        if "steps" in spec and spec["steps"] is not None:
+            raise CLIError(f"{label('steps')} does not apply with {label('until_equilibrated')}: each system runs "
+                           f"until equilibrated (at most {label('max_steps')}), then {label('production_steps')}")
+        for key in ("production_steps", "max_steps"):
+            if values[key] is None:
+                raise CLIError(f"{label('until_equilibrated')} needs {label(key)}")
+        if values["production_steps"] % values["sample_every"]:
+            raise CLIError(f"{label('production_steps')} ({values['production_steps']}) must be a multiple of "
+                           f"{label('sample_every')} ({values['sample_every']})")
+        return
+    for key in ("production_steps", "max_steps", "sample_every"):
+        if key in spec and spec[key] is not None and (key != "sample_every" or spec[key] != 10):
+            raise CLIError(f"{label(key)} applies only with {label('until_equilibrated')}")
 
 
 #: Commands whose stage keys are command-line options (``--dt``), not pipeline-file keys.
@@ -281,6 +327,20 @@ def _npt(values, model):
                velocities=_policy(values))
 
 
+def _equilibrate(build):
+    """A builder wrapped in :class:`~batchmd.dynamics.equilibration.Equilibrate` when ``until_equilibrated``."""
+    def builder(values, model):
+        stage = build(values, model)
+        if not values.get("until_equilibrated"):
+            return stage
+        from batchmd.dynamics.equilibration import Equilibrate
+
+        return Equilibrate(stage, production_steps=values["production_steps"],
+                           max_equilibration_steps=values["max_steps"], sample_every=values["sample_every"])
+    return builder
+
+
+_nvt, _nose_hoover, _npt = _equilibrate(_nvt), _equilibrate(_nose_hoover), _equilibrate(_npt)
 _BUILDERS = {"fire": _fire, "lbfgs": _lbfgs, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
 
 

@@ -140,7 +140,7 @@ def _pymbar_timeseries():
 
 def _inefficiency(x: np.ndarray) -> float:
     """pymbar's statistical inefficiency of ``x`` (>= 1; 1 for a constant or too short series)."""
-    if x.size < 4 or not np.ptp(x) > 1e-12 * max(1.0, float(np.abs(x).max())):
+    if x.size < 4 or not np.ptp(x) > 1e-10 * max(1.0, float(np.abs(x).max())):
         return 1.0
     try:
         return max(1.0, float(_pymbar_timeseries().statistical_inefficiency(x, mintime=3)))
@@ -149,14 +149,16 @@ def _inefficiency(x: np.ndarray) -> float:
 
 
 def equilibration_test(x, min_effective_samples: float = 20.0, max_discard_fraction: float = 0.5,
-                       drift_z: float = 2.5, nskip: int = 1) -> tuple[bool, int]:
+                       drift_z: float = 2.5, nskip: int | None = None) -> tuple[bool, int]:
     """Whether the series ``x`` (1-D, chronological) has reached equilibrium, and where.
 
     Chodera's detection [Chodera2016]_ (pymbar ``detect_equilibration``) gives ``t0``
     maximising ``N_eff``; the series passes when ``t0 <= max_discard_fraction * len(x)``,
     ``N_eff >= min_effective_samples`` and the two halves of ``x[t0:]`` have means within
     ``drift_z`` combined standard errors (a Geweke-style stationarity check [Geweke1992]_).
-    A constant series passes with ``t0 = 0``.
+    A constant series passes with ``t0 = 0``. ``nskip``: stride of the candidate ``t0``
+    (pymbar's ``nskip``; default ``len(x) // 20``, so ~20 candidates: the cost of a test is
+    ~20 statistical inefficiencies, ~2 ms for 200 samples, instead of ~20 ms with every ``t0``).
 
     Returns
     -------
@@ -174,9 +176,10 @@ def equilibration_test(x, min_effective_samples: float = 20.0, max_discard_fract
         raise ValueError(f"equilibration_test: needs at least 8 samples, got {n}")
     if not np.isfinite(x).all():
         raise ValueError("equilibration_test: the series has non-finite values")
-    if not np.ptp(x) > 1e-12 * max(1.0, float(np.abs(x).max())):
+    if not np.ptp(x) > 1e-10 * max(1.0, float(np.abs(x).max())):
         return True, 0
-    t0, g, neff = _pymbar_timeseries().detect_equilibration(x, fast=True, nskip=max(1, int(nskip)))
+    nskip = max(1, n // 20) if nskip is None else max(1, int(nskip))
+    t0, g, neff = _pymbar_timeseries().detect_equilibration(x, fast=True, nskip=nskip)
     t0 = int(t0)
     if t0 > max_discard_fraction * n or not float(neff) >= min_effective_samples:
         return False, t0
