@@ -191,23 +191,26 @@ def check_equilibration(where: str, method: str, spec: dict, values: dict) -> No
     ``production_steps`` must be a multiple of ``sample_every`` (see
     :class:`batchmd.dynamics.equilibration.Equilibrate`). Raises :class:`CLIError` naming the option.
     """
+    option = where in OPTION_COMMANDS
+    prefix = "" if option else f"{where} ({method}): "
+
     def label(key):
-        return option_label(where, method, key).removesuffix(" =")
+        return f"--{key.replace('_', '-')}" if option else key
 
     if values["until_equilibrated"]:
         if "steps" in spec and spec["steps"] is not None:
-            raise CLIError(f"{label('steps')} does not apply with {label('until_equilibrated')}: each system runs "
-                           f"until equilibrated (at most {label('max_steps')}), then {label('production_steps')}")
+            raise CLIError(f"{prefix}{label('steps')} does not apply with {label('until_equilibrated')}: each system "
+                           f"runs until equilibrated (at most {label('max_steps')}), then {label('production_steps')}")
         for key in ("production_steps", "max_steps"):
             if values[key] is None:
-                raise CLIError(f"{label('until_equilibrated')} needs {label(key)}")
+                raise CLIError(f"{prefix}{label('until_equilibrated')} needs {label(key)}")
         if values["production_steps"] % values["sample_every"]:
-            raise CLIError(f"{label('production_steps')} ({values['production_steps']}) must be a multiple of "
+            raise CLIError(f"{prefix}{label('production_steps')} ({values['production_steps']}) must be a multiple of "
                            f"{label('sample_every')} ({values['sample_every']})")
         return
     for key in ("production_steps", "max_steps", "sample_every"):
         if key in spec and spec[key] is not None and (key != "sample_every" or spec[key] != 10):
-            raise CLIError(f"{label(key)} applies only with {label('until_equilibrated')}")
+            raise CLIError(f"{prefix}{label(key)} applies only with {label('until_equilibrated')}")
 
 
 #: Commands whose stage keys are command-line options (``--dt``), not pipeline-file keys.

@@ -37,10 +37,13 @@ For each observable, on the chronological window ``x[0..n-1]``:
   (``t0 <= max_discard_fraction * n``; default half) and hold ``N_eff >=
   min_effective_samples`` (default 20): a drifting series has a large ``g`` and its best
   ``t0`` lies near the end, so it fails.
-* A stationarity check in the spirit of Geweke's diagnostic [Geweke1992]_ on the region
-  ``x[t0:]``: the means of its first and second halves must agree within ``drift_z``
-  (default 2.5) combined standard errors, each ``std * sqrt(g / n_half)`` with ``g`` from
-  pymbar: a slow drift that detect_equilibration alone accepts is caught.
+* A trend test on the region ``x[t0:]``: the slope of its least-squares line must be
+  within ``drift_z`` (default 2.5) standard errors of zero, the slope's standard error
+  inflated by ``sqrt(g)`` (pymbar's statistical inefficiency of the residuals, i.e. the
+  effective sample size of [Chodera2016]_). Detection alone accepts a linear drift of two
+  standard deviations across the window in about half the cases (synthetic AR(1) series:
+  22/40 white, 32/40 with lag-1 correlation 0.5); with the trend test 9/40 and 21/40, while
+  stationary series still pass 40/40 and 39/40 (see ``tests/test_equilibration.py``).
 
 A system is equilibrated when every observable passes. ``equilibrated_at_step`` is the
 stage step of the latest ``t0`` over the observables; production starts at the step of
@@ -69,8 +72,6 @@ References
 .. [Chodera2016] J. D. Chodera, "A simple method for automated equilibration detection in
    molecular simulations", J. Chem. Theory Comput. 12, 1799-1805 (2016),
    doi:10.1021/acs.jctc.5b00784; implementation: pymbar ``timeseries``.
-.. [Geweke1992] J. Geweke, "Evaluating the accuracy of sampling-based approaches to the
-   calculation of posterior moments", in Bayesian Statistics 4, 169-193 (1992).
 
 Example
 -------
@@ -154,8 +155,8 @@ def equilibration_test(x, min_effective_samples: float = 20.0, max_discard_fract
 
     Chodera's detection [Chodera2016]_ (pymbar ``detect_equilibration``) gives ``t0``
     maximising ``N_eff``; the series passes when ``t0 <= max_discard_fraction * len(x)``,
-    ``N_eff >= min_effective_samples`` and the two halves of ``x[t0:]`` have means within
-    ``drift_z`` combined standard errors (a Geweke-style stationarity check [Geweke1992]_).
+    ``N_eff >= min_effective_samples`` and the least-squares slope of ``x[t0:]`` is within
+    ``drift_z`` standard errors of zero (the error inflated by ``sqrt(g)``, see :func:`_trend_z`).
     A constant series passes with ``t0 = 0``. ``nskip``: stride of the candidate ``t0``
     (pymbar's ``nskip``; default ``len(x) // 20``, so ~20 candidates: the cost of a test is
     ~20 statistical inefficiencies, ~2 ms for 200 samples, instead of ~20 ms with every ``t0``).
@@ -183,15 +184,24 @@ def equilibration_test(x, min_effective_samples: float = 20.0, max_discard_fract
     t0 = int(t0)
     if t0 > max_discard_fraction * n or not float(neff) >= min_effective_samples:
         return False, t0
-    region = x[t0:]
-    half = region.size // 2
-    a, b = region[:half], region[half:]
-    g_region = max(1.0, float(g))
-    sd = float(region.std())
-    se = sd * math.sqrt(g_region / a.size + g_region / b.size)
-    if se > 0 and abs(float(a.mean()) - float(b.mean())) > drift_z * se:
+    if _trend_z(x[t0:]) > drift_z:
         return False, t0
     return True, t0
+
+
+def _trend_z(x: np.ndarray) -> float:
+    """|slope| / standard error of the least-squares line through ``x`` (against the sample index).
+
+    The slope's ordinary standard error is inflated by ``sqrt(g)``, ``g`` pymbar's statistical
+    inefficiency of the residuals: the t-test of a linear trend in a correlated series with its
+    effective sample size. 0 for a constant series.
+    """
+    t = np.arange(x.size, dtype=np.float64)
+    t -= t.mean()
+    slope = float((t * (x - x.mean())).sum() / (t * t).sum())
+    residual = x - x.mean() - slope * t
+    se = float(residual.std()) * math.sqrt(_inefficiency(residual) / float((t * t).sum()))
+    return abs(slope) / se if se > 0 else (0.0 if slope == 0 else math.inf)
 
 
 def production_statistics(x) -> tuple[float, float, float]:
