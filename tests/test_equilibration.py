@@ -227,19 +227,22 @@ def _fixed_run_statistics(frames, stage_factory, steps, discard, every=10):
     from batchmd.dynamics.equilibration import _observables
     from batchmd.dynamics.hooks import Hook, HookStage
 
-    series = []
+    series: dict[int, list] = {}
 
     class Record(Hook):
         stage = HookStage.AFTER_STEP
         frequency = every
 
         def __call__(self, batch, context):
-            if context.step > discard:
-                series.append(_observables(batch)[:, :3].double().cpu().numpy().copy())
+            moving = (batch["status"] == 0) & (batch["stage_steps"] > discard)  # padding rows are EMPTY
+            values = _observables(batch)[:, :3].double().cpu().numpy()
+            ids = batch["system_id"].reshape(-1).tolist()
+            for s in np.nonzero(moving.cpu().numpy())[0]:
+                series.setdefault(int(ids[s]), []).append(values[s])
 
     run_frames(frames, [stage_factory(steps)], hooks=[Record()], refill_frequency=every, max_batch_size=len(frames))
-    data = np.stack(series)  # [T, B, 3]
-    return [[production_statistics(data[:, b, c])[:2] for c in range(3)] for b in range(len(frames))]
+    data = [np.array(series[b]) for b in range(len(frames))]  # [T, 3] per system
+    return [[production_statistics(d[:, c])[:2] for c in range(3)] for d in data]
 
 
 @pytest.mark.slow
