@@ -119,6 +119,7 @@ def main(argv=None) -> dict:
     t_fixed = time.perf_counter() - t0
 
     agree = {"temperature_K": 0, "potential_energy_eV": 0}
+    outliers = []  # (system, kind, observable, z, effective samples of the equilibrate run's production)
     for k, i in enumerate(info):
         data = np.array(series.get(k, []))
         if i["equilibration_status"] != "equilibrated" or len(data) < 10:
@@ -126,7 +127,11 @@ def main(argv=None) -> dict:
         for c, name in enumerate(agree):
             ref_mean, ref_sem, _ = production_statistics(data[:, c])
             mean, sem = i[f"production_mean_{name}"], i[f"production_sem_{name}"]
-            agree[name] += int(abs(mean - ref_mean) < 4 * math.hypot(sem, ref_sem))
+            z = abs(mean - ref_mean) / math.hypot(sem, ref_sem)
+            agree[name] += int(z < 4)
+            if z >= 4:
+                outliers.append((k, kinds[k], name, round(z, 1), round(i["production_samples"]
+                                                                      / i[f"production_g_{name}"], 1)))
 
     def occupancy(stats):
         return stats.occupancy_sum / max(1, stats.steps)
@@ -144,6 +149,7 @@ def main(argv=None) -> dict:
         "occupancy_equilibrate": round(occupancy(eq.stats), 3), "occupancy_fixed": round(occupancy(fixed.stats), 3),
         "refill_seconds_equilibrate": round(eq.stats.refill_seconds, 2),
         "agree_within_4_sem": {name: f"{count}/{n}" for name, count in agree.items()},
+        "outliers": outliers,
     }
     print(f"{n} systems x 32 atoms, {slots} slots, production {production} steps, device {args.device}")
     print(f"equilibrated: {result['equilibrated']}/{n}; detected at step {result['detected_step_min']} .. "
@@ -159,6 +165,8 @@ def main(argv=None) -> dict:
           f"{eq.stats.refill_seconds:.1f} s (tests, pymbar)")
     print(f"production means agree within 4 combined SEM: T {result['agree_within_4_sem']['temperature_K']}, "
           f"E_pot {result['agree_within_4_sem']['potential_energy_eV']}")
+    for k, kind, name, z, neff in outliers:
+        print(f"  system {k} ({kind}): {name} differs by {z} combined SEM (effective production samples {neff})")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=1)

@@ -156,7 +156,8 @@ def equilibration_test(x, min_effective_samples: float = 20.0, max_discard_fract
     Chodera's detection [Chodera2016]_ (pymbar ``detect_equilibration``) gives ``t0``
     maximising ``N_eff``; the series passes when ``t0 <= max_discard_fraction * len(x)``,
     ``N_eff >= min_effective_samples`` and the least-squares slope of ``x[t0:]`` is within
-    ``drift_z`` standard errors of zero (the error inflated by ``sqrt(g)``, see :func:`_trend_z`).
+    ``drift_z`` standard errors of zero (the error inflated by ``sqrt(g)``, pymbar's statistical
+    inefficiency of the residuals).
     A constant series passes with ``t0 = 0``. ``nskip``: stride of the candidate ``t0``
     (pymbar's ``nskip``; default ``len(x) // 20``, so ~20 candidates: the cost of a test is
     ~20 statistical inefficiencies, ~2 ms for 200 samples, instead of ~20 ms with every ``t0``).
