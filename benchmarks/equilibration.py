@@ -19,7 +19,8 @@ production per system, both inflight with the same live-batch budget (``slots`` 
    ``N_eq + production_steps`` steps, with ``N_eq`` the *largest* equilibration time that
    run 1 detected -- an oracle: in practice ``N_eq`` is guessed, and guessed generously.
 
-Reported: wall time of each (time to solution), their ratio, steps per system, mean live-batch
+Reported: wall and process CPU time of each (time to solution; on a shared machine CPU time is
+the steadier), their ratios, steps per system, mean live-batch
 occupancy (``RunStats.occupancy_sum / steps``), and the agreement of the production averages
 (T, E_pot): run 2's averages are taken over its last ``production_steps`` steps, and the
 fraction of systems whose means agree within 4 combined standard errors (pymbar) is printed.
@@ -89,10 +90,10 @@ def main(argv=None) -> dict:
     run_frames(frames[:2], [Equilibrate(nvt(), production_steps=100, max_equilibration_steps=20,
                                         min_samples=8)], **common)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     eq = run_frames(frames, [Equilibrate(nvt(), production_steps=production, max_equilibration_steps=20000)],
                     **common)
-    t_eq = time.perf_counter() - t0
+    t_eq, c_eq = time.perf_counter() - t0, time.process_time() - c0
     info = [a.info for a in eq.frames]
     statuses = [i["equilibration_status"] for i in info]
     detected = np.array([i["equilibration_detected_at_step"] for i in info])
@@ -114,12 +115,13 @@ def main(argv=None) -> dict:
             for s in torch.nonzero(moving).reshape(-1).tolist():
                 series.setdefault(int(ids[s]), []).append(values[s].cpu().numpy())
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fixed = run_frames(frames, [nvt(fixed_steps)], hooks=[Record()], **common)
-    t_fixed = time.perf_counter() - t0
+    t_fixed, c_fixed = time.perf_counter() - t0, time.process_time() - c0
 
     agree = {"temperature_K": 0, "potential_energy_eV": 0}
     outliers = []  # (system, kind, observable, z, effective samples of the equilibrate run's production)
+    zs = {name: [] for name in agree}
     for k, i in enumerate(info):
         data = np.array(series.get(k, []))
         if i["equilibration_status"] != "equilibrated" or len(data) < 10:
@@ -129,6 +131,7 @@ def main(argv=None) -> dict:
             mean, sem = i[f"production_mean_{name}"], i[f"production_sem_{name}"]
             z = abs(mean - ref_mean) / math.hypot(sem, ref_sem)
             agree[name] += int(z < 4)
+            zs[name].append((mean - ref_mean) / math.hypot(sem, ref_sem))
             if z >= 4:
                 outliers.append((k, kinds[k], name, round(z, 1), round(i["production_samples"]
                                                                       / i[f"production_g_{name}"], 1)))
@@ -143,28 +146,32 @@ def main(argv=None) -> dict:
         "detected_step_min": int(detected.min()), "detected_step_median": float(np.median(detected)),
         "detected_step_max": n_eq_fixed, "mean_detected_step_by_kind": by_kind,
         "equilibrate_then_produce_s": round(t_eq, 2), "fixed_length_s": round(t_fixed, 2),
-        "speedup": round(t_fixed / t_eq, 2),
+        "speedup": round(t_fixed / t_eq, 2), "equilibrate_then_produce_cpu_s": round(c_eq, 2),
+        "fixed_length_cpu_s": round(c_fixed, 2), "speedup_cpu": round(c_fixed / c_eq, 2),
         "steps_per_system_equilibrate": float(steps_eq.mean()), "steps_per_system_fixed": fixed_steps,
         "loop_steps_equilibrate": eq.stats.steps, "loop_steps_fixed": fixed.stats.steps,
         "occupancy_equilibrate": round(occupancy(eq.stats), 3), "occupancy_fixed": round(occupancy(fixed.stats), 3),
         "refill_seconds_equilibrate": round(eq.stats.refill_seconds, 2),
         "agree_within_4_sem": {name: f"{count}/{n}" for name, count in agree.items()},
-        "outliers": outliers,
+        "outliers": outliers, "std_of_z": {name: round(float(np.std(v)), 2) for name, v in zs.items()},
     }
     print(f"{n} systems x 32 atoms, {slots} slots, production {production} steps, device {args.device}")
     print(f"equilibrated: {result['equilibrated']}/{n}; detected at step {result['detected_step_min']} .. "
           f"{n_eq_fixed} (median {result['detected_step_median']:.0f}); by kind: "
           + ", ".join(f"{k} {v:.0f}" for k, v in by_kind.items()))
-    print("| run | wall s | steps/system (mean) | loop steps | occupancy |")
-    print("|---|---|---|---|---|")
-    print(f"| equilibrate-then-produce | {t_eq:.1f} | {steps_eq.mean():.0f} | {eq.stats.steps} | "
+    print("| run | wall s | CPU s | steps/system (mean) | loop steps | occupancy |")
+    print("|---|---|---|---|---|---|")
+    print(f"| equilibrate-then-produce | {t_eq:.1f} | {c_eq:.1f} | {steps_eq.mean():.0f} | {eq.stats.steps} | "
           f"{result['occupancy_equilibrate']:.2f} |")
-    print(f"| fixed length ({n_eq_fixed} + {production}) | {t_fixed:.1f} | {fixed_steps} | {fixed.stats.steps} | "
-          f"{result['occupancy_fixed']:.2f} |")
-    print(f"time-to-solution ratio (fixed / equilibrate): {result['speedup']:.2f}x; refill points of run 1: "
-          f"{eq.stats.refill_seconds:.1f} s (tests, pymbar)")
+    print(f"| fixed length ({n_eq_fixed} + {production}) | {t_fixed:.1f} | {c_fixed:.1f} | {fixed_steps} | "
+          f"{fixed.stats.steps} | {result['occupancy_fixed']:.2f} |")
+    print(f"time-to-solution ratio (fixed / equilibrate): wall {result['speedup']:.2f}x, CPU "
+          f"{result['speedup_cpu']:.2f}x; refill points of run 1: {eq.stats.refill_seconds:.1f} s (tests, pymbar)")
     print(f"production means agree within 4 combined SEM: T {result['agree_within_4_sem']['temperature_K']}, "
           f"E_pot {result['agree_within_4_sem']['potential_energy_eV']}")
+    print("std of the differences in combined SEM (1 if the error bars are right; overlapping windows of the same "
+          f"trajectory make it smaller): T {result['std_of_z']['temperature_K']}, "
+          f"E_pot {result['std_of_z']['potential_energy_eV']}")
     for k, kind, name, z, neff in outliers:
         print(f"  system {k} ({kind}): {name} differs by {z} combined SEM (effective production samples {neff})")
     if args.json:
