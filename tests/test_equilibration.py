@@ -42,14 +42,15 @@ def argon(seed: int, start_temperature: float, a: float = 5.3, rattle: float = 0
     return atoms
 
 
-def mixed_set():
+def mixed_set(seed=0):
     """Two systems started near equilibrium (2 x target: equipartition halves it) and two hot starts (8 x)."""
-    return [argon(0, 2 * TARGET), argon(1, 8 * TARGET), argon(2, 2 * TARGET), argon(3, 8 * TARGET)]
+    return [argon(seed, 2 * TARGET), argon(seed + 1, 8 * TARGET), argon(seed + 2, 2 * TARGET),
+            argon(seed + 3, 8 * TARGET)]
 
 
-def nvt(model, **kw):
+def nvt(model, seed=7, **kw):
     """Langevin at 40 K, friction 0.005/fs: energy relaxation time 1/friction = 200 fs = 40 steps."""
-    return NVTLangevin(model, dt=5.0, temperature=TARGET, friction=0.005, random_seed=7, **kw)
+    return NVTLangevin(model, dt=5.0, temperature=TARGET, friction=0.005, random_seed=seed, **kw)
 
 
 #: Quick sampling for the fast tests: first test after 100 steps, then every 50.
@@ -240,7 +241,9 @@ def _fixed_run_statistics(frames, stage_factory, steps, discard, every=10):
             for s in np.nonzero(moving.cpu().numpy())[0]:
                 series.setdefault(int(ids[s]), []).append(values[s])
 
-    run_frames(frames, [stage_factory(steps)], hooks=[Record()], refill_frequency=every, max_batch_size=len(frames))
+    # Another seed: an independent trajectory (the same seed would repeat the production's own trajectory).
+    run_frames(frames, [stage_factory(steps, seed=8)], hooks=[Record()], refill_frequency=every,
+               max_batch_size=len(frames))
     data = [np.array(series[b]) for b in range(len(frames))]  # [T, 3] per system
     return [[production_statistics(d[:, c])[:2] for c in range(3)] for d in data]
 
@@ -250,26 +253,30 @@ def _fixed_run_statistics(frames, stage_factory, steps, discard, every=10):
 def test_production_averages_equal_long_fixed_runs_within_error_bars(ensemble):
     """|production mean - long-run mean| < 4 combined SEM for T, E_pot (and V under NPT), every system.
 
-    NPT: cells compressed and expanded by 3% relax to the same volume.
+    The long fixed-length runs (16,000 steps, the first 4,000 discarded) are independent trajectories of the
+    same systems. NPT: cells compressed and expanded by 3% relax to the same volume.
     """
     model = lj()
     if ensemble == "nvt":
-        frames = mixed_set()
+        frames, references = mixed_set(), mixed_set(seed=50)
 
-        def factory(n_steps=None):
-            return nvt(model, n_steps=n_steps)
+        def factory(n_steps=None, seed=7):
+            return nvt(model, seed=seed, n_steps=n_steps)
         columns = (0, 1)
     else:
-        frames = [argon(i, 2 * TARGET, a=5.3 * s) for i, s in enumerate((0.97, 1.0, 1.03))]
+        frames, references = ([argon(seed + i, 2 * TARGET, a=5.3 * s) for i, s in enumerate((0.97, 1.0, 1.03))]
+                              for seed in (0, 50))
 
-        def factory(n_steps=None):
+        def factory(n_steps=None, seed=7):
             return IsotropicMTKNPT(model, dt=5.0, temperature=TARGET, pressure=0.0, tdamp=250.0, pdamp=2500.0,
-                                   random_seed=7, n_steps=n_steps)
+                                   random_seed=seed, n_steps=n_steps)
         columns = (0, 1, 2)
     stage = Equilibrate(factory(), production_steps=4000, max_equilibration_steps=10000)
     info = [a.info for a in run_frames(frames, [stage], refill_frequency=10).frames]
     assert all(i["equilibration_status"] == "equilibrated" for i in info)
-    reference = _fixed_run_statistics(frames, factory, steps=16000, discard=4000)
+    # Independent reference trajectories: other initial velocities and rattles (MTK NPT has no noise), and for
+    # Langevin another noise seed.
+    reference = _fixed_run_statistics(references, factory, steps=16000, discard=4000)
     names = ("temperature_K", "potential_energy_eV", "volume_A3")
     for i, ref in zip(info, reference):
         for c in columns:
