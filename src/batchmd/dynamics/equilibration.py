@@ -535,7 +535,7 @@ class Equilibrate:
                     else int(EquilibrationStatus.NOT_EQUILIBRATED)
             n = int(prod_count[row])
             samples[row] = n
-            if detected[row] >= 0 and n:
+            if new_phase[s] == int(EquilibrationStatus.EQUILIBRATED):  # failed or cut: no averages, NaN
                 run_steps[row] = (int(steps[s]) if stage[s] == k else -1) - int(detected[row])
                 for col, name in enumerate(RESULT_OBSERVABLES):
                     mean, sem, g = production_statistics(prod[row, :n, col])
