@@ -194,6 +194,8 @@ def test_cli_md_until_equilibrated(tmp_path, capsys):
     frames = ase.io.read(out, ":")
     assert [a.info["equilibration_status"] for a in frames] == ["equilibrated"] * 2
     assert all(a.info["production_samples"] == 20 and a.info["production_sem_temperature_K"] > 0 for a in frames)
+    header = (tmp_path / "out.summary.csv").read_text().splitlines()[0].split(",")
+    assert {"equilibration_status", "production_mean_temperature_K", "production_sem_temperature_K"} <= set(header)
     for bad, message in ((["--steps", "10", "--until-equilibrated", "--production-steps", "200", "--max-steps", "30"],
                           "--steps does not apply with --until-equilibrated"),
                          (["--until-equilibrated", "--production-steps", "200"], "needs --max-steps"),

@@ -95,10 +95,14 @@ import torch
 from batchmd.dynamics.status import SystemStatus
 
 __all__ = ["Equilibrate", "EquilibrationStatus", "equilibration_test", "production_statistics",
-           "equilibration_status_text", "RESULT_OBSERVABLES"]
+           "equilibration_status_text", "RESULT_OBSERVABLES", "EQUILIBRATION_KEYS"]
 
-#: Observables of production results: (name in result keys, column in the buffers).
+#: Observables of production results, in the order of the buffers' columns (names with units).
 RESULT_OBSERVABLES = ("temperature_K", "potential_energy_eV", "volume_A3", "pressure_GPa")
+#: The result keys of an equilibration stage (``atoms.info`` of result frames, summary columns), in order.
+EQUILIBRATION_KEYS = ("equilibration_status", "equilibrated_at_step", "equilibration_detected_at_step",
+                      "equilibration_steps", "production_steps_run", "production_samples",
+                      *(f"production_{w}_{o}" for o in RESULT_OBSERVABLES for w in ("mean", "sem", "g")))
 _TESTED = {"temperature": 0, "potential_energy": 1, "volume": 2}  # equilibration test columns
 _GPA = 160.21766208  # eV/Å^3 -> GPa (ase.units.GPa = 1 / this)
 
