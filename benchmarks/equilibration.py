@@ -193,8 +193,9 @@ def main(argv=None) -> dict:
           f"{result['speedup_cpu']:.2f}x; refill points of run 1: {eq.stats.refill_seconds:.1f} s (tests, pymbar)")
     print(f"production means agree within 4 combined SEM: T {result['agree_within_4_sem']['temperature_K']}, "
           f"E_pot {result['agree_within_4_sem']['potential_energy_eV']}")
-    print(f"std of the differences in combined SEM (1 if the error bars are right): T {result['std_of_z']['temperature_K']}, "
-          f"E_pot {result['std_of_z']['potential_energy_eV']}")
+    spread = result["std_of_z"]
+    print(f"std of the differences in combined SEM (1 if the error bars are right): T {spread['temperature_K']}, "
+          f"E_pot {spread['potential_energy_eV']}")
     for k, kind, name, z, neff in outliers:
         print(f"  system {k} ({kind}): {name} differs by {z} combined SEM (effective production samples {neff})")
     if args.json:
