@@ -273,7 +273,9 @@ def run_frames(
     frames : sequence of ase.Atoms
         Input structures (checked with :func:`check_frames`; not modified).
     stages : Dynamics or list of Dynamics
-        E.g. ``FIRE(model, convergence_hook=...)`` or ``[fire, nvt]`` (run in order).
+        E.g. ``FIRE(model, convergence_hook=...)`` or ``[fire, nvt]`` (run in order), or an MD
+        stage wrapped in :class:`~batchmd.dynamics.equilibration.Equilibrate` (each frame runs
+        until equilibrated, then a production; its averages are result keys).
     max_atoms : int, optional
         Atom budget of the live batch (default: every atom if <= 4096, else 4096, and at
         least the largest frame).

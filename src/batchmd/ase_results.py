@@ -35,11 +35,15 @@ DERIVED_KEYS = ("fmax_atoms",)
 _LOOP_KEYS = frozenset(RESULT_KEYS) | frozenset(DERIVED_KEYS) | {"stage", "stage_steps", "sample_index", "sample_num_edges", "energy",
                                        "failure", "dof"}
 _STAGE_KEY = re.compile(r"^stage\d+_(status|steps|fmax|temperature|method|target_temperature_K|target_pressure_GPa)$")
+#: Result keys of an equilibration stage (:mod:`batchmd.dynamics.equilibration`), copied as they are
+#: (``equilibration_status`` as its text).
+_EQUILIBRATION_KEY = re.compile(r"^(equilibration_status|equilibrated_at_step|equilibration_detected_at_step|"
+                                r"equilibration_steps|production_(steps_run|samples|(mean|sem|g)_\w+))$")
 
 
 def _loop_keys(info) -> list:
     """Keys of ``info`` owned by the dynamics loop (results of an earlier run)."""
-    return [key for key in info if key in _LOOP_KEYS or _STAGE_KEY.match(key)]
+    return [key for key in info if key in _LOOP_KEYS or _STAGE_KEY.match(key) or _EQUILIBRATION_KEY.match(key)]
 
 
 def _scalar(value):
@@ -139,6 +143,7 @@ def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], st
                 value = frame.info[key]
                 atoms.info[key] = value if isinstance(value, str) else _scalar(value)
         _stage_info(atoms.info, frame.info)
+        _equilibration_info(atoms.info, frame.info)
         if stages:
             _record_stage_info(atoms, frame.info, stages)
         if failed:
@@ -193,3 +198,17 @@ def _stage_info(info: dict, source: dict) -> None:
             info["status"] = status_name(info["status"])
         info["converged"] = info.get("status") == "converged"
 
+
+
+def _equilibration_info(info: dict, source: dict) -> None:
+    """The keys of an equilibration stage (:mod:`batchmd.dynamics.equilibration`); the status as text."""
+    if "equilibration_status" not in source:
+        return
+    from batchmd.dynamics.equilibration import equilibration_status_text
+
+    for key, value in source.items():
+        if _EQUILIBRATION_KEY.match(key):
+            info[key] = value if isinstance(value, str) else _scalar(value)
+    status = info["equilibration_status"]
+    if not isinstance(status, str):
+        info["equilibration_status"] = equilibration_status_text(status, info.get("equilibration_steps"))

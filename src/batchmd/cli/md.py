@@ -17,11 +17,19 @@ OUTPUT holds the final frame of each input frame, in input order, with momenta, 
 systems are never "converged"), n_steps, stage0_temperature (mean kinetic temperature
 over the run, K) and the model.
 
+With --until-equilibrated (nvt, nvt-nose-hoover, npt) each frame runs until it is
+equilibrated (pymbar's automated detection on T, E and, under a barostat, V; at most
+--max-steps steps), then --production-steps of production, and is written with its
+production averages and error bars (info: equilibration_status, equilibrated_at_step,
+production_mean_temperature_K, production_sem_temperature_K, ...): inflight batching hands
+its slot to the next frame as soon as it is done (batchmd.dynamics.equilibration).
+
 Example:
 
     batchmd md relaxed.extxyz -o nvt.extxyz --temperature 300 --steps 1000 --dt 2 --friction 0.01
     batchmd md relaxed.extxyz -o nve.extxyz --ensemble nve --steps 1000 --dt 1
     batchmd md relaxed.extxyz -o npt.extxyz --ensemble npt --temperature 300 --pressure 1.0 --steps 5000 --dt 2
+    batchmd md relaxed.extxyz -o eq.extxyz --temperature 300 --dt 2 --until-equilibrated --production-steps 2000 --max-steps 20000
 """
 
 from __future__ import annotations
@@ -34,12 +42,13 @@ __all__ = ["ENSEMBLES", "add_parser", "command", "initial_velocities"]
 
 #: ``--ensemble`` choices: name -> (stage method of batchmd.cli.pipeline.STAGE_KEYS, options it uses,
 #: whether --temperature is required). A new ensemble is one entry here (and its stage there).
+_EQ = ("until_equilibrated", "production_steps", "max_steps", "sample_every")  # add_equilibration_arguments
 ENSEMBLES = {
-    "nvt": ("nvt", ("temperature", "dt", "friction", "steps", "seed", "velocities"), True),
-    "nvt-langevin": ("nvt", ("temperature", "dt", "friction", "steps", "seed", "velocities"), True),
-    "nvt-nose-hoover": ("nvt-nose-hoover", ("temperature", "dt", "tdamp", "steps", "seed", "velocities"), True),
-    "npt": ("npt", ("temperature", "pressure", "dt", "tdamp", "pdamp", "barostat", "steps", "seed", "velocities"),
-            True),
+    "nvt": ("nvt", ("temperature", "dt", "friction", "steps", "seed", "velocities", *_EQ), True),
+    "nvt-langevin": ("nvt", ("temperature", "dt", "friction", "steps", "seed", "velocities", *_EQ), True),
+    "nvt-nose-hoover": ("nvt-nose-hoover", ("temperature", "dt", "tdamp", "steps", "seed", "velocities", *_EQ), True),
+    "npt": ("npt", ("temperature", "pressure", "dt", "tdamp", "pdamp", "barostat", "steps", "seed", "velocities",
+                    *_EQ), True),
     "nve": ("nve", ("dt", "steps", "temperature", "seed", "velocities"), False),
 }
 
@@ -55,7 +64,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ensemble", default="nvt", choices=tuple(ENSEMBLES), help="thermodynamic ensemble")
     parser.add_argument("--temperature", type=float, default=None,
                         help="K: thermostat target and initial velocities (required for nvt)")
-    parser.add_argument("--steps", type=int, required=True, help="MD steps per frame")
+    parser.add_argument("--steps", type=int, default=None, help="MD steps per frame (or --until-equilibrated)")
     parser.add_argument("--dt", type=float, required=True, help="time step, fs")
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     parser.add_argument("--tdamp", type=float, default=None,
@@ -69,11 +78,26 @@ def add_parser(subparsers) -> None:
                         help="initial velocities: auto (keep the input's momenta, draw where there are none or all "
                              "are zero), keep (the input's momenta as given: all-zero means at rest), zero (every "
                              "frame from rest), maxwell-boltzmann (draw at --temperature for every frame)")
+    add_equilibration_arguments(parser)
     add_model_arguments(parser)
     from batchmd.cli.recording import add_recording_arguments
 
     add_recording_arguments(parser)
     parser.set_defaults(command=command)
+
+
+def add_equilibration_arguments(parser) -> None:
+    """``--until-equilibrated``, ``--production-steps``, ``--max-steps``, ``--sample-every`` (equilibration as
+    graduation, :class:`batchmd.dynamics.equilibration.Equilibrate`)."""
+    group = parser.add_argument_group("equilibration as graduation (nvt, nvt-nose-hoover, npt)")
+    group.add_argument("--until-equilibrated", action="store_true", default=None,
+                       help="run each frame until equilibrated (pymbar's detection on T, E and V), then "
+                            "--production-steps, and write production averages with error bars (replaces --steps)")
+    group.add_argument("--production-steps", type=int, default=None, help="production steps after equilibration")
+    group.add_argument("--max-steps", type=int, default=None,
+                       help="most equilibration steps; a frame not equilibrated by then is written with "
+                            "equilibration_status 'not equilibrated in N steps'")
+    group.add_argument("--sample-every", type=int, default=None, help="steps between samples (default 10)")
 
 
 def initial_velocities(frames, temperature: float | None, seed: int) -> list:
@@ -110,6 +134,13 @@ def command(args) -> int:
                             ("barostat", "isotropic")):
         if option not in options and getattr(args, option) != default:
             raise CLIError(f"--{option} does not apply to --ensemble {args.ensemble}")
+    if args.steps is None and not args.until_equilibrated:
+        raise CLIError("--steps is required (or --until-equilibrated with --production-steps and --max-steps)")
+    if args.until_equilibrated and args.ensemble not in ("nvt", "nvt-langevin", "nvt-nose-hoover", "npt"):
+        raise CLIError(f"--until-equilibrated does not apply to --ensemble {args.ensemble} (no thermostat)")
+    for option in ("production_steps", "max_steps", "sample_every"):
+        if getattr(args, option) is not None and not args.until_equilibrated:
+            raise CLIError(f"--{option.replace('_', '-')} applies only with --until-equilibrated")
     if args.temperature is not None and args.temperature < 0:
         raise CLIError(f"--temperature must be >= 0 K, got {args.temperature}")
     spec = {"method": method, **{key: getattr(args, key) for key in options if getattr(args, key) is not None}}

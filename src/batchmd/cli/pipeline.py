@@ -41,6 +41,15 @@ Schema (every key is checked; an unknown one is an error naming it)::
                                        # (batchmd md --velocities; see batchmd.dynamics.velocities)
 
     [[stages]]
+    method = "nvt"                     # equilibration as graduation (nvt, nvt-nose-hoover, npt):
+    temperature = 300.0                # each system runs until equilibrated (pymbar's detection on
+    dt = 2.0                           # T, E and V every sample_every steps), then production_steps,
+    until_equilibrated = true          # and graduates with production averages and error bars;
+    production_steps = 2000            # replaces steps
+    max_steps = 20000                  # not equilibrated by then: "not equilibrated in N steps"
+    sample_every = 10                  # optional (default 10); production_steps is a multiple of it
+
+    [[stages]]
     method = "nve"                     # velocity Verlet
     dt = 1.0                           # fs
     steps = 100

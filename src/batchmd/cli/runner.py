@@ -222,6 +222,10 @@ def _summary_rows(frames, stage_labels, run_fingerprint: str | None = None) -> l
                 key = f"stage{k}_{suffix}"
                 if key in info:
                     row[key] = info[key]
+        if "equilibration_status" in info:  # an equilibration stage's results (batchmd.dynamics.equilibration)
+            from batchmd.dynamics.equilibration import EQUILIBRATION_KEYS
+
+            row.update({key: info[key] for key in EQUILIBRATION_KEYS if key in info})
         if run_fingerprint is not None:
             row["run_fingerprint"] = run_fingerprint
         rows.append(row)

@@ -25,7 +25,10 @@ freed capacity: survivors and newcomers are gathered into the new live batch in 
 device-side pass (:meth:`~batchmd.data.Batch.select_and_append`; newcomers enter at the
 end). Refilled systems are PENDING: the next step's evaluation gives them forces (and a
 fresh neighbor list) at their initial positions before their first move; see
-:mod:`batchmd.dynamics.refill`.
+:mod:`batchmd.dynamics.refill`. A stage may do host work there too: its
+``at_refill_point(batch, k)`` runs before the status read and may end systems, and its
+``transient_fields`` stay out of graduated systems (equilibration as graduation,
+:mod:`batchmd.dynamics.equilibration`).
 
 ``n_steps`` on graduated systems counts the steps taken in total, over all stages
 (``stage_steps`` counts steps in the last stage). Each stage's outcome per system (status,

@@ -48,8 +48,12 @@ class RefillPoints:
         """Fire graduation hooks and sinks for systems ``indices`` (each sink once per system)."""
         if indices.numel() == 0:
             return
-        # Caches (neighbor lists, ...) stay behind: results carry physics and bookkeeping only.
-        graduated = batch.without_fields(("guard_energy_ref",), prefix="_").index_select(indices.to(batch.device))
+        # Caches (neighbor lists, ...) and stages' transient buffers (``transient_fields``, e.g. the
+        # series of batchmd.dynamics.equilibration) stay behind: results carry physics and bookkeeping only.
+        transient = tuple(name for stage in self.stages for name in getattr(stage, "transient_fields", ())
+                          if batch.has_field(name))
+        graduated = batch.without_fields(("guard_energy_ref", *transient), prefix="_").index_select(
+            indices.to(batch.device))
         graduated = graduated.to("cpu")
         graduated = self._recorder.expand(graduated)
         status = graduated["status"]
@@ -259,8 +263,16 @@ class RefillPoints:
         """Graduate finished systems and (inflight) refill; returns the new live batch.
 
         Host time spent here after the status read (which waits for queued device work) is
-        added to ``stats.refill_seconds``; ``stats.refill_points`` counts the calls.
+        added to ``stats.refill_seconds``; ``stats.refill_points`` counts the calls. A stage
+        with an ``at_refill_point(batch, k)`` method (:class:`~batchmd.dynamics.equilibration.Equilibrate`)
+        is called first, on the live batch: host work that may set systems' status on the device.
         """
+        # Stages with host work at refill points (``at_refill_point(batch, k)``, e.g. the equilibration
+        # test of batchmd.dynamics.equilibration) run first: they may end systems (status) before the read.
+        for k, stage in enumerate(self.stages):
+            at_refill = getattr(stage, "at_refill_point", None)
+            if at_refill is not None:
+                at_refill(batch, k)
         # The host synchronisations of a refill point: status, sizes, throughput counter.
         status = batch["status"].cpu()
         started = time.perf_counter()

@@ -76,7 +76,19 @@ _UNITS = {"temperature": "K", "dt": "fs", "tdamp": "fs", "pdamp": "fs", "taup": 
           "fmax": "eV/Å", "pressure": "GPa"}
 
 
+#: Equilibration as graduation (batchmd.dynamics.equilibration.Equilibrate) for the thermostatted MD
+#: methods: ``until_equilibrated = true`` replaces ``steps`` by ``production_steps`` and ``max_steps``.
+EQUILIBRATION_KEYS = {"until_equilibrated": (False, bool, False), "production_steps": (False, int, None),
+                      "max_steps": (False, int, None), "sample_every": (False, int, 10)}
+for _method in ("nvt", "nvt-nose-hoover", "npt"):
+    STAGE_KEYS[_method].update(EQUILIBRATION_KEYS)
+
+
 def _value(where: str, key: str, value, kind):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
     if kind is str:
         if key == "velocities" and isinstance(value, str):  # the Python policy name is maxwell_boltzmann
             value = value.replace("_", "-")
@@ -114,7 +126,7 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
     values = {}
     for key, (required, kind, default) in schema.items():
         if key not in spec:
-            if required:
+            if required and not (key == "steps" and spec.get("until_equilibrated") is True):
                 raise SpecError(f"{where} ({method}): missing key {key!r}")
             values[key] = default
         else:
@@ -129,11 +141,41 @@ def check_stage(spec: dict, where: str = "stage") -> dict:
         raise SpecError(f"{option_label(where, method, 'velocities')} maxwell-boltzmann needs "
                         f"{option_label(where, method, 'temperature').removesuffix(' =')} (K) to draw at")
     check_ranges(where, method, values)
+    if "until_equilibrated" in schema:
+        check_equilibration(where, method, spec, values)
     return values
 
 
 #: Commands whose stage keys are command-line options (``--dt``), not pipeline-file keys.
 OPTION_COMMANDS = ("md", "relax")
+
+
+def check_equilibration(where: str, method: str, spec: dict, values: dict) -> None:
+    """``until_equilibrated`` needs ``production_steps`` and ``max_steps`` (not ``steps``); they need it.
+
+    ``production_steps`` must be a multiple of ``sample_every`` (see
+    :class:`batchmd.dynamics.equilibration.Equilibrate`). Raises :class:`SpecError` naming the option.
+    """
+    option = where in OPTION_COMMANDS
+    prefix = "" if option else f"{where} ({method}): "
+
+    def label(key):
+        return f"--{key.replace('_', '-')}" if option else key
+
+    if values["until_equilibrated"]:
+        if "steps" in spec and spec["steps"] is not None:
+            raise SpecError(f"{prefix}{label('steps')} does not apply with {label('until_equilibrated')}: each system "
+                            f"runs until equilibrated (at most {label('max_steps')}), then {label('production_steps')}")
+        for key in ("production_steps", "max_steps"):
+            if values[key] is None:
+                raise SpecError(f"{prefix}{label('until_equilibrated')} needs {label(key)}")
+        if values["production_steps"] % values["sample_every"]:
+            raise SpecError(f"{prefix}{label('production_steps')} ({values['production_steps']}) must be a multiple "
+                            f"of {label('sample_every')} ({values['sample_every']})")
+        return
+    for key in ("production_steps", "max_steps", "sample_every"):
+        if key in spec and spec[key] is not None and (key != "sample_every" or spec[key] != 10):
+            raise SpecError(f"{prefix}{label(key)} applies only with {label('until_equilibrated')}")
 
 
 def option_label(where: str, method: str, key: str) -> str:
@@ -249,6 +291,20 @@ def _npt(values, model):
                velocities=_policy(values))
 
 
+def _equilibrate(build):
+    """A builder wrapped in :class:`~batchmd.dynamics.equilibration.Equilibrate` when ``until_equilibrated``."""
+    def builder(values, model):
+        stage = build(values, model)
+        if not values.get("until_equilibrated"):
+            return stage
+        from batchmd.dynamics.equilibration import Equilibrate
+
+        return Equilibrate(stage, production_steps=values["production_steps"],
+                           max_equilibration_steps=values["max_steps"], sample_every=values["sample_every"])
+    return builder
+
+
+_nvt, _nose_hoover, _npt = _equilibrate(_nvt), _equilibrate(_nose_hoover), _equilibrate(_npt)
 _BUILDERS = {"fire": _fire, "lbfgs": _lbfgs, "nvt": _nvt, "nve": _nve, "nvt-nose-hoover": _nose_hoover, "npt": _npt}
 
 
