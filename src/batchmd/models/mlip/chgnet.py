@@ -236,7 +236,7 @@ class CHGNetModel(GraphModel):
         i, j = graph.edge_index
         vectors = graph.edge_vectors                          # x_j - x_i + shift
         lengths = torch.linalg.vector_norm(vectors, dim=1)
-        with torch.no_grad():
+        with torch.no_grad(), self._phase("adapter"):  # index building: batchmd's time, not the network's
             d2u, u2d = pair_directed_edges(graph.edge_index, graph.unit_shifts, n)
             first, second = bond_graph(i, lengths.detach() < self.bond_cutoff, n)
         unit = -vectors / lengths[:, None]                    # CHGNet's bond vector: centre - neighbour

@@ -191,7 +191,7 @@ class ORBModel(GraphModel):
         vectors = graph.edge_vectors
         senders, receivers = graph.edge_index
         b, n = graph.num_graphs, graph.positions.shape[0]
-        with torch.no_grad():
+        with torch.no_grad(), self._phase("adapter"):  # index building: batchmd's time, not the network's
             keep = knn_edges(torch.linalg.vector_norm(vectors.detach(), dim=1), senders, self.max_num_neighbors)
         senders, receivers, vectors = senders[keep], receivers[keep], vectors[keep]
         n_node = graph.ptr[1:] - graph.ptr[:-1]
