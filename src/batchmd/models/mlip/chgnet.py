@@ -111,10 +111,10 @@ def pair_directed_edges(edge_index: torch.Tensor, unit_shifts: torch.Tensor, num
     if num_nodes * num_nodes * side ** 3 < 2 ** 62:
         code = ((n[:, 0] + m) * side + (n[:, 1] + m)) * side + (n[:, 2] + m)
         key = (a * num_nodes + b) * side ** 3 + code
-        _, d2u = torch.unique(key, return_inverse=True)
+        bonds, d2u = torch.unique(key, return_inverse=True)
     else:  # pragma: no cover - astronomically large graphs
-        _, d2u = torch.unique(torch.cat([a[:, None], b[:, None], n], 1), dim=0, return_inverse=True)
-    u = int(d2u.max()) + 1
+        bonds, d2u = torch.unique(torch.cat([a[:, None], b[:, None], n], 1), dim=0, return_inverse=True)
+    u = bonds.shape[0]
     u2d = torch.full((u,), e, dtype=torch.long, device=device)
     u2d = u2d.scatter_reduce(0, d2u, torch.arange(e, device=device), reduce="amin")
     return d2u, u2d
