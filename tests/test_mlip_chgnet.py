@@ -208,3 +208,14 @@ def test_fire_full_cell_matches_ase_step_count(chgnet):
     assert np.abs(ours.positions - ref.positions).max() < 1e-6
     assert np.abs(ours.cell[:] - ref.cell[:]).max() < 1e-6
     assert abs(ours.get_potential_energy() - ref.get_potential_energy()) < 1e-6
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from batchmd.models.registry import MissingExtraError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "chgnet" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'batchmd\[chgnet\]'"):
+        load_model("chgnet")

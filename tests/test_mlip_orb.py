@@ -177,3 +177,14 @@ def test_fire_full_cell_matches_ase_step_count(small_orb):
     assert ours.info["converged"] and ours.info["n_steps"] == opt.nsteps
     assert np.abs(ours.positions - ref.positions).max() < 1e-8
     assert np.abs(ours.cell[:] - ref.cell[:]).max() < 1e-8
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from batchmd.models.registry import MissingExtraError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "orb_models" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'batchmd\[orb\]'"):
+        load_model("orb:/models/orb-v3-conservative-inf-omat-20250404.ckpt")
