@@ -142,6 +142,8 @@ def test_species_loading_and_refusals(orb, tmp_path):
         orb(Batch.from_ase([bad], dtype=torch.float64))
     with pytest.raises(FileNotFoundError, match="must be present locally.*orb-v3-conservative-inf-omat-20250404.ckpt"):
         load_model("orb:orb-v3-conservative-inf-omat")
+    with pytest.raises(FileNotFoundError, match="must be present locally.*orb-v3-conservative-20-mpa-20250404.ckpt"):
+        load_model("orb-v3-conservative-20-mpa")
     with pytest.raises(ValueError, match="not an ORB conservative model"):
         ORBModel(pretrained.orb_v3_direct_architecture())
     path = tmp_path / "orb-v3-conservative-20-omat-20250404.ckpt"

@@ -27,7 +27,9 @@ spec                   model                                                    
                        ``r2scan``) or a saved CHGNet file
 ``orb:PATH``           an ORB v3 conservative checkpoint file (``.ckpt`` as         ``batchmd[orb]``
                        Orbital distributes it; architecture from the file name,
-                       or ``orb:NAME=PATH``); batchmd never downloads it
+                       or ``orb:NAME=PATH``); batchmd never downloads it; the
+                       plain names (``orb-v3-conservative-inf-omat``, ...) say
+                       where to fetch the file
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -259,6 +261,11 @@ register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (
 register_model("chgnet", lambda argument, **kw: _chgnet(None, **kw),
                "CHGNet 0.3.0 universal potential (MPtrj), 94 elements; weights ship with the chgnet package")
 register_model("chgnet:NAME", _chgnet, "a CHGNet shipped with chgnet (0.3.0, 0.2.0, r2scan) or a saved CHGNet file")
+for _name in ("orb-v3-conservative-20-omat", "orb-v3-conservative-inf-omat", "orb-v3-conservative-20-mpa",
+              "orb-v3-conservative-inf-mpa"):
+    register_model(_name, lambda argument, _n=_name, **kw: _orb(_n, **kw),
+                   "ORB v3 conservative: its weights file must be present locally (batchmd never downloads); "
+                   "the error gives the URL, then use orb:PATH")
 register_model("orb:PATH", _orb, "an ORB v3 conservative checkpoint file (orb-v3-conservative-*.ckpt, downloaded "
                "elsewhere), or orb:NAME=PATH")
 
