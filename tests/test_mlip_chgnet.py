@@ -219,3 +219,18 @@ def test_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "chgnet" else real(name, *a))
     with pytest.raises(MissingExtraError, match=r"pip install 'batchmd\[chgnet\]'"):
         load_model("chgnet")
+
+
+@pytest.mark.slow  # float32 model and calculator relaxations: ~20 s on the shared CPU
+def test_fire_float32_ends_where_ase_fire_ends(chgnet):
+    """float32 relaxations (atoms only) end within 1e-4 eV/atom of ASE's FIRE with CHGNet's own float32 calculator."""
+    from batchmd.ase import relax
+
+    start = bulk("Si", "diamond", a=5.43)
+    start.positions += np.random.default_rng(5).normal(0.0, 0.05, start.positions.shape)
+    ours = relax([start], chgnet, fmax=0.05, max_steps=60, dtype=torch.float32)[0]
+    ref = start.copy()
+    ref.calc = reference_calculator(torch.float32)
+    AseFIRE(ref, logfile=None).run(fmax=0.05, steps=60)
+    assert ours.info["converged"]
+    assert abs(ours.get_potential_energy() - ref.get_potential_energy()) / len(start) < 1e-4
