@@ -173,8 +173,8 @@ class ORBModel(GraphModel):
                                  f"name; pass orb:NAME=PATH with NAME one of {', '.join(ORB_V3_CONSERVATIVE)}")
             name = max(matches, key=len)
         k = ORB_V3_CONSERVATIVE[name][0]
-        module = pretrained.orb_v3_conservative_architecture(device="cpu",
-                                                             system_config=system_config(radius=6.0, max_num_neighbors=k))
+        config = system_config(radius=6.0, max_num_neighbors=k)
+        module = pretrained.orb_v3_conservative_architecture(device="cpu", system_config=config)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             module.load_state_dict(state, strict=True)
