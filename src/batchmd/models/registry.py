@@ -21,6 +21,15 @@ spec                   model                                                    
 ``mace:PATH``          any MACE ``.model`` file (e.g. MACE-MP-0 downloaded          ``batchmd[mace]``
                        elsewhere)
 ``metatomic:PATH``     an exported metatomic model (``.pt``)                        ``batchmd[metatomic]``
+``chgnet``             CHGNet 0.3.0 (MPtrj), 94 elements; weights ship inside the   ``batchmd[chgnet]``
+                       ``chgnet`` package (no download)
+``chgnet:NAME|PATH``   a CHGNet shipped with ``chgnet`` (``0.3.0``, ``0.2.0``,      ``batchmd[chgnet]``
+                       ``r2scan``) or a saved CHGNet file
+``orb:PATH``           an ORB v3 conservative checkpoint file (``.ckpt`` as         ``batchmd[orb]``
+                       Orbital distributes it; architecture from the file name,
+                       or ``orb:NAME=PATH``); batchmd never downloads it; the
+                       plain names (``orb-v3-conservative-inf-omat``, ...) say
+                       where to fetch the file
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -230,11 +239,35 @@ def _metatomic(argument: str | None, *, device=None, dtype=None):
     return MetatomicModel.from_file(argument, device=device, dtype=dtype)
 
 
+def _chgnet(argument: str | None, *, device=None, dtype=None):
+    require_package("chgnet", "chgnet", f"model 'chgnet:{argument}'" if argument else "model 'chgnet'")
+    from batchmd.models.mlip.chgnet import CHGNetModel
+
+    return CHGNetModel.from_pretrained(argument or "0.3.0", device=device, dtype=dtype)
+
+
+def _orb(argument: str | None, *, device=None, dtype=None):
+    require_package("orb_models", "orb", f"model 'orb:{argument}'")
+    from batchmd.models.mlip.orb import ORBModel
+
+    return ORBModel.from_file(argument, device=device, dtype=dtype)
+
+
 register_model("sevennet-0", lambda argument, **kw: _sevennet(None, **kw),
                "SevenNet-0 (7net-0) universal potential, 89 elements; weights ship with the sevenn package")
 register_model("sevennet:PATH", _sevennet, "a SevenNet checkpoint file or a pretrained name known to sevenn")
 register_model("mace:PATH", _mace, "a MACE .model file (e.g. MACE-MP-0 downloaded elsewhere)")
 register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (.pt)")
+register_model("chgnet", lambda argument, **kw: _chgnet(None, **kw),
+               "CHGNet 0.3.0 universal potential (MPtrj), 94 elements; weights ship with the chgnet package")
+register_model("chgnet:NAME", _chgnet, "a CHGNet shipped with chgnet (0.3.0, 0.2.0, r2scan) or a saved CHGNet file")
+for _name in ("orb-v3-conservative-20-omat", "orb-v3-conservative-inf-omat", "orb-v3-conservative-20-mpa",
+              "orb-v3-conservative-inf-mpa"):
+    register_model(_name, lambda argument, _n=_name, **kw: _orb(_n, **kw),
+                   "ORB v3 conservative: its weights file must be present locally (batchmd never downloads); "
+                   "the error gives the URL, then use orb:PATH")
+register_model("orb:PATH", _orb, "an ORB v3 conservative checkpoint file (orb-v3-conservative-*.ckpt, downloaded "
+               "elsewhere), or orb:NAME=PATH")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):

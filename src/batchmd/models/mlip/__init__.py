@@ -5,6 +5,8 @@
 - :mod:`batchmd.models.mlip.sevennet`: SevenNet (SevenNet-0 ships in the ``sevenn`` package).
 - :mod:`batchmd.models.mlip.mace`: MACE from any ``.model`` file.
 - :mod:`batchmd.models.mlip.metatomic`: models exported to metatomic.
+- :mod:`batchmd.models.mlip.chgnet`: CHGNet (0.3.0, 0.2.0, r2scan ship in the ``chgnet`` package).
+- :mod:`batchmd.models.mlip.orb`: ORB v3 conservative models from local ``.ckpt`` files.
 
 Load them by name with :func:`batchmd.models.registry.load_model`. Nothing here imports an MLIP
 package until a model is built.

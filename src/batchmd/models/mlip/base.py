@@ -157,7 +157,8 @@ class GraphModel(Model):
         self._placed: tuple | None = None
         self._checked = None
         # Optional phase timer (benchmarks/mlip_step_split.py): a callable ``timer(phase)``
-        # returning a context manager, phases "neighbors", "graph", "forward", "backward".
+        # returning a context manager, phases "neighbors", "graph", "forward", "backward", and
+        # "adapter" (inside "forward": an adapter's own index building, e.g. CHGNet's bond graph).
         self.timer = None
         self.module.eval()
         for p in self.module.parameters():
