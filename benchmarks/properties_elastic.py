@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+import types
 
 import numpy as np
 import torch
@@ -114,17 +115,17 @@ def bench(name: str, n: int) -> list[tuple[str, str]]:
     atoms_total = sum(len(a) for a in structures)
     inside = {"seconds": 0.0, "calls": 0}
     if timed is not None:  # time spent inside the ASE calculator that batchmd's EMT model calls
-        calculate = timed.calculate
-
-        def timed_calculate(*a, **k):
+        # a method bound to the calculator: the per-system copies of ASECalculatorModel(per_system=True)
+        # (copy.deepcopy) get it bound to themselves, so every copy is timed and computes its own results
+        def timed_calculate(self, *a, **k):
             start = time.perf_counter()
             try:
-                return calculate(*a, **k)
+                return type(self).calculate(self, *a, **k)
             finally:
                 inside["seconds"] += time.perf_counter() - start
                 inside["calls"] += 1
 
-        timed.calculate = timed_calculate
+        timed.calculate = types.MethodType(timed_calculate, timed)
     compute_elastic([structures[0]], model, fmax=fmax)  # warm-up (Warp kernels, imports): not timed
     inside.update(seconds=0.0, calls=0)
 
