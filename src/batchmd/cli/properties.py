@@ -4,8 +4,9 @@ Each command reads every frame of INPUT (any file ASE reads), computes the prope
 structure with the Python API (:mod:`batchmd.properties`; every variant of every structure
 in one inflight-batched run) and writes one row per input structure to OUT (``.csv`` or
 ``.json``; units in the column names: ``V0_A3``, ``B0_GPa``, ...; ``ok`` and a one-line
-``error`` per structure), plus one PNG per structure where the property has a plot (EOS
-curves; ``--plot DIR``, default ``OUT_STEM_plots/`` beside OUT; ``--no-plot``).
+``error`` per structure), plus one PNG per structure (EOS curve; elastic tensor heatmap
+and stress-strain lines; phonon bands and DOS; ``--plot DIR``, default
+``OUT_STEM_plots/`` beside OUT; ``--no-plot``).
 
 Rows are written as structures finish (OUT is rewritten atomically: it always holds a
 complete table of the structures finished so far), so Ctrl-C (exit 130) or SIGTERM (143)
@@ -20,9 +21,11 @@ Registering a property: one :class:`PropertyCommand` entry in :data:`PROPERTY_CO
 (module and function of the Python API, its options as argparse specs). The module is
 imported only when the command runs; a missing one is a one-line error.
 
-Example::
+Examples::
 
     batchmd eos metals.extxyz -o eos.csv --model emt --n-points 9 --strain 0.06
+    batchmd elastic metals.extxyz -o elastic.csv --model emt --strains 0.005,0.01 --relax-input
+    batchmd phonons metals.extxyz -o phonons.csv --model emt --supercell 3x3x3 --tmax 1000 --tstep 10
 """
 
 from __future__ import annotations
