@@ -8,9 +8,11 @@ units in the names) and ``plot(path)``.
 
 - :func:`compute_eos` / :class:`EOSResult` (:mod:`batchmd.properties.eos`): V0, E0, B0, B0'
   from ASE's ``EquationOfState``.
-- :func:`compute_elastic` / :class:`ElasticResult` (:mod:`batchmd.properties.elastic`): the
+- :func:`~batchmd.properties.elastic.compute_elastic` /
+  :class:`~batchmd.properties.elastic.ElasticResult` (:mod:`batchmd.properties.elastic`): the
   6x6 elastic tensor from stress-strain finite differences, Voigt/Reuss/Hill moduli.
-- :func:`compute_phonons` / :class:`PhononResult` (:mod:`batchmd.properties.phonons`):
+- :func:`~batchmd.properties.phonons.compute_phonons` /
+  :class:`~batchmd.properties.phonons.PhononResult` (:mod:`batchmd.properties.phonons`):
   phonopy's force constants, bands, DOS and thermal properties. phonopy is an optional
   extra (``pip install 'batchmd[phonons]'``): these two names are imported on first use,
   so the package imports without it.
