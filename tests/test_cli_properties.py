@@ -265,6 +265,9 @@ def test_phonons_rows_plots_and_python_api_agree(tmp_path):
         assert math.isclose(float(row["max_freq_THz"]), float(result.mesh_frequencies.max()), rel_tol=1e-10)
         assert math.isclose(float(row["Cv_300K_J_K_mol"]), result.at_temperature(300)[2], rel_tol=1e-10)
     assert sorted(p.name for p in (tmp_path / "phonons_plots").iterdir()) == ["0000_Cu.png", "0001_Al.png"]
+    thermal = read_csv(tmp_path / "phonons_thermal" / "0001_Al.csv")  # F, S, Cv against T, per structure
+    assert [r["T_K"] for r in thermal] == ["100.0", "200.0", "300.0", "400.0", "500.0"]
+    assert math.isclose(float(thermal[2]["Cv_J_K_mol"]), float(rows[1]["Cv_300K_J_K_mol"]), rel_tol=1e-12)
     # a 3x3 matrix, no bands; --min-length chooses the supercell per structure
     out = tmp_path / "matrix.json"
     assert main(["phonons", str(path), "-o", str(out), "--model", "emt", "--supercell=-1,1,1,1,-1,1,1,1,-1",

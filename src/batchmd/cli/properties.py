@@ -6,7 +6,8 @@ in one inflight-batched run) and writes one row per input structure to OUT (``.c
 ``.json``; units in the column names: ``V0_A3``, ``B0_GPa``, ...; ``ok`` and a one-line
 ``error`` per structure), plus one PNG per structure (EOS curve; elastic tensor heatmap
 and stress-strain lines; phonon bands and DOS; ``--plot DIR``, default
-``OUT_STEM_plots/`` beside OUT; ``--no-plot``).
+``OUT_STEM_plots/`` beside OUT; ``--no-plot``). ``phonons`` also writes each structure's
+thermal properties against temperature to ``OUT_STEM_thermal/NNNN_FORMULA.csv``.
 
 Rows are written as structures finish (OUT is rewritten atomically: it always holds a
 complete table of the structures finished so far), so Ctrl-C (exit 130) or SIGTERM (143)
@@ -56,8 +57,9 @@ class PropertyCommand:
     passed to ``function``, unless ``prepare(options) -> keywords`` turns the command-line
     values into the function's keywords (raising :class:`~batchmd.cli.errors.CLIError` for a
     bad value). ``requires``: ``(module, install hint)`` pairs of optional packages the command
-    needs (a missing one is a one-line error). ``fmax``/``max_steps``: defaults of the shared
-    relaxation options.
+    needs (a missing one is a one-line error). ``tables``: a result method returning rows (e.g.
+    ``"thermal_rows"``), written per structure as ``OUT_STEM_<name>/NNNN_FORMULA.csv`` (the
+    name without ``_rows``). ``fmax``/``max_steps``: defaults of the shared relaxation options.
     """
 
     name: str
@@ -69,6 +71,7 @@ class PropertyCommand:
     plots: bool = False
     prepare: Callable[[dict], dict] | None = None
     requires: tuple = ()
+    tables: str | None = None
     fmax: float = 0.01
     max_steps: int = 500
     extra_fingerprint: dict = field(default_factory=dict)
@@ -216,7 +219,8 @@ PROPERTY_COMMANDS = {
                     "structure (min_freq_THz, n_imaginary, F/S/Cv at 300 K); band structure and DOS as PNG. "
                     "Needs phonopy (pip install 'batchmd[phonons]'). Give relaxed structures (or --relax-input).",
         options=_phonon_options(), prepare=_phonon_prepare, fmax=1e-3, max_steps=1000,
-        requires=(("phonopy", "pip install 'batchmd[phonons]' (or pip install phonopy)"),)),
+        requires=(("phonopy", "pip install 'batchmd[phonons]' (or pip install phonopy)"),),
+        tables="thermal_rows"),
 }
 
 
@@ -387,6 +391,10 @@ def run_property(args, spec: PropertyCommand) -> int:
     plot_dir = _plot_dir(args, output, spec)
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
+    table_dir = None
+    if spec.tables is not None:
+        table_dir = output.with_name(f"{output.name[: -len(output.suffix)]}_{spec.tables.removesuffix('_rows')}")
+        table_dir.mkdir(parents=True, exist_ok=True)
     log.info("model: %s; device %s, dtype %s; %d structures (%d from %s)", model_text(info), device,
              str(dtype).removeprefix("torch."), len(frames), len(done), output)
 
@@ -403,6 +411,8 @@ def run_property(args, spec: PropertyCommand) -> int:
         result.index = index
         row = {**result.row(), "index": index, "model": info.get("model", args.model), "run_fingerprint": digest}
         rows[index] = row
+        if table_dir is not None and result.ok:
+            write_rows(getattr(result, spec.tables)(), table_dir / f"{index:04d}_{result.formula}.csv")
         if plot_dir is not None and hasattr(result, "plot"):
             path = plot_dir / f"{index:04d}_{result.formula}.png"
             try:
@@ -440,7 +450,8 @@ def run_property(args, spec: PropertyCommand) -> int:
         print(f"model: {model_text(info)}")
         print(f"{spec.name}: {len(rows) - len(failed)} of {len(rows)} structures ok{resumed} in {elapsed:.1f} s")
         plots = f" and {len(todo)} plots in {plot_dir}" if plot_dir is not None and todo else ""
-        print(f"wrote {output}{plots}")
+        tables = f"; tables in {table_dir}" if table_dir is not None and todo else ""
+        print(f"wrote {output}{plots}{tables}")
     return EXIT_SOME_FAILED if failed else 0
 
 
