@@ -93,10 +93,12 @@ def _models(name):
     """(batchmd model, ASE calculator factory, structure metals, fmax, timed calculator or None)."""
     from batchmd.models import load_model
 
-    if name == "emt":
+    if name in ("emt", "emt-shared"):
         from ase.calculators.emt import EMT
 
-        model = load_model("emt")
+        model = load_model("emt")  # one EMT per live system (ASECalculatorModel(per_system=True))
+        if name == "emt-shared":  # as before the per-system fix: one EMT for every system
+            model.per_system = False
         return model, EMT, METALS, FMAX, model.calculator
     from ase.calculators.lj import LennardJones as AseLJ
 
@@ -159,14 +161,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 crystals")
     parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--models", default="emt", help="comma-separated: emt, lj (default emt)")
+    parser.add_argument("--models", default="emt",
+                        help="comma-separated: emt, emt-shared (one EMT for all systems, as before the "
+                             "per-system fix), lj (default emt)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
     n = 8 if args.quick else args.n
     rows = []
     for name in args.models.split(","):
-        if name not in ("emt", "lj"):
-            raise SystemExit(f"--models: unknown model {name!r} (emt, lj)")
+        if name not in ("emt", "emt-shared", "lj"):
+            raise SystemExit(f"--models: unknown model {name!r} (emt, emt-shared, lj)")
         rows += bench(name, n)
     header = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"python {platform.python_version()}, torch {torch.__version__}")
