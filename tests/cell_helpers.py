@@ -74,10 +74,10 @@ def drive(optimizer, systems, n_steps):
 def ase_trajectory(atoms, optimizer_cls, n_steps, filter_cls=None, filter_kwargs=None, **kwargs):
     """ASE's own trajectory ``[(positions, cell)]`` of ``optimizer_cls(filter_cls(atoms))``."""
     with one_blas_thread():
-        return _ase_relax(atoms, optimizer_cls, fmax, steps, filter_cls, filter_kwargs, **kwargs)
+        return _ase_trajectory(atoms, optimizer_cls, n_steps, filter_cls, filter_kwargs, **kwargs)
 
 
-def _ase_relax(atoms, optimizer_cls, fmax, steps, filter_cls, filter_kwargs, **kwargs):
+def _ase_trajectory(atoms, optimizer_cls, n_steps, filter_cls, filter_kwargs, **kwargs):
     atoms = atoms.copy()
     atoms.calc = lj_calc()
     target = filter_cls(atoms, **(filter_kwargs or {})) if filter_cls is not None else atoms
