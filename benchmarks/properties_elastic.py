@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+import types
 
 import numpy as np
 import torch
@@ -92,10 +93,12 @@ def _models(name):
     """(batchmd model, ASE calculator factory, structure metals, fmax, timed calculator or None)."""
     from batchmd.models import load_model
 
-    if name == "emt":
+    if name in ("emt", "emt-shared"):
         from ase.calculators.emt import EMT
 
-        model = load_model("emt")
+        model = load_model("emt")  # one EMT per live system (ASECalculatorModel(per_system=True))
+        if name == "emt-shared":  # as before the per-system fix: one EMT for every system
+            model.per_system = False
         return model, EMT, METALS, FMAX, model.calculator
     from ase.calculators.lj import LennardJones as AseLJ
 
@@ -114,17 +117,17 @@ def bench(name: str, n: int) -> list[tuple[str, str]]:
     atoms_total = sum(len(a) for a in structures)
     inside = {"seconds": 0.0, "calls": 0}
     if timed is not None:  # time spent inside the ASE calculator that batchmd's EMT model calls
-        calculate = timed.calculate
-
-        def timed_calculate(*a, **k):
+        # a method bound to the calculator: the per-system copies of ASECalculatorModel(per_system=True)
+        # (copy.deepcopy) get it bound to themselves, so every copy is timed and computes its own results
+        def timed_calculate(self, *a, **k):
             start = time.perf_counter()
             try:
-                return calculate(*a, **k)
+                return type(self).calculate(self, *a, **k)
             finally:
                 inside["seconds"] += time.perf_counter() - start
                 inside["calls"] += 1
 
-        timed.calculate = timed_calculate
+        timed.calculate = types.MethodType(timed_calculate, timed)
     compute_elastic([structures[0]], model, fmax=fmax)  # warm-up (Warp kernels, imports): not timed
     inside.update(seconds=0.0, calls=0)
 
@@ -158,14 +161,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 crystals")
     parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--models", default="emt", help="comma-separated: emt, lj (default emt)")
+    parser.add_argument("--models", default="emt",
+                        help="comma-separated: emt, emt-shared (one EMT for all systems, as before the "
+                             "per-system fix), lj (default emt)")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
     n = 8 if args.quick else args.n
     rows = []
     for name in args.models.split(","):
-        if name not in ("emt", "lj"):
-            raise SystemExit(f"--models: unknown model {name!r} (emt, lj)")
+        if name not in ("emt", "emt-shared", "lj"):
+            raise SystemExit(f"--models: unknown model {name!r} (emt, emt-shared, lj)")
         rows += bench(name, n)
     header = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"python {platform.python_version()}, torch {torch.__version__}")

@@ -30,6 +30,7 @@ import argparse
 import os
 import platform
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +92,16 @@ class _Timed:
 
     @classmethod
     def wrap(cls, calc):
-        inner = calc.calculate
-
-        def calculate(*args, **kwargs):
+        # a method bound to ``calc``: the per-system copies of ASECalculatorModel(per_system=True)
+        # (copy.deepcopy) get it bound to themselves, so every copy is timed and computes its own results
+        def calculate(self, *args, **kwargs):
             start = time.perf_counter()
             try:
-                return inner(*args, **kwargs)
+                return type(self).calculate(self, *args, **kwargs)
             finally:
                 cls.total += time.perf_counter() - start
 
-        calc.calculate = calculate
+        calc.calculate = types.MethodType(calculate, calc)
         return calc
 
 

@@ -1,7 +1,9 @@
-"""Shared helpers of test_cell_filter.py and test_lbfgs.py: argon cells and ASE-driven stepping."""
+"""Shared helpers of test_cell_filter.py, test_lbfgs.py and the property tests: argon cells, ASE-driven
+stepping, one BLAS thread for ASE's cell filters."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -71,6 +73,11 @@ def drive(optimizer, systems, n_steps):
 
 def ase_trajectory(atoms, optimizer_cls, n_steps, filter_cls=None, filter_kwargs=None, **kwargs):
     """ASE's own trajectory ``[(positions, cell)]`` of ``optimizer_cls(filter_cls(atoms))``."""
+    with one_blas_thread():
+        return _ase_trajectory(atoms, optimizer_cls, n_steps, filter_cls, filter_kwargs, **kwargs)
+
+
+def _ase_trajectory(atoms, optimizer_cls, n_steps, filter_cls, filter_kwargs, **kwargs):
     atoms = atoms.copy()
     atoms.calc = lj_calc()
     target = filter_cls(atoms, **(filter_kwargs or {})) if filter_cls is not None else atoms
@@ -90,10 +97,28 @@ def max_deviation(ours, ptr, k, ref):
     return worst
 
 
+def one_blas_thread():
+    """A context in which BLAS/OpenMP pools use one thread (``threadpoolctl``; a no-op without it).
+
+    ASE's ``FrechetCellFilter`` calls scipy's ``logm``/``expm_frechet`` on 3x3 matrices at every
+    force call: with multithreaded OpenBLAS on a loaded 2-core machine that is ~20x slower than
+    with one thread. Wrap ASE reference relaxations of cells in it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a speed-up only (threadpoolctl is in the test extra)
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
 def ase_relax(atoms, optimizer_cls, fmax, steps, filter_cls=None, filter_kwargs=None, **kwargs):
     """ASE's ``optimizer.run(fmax, steps)`` with one force call per step (ASE's own ``run`` asks a
     filter for its forces three times per step, and FrechetCellFilter's are slow); returns
     ``(atoms, nsteps)`` with ASE's semantics (``fmax`` tested before each step, strictly below)."""
+    with one_blas_thread():
+        return _ase_relax(atoms, optimizer_cls, fmax, steps, filter_cls, filter_kwargs, **kwargs)
+
+
+def _ase_relax(atoms, optimizer_cls, fmax, steps, filter_cls, filter_kwargs, **kwargs):
     atoms = atoms.copy()
     atoms.calc = lj_calc()
     target = filter_cls(atoms, **(filter_kwargs or {})) if filter_cls is not None else atoms

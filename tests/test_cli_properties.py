@@ -161,3 +161,177 @@ def test_eos_help_imports_nothing_heavy_and_shows_defaults():
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
     text = " ".join(done.stdout.split())
     assert "(default: 9)" in text and "(default: birchmurnaghan)" in text and "``" not in text
+
+
+# ----------------------------------------------------------------------------- elastic
+def elastic_inputs(tmp_path):
+    cu = bulk("Cu", "fcc", a=3.59, cubic=True)
+    cu.rattle(0.05, seed=3)  # needs ion relaxation: fails with --max-steps 2
+    path = tmp_path / "elastic_in.extxyz"
+    ase.io.write(path, [bulk("Al", "fcc", a=4.02), cu])
+    return path
+
+
+def test_elastic_rows_plots_and_python_api_agree(tmp_path, capsys):
+    from batchmd.properties import compute_elastic
+
+    path = elastic_inputs(tmp_path)
+    out = tmp_path / "elastic.csv"
+    assert main(["elastic", str(path), "-o", str(out), "--model", "emt", "--strains", "0.01", "-q"]) == 0
+    rows = read_csv(out)
+    assert [r["ok"] for r in rows] == ["True", "True"] and rows[1]["formula"] == "Cu4"
+    for column in ("C11_GPa", "C12_GPa", "C44_GPa", "C66_GPa", "K_VRH_GPa", "G_VRH_GPa", "stable", "relax_ions",
+                   "n_variants", "model", "run_fingerprint"):
+        assert column in rows[0], column
+    assert rows[0]["n_variants"] == "13" and rows[0]["relax_ions"] == "True"
+    reference = compute_elastic(ase.io.read(path, ":"), load_model("emt"), strains=(-0.01, 0.01))
+    for row, result in zip(rows, reference):
+        assert math.isclose(float(row["C11_GPa"]), result.C_sym[0, 0], rel_tol=1e-12)
+        assert math.isclose(float(row["K_VRH_GPa"]), result.K_VRH, rel_tol=1e-12)
+    assert sorted(p.name for p in (tmp_path / "elastic_plots").iterdir()) == ["0000_Al.png", "0001_Cu4.png"]
+    # clamped ions, signed strains as given, JSON, no plots; a structure that does not converge: rc 3, named
+    out = tmp_path / "clamped.json"
+    assert main(["elastic", str(path), "-o", str(out), "--model", "emt", "--strains=-0.01,0.005", "--clamped-ions",
+                 "--no-plot", "-q"]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["relax_ions"] is False and rows[0]["n_variants"] == 13
+    assert not (tmp_path / "clamped_plots").exists()
+    out = tmp_path / "slow.csv"
+    assert main(["elastic", str(path), "-o", str(out), "--model", "emt", "--strains", "0.01", "--max-steps", "2",
+                 "--no-plot", "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "structure 1 (Cu4) failed: " in err and "not converged in 2 steps" in err
+    rows = read_csv(out)
+    assert rows[0]["ok"] == "True" and rows[1]["ok"] == "False" and rows[1]["C11_GPa"] == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strains", "a,b"], "--strains must be comma-separated numbers"),
+    (["--strains", "0.3"], "at most 0.1 in magnitude"),
+    (["--fmax", "0"], "--fmax must be a finite number > 0"),
+])
+def test_elastic_user_errors_are_one_line(tmp_path, capsys, args, message):
+    path = elastic_inputs(tmp_path)
+    rc = main(["elastic", str(path), "-o", str(tmp_path / "e.csv"), "--model", "emt", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "e.csv").exists()
+
+
+def test_elastic_ctrl_c_and_resume(tmp_path, capsys):
+    register_model("emt-interrupt-test", _interrupting_emt, "test only", overwrite=True)
+    path = tmp_path / "in.extxyz"
+    ase.io.write(path, [bulk(s, "fcc", a=a) for s, a in (("Cu", 3.61), ("Al", 4.05), ("Ni", 3.52), ("Au", 4.07))])
+    args = ["elastic", str(path), "--model", "emt-interrupt-test", "--clamped-ions", "--strains", "0.01",
+            "--max-atoms", "13", "-q", "--no-plot"]
+    full = tmp_path / "full.csv"
+    _CALLS["left"] = None
+    assert main([*args, "-o", str(full)]) == 0
+    out = tmp_path / "int.csv"
+    _CALLS["left"] = 2  # 13 one-atom variants per structure: a structure or two finish, then Ctrl-C
+    assert main([*args, "-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    kept = [r["index"] for r in read_csv(out)]
+    assert 1 <= len(kept) < 4 and f"{len(kept)} of 4 structures' results are in {out}" in err
+    _CALLS["left"] = None
+    assert main([*args, "-o", str(out), "--resume"]) == 0
+    assert out.read_text() == full.read_text()
+
+
+# ----------------------------------------------------------------------------- phonons
+def phonon_inputs(tmp_path):
+    pytest.importorskip("phonopy")
+    path = tmp_path / "fcc.extxyz"
+    ase.io.write(path, [bulk("Cu", "fcc", a=3.61), bulk("Al", "fcc", a=4.05)])  # primitive cells
+    return path
+
+
+def test_phonons_rows_plots_and_python_api_agree(tmp_path):
+    from batchmd.properties import compute_phonons
+
+    path = phonon_inputs(tmp_path)
+    out = tmp_path / "phonons.csv"
+    assert main(["phonons", str(path), "-o", str(out), "--model", "emt", "--supercell", "2x2x2", "--mesh", "8x8x8",
+                 "--tmin", "100", "--tmax", "500", "--tstep", "100", "--band-path", "ase", "-q"]) == 0
+    rows = read_csv(out)
+    assert [r["ok"] for r in rows] == ["True", "True"] and [r["supercell"] for r in rows] == ["2x2x2", "2x2x2"]
+    for column in ("min_freq_THz", "max_freq_THz", "n_imaginary", "F_300K_kJ_mol", "S_300K_J_K_mol",
+                   "Cv_300K_J_K_mol", "n_supercell_atoms", "run_fingerprint"):
+        assert column in rows[0], column
+    assert rows[0]["n_imaginary"] == "0" and rows[0]["n_supercell_atoms"] == "8"
+    reference = compute_phonons(ase.io.read(path, ":"), load_model("emt"), supercell_matrix=(2, 2, 2),
+                                mesh=(8, 8, 8), temperatures=[100, 200, 300, 400, 500], band_path=None)
+    for row, result in zip(rows, reference):
+        assert math.isclose(float(row["max_freq_THz"]), float(result.mesh_frequencies.max()), rel_tol=1e-10)
+        assert math.isclose(float(row["Cv_300K_J_K_mol"]), result.at_temperature(300)[2], rel_tol=1e-10)
+    assert sorted(p.name for p in (tmp_path / "phonons_plots").iterdir()) == ["0000_Cu.png", "0001_Al.png"]
+    thermal = read_csv(tmp_path / "phonons_thermal" / "0001_Al.csv")  # F, S, Cv against T, per structure
+    assert [r["T_K"] for r in thermal] == ["100.0", "200.0", "300.0", "400.0", "500.0"]
+    assert math.isclose(float(thermal[2]["Cv_J_K_mol"]), float(rows[1]["Cv_300K_J_K_mol"]), rel_tol=1e-12)
+    # a 3x3 matrix, no bands; --min-length chooses the supercell per structure
+    out = tmp_path / "matrix.json"
+    assert main(["phonons", str(path), "-o", str(out), "--model", "emt", "--supercell=-1,1,1,1,-1,1,1,1,-1",
+                 "--mesh", "4x4x4", "--band-path", "none", "--no-plot", "-q"]) == 0
+    assert [r["n_supercell_atoms"] for r in json.loads(out.read_text())] == [4, 4]
+    out = tmp_path / "length.json"
+    assert main(["phonons", str(path), "-o", str(out), "--model", "emt", "--min-length", "5.2", "--mesh", "4x4x4",
+                 "--band-path", "none", "--no-plot", "-q"]) == 0
+    assert [r["supercell"] for r in json.loads(out.read_text())] == ["3x3x3", "2x2x2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--supercell", "2x2"], "--supercell must be 3 or 9 integers"),
+    (["--supercell", "2x2x2", "--min-length", "8"], "give --supercell or --min-length, not both"),
+    (["--mesh", "8x8"], "--mesh must be 3 integers"),
+    (["--tmin", "500", "--tmax", "100"], "need 0 <= --tmin <= --tmax"),
+    (["--displacement", "0"], "displacement must be a positive number"),
+])
+def test_phonons_user_errors_are_one_line(tmp_path, capsys, args, message):
+    path = phonon_inputs(tmp_path)
+    rc = main(["phonons", str(path), "-o", str(tmp_path / "p.csv"), "--model", "emt", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_phonons_without_phonopy_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    path = tmp_path / "cu.extxyz"
+    ase.io.write(path, bulk("Cu"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "phonopy" else find_spec(name, *a))
+    assert main(["phonons", str(path), "-o", str(tmp_path / "p.csv"), "--model", "emt"]) == 2
+    err = capsys.readouterr().err
+    assert "batchmd phonons needs the phonopy package" in err and "batchmd[phonons]" in err and err.count("\n") == 1
+
+
+def test_phonons_failed_relaxation_is_named_and_resume_skips_done(tmp_path, capsys):
+    path = phonon_inputs(tmp_path)
+    squeezed = tmp_path / "squeezed.extxyz"
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    ase.io.write(squeezed, [*ase.io.read(path, ":"), atoms])
+    out = tmp_path / "p.csv"
+    args = ["phonons", str(squeezed), "-o", str(out), "--model", "emt", "--mesh", "4x4x4", "--band-path", "none",
+            "--relax-input", "--max-steps", "3", "--no-plot", "-q"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "structure 2 (Cu4) failed: input relaxation (cell fixed): not converged in 3 steps" in err
+    assert [r["ok"] for r in read_csv(out)] == ["True", "True", "False"]
+    assert main([*args, "--resume"]) == 3  # complete: nothing recomputed, the failure still counts
+
+
+@pytest.mark.parametrize("command, defaults", [("elastic", ("(default: 0.005,0.01)", "(default: 0.005)")),
+                                               ("phonons", ("[default: 2x2x2]", "(default: 20x20x20)"))])
+def test_elastic_phonons_help_imports_nothing_heavy(command, defaults):
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom batchmd.cli import main\ntry:\n    main(['{command}', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('HEAVY', [m for m in ('torch', 'warp', 'ase.io', 'scipy', 'numpy', 'phonopy') "
+            "if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    text = " ".join(done.stdout.split())
+    assert all(d in text for d in defaults) and "``" not in text, text

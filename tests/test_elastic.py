@@ -3,7 +3,6 @@ crystal symmetry, an EOS bulk modulus and SevenNet-0's own calculator."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -20,6 +19,7 @@ from ase.units import GPa
 from batchmd.models.ase_calculator import ASECalculatorModel
 from batchmd.models.lj import LennardJones
 from batchmd.properties.elastic import ElasticResult, compute_elastic, vrh_moduli
+from cell_helpers import one_blas_thread
 
 STRAINS = (-0.01, -0.005, 0.005, 0.01)
 FMAX = 0.005
@@ -47,18 +47,8 @@ def ase_elastic(atoms, calculator, strains=STRAINS, fmax=FMAX, relax_ions=True, 
 
     Stress in GPa, positive in tension (ASE); C[:, j] = slope of np.polyfit over (0, sigma0) and (e, sigma(e)).
     """
-    with _one_blas_thread():
+    with one_blas_thread():
         return _ase_elastic(atoms, calculator, strains, fmax, relax_ions, relax_input, max_steps)
-
-
-def _one_blas_thread():
-    """ASE's FrechetCellFilter calls scipy's expm_frechet on 3x3 matrices: with OpenBLAS threads on a
-    loaded 2-core machine that is ~20x slower than with one thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional speed-up only
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def _ase_elastic(atoms, calculator, strains, fmax, relax_ions, relax_input, max_steps):

@@ -27,6 +27,7 @@ from batchmd.models import load_model
 from batchmd.models.lj import LennardJones
 from batchmd.properties import EOSResult, compute_eos
 from batchmd.properties.eos import eos_volume_strains, fit_eos, scaled_copies
+from cell_helpers import one_blas_thread
 
 FMAX = 0.01
 
@@ -39,7 +40,8 @@ def ase_eos(atoms, calculator, *, n_points=9, strain=0.06, relax="positions", eo
         copy.calc = calculator
         if relax != "none":
             target = FrechetCellFilter(copy, constant_volume=True) if relax == "shape" else copy
-            assert ASEFIRE(target, logfile=None).run(fmax=fmax, steps=max_steps)
+            with one_blas_thread():  # FrechetCellFilter's scipy calls: ~20x slower with BLAS threads on 2 loaded cores
+                assert ASEFIRE(target, logfile=None).run(fmax=fmax, steps=max_steps)
         volumes.append(copy.get_volume())
         energies.append(copy.get_potential_energy())
     v0, e0, b = EquationOfState(volumes, energies, eos=eos).fit()

@@ -6,6 +6,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+from cell_helpers import one_blas_thread
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
@@ -18,7 +19,8 @@ def headless(monkeypatch):
 
     monkeypatch.setenv("MPLBACKEND", "Agg")
     matplotlib.use("Agg", force=True)
-    yield
+    with one_blas_thread():  # examples that check against ASE's FrechetCellFilter: ~20x slower with BLAS threads
+        yield
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -86,7 +86,10 @@ def test_emt_force_constants_equal_phonopy_one_at_a_time(emt_results, k, name):
     np.testing.assert_allclose(res.force_constants, ref.force_constants, rtol=0, atol=1e-8)
     assert res.n_displacements == len(ref.supercells_with_displacements)
     ref.run_mesh((12, 12, 12), is_gamma_center=True)
-    np.testing.assert_allclose(res.mesh_frequencies, ref.mesh.frequencies, atol=1e-6)
+    # frequencies are sqrt(eigenvalues): the acoustic modes at Γ (eigenvalue ~0) turn 1e-12 THz^2 of
+    # force-constant noise (EMT's neighbour-list rounding) into ~2e-6 THz, so compare the eigenvalues
+    np.testing.assert_allclose(np.sign(res.mesh_frequencies) * res.mesh_frequencies ** 2,
+                               np.sign(ref.mesh.frequencies) * ref.mesh.frequencies ** 2, atol=1e-8)
 
 
 def test_lj_argon_force_constants_and_thermal_properties():
@@ -206,7 +209,7 @@ def test_relax_input_and_not_converged():
     assert good.ok and good.residual_force_max_eV_A < 1e-3 and good.n_imaginary == 0
     bad, = compute_phonons([atoms], model, relax_input=True, fmax=1e-4, max_steps=2, mesh=(4, 4, 4),
                            band_path=None)
-    assert not bad.ok and bad.error.startswith("relaxation not converged in 2 steps")
+    assert not bad.ok and bad.error.startswith("input relaxation (cell fixed): not converged in 2 steps")
 
 
 def test_float32_close_to_float64():

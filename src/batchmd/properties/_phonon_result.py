@@ -103,6 +103,15 @@ class PhononResult:
     imaginary_tol_THz: float = float("nan")
     phonopy: Any = field(default=None, repr=False)
 
+    def thermal_rows(self) -> list[dict]:
+        """The thermal properties as rows, one per temperature: ``T_K``, ``F_kJ_mol``, ``S_J_K_mol``,
+        ``Cv_J_K_mol`` (per mole of primitive cells, as phonopy reports them); empty for a failed result."""
+        if not self.ok or self.temperatures is None:
+            return []
+        return [{"T_K": float(t), "F_kJ_mol": float(f), "S_J_K_mol": float(s), "Cv_J_K_mol": float(cv)}
+                for t, f, s, cv in zip(self.temperatures, self.free_energy_kJ_mol, self.entropy_J_K_mol,
+                                       self.heat_capacity_J_K_mol)]
+
     def at_temperature(self, temperature: float) -> tuple[float, float, float]:
         """``(F kJ/mol, S J/K/mol, Cv J/K/mol)`` at ``temperature`` K, linearly interpolated
         between the computed temperatures (NaN outside their range or for a failed result)."""

@@ -5,6 +5,7 @@ at several *variants* (scaled, strained or displaced copies). The pieces here tu
 into one inflight-batched run and back:
 
 - :func:`check_periodic`: refuse structures without a full 3-D periodic cell (one line).
+- :func:`check_relax_options`: refuse a bad ``fmax``, ``max_steps`` or ``optimizer`` (one line).
 - :func:`optimizer_stage`: the relaxation stage every variant runs (``relax`` mode
   ``"none"``: single points, ``"positions"``: atoms at a fixed cell, ``"shape"``: cell
   shape at constant volume, ASE's ``FrechetCellFilter(constant_volume=True)``).
@@ -12,6 +13,11 @@ into one inflight-batched run and back:
   :func:`batchmd.ase.run_frames` as ONE run, and hand back, per structure, the result
   frames in variant order -- as soon as all variants of a structure have graduated (a
   callback), so a caller can write results while the run goes on.
+- :func:`evaluate_frames`: single-point energies and forces (and stresses) of many frames
+  as one inflight-batched run (a zero-step FIRE stage, :func:`single_point_stage`).
+- :func:`relax_inputs`: relax every input structure (one batched run) before its variants
+  are made, with the status of each as one line (``relax_input=True`` of the properties).
+- :func:`progress_hooks`: the run-level hooks plus a progress line, closed at the end.
 - :func:`variant_problem`: the per-variant status check (failed, not converged, non-finite
   energy) as one line naming the variant, or None.
 - :func:`write_rows` / :func:`read_rows`: result rows (flat dicts whose column names carry
@@ -28,12 +34,14 @@ import json
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["RELAX_MODES", "check_periodic", "optimizer_stage", "run_variants", "variant_problem", "write_rows",
+__all__ = ["RELAX_MODES", "check_periodic", "check_relax_options", "evaluate_frames", "optimizer_stage",
+           "progress_hooks", "relax_inputs", "run_variants", "single_point_stage", "variant_problem", "write_rows",
            "read_rows"]
 
 #: Relaxation of each variant: ``none`` (single point), ``positions`` (atoms, fixed cell),
@@ -65,6 +73,24 @@ def check_periodic(structures, where: str) -> list:
     return structures
 
 
+def check_relax_options(fmax, max_steps, optimizer: str, *, where: str, min_steps: int = 0) -> None:
+    """Refuse a bad relaxation option with one line naming ``where``.
+
+    Raises
+    ------
+    ValueError
+        ``optimizer`` not ``"fire"``/``"lbfgs"``, ``fmax`` not a positive finite number (eV/Å),
+        ``max_steps`` not an integer >= ``min_steps``.
+    """
+    if optimizer not in ("fire", "lbfgs"):
+        raise ValueError(f"{where}: optimizer must be 'fire' or 'lbfgs', got {optimizer!r}")
+    if not (isinstance(fmax, (int, float)) and not isinstance(fmax, bool) and math.isfinite(fmax) and fmax > 0):
+        raise ValueError(f"{where}: fmax must be a positive number of eV/Å, got {fmax!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < min_steps:
+        kind = "positive" if min_steps == 1 else "non-negative" if min_steps == 0 else f">= {min_steps}"
+        raise ValueError(f"{where}: max_steps must be a {kind} integer, got {max_steps!r}")
+
+
 def optimizer_stage(model, relax: str, *, fmax: float, max_steps: int, optimizer: str = "fire", where: str):
     """The stage every variant runs: ``(stage, single_point)``.
 
@@ -83,12 +109,7 @@ def optimizer_stage(model, relax: str, *, fmax: float, max_steps: int, optimizer
     if relax not in RELAX_MODES:
         raise ValueError(f"{where}: relax must be one of {', '.join(RELAX_MODES)}, got {relax!r}")
     methods = {"fire": FIRE, "lbfgs": LBFGS}
-    if optimizer not in methods:
-        raise ValueError(f"{where}: optimizer must be 'fire' or 'lbfgs', got {optimizer!r}")
-    if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
-        raise ValueError(f"{where}: fmax must be a positive number of eV/Å, got {fmax!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
-        raise ValueError(f"{where}: max_steps must be a non-negative integer, got {max_steps!r}")
+    check_relax_options(fmax, max_steps, optimizer, where=where)
     if relax == "shape" and getattr(model, "computes_stress", None) is False:
         raise ValueError(f"{where}: relax='shape' needs a model that computes the stress (computes_stress=False)")
     single = relax == "none"
@@ -96,6 +117,89 @@ def optimizer_stage(model, relax: str, *, fmax: float, max_steps: int, optimizer
     stage = methods[optimizer](model, convergence_hook=ConvergenceHook.from_forces(fmax),
                                n_steps=0 if single else int(max_steps), cell_filter=cell_filter)
     return stage, single
+
+
+def single_point_stage(model):
+    """A zero-step :class:`~batchmd.dynamics.FIRE` stage: each system is evaluated once (energy, forces,
+    stress) at its input positions and graduates at once (status ``completed``)."""
+    from batchmd.dynamics import FIRE
+
+    return FIRE(model, n_steps=0)
+
+
+def evaluate_frames(frames: Sequence, model, *, device="cpu", dtype=None, max_atoms: int | None = None, hooks=(),
+                    compute_stress: bool = False) -> list:
+    """Single-point energies and forces of many frames in one inflight-batched run.
+
+    A zero-step FIRE stage (:func:`single_point_stage`) through :func:`batchmd.ase.run_frames`:
+    every frame is evaluated once at its input positions and graduates at once (no step is
+    taken), the live batch is refilled at every evaluation (``refill_frequency=1``).
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        Structures (not modified); checked as :func:`batchmd.ase.run_frames` does.
+    model : callable
+        Any batchmd model.
+    device, dtype, max_atoms, hooks, compute_stress
+        As :func:`batchmd.ase.run_frames` (``dtype`` default float64).
+
+    Returns
+    -------
+    list of ase.Atoms
+        In input order, the positions unchanged, energy (eV) and forces [N,3] (eV/Å) (stress,
+        eV/Å^3, with ``compute_stress``) in a single-point calculator; ``info["status"]`` is
+        ``"failed"`` (with ``info["failure"]``) for a non-finite evaluation.
+    """
+    import torch
+
+    from batchmd.ase import run_frames
+    from batchmd.dynamics.stages import NoProgressWarning
+
+    if len(frames) == 0:
+        return []
+    with warnings.catch_warnings():  # zero steps is the intent here, not a stall
+        warnings.simplefilter("ignore", NoProgressWarning)
+        return run_frames(frames, [single_point_stage(model)], max_atoms=max_atoms, refill_frequency=1, hooks=hooks,
+                          device=device, dtype=torch.float64 if dtype is None else dtype,
+                          compute_stress=compute_stress).frames
+
+
+def relax_inputs(structures: Sequence, model, *, cell: str, fmax: float, max_steps: int, optimizer: str = "fire",
+                 device="cpu", dtype=None, max_atoms=None, hooks=()) -> tuple[list, list]:
+    """Relax every structure (one batched :func:`batchmd.ase.relax` run) before its variants are made.
+
+    ``cell``: ``"fixed"`` (positions) or ``"full"`` (positions and cell, ASE's
+    ``FrechetCellFilter``). Returns ``(frames, problems)``: the relaxed frames in input order
+    and, per structure, None or one line (:func:`variant_problem`, labelled ``"input
+    relaxation (cell CELL)"``: failed, not converged, no finite energy).
+    """
+    import torch
+
+    from batchmd.ase import relax
+
+    relaxed = relax(list(structures), model, fmax=fmax, max_steps=max_steps, optimizer=optimizer, cell=cell,
+                    device=device, dtype=torch.float64 if dtype is None else dtype, max_atoms=max_atoms, hooks=hooks)
+    problems = [variant_problem(atoms, f"input relaxation (cell {cell})") for atoms in relaxed]
+    return relaxed, problems
+
+
+@contextmanager
+def progress_hooks(hooks=(), progress: bool = False):
+    """The run-level ``hooks`` as a list, plus a live progress line on stderr
+    (:class:`~batchmd.progress.ProgressHook`) when ``progress``; the line is closed on exit."""
+    hooks = list(hooks)
+    progress_hook = None
+    if progress:
+        from batchmd.progress import ProgressHook
+
+        progress_hook = ProgressHook(enabled=True)
+        hooks.append(progress_hook)
+    try:
+        yield hooks
+    finally:
+        if progress_hook is not None:
+            progress_hook.close()
 
 
 class _StreamingSink:
@@ -170,22 +274,11 @@ def run_variants(variants: Sequence[Sequence], stage, *, on_structure: Callable 
         return [[] for _ in counts]
     inputs = dict(enumerate(flat))
     sink = _StreamingSink(inputs, owner, counts, [stage], on_structure)
-    hooks = list(hooks)
-    progress_hook = None
-    if progress:
-        from batchmd.progress import ProgressHook
-
-        progress_hook = ProgressHook(enabled=True)
-        hooks.append(progress_hook)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoProgressWarning)  # single points take no step by design
-            run_frames(flat, [stage], sinks=[sink], hooks=hooks, device=device,
-                       dtype=torch.float64 if dtype is None else dtype, max_atoms=max_atoms, collect=False,
-                       compute_stress=compute_stress)
-    finally:
-        if progress_hook is not None:
-            progress_hook.close()
+    with progress_hooks(hooks, progress) as hooks, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoProgressWarning)  # single points take no step by design
+        run_frames(flat, [stage], sinks=[sink], hooks=hooks, device=device,
+                   dtype=torch.float64 if dtype is None else dtype, max_atoms=max_atoms, collect=False,
+                   compute_stress=compute_stress)
     for s, count in enumerate(counts):  # structures without variants
         if count == 0:
             sink.done[s] = []

@@ -13,9 +13,11 @@ Method (the stress-strain finite-difference method, Le Page & Saxe, Phys. Rev. B
    shear strain ``gamma = 2 eps_ab = e``, as in Voigt notation). The unstrained structure is
    one more variant (the zero-strain point of the fit).
 3. Every variant of every structure runs in **one** inflight batched run
-   (:func:`batchmd.ase.relax` with the cell fixed): the ions are relaxed at the strained
-   cell (relaxed-ion tensor) with FIRE or LBFGS to ``fmax``, or, ``relax_ions=False``,
-   not moved (clamped-ion tensor: one evaluation each).
+   (:func:`batchmd.properties.common.run_variants`; each structure's result is assembled as
+   soon as its variants have finished): the ions are relaxed at the strained cell
+   (relaxed-ion tensor) with FIRE or LBFGS to ``fmax`` (the stage of
+   :func:`batchmd.ase.relax` with ``cell="fixed"``), or, ``relax_ions=False``, not moved
+   (clamped-ion tensor: one evaluation each, :func:`~batchmd.properties.common.single_point_stage`).
 4. The stress of each variant comes from the model (ASE's sign convention: **positive in
    tension**, ``sigma = (1/V) dE/d eps``; no sign flip is needed). For each strained
    component ``j`` a straight line is fitted by least squares to the points
@@ -53,7 +55,6 @@ Example
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -61,6 +62,9 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.units import GPa
+
+from batchmd.properties.common import (check_periodic, check_relax_options, optimizer_stage, progress_hooks,
+                                       relax_inputs, run_variants, single_point_stage, variant_problem)
 
 __all__ = ["ElasticResult", "VOIGT_LABELS", "compute_elastic", "fit_stress_strain", "voigt_strain",
            "strain_structure", "vrh_moduli"]
@@ -302,33 +306,16 @@ def _check_strains(strains) -> np.ndarray:
     return values
 
 
-def _check_structures(structures) -> list[Atoms]:
-    structures = list(structures)
-    for index, atoms in enumerate(structures):
-        if not isinstance(atoms, Atoms):
-            raise ValueError(f"compute_elastic: structure {index} is a {type(atoms).__name__}, not an ase.Atoms")
-        if len(atoms) == 0:
-            raise ValueError(f"compute_elastic: structure {index} has no atoms")
-        if atoms.cell.rank != 3 or not atoms.pbc.all():
-            raise ValueError(f"compute_elastic: structure {index} ({atoms.get_chemical_formula()}) needs a 3-D "
-                             f"periodic cell (pbc {atoms.pbc.tolist()}, cell rank {atoms.cell.rank}): an elastic "
-                             "tensor is a property of a crystal")
-    return structures
-
-
 def _variant_label(component: int, magnitude: float) -> str:
     return f"strain {100 * magnitude:+g}% of {VOIGT_LABELS[component]}"
 
 
 def _problem(atoms: Atoms, label: str, relaxed: bool) -> str | None:
-    """Why a result frame cannot enter the fit (one line), or None."""
-    info = atoms.info
-    status = info.get("status")
-    if status == "failed":
-        return f"{label}: failed ({info.get('failure', 'failed')})"
-    if relaxed and not info.get("converged", False):
-        return (f"{label}: not converged in {info.get('n_steps')} steps "
-                f"(fmax {info.get('fmax', math.nan):.3g} eV/Å, status {status})")
+    """Why a result frame cannot enter the fit (one line), or None: the shared status check
+    (:func:`~batchmd.properties.common.variant_problem`), then the stress."""
+    problem = variant_problem(atoms, label, single_point=not relaxed)
+    if problem is not None:
+        return problem
     if atoms.calc is None or "stress" not in atoms.calc.results:
         return f"{label}: the model gave no stress"
     if not np.all(np.isfinite(atoms.get_stress(voigt=True))):
@@ -344,7 +331,8 @@ def _failed(index: int, atoms: Atoms, error: str, relax_ions: bool, strains: np.
 def compute_elastic(structures: Sequence[Atoms], model, *, strains=(-0.01, -0.005, 0.005, 0.01),
                     relax_ions: bool = True, relax_input: bool = False, fmax: float = 0.005, max_steps: int = 500,
                     optimizer: str = "fire", device="cpu", dtype: torch.dtype = torch.float64,
-                    max_atoms: int | None = None, hooks=(), progress: bool = False) -> list[ElasticResult]:
+                    max_atoms: int | None = None, hooks=(), progress: bool = False,
+                    on_result=None) -> list[ElasticResult]:
     """Elastic tensors of many crystals, every strained variant of every structure in one batched run.
 
     Parameters
@@ -376,6 +364,9 @@ def compute_elastic(structures: Sequence[Atoms], model, *, strains=(-0.01, -0.00
         Run-level hooks passed to the batched runs.
     progress : bool
         Show a progress line (:class:`batchmd.progress.ProgressHook`).
+    on_result : callable, optional
+        ``on_result(result)`` is called with each structure's :class:`ElasticResult` as soon
+        as all its variants have finished, while the run goes on (write results early).
 
     Returns
     -------
@@ -390,60 +381,53 @@ def compute_elastic(structures: Sequence[Atoms], model, *, strains=(-0.01, -0.00
         ``strains``, ``fmax``, ``max_steps`` or ``optimizer``, a model that computes no stress;
         and the errors of :func:`batchmd.ase.run_frames` (e.g. elements the model lacks).
     """
-    from batchmd.ase import relax, run_frames
-    from batchmd.dynamics import FIRE
-    from batchmd.dynamics.stages import NoProgressWarning
-
-    structures = _check_structures(structures)
+    where = "compute_elastic"
+    structures = check_periodic(structures, where)
     values = _check_strains(strains)
-    if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
-        raise ValueError(f"compute_elastic: fmax must be a positive number of eV/Å, got {fmax!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"compute_elastic: max_steps must be a positive integer, got {max_steps!r}")
-    if optimizer not in ("fire", "lbfgs"):
-        raise ValueError(f"compute_elastic: optimizer must be 'fire' or 'lbfgs', got {optimizer!r}")
+    check_relax_options(fmax, max_steps, optimizer, where=where, min_steps=1)
     if getattr(model, "computes_stress", None) is False:
         raise ValueError("compute_elastic: the model computes no stress (computes_stress=False); the elastic "
                          "tensor is fitted to stresses")
-    hooks = list(hooks)
-    if progress:
-        from batchmd.progress import ProgressHook
-
-        hooks.append(ProgressHook(enabled=True))
-    run_kw = dict(device=device, dtype=dtype, max_atoms=max_atoms, hooks=hooks)
-    results: list[ElasticResult | None] = [None] * len(structures)
     if not structures:
         return []
+    results: list[ElasticResult | None] = [None] * len(structures)
 
-    references = list(structures)
-    if relax_input:
-        relaxed = relax(structures, model, fmax=fmax, max_steps=max_steps, optimizer=optimizer, cell="full", **run_kw)
-        for index, atoms in enumerate(relaxed):
-            problem = _problem(atoms, "input relaxation (cell full)", relaxed=True)
-            if problem is not None:
-                results[index] = _failed(index, structures[index], problem, relax_ions, values)
-            references[index] = atoms
+    def deliver(index: int, result: ElasticResult) -> None:
+        results[index] = result
+        if on_result is not None:
+            on_result(result)
 
-    labels = ["unstrained"] + [_variant_label(j, e) for j in range(6) for e in values]
-    todo = [i for i in range(len(structures)) if results[i] is None]
-    frames = []
-    for index in todo:
-        base = references[index].copy()
-        base.calc = None
-        frames.append(base)
-        frames.extend(strain_structure(base, voigt_strain(j, e)) for j in range(6) for e in values)
-    with warnings.catch_warnings():
-        # clamped ions take no step by design; ions at centres of inversion (fcc) have no force to relax
-        warnings.simplefilter("ignore", NoProgressWarning)
+    with progress_hooks(hooks, progress) as run_hooks:
+        run_kw = dict(device=device, dtype=dtype, max_atoms=max_atoms, hooks=run_hooks)
+        references = list(structures)
+        if relax_input:
+            references, problems = relax_inputs(structures, model, cell="full", fmax=fmax, max_steps=max_steps,
+                                                optimizer=optimizer, **run_kw)
+            for index, problem in enumerate(problems):
+                if problem is not None:
+                    deliver(index, _failed(index, structures[index], problem, relax_ions, values))
+
+        labels = ["unstrained"] + [_variant_label(j, e) for j in range(6) for e in values]
+        todo = [i for i in range(len(structures)) if results[i] is None]
+        variants = []
+        for index in todo:
+            base = references[index].copy()
+            base.calc = None
+            variants.append([base] + [strain_structure(base, voigt_strain(j, e)) for j in range(6) for e in values])
+        # relaxed ions: ions relaxed at each fixed strained cell (batchmd.ase.relax's cell="fixed" stage);
+        # clamped ions: one evaluation each (a zero-step stage)
         if relax_ions:
-            out = relax(frames, model, fmax=fmax, max_steps=max_steps, optimizer=optimizer, cell="fixed", **run_kw)
+            stage, _ = optimizer_stage(model, "positions", fmax=fmax, max_steps=max_steps, optimizer=optimizer,
+                                       where=where)
         else:
-            out = run_frames(frames, [FIRE(model, n_steps=0)], **run_kw).frames
+            stage = single_point_stage(model)
 
-    per = len(labels)
-    for position, index in enumerate(todo):
-        chunk = out[position * per:(position + 1) * per]
-        results[index] = _assemble(index, structures[index], chunk, labels, values, relax_ions)
+        def finished(position: int, frames) -> None:
+            index = todo[position]
+            deliver(index, _assemble(index, structures[index], frames, labels, values, relax_ions))
+
+        # ions at centres of inversion (fcc) have no force to relax: no-progress warnings are silenced there
+        run_variants(variants, stage, on_structure=finished, **run_kw)
     return results
 
 

@@ -6,8 +6,9 @@ Mater. 108, 1 (2015); https://phonopy.github.io/phonopy/) for a list of structur
 1. per structure, ``phonopy.Phonopy`` builds the supercell and generates the symmetry-reduced
    displaced supercells (``generate_displacements``, default 0.01 Å, phonopy's default);
 2. batchmd evaluates the perfect supercell and every displaced supercell of **every**
-   structure as one inflight-batched single-point run (:func:`evaluate_frames`: energy and
-   forces, no dynamics step) within an atom budget ``max_atoms``;
+   structure as one inflight-batched single-point run
+   (:func:`batchmd.properties.common.evaluate_frames`: energy and forces, no dynamics step)
+   within an atom budget ``max_atoms``;
 3. per structure, phonopy builds the force constants (``produce_force_constants``), the
    frequencies at Γ and on a q-point mesh, the band structure along a path, the total DOS
    and the harmonic thermal properties (``run_thermal_properties``).
@@ -65,6 +66,7 @@ import torch
 from ase import Atoms
 
 from batchmd.properties._phonon_result import PhononResult, supercell_label
+from batchmd.properties.common import check_periodic, evaluate_frames, progress_hooks, relax_inputs
 
 __all__ = ["PhononResult", "compute_phonons", "evaluate_frames", "choose_supercell", "supercell_label"]
 
@@ -135,42 +137,6 @@ def _to_ase(cell) -> Atoms:
     return Atoms(symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, pbc=True)
 
 
-def evaluate_frames(frames: Sequence[Atoms], model, *, device="cpu", dtype: torch.dtype = torch.float64,
-                    max_atoms: int | None = None, hooks=(), compute_stress: bool = False) -> list[Atoms]:
-    """Single-point energies and forces of many frames in one inflight-batched run.
-
-    A zero-step :class:`~batchmd.dynamics.FIRE` stage through :func:`batchmd.ase.run_frames`:
-    every frame is evaluated once at its input positions and graduates at once (no step is
-    taken), the live batch is refilled at every evaluation (``refill_frequency=1``).
-
-    Parameters
-    ----------
-    frames : sequence of ase.Atoms
-        Structures (not modified); checked as :func:`batchmd.ase.run_frames` does.
-    model : callable
-        Any batchmd model.
-    device, dtype, max_atoms, hooks, compute_stress
-        As :func:`batchmd.ase.run_frames`.
-
-    Returns
-    -------
-    list of ase.Atoms
-        In input order, the positions unchanged, energy (eV) and forces [N,3] (eV/Å) (stress,
-        eV/Å^3, with ``compute_stress``) in a single-point calculator; ``info["status"]`` is
-        ``"failed"`` (with ``info["failure"]``) for a non-finite evaluation.
-    """
-    from batchmd.ase import run_frames
-    from batchmd.dynamics import FIRE
-    from batchmd.dynamics.stages import NoProgressWarning
-
-    if len(frames) == 0:
-        return []
-    with warnings.catch_warnings():  # zero steps is the intent here, not a stall
-        warnings.simplefilter("ignore", NoProgressWarning)
-        return run_frames(frames, [FIRE(model, n_steps=0)], max_atoms=max_atoms, refill_frequency=1, hooks=hooks,
-                          device=device, dtype=dtype, compute_stress=compute_stress).frames
-
-
 def _frame_error(frame: Atoms, name: str) -> str | None:
     if frame.info.get("status") == "failed":
         return f"{name}: evaluation failed ({frame.info.get('failure', 'non-finite values')})"
@@ -223,6 +189,7 @@ def compute_phonons(
     max_atoms: int | None = None,
     hooks=(),
     progress: bool = False,
+    on_result=None,
 ) -> list[PhononResult]:
     """Phonons of every structure with phonopy, all displaced supercells evaluated as one batched run.
 
@@ -271,6 +238,9 @@ def compute_phonons(
         As :func:`batchmd.ase.run_frames` (``max_atoms``: atom budget of the live batch).
     progress : bool
         Show a progress line on stderr (:class:`~batchmd.progress.ProgressHook`).
+    on_result : callable, optional
+        ``on_result(result)`` is called with each structure's :class:`PhononResult` as soon as
+        it is complete (failed ones first, then one by one as phonopy finishes each).
 
     Returns
     -------
@@ -290,13 +260,7 @@ def compute_phonons(
         parameters for, naming the first structure holding one as ``(frame k)``).
     """
     phonopy = _require_phonopy()
-    structures = list(structures)
-    for i, atoms in enumerate(structures):
-        if not isinstance(atoms, Atoms):
-            raise ValueError(f"compute_phonons: structure {i} is not an ase.Atoms ({type(atoms).__name__})")
-        if atoms.cell.rank != 3 or not atoms.pbc.all():
-            raise ValueError(f"compute_phonons: structure {i} ({atoms.get_chemical_formula()}) has no 3-D periodic "
-                             "cell: phonons need a crystal (cell of rank 3, pbc=True)")
+    structures = check_periodic(structures, "compute_phonons")
     temps = _check_options(displacement, temperatures, float(imaginary_tol_THz), mesh)
     if not (isinstance(band_path, (list, tuple)) or band_path in ("auto", "seekpath", "ase", None)):
         raise ValueError(f"compute_phonons: band_path must be 'auto', 'seekpath', 'ase', None or a list of "
@@ -309,20 +273,16 @@ def compute_phonons(
                               "(pip install seekpath); band_path='ase' needs nothing more") from None
     matrices = _supercell_matrices(structures, supercell_matrix, min_length)
     _check_species(structures, model)
-    hooks = list(hooks)
-    progress_hook = None
-    if progress:
-        from batchmd.progress import ProgressHook
-
-        progress_hook = ProgressHook(enabled=True)
-        hooks.append(progress_hook)
     results = [PhononResult(index=i, formula=atoms.get_chemical_formula(), n_atoms=len(atoms), supercell_matrix=matrix)
                for i, (atoms, matrix) in enumerate(zip(structures, matrices))]
-    run_kw = dict(device=device, dtype=dtype, max_atoms=max_atoms, hooks=hooks)
-    try:
+    with progress_hooks(hooks, progress) as run_hooks:
+        run_kw = dict(device=device, dtype=dtype, max_atoms=max_atoms, hooks=run_hooks)
         cells = list(structures)
         if relax_input:
             cells = _relax(structures, model, results, relax_cell, fmax, max_steps, optimizer, run_kw)
+        for res in results:
+            if not res.ok and on_result is not None:
+                on_result(res)
         # 1. phonopy: supercells and displacements, per structure
         plans = {}
         for res, atoms in zip(results, cells):
@@ -338,6 +298,8 @@ def compute_phonons(
                     [_to_ase(c) for c in ph.supercells_with_displacements]
             except Exception as error:  # phonopy refused this structure: its result alone
                 res.ok, res.error = False, f"phonopy setup: {type(error).__name__}: {error}".splitlines()[0]
+                if on_result is not None:
+                    on_result(res)
                 continue
             res.phonopy = ph
             res.n_displacements = len(ph.supercells_with_displacements)
@@ -346,17 +308,16 @@ def compute_phonons(
         # 2. batchmd: every frame of every structure, one batched single-point run
         flat = [frame for frames in plans.values() for frame in frames]
         evaluated = evaluate_frames(flat, model, **run_kw)
-        # 3. phonopy: force constants and everything after, per structure
-        start = 0
-        for index, frames in plans.items():
-            res = results[index]
-            mine = evaluated[start:start + len(frames)]
-            start += len(frames)
-            _finish(res, mine, subtract_residual_forces, symmetrize_fc, fc_calculator, mesh, band_path,
-                    band_npoints, temps, float(imaginary_tol_THz), exclude_gamma_acoustic)
-    finally:
-        if progress_hook is not None:
-            progress_hook.close()
+    # 3. phonopy: force constants and everything after, per structure (each result handed over when done)
+    start = 0
+    for index, frames in plans.items():
+        res = results[index]
+        mine = evaluated[start:start + len(frames)]
+        start += len(frames)
+        _finish(res, mine, subtract_residual_forces, symmetrize_fc, fc_calculator, mesh, band_path,
+                band_npoints, temps, float(imaginary_tol_THz), exclude_gamma_acoustic)
+        if on_result is not None:
+            on_result(res)
     return results
 
 
@@ -370,16 +331,11 @@ def _check_species(structures, model) -> None:
 
 
 def _relax(structures, model, results, relax_cell, fmax, max_steps, optimizer, run_kw) -> list[Atoms]:
-    from batchmd.ase import relax
-
-    relaxed = relax(structures, model, fmax=fmax, max_steps=max_steps, optimizer=optimizer, cell=relax_cell,
-                    **run_kw)
-    for res, atoms in zip(results, relaxed):
-        if atoms.info.get("status") == "failed":
-            res.ok, res.error = False, f"relaxation failed: {atoms.info.get('failure', 'non-finite values')}"
-        elif not atoms.info.get("converged", False):
-            res.ok, res.error = False, (f"relaxation not converged in {atoms.info.get('n_steps')} steps "
-                                        f"(fmax {float(atoms.info.get('fmax', float('nan'))):.3g} eV/Å > {fmax:g})")
+    relaxed, problems = relax_inputs(structures, model, cell=relax_cell, fmax=fmax, max_steps=max_steps,
+                                     optimizer=optimizer, **run_kw)
+    for res, problem in zip(results, problems):
+        if problem is not None:
+            res.ok, res.error = False, problem
     return [Atoms(a.get_chemical_symbols(), cell=a.cell, positions=a.positions, pbc=True, masses=s.get_masses())
             for a, s in zip(relaxed, structures)]
 
