@@ -56,8 +56,9 @@ class ASECalculatorModel(Model):
         move more than its skin) then keep it per system instead of rebuilding it at every
         call because the previous call was another system: with EMT this is ~3x faster for
         relaxations and gives the same numbers. Needs a calculator that ``copy.deepcopy``
-        copies cheaply and independently (not one bound to an external process or file).
-        Default False.
+        copies cheaply and independently (not one bound to an external process or file);
+        anything patched onto ``calculator`` (e.g. a timing wrapper) is copied with it and
+        still points at the original object. Default False.
 
     Attributes
     ----------
