@@ -18,7 +18,7 @@ import ase.io
 import h5py
 import numpy as np
 import pytest
-from ase.build import bulk
+from md_argon import rattled_argon
 
 from batchmd.cli import main
 from batchmd.trajectory import (SystemNotRecorded, TrajectoryWriter, export_frames, list_systems, parse_systems,
@@ -29,12 +29,7 @@ SIGMA, EPS, RC = 3.405, 0.0104, 8.5125
 
 
 def argon_frames(count=8, seed=0):
-    frames = []
-    for i in range(count):
-        atoms = bulk("Ar", "fcc", a=5.26 + 0.02 * (i % 3), cubic=True).repeat((1, 1, 1 + i % 3))
-        atoms.rattle(0.08, seed=seed + i)
-        frames.append(atoms)
-    return frames
+    return rattled_argon(count, seed)
 
 
 def _nvt(steps=20):

@@ -40,7 +40,7 @@ import torch
 from batchmd.dynamics.hooks import Hook, HookStage
 from batchmd.dynamics.status import SystemStatus
 
-__all__ = ["SnapshotCapture", "HostSnapshot"]
+__all__ = ["SnapshotCapture", "FileRecorder", "HostSnapshot"]
 
 _ACTIVE, _PENDING, _EMPTY = int(SystemStatus.ACTIVE), int(SystemStatus.PENDING), int(SystemStatus.EMPTY)
 _UNPLANNED = object()
@@ -276,3 +276,27 @@ class SnapshotCapture:
                 self.flush()
         finally:
             self.writer.close()
+
+
+class FileRecorder(SnapshotCapture):
+    """A :class:`SnapshotCapture` writing a file at ``self.path`` (the trajectory store, the thermo log).
+
+    Its rows carry the system's periodic flags after :meth:`SnapshotCapture.system_int`'s
+    columns (``[B, 8]``); :meth:`finalize` merges the committed parts into ``self.path``, and
+    ``with Recorder(...) as r:`` closes it after the block and finalizes it unless the block
+    raised (then the committed parts stay, readable and resumable).
+    """
+
+    def system_int(self, batch) -> torch.Tensor:
+        return torch.cat([super().system_int(batch), batch.pbc.reshape(batch.num_graphs, 3).long()], dim=1)
+
+    def finalize(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.close()
+        if kind is None:
+            self.finalize()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from batchmd.trajectory.capture import SnapshotCapture
+from batchmd.trajectory.capture import FileRecorder
 from batchmd.trajectory.segments import (atomic_write, discard_parts, next_segment, parts_dir, reopen_merged,
                                          segment_paths)
 from batchmd.trajectory.writer import BackgroundWriter
@@ -155,7 +155,7 @@ def write_h5(path, data: dict, fields, index: dict | None = None) -> None:
             f.create_dataset(name, data=np.ascontiguousarray(array))
 
 
-class TrajectoryWriter(SnapshotCapture):
+class TrajectoryWriter(FileRecorder):
     """Write every system's frames every ``every`` of its steps to one store (a hook).
 
     Give it to a run as a hook (``run_frames(..., hooks=[traj])``, ``FusedStage(hooks=[traj])``)
@@ -231,9 +231,6 @@ class TrajectoryWriter(SnapshotCapture):
                         else torch.full((b, 9), float("nan"), dtype=batch.dtype, device=batch.device))
         return torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
 
-    def system_int(self, batch) -> torch.Tensor:
-        return torch.cat([super().system_int(batch), batch.pbc.reshape(batch.num_graphs, 3).long()], dim=1)
-
     def atom_float(self, batch) -> torch.Tensor:
         cols = [batch.positions]
         if "velocities" in self.fields:
@@ -248,14 +245,6 @@ class TrajectoryWriter(SnapshotCapture):
     def finalize(self) -> Path:
         """Merge the committed segments into ``path`` (after :meth:`close`); returns ``path``."""
         return finalize_store(self.path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        self.close()
-        if kind is None:
-            self.finalize()
 
 
 # --------------------------------------------------------------------- whole-store operations

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from batchmd.trajectory.capture import SnapshotCapture
+from batchmd.trajectory.capture import FileRecorder
 from batchmd.trajectory.segments import (atomic_write, discard_parts, next_segment, parts_dir, reopen_merged,
                                          segment_paths)
 from batchmd.trajectory.writer import BackgroundWriter
@@ -141,7 +141,7 @@ def _write(table, path) -> None:
     pq.write_table(table, path)
 
 
-class ThermoLogHook(SnapshotCapture):
+class ThermoLogHook(FileRecorder):
     """Log thermodynamic rows of every system every ``every`` of its steps to Parquet (a hook).
 
     Parameters
@@ -208,20 +208,9 @@ class ThermoLogHook(SnapshotCapture):
         return torch.cat([torch.stack([energy, ke, system_dof(batch, record=False), fmax, conserved], dim=1),
                           batch.cell.reshape(b, 9), torch.stack([mass, trace], dim=1)], dim=1)
 
-    def system_int(self, batch) -> torch.Tensor:
-        return torch.cat([super().system_int(batch), batch.pbc.reshape(batch.num_graphs, 3).long()], dim=1)
-
     def finalize(self) -> Path:
         """Merge the parts into ``path`` (rows sorted by system_id, step, stage); returns ``path``."""
         return finalize_log(self.path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        self.close()
-        if kind is None:
-            self.finalize()
 
 
 def _read_parts(path):
