@@ -197,10 +197,7 @@ class TrajectoryWriter(FileRecorder):
     def __init__(self, path, every: int = 10, fields=(), *, dt_fs=None, stages=None, flush_every: int = 10,
                  overwrite: bool = False, resume: bool = False, max_queue: int = 8, commit_bytes: int = 64 << 20,
                  commit_seconds: float | None = None) -> None:
-        from batchmd.trajectory.segments import remove_store, store_exists
-
         self.check_intervals(every, flush_every)
-        self.path = Path(path)
         self.fields = check_fields(fields)
         if stages is not None:
             dt_table = stage_timesteps(stages)
@@ -208,15 +205,9 @@ class TrajectoryWriter(FileRecorder):
             dt_table = [dt_fs]
         else:
             dt_table = list(dt_fs)
-        if store_exists(self.path) and not resume:
-            if not overwrite:
-                raise ValueError(f"trajectory store {self.path} exists: pass overwrite=True (--overwrite) to replace "
-                                 "it, or resume=True (--resume) to continue its run")
-            remove_store(self.path)
-        reopen_merged(self.path, "h5")  # resume=True on a merged store: continue it
+        self.path = self.open_path(path, "trajectory store", "h5", overwrite, resume)
         self._target = _H5Target(self.path, self.fields, dt_table)
         self.n_stages = len(stages) if stages is not None else None
-        parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         super().__init__(every, BackgroundWriter(self._target, max_queue, commit_bytes, commit_seconds), flush_every)
 
     def system_float(self, batch) -> torch.Tensor:

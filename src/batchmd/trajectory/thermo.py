@@ -168,19 +168,10 @@ class ThermoLogHook(FileRecorder):
     def __init__(self, path, every: int = 10, stages=None, *, flush_every: int = 10, overwrite: bool = False,
                  resume: bool = False, max_queue: int = 8, commit_bytes: int = 16 << 20,
                  commit_seconds: float | None = None) -> None:
-        from batchmd.trajectory.segments import remove_store, store_exists
-
         self.check_intervals(every, flush_every)
-        self.path = Path(path)
-        if store_exists(self.path) and not resume:
-            if not overwrite:
-                raise ValueError(f"thermo log {self.path} exists: pass overwrite=True (--overwrite) to replace it, "
-                                 "or resume=True (--resume) to continue its run")
-            remove_store(self.path)
-        reopen_merged(self.path, "parquet")  # resume=True on a merged log: continue it
+        self.path = self.open_path(path, "thermo log", "parquet", overwrite, resume)
         self.stages = list(stages) if stages is not None else None
         self.n_stages = len(stages) if stages is not None else None
-        parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         dts, kinds = _stage_kinds(self.stages)
         self._device_conserved = [(k, s) for k, (s, kind) in enumerate(zip(self.stages or [], kinds))
                                   if kind == "device"]
