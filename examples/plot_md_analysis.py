@@ -56,7 +56,7 @@ for system in (0, 1):
 # %%
 # g(r) over the second half of the 94.4 K stage, MSD and D after its first 2 ps
 # -----------------------------------------------------------------------------
-# ``r_max`` may be at most half the cell's smallest width (ASE's restriction; 11.6 Å here).
+# ``r_max`` within half the cell's smallest width (11.6 Å here) needs no repeated cell.
 g = [analysis.rdf("argon.h5", s, r_max=11.0, n_bins=110, frames=slice(30, None, 6)) for s in (0, 1)]
 msds = [analysis.msd("argon.h5", s, frames=slice(20, None), remove_com=True) for s in (0, 1)]
 d = analysis.diffusion_coefficient("argon.h5", [0, 1], frames=slice(20, None), remove_com=True)

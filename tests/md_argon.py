@@ -66,3 +66,13 @@ def to_batch(systems, dtype=torch.float64, ids=None):
 def system_rows(batch, k):
     ptr = batch.ptr.tolist()
     return slice(ptr[k], ptr[k + 1])
+
+
+def rattled_argon(count: int, seed: int = 0) -> list:
+    """``count`` small rattled fcc argon cells of 4, 8 or 12 atoms (a = 5.26-5.30 Å), for CLI and store tests."""
+    frames = []
+    for i in range(count):
+        atoms = bulk("Ar", "fcc", a=5.26 + 0.02 * (i % 3), cubic=True).repeat((1, 1, 1 + i % 3))
+        atoms.rattle(0.08, seed=seed + i)
+        frames.append(atoms)
+    return frames

@@ -163,7 +163,7 @@ def test_average_matches_pymbar(run):
 
 @pytest.mark.parametrize("call, message", [
     (lambda a, s, l: a.rdf(s, 9, 8.0, 10), "system 9 was never recorded"),
-    (lambda a, s, l: a.rdf(s, 0, 9.0, 10), "beyond half the cell"),
+    (lambda a, s, l: a.rdf(s, 0, 200.0, 10), "too large for the cell of system 0"),
     (lambda a, s, l: a.rdf(s, 0, 8.0, 0), "n_bins must be an int >= 1"),
     (lambda a, s, l: a.rdf(s, 0, 8.0, 10, elements=("Ar", "Xe")), "has no Xe atom"),
     (lambda a, s, l: a.rdf(s, 0, 8.0, 10, stage=3), "no frame of stage 3"),
@@ -182,6 +182,22 @@ def test_bad_input_one_line_errors(run, call, message):
     with pytest.raises(ValueError, match=message) as info:
         call(analysis, run[0], run[1])
     assert "\n" not in str(info.value)
+
+
+def test_rdf_beyond_half_the_cell_repeats_it():
+    """r_max beyond half a small cell: g(r) of the cell repeated, equal to ASE's on the supercell."""
+    from ase.build import bulk
+    from ase.geometry.rdf import get_rdf
+
+    from batchmd.analysis.structure import default_r_max, max_r_max, rdf_of_frames
+
+    small = bulk("Ar", "fcc", a=5.3, cubic=True)
+    small.rattle(0.1, seed=3)
+    big = small.repeat((4, 4, 4))
+    ours = rdf_of_frames([small], 8.0, 40, system_id=0)
+    reference, r = get_rdf(big, 8.0, 40)
+    assert np.allclose(ours.g, reference, rtol=1e-10, atol=1e-12) and np.allclose(ours.r, r)
+    assert max_r_max([small]) < 3.0 < default_r_max([small])  # the CLI default spans neighbour shells
 
 
 def test_plots_write_png(run, tmp_path):
@@ -214,7 +230,7 @@ def test_cli_plot(run, tmp_path, capsys):
         ([str(store), "--what", "thermo"], "--what thermo needs a thermo log"),
         ([str(log), "--what", "msd"], "--what msd needs a trajectory store"),
         ([str(store), "--systems", "4"], "system 4 was never recorded"),
-        ([str(store), "--r-max", "20"], "beyond half the cell"),
+        ([str(store), "--r-max", "200"], "too large for the cell"),
         ([str(tmp_path / "none.h5")], "no such thermo log or trajectory store"),
         ([str(store), "--what", "msd", "--fit-ps", "x"], "--fit-ps 'x'"),
     ]:

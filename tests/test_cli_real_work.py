@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from md_argon import rattled_argon
 
 SCRIPT = shutil.which("batchmd", path=os.path.dirname(sys.executable))
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-c", "import sys; from batchmd.cli import main; sys.exit(main())"]
@@ -29,12 +30,7 @@ def batchmd(*args, cwd=None, timeout=600):
 
 
 def argon_frames(count=5, seed=0):
-    frames = []
-    for i in range(count):
-        atoms = bulk("Ar", "fcc", a=5.26 + 0.02 * (i % 3), cubic=True).repeat((1, 1, 1 + i % 3))
-        atoms.rattle(0.08, seed=seed + i)
-        frames.append(atoms)
-    return frames
+    return rattled_argon(count, seed)
 
 
 @pytest.fixture

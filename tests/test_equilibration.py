@@ -188,12 +188,30 @@ def test_batch_mode_after_a_relaxation():
 def test_cli_md_until_equilibrated(tmp_path, capsys):
     path, out = tmp_path / "in.extxyz", tmp_path / "out.extxyz"
     ase.io.write(path, [argon(0, 2 * TARGET), argon(2, 2 * TARGET)])
+    store = tmp_path / "eq.h5"
     rc = main(["md", str(path), "-o", str(out), "--temperature", "40", "--dt", "5", "--friction", "0.005",
-               "--until-equilibrated", "--production-steps", "100", "--max-steps", "3000", "--sample-every", "5"])
+               "--until-equilibrated", "--production-steps", "100", "--max-steps", "3000", "--sample-every", "5",
+               "--trajectory", str(store), "--traj-every", "10", "--log-every", "5"])
     assert rc == 0
     frames = ase.io.read(out, ":")
     assert [a.info["equilibration_status"] for a in frames] == ["equilibrated"] * 2
     assert all(a.info["production_samples"] == 20 and a.info["production_sem_temperature_K"] > 0 for a in frames)
+    # the recorders see the stage's steps through equilibration and production, until each system graduates
+    from batchmd import analysis
+    from batchmd.trajectory import read_thermo, read_trajectory
+
+    log = read_thermo(tmp_path / "out.thermo.parquet").to_pandas()
+    for k, atoms in enumerate(frames):
+        n, start = int(atoms.info["n_steps"]), int(atoms.info["equilibration_detected_at_step"])
+        rows = log[log.system_id == k]
+        assert rows.stage_step.tolist() == list(range(0, n + 1, 5)) and (rows.stage == 0).all()
+        steps = read_trajectory(store, k, as_arrays=True)["stage_step"]
+        assert steps.tolist() == list(range(0, n + 1, 10))
+        production = np.nonzero(steps >= start)[0]  # docs/equilibration.rst's recipe
+        assert len(production) == (n // 10 * 10 - (start + 9) // 10 * 10) // 10 + 1 >= 10
+        assert analysis.rdf(store, k, 8.0, 20, frames=production).n_frames == len(production)
+        mean = rows[rows.stage_step > start].temperature_K.mean()  # production rows of the log
+        assert abs(mean - atoms.info["production_mean_temperature_K"]) < 4 * atoms.info["production_sem_temperature_K"]
     header = (tmp_path / "out.summary.csv").read_text().splitlines()[0].split(",")
     assert {"equilibration_status", "production_mean_temperature_K", "production_sem_temperature_K"} <= set(header)
     for bad, message in ((["--steps", "10", "--until-equilibrated", "--production-steps", "200", "--max-steps", "30"],

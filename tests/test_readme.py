@@ -45,6 +45,13 @@ def test_readme_cli_commands_run_as_written(tmp_path):
             assert (tmp_path / name).exists(), name
     assert len(ase.io.read(tmp_path / "nvt.extxyz", ":")) == len(ase.io.read(tmp_path / "examples/argon.extxyz", ":"))
     assert (tmp_path / "examples" / "argon_relaxed_nvt.extxyz").exists()  # the pipeline's output, beside its config
+    # the MD command wrote a trajectory store and a thermo log, and the plots of both are PNGs
+    from batchmd.trajectory import list_systems, read_thermo
+
+    assert list_systems(tmp_path / "nvt.h5") == list(range(len(ase.io.read(tmp_path / "nvt.extxyz", ":"))))
+    assert read_thermo(tmp_path / "nvt.thermo.parquet").num_rows > 0
+    for png in ("thermo.png", "rdf.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_readme_demo_command(tmp_path):

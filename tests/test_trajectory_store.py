@@ -18,7 +18,7 @@ import ase.io
 import h5py
 import numpy as np
 import pytest
-from ase.build import bulk
+from md_argon import rattled_argon
 
 from batchmd.cli import main
 from batchmd.trajectory import (SystemNotRecorded, TrajectoryWriter, export_frames, list_systems, parse_systems,
@@ -29,12 +29,7 @@ SIGMA, EPS, RC = 3.405, 0.0104, 8.5125
 
 
 def argon_frames(count=8, seed=0):
-    frames = []
-    for i in range(count):
-        atoms = bulk("Ar", "fcc", a=5.26 + 0.02 * (i % 3), cubic=True).repeat((1, 1, 1 + i % 3))
-        atoms.rattle(0.08, seed=seed + i)
-        frames.append(atoms)
-    return frames
+    return rattled_argon(count, seed)
 
 
 def _nvt(steps=20):
@@ -279,18 +274,23 @@ def test_existing_store_overwrite_and_interval_longer_than_the_run(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "trajectory store" in err and "--overwrite" in err
     assert (tmp_path / "o.h5").read_bytes() == b"precious" and not out.exists()
-    assert main([a for a in args if a != "-q"] + ["--overwrite", "--traj-every", "50"]) == 0
-    assert "warning: --traj-every 50 is longer than every stage (at most 10 steps)" in capsys.readouterr().err
-    assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0]
+    for option in ("--traj-every", "--log-every"):  # refused before the store is replaced
+        assert main(args + ["--overwrite", option, "50"]) == 2
+        err = capsys.readouterr().err
+        assert f"{option} 50 is longer than every stage (at most 10 steps)" in err and err.count("\n") == 1
+        assert (tmp_path / "o.h5").read_bytes() == b"precious" and not out.exists()
+    assert main(args + ["--overwrite", "--traj-every", "10"]) == 0
+    assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0, 10]
     assert main(args + ["--overwrite", "--traj-fields", "velocity"]) == 2
     assert "unknown trajectory field 'velocity'" in capsys.readouterr().err
     no_store = [a for a in args if a not in ("--trajectory", str(tmp_path / "o.h5"))]
     assert main(no_store + ["--overwrite"]) == 2
     assert "--traj-every and --traj-fields need --trajectory" in capsys.readouterr().err
     out.unlink()  # a complete store, its output gone: --resume must not take it for an interrupted run's
-    assert main(args + ["--resume", "--traj-every", "50"]) == 2
-    assert "o.h5 exists: it is a complete run's" in capsys.readouterr().err
-    assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0]
+    for extra in ([], ["--resume"]):  # no --resume hint for a complete store; --resume refused
+        assert main(args + extra + ["--traj-every", "10"]) == 2
+        assert "o.h5 exists: it is a complete run's" in capsys.readouterr().err
+    assert read_trajectory(tmp_path / "o.h5", 3, as_arrays=True)["step"].tolist() == [0, 10]
 
 
 def test_full_disk_is_a_named_error_and_committed_frames_stay(tmp_path, monkeypatch, capsys, reference):

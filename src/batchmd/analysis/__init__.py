@@ -24,8 +24,8 @@ Example
 from batchmd.analysis.averages import Average, average, series
 from batchmd.analysis.diffusion import A2_FS_TO_CM2_S, MSD, Diffusion, diffusion_coefficient, fit_diffusion, msd, unwrap
 from batchmd.analysis.plots import plot_msd, plot_rdf, plot_thermo
-from batchmd.analysis.structure import RDF, max_r_max, partial_rdfs, rdf
+from batchmd.analysis.structure import RDF, default_r_max, max_r_max, partial_rdfs, rdf
 
-__all__ = ["rdf", "partial_rdfs", "max_r_max", "RDF", "msd", "diffusion_coefficient", "fit_diffusion", "unwrap",
-           "MSD", "Diffusion", "A2_FS_TO_CM2_S", "average", "series", "Average", "plot_thermo", "plot_rdf",
-           "plot_msd"]
+__all__ = ["rdf", "partial_rdfs", "max_r_max", "default_r_max", "RDF", "msd", "diffusion_coefficient",
+           "fit_diffusion", "unwrap", "MSD", "Diffusion", "A2_FS_TO_CM2_S", "average", "series", "Average",
+           "plot_thermo", "plot_rdf", "plot_msd"]

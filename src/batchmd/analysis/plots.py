@@ -31,6 +31,14 @@ def _figure(rows: int = 1, height: float = 3.2):
     return fig, axes
 
 
+def _axes(ax):
+    """``(figure, axes)``: a new one-panel figure, or ``ax`` and its figure."""
+    if ax is None:
+        fig, (ax,) = _figure(1)
+        return fig, ax
+    return ax.figure, ax
+
+
 def _save(fig, path):
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -128,10 +136,7 @@ def plot_rdf(results, path=None, ax=None):
     matplotlib.figure.Figure
     """
     results = [results] if hasattr(results, "g") else list(results)
-    if ax is None:
-        fig, (ax,) = _figure(1)
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax)
     for res in results:
         pair = f" {res.elements[0]}-{res.elements[1]}" if res.elements else ""
         ax.plot(res.r, res.g, label=f"system {res.system_id}{pair} ({res.n_frames} frames)", lw=1.2)
@@ -161,10 +166,7 @@ def plot_msd(results, path=None, ax=None, diffusion=None):
     matplotlib.figure.Figure
     """
     results = [results] if hasattr(results, "msd_A2") else list(results)
-    if ax is None:
-        fig, (ax,) = _figure(1)
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax)
     fits = {}
     if diffusion is not None:
         fits = {s: (m, c) for s, m, c in zip(diffusion.system_ids, diffusion.slope_A2_fs, diffusion.intercept_A2)}

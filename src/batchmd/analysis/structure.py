@@ -7,8 +7,12 @@ by the ideal-gas count ``4 pi r^2 dr rho N`` with ``rho = N / V`` (partial RDFs
 ``g_ab``: centres of element ``a``, neighbours of element ``b``, ``rho = N_b / V``; ASE
 >= 3.27 follows LAMMPS ``compute rdf``, so ``g_ab = g_ba`` and
 ``g = sum_ab c_a c_b g_ab``); the frames' histograms are averaged. ``r`` is the bin
-centre (Å). ASE requires every periodic width of the cell to be at least ``2 r_max``
-(no atom may see two images of a neighbour within ``r_max``).
+centre (Å). ASE requires every periodic width of the cell to be at least ``2 r_max``;
+for a larger ``r_max`` the frames are repeated along their periodic directions
+(``ceil(2 r_max / width)`` times each, :data:`MAX_RDF_ATOMS` atoms at most) before ASE sees
+them: every atom of the supercell has its original's environment and the density is
+unchanged, so g(r) is that of the original cell (exactly, up to rounding: the test compares
+against ASE on a cell large enough not to need the repeat).
 
 Reference: ASE, ``ase/geometry/rdf.py`` (https://wiki.fysik.dtu.dk/ase); M. P. Allen and
 D. J. Tildesley, *Computer Simulation of Liquids* (2nd ed., 2017), section 8.2.
@@ -23,7 +27,10 @@ import numpy as np
 
 from batchmd.analysis.frames import load_atoms
 
-__all__ = ["RDF", "rdf", "partial_rdfs", "max_r_max", "rdf_of_frames"]
+__all__ = ["RDF", "rdf", "partial_rdfs", "max_r_max", "default_r_max", "rdf_of_frames", "MAX_RDF_ATOMS"]
+
+#: Most atoms of the supercell an r_max beyond half the cell needs (a larger one is refused).
+MAX_RDF_ATOMS = 50_000
 
 
 @dataclass
@@ -68,8 +75,27 @@ def _widths(atoms) -> np.ndarray:
 
 
 def max_r_max(images) -> float:
-    """The largest ``r_max`` (Å) ASE accepts for every frame of ``images``: half the smallest periodic width."""
+    """Half the smallest periodic width (Å) over ``images``: the largest ``r_max`` needing no repeated cell."""
     return float(min(_widths(a).min() for a in images)) / 2.0
+
+
+def default_r_max(images) -> float:
+    """``r_max`` (Å) of ``batchmd plot --what rdf``: :func:`max_r_max`, at least ``2.5 (V/N)^(1/3)``.
+
+    ``(V/N)^(1/3)`` is the mean interatomic spacing (first frame), so the default spans about
+    the first three neighbour shells even when the cell is small (it is then repeated).
+    """
+    atoms = images[0]
+    volume = abs(atoms.cell.volume)
+    spacing = (volume / max(len(atoms), 1)) ** (1.0 / 3.0) if volume > 0 else 0.0
+    return max(max_r_max(images) * (1 - 1e-9), 2.5 * spacing)
+
+
+def _repeats(images, r_max: float) -> tuple:
+    """Repeats ``(na, nb, nc)`` making every periodic width of every frame at least ``2 r_max``."""
+    widths = np.min([_widths(a) for a in images], axis=0)
+    return tuple(int(np.ceil(2 * r_max / w * (1 + 1e-12))) if np.isfinite(w) and w < 2 * r_max else 1
+                 for w in widths)
 
 
 def _check(images, r_max: float, n_bins: int, system_id) -> None:
@@ -80,11 +106,12 @@ def _check(images, r_max: float, n_bins: int, system_id) -> None:
     for k, atoms in enumerate(images):
         if abs(atoms.cell.volume) < 1e-10:
             raise ValueError(f"system {system_id}: frame {k} has no cell volume (g(r) needs the density N/V)")
-        widths = _widths(atoms)
-        if widths.min() < 2 * r_max:
-            half = widths.min() / 2
-            raise ValueError(f"r_max={r_max:g} Å is beyond half the cell of system {system_id} (frame {k}: smallest "
-                             f"periodic width {widths.min():.4g} Å; ASE's RDF needs r_max <= {half:.4g} Å)")
+    reps = _repeats(images, r_max)
+    n_atoms = len(images[0]) * int(np.prod(reps))
+    if n_atoms > MAX_RDF_ATOMS:
+        raise ValueError(f"r_max={r_max:g} Å is too large for the cell of system {system_id}: g(r) would need it "
+                         f"repeated {'x'.join(map(str, reps))} ({n_atoms} atoms, at most {MAX_RDF_ATOMS}); "
+                         f"choose a smaller r_max (half the cell: {max_r_max(images):.4g} Å)")
 
 
 def rdf_of_frames(images, r_max: float, n_bins: int, elements=None, system_id=None) -> RDF:
@@ -109,8 +136,10 @@ def rdf_of_frames(images, r_max: float, n_bins: int, elements=None, system_id=No
             have = ", ".join(chemical_symbols[z] for z in sorted(present))
             raise ValueError(f"system {system_id} has no {missing[0]} atom (it holds {have})")
         pair = tuple(chemical_symbols[z] for z in numbers)
+    reps = _repeats(images, r_max)
+    frames = [a.repeat(reps) if reps != (1, 1, 1) else a for a in images]
     try:
-        g, r = get_rdf(list(images), r_max, int(n_bins), elements=pair)
+        g, r = get_rdf(frames, r_max, int(n_bins), elements=pair)
     except (CellTooSmall, VolumeNotDefined) as error:  # at the boundary, ASE's rounding may differ from ours
         raise ValueError(f"system {system_id}: ASE's RDF refused r_max={r_max:g} Å: {error}") from None
     steps = np.array([a.info.get("step", -1) for a in images])
@@ -127,7 +156,8 @@ def rdf(store, system_id: int, r_max: float, n_bins: int = 100, frames=None, sta
     system_id : int
         The system (command-line runs: its input index).
     r_max : float
-        Largest distance, Å (at most half the smallest periodic width of the cell: :func:`max_r_max`).
+        Largest distance, Å. Beyond half the smallest periodic width (:func:`max_r_max`) the
+        frames are repeated (module docstring).
     n_bins : int
         Number of bins of width ``r_max / n_bins``.
     frames : slice or sequence of int, optional
@@ -146,8 +176,8 @@ def rdf(store, system_id: int, r_max: float, n_bins: int = 100, frames=None, sta
     ------
     ValueError
         The system was never recorded (:class:`batchmd.trajectory.SystemNotRecorded`), no
-        frame is selected, ``r_max`` is beyond half the cell, the cell has no volume, or an
-        element is absent.
+        frame is selected, ``r_max`` needs a supercell of more than :data:`MAX_RDF_ATOMS`
+        atoms, the cell has no volume, or an element is absent.
 
     Notes
     -----

@@ -37,7 +37,8 @@ def add_parser(subparsers) -> None:
                         help="stage index (-1: the last recorded); default: every row for thermo, the last stage "
                              "for rdf and msd")
     parser.add_argument("--r-max", type=float, default=None,
-                        help="rdf: largest distance in Å (default: half the smallest periodic cell width)")
+                        help="rdf: largest distance in Å (default: half the smallest periodic cell width, at least "
+                             "2.5 mean atomic spacings; a small cell is repeated)")
     parser.add_argument("--bins", type=int, default=100, help="rdf: number of bins")
     parser.add_argument("--fit-ps", default=None,
                         help="msd: fit window of lags for D, 'START,END' in ps (default 20%%-60%% of the longest lag)")
@@ -107,7 +108,7 @@ def command(args) -> int:
                 if r_max is None:
                     from batchmd.analysis.frames import load_atoms
 
-                    r_max = analysis.max_r_max(load_atoms(source, s, stage)) * (1 - 1e-9)
+                    r_max = analysis.default_r_max(load_atoms(source, s, stage))
                 results.append(analysis.rdf(source, s, r_max, args.bins, stage=stage))
             analysis.plot_rdf(results, args.output)
         else:

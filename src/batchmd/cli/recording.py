@@ -3,7 +3,8 @@
 The run commands (:mod:`batchmd.cli.runner`) call these around a run:
 
 - :func:`check_paths`: an existing store or log is refused unless ``--resume`` (continue
-  it) or ``--overwrite`` (replace it); a snapshot interval longer than every stage warns;
+  it) or ``--overwrite`` (replace it); a snapshot interval longer than every stage is
+  refused (each system would get only its first frame), before anything is replaced;
 - :func:`resume_keep`: on ``--resume``, the systems whose result is in ``OUTPUT.partial`` *and*
   whose frames and log rows are complete (marked done) in the store and log; the others
   rerun from their input frame and their earlier frames and rows are removed
@@ -100,12 +101,18 @@ def _paths(recording: dict, output) -> list:
 
 
 def check_paths(recording: dict | None, output, stages, resume: bool) -> None:
-    """Refuse existing stores (unless --resume / --overwrite); warn about an interval longer than the run."""
+    """Refuse an interval longer than the run, and existing stores (unless --resume / --overwrite)."""
     if recording is None:
         return
     from batchmd.trajectory.segments import parts_dir, remove_store, store_exists
 
     output = Path(output)
+    longest = max((_stage_steps(s) for s in stages), default=0)  # checked first: nothing is replaced yet
+    for option, every in (("--traj-every", recording["traj_every"] if recording["trajectory"] else None),
+                          ("--log-every", recording["log_every"])):
+        if every is not None and longest and every > longest:
+            raise CLIError(f"{option} {every} is longer than every stage (at most {longest} steps): each system "
+                           f"would get only its first frame of each stage; choose {option} <= {longest}")
     for label, path in _paths(recording, output):
         if path.resolve() == output.resolve():
             raise CLIError(f"the {label} {path} is the output file; choose another path")
@@ -117,15 +124,10 @@ def check_paths(recording: dict | None, output, stages, resume: bool) -> None:
                 remove_store(path)
                 continue
             where = path if path.exists() else parts_dir(path)
-            hint = "it is a complete run's (no OUTPUT.partial to resume): " if resume else "add --resume to continue " \
-                "its run, "
+            interrupted = parts_dir(path).exists() or Path(str(output) + ".partial").exists()
+            hint = ("add --resume to continue its run, " if interrupted and not resume
+                    else "it is a complete run's (no OUTPUT.partial to resume): ")
             raise CLIError(f"{label} {where} exists: {hint}--overwrite to replace it, or choose another path")
-    longest = max((_stage_steps(s) for s in stages), default=0)
-    for option, every in (("--traj-every", recording["traj_every"] if recording["trajectory"] else None),
-                          ("--log-every", recording["log_every"])):
-        if every is not None and longest and every > longest:
-            log.warning("%s %d is longer than every stage (at most %d steps): each system gets only its first "
-                        "frame of each stage", option, every, longest)
 
 
 def _stage_steps(stage) -> int:

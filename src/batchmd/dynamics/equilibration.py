@@ -83,7 +83,7 @@ Example
 >>> #                     production_steps=2000, max_equilibration_steps=20000)
 >>> # result = batchmd.ase.run_frames(frames, [stage])   # frames carry the keys above
 
-See ``benchmarks/equilibration.py`` and ``docs/_equilibration.rst.txt``.
+See ``benchmarks/equilibration.py`` and ``docs/equilibration.rst``.
 """
 
 from __future__ import annotations

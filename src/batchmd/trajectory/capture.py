@@ -40,7 +40,7 @@ import torch
 from batchmd.dynamics.hooks import Hook, HookStage
 from batchmd.dynamics.status import SystemStatus
 
-__all__ = ["SnapshotCapture", "HostSnapshot"]
+__all__ = ["SnapshotCapture", "FileRecorder", "HostSnapshot"]
 
 _ACTIVE, _PENDING, _EMPTY = int(SystemStatus.ACTIVE), int(SystemStatus.PENDING), int(SystemStatus.EMPTY)
 _UNPLANNED = object()
@@ -276,3 +276,50 @@ class SnapshotCapture:
                 self.flush()
         finally:
             self.writer.close()
+
+
+class FileRecorder(SnapshotCapture):
+    """A :class:`SnapshotCapture` writing a file at ``self.path`` (the trajectory store, the thermo log).
+
+    Its rows carry the system's periodic flags after :meth:`SnapshotCapture.system_int`'s
+    columns (``[B, 8]``); :meth:`finalize` merges the committed parts into ``self.path``, and
+    ``with Recorder(...) as r:`` closes it after the block and finalizes it unless the block
+    raised (then the committed parts stay, readable and resumable).
+    """
+
+    @staticmethod
+    def open_path(path, label: str, kind: str, overwrite: bool, resume: bool):
+        """Make ``path`` ready to record into; returns it as a Path.
+
+        An existing store or log (the file or its parts folder) is a ``ValueError`` unless
+        ``overwrite`` (removed) or ``resume`` (continued: a merged file is reopened as parts);
+        the parts folder exists from here on. ``label`` names it in the error ("thermo log"),
+        ``kind`` is the parts' suffix ("h5", "parquet").
+        """
+        from pathlib import Path
+
+        from batchmd.trajectory.segments import parts_dir, remove_store, reopen_merged, store_exists
+
+        path = Path(path)
+        if store_exists(path) and not resume:
+            if not overwrite:
+                raise ValueError(f"{label} {path} exists: pass overwrite=True (--overwrite) to replace it, "
+                                 "or resume=True (--resume) to continue its run")
+            remove_store(path)
+        reopen_merged(path, kind)  # resume=True on a merged file: continue it
+        parts_dir(path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
+        return path
+
+    def system_int(self, batch) -> torch.Tensor:
+        return torch.cat([super().system_int(batch), batch.pbc.reshape(batch.num_graphs, 3).long()], dim=1)
+
+    def finalize(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.close()
+        if kind is None:
+            self.finalize()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from batchmd.trajectory.capture import SnapshotCapture
+from batchmd.trajectory.capture import FileRecorder
 from batchmd.trajectory.segments import (atomic_write, discard_parts, next_segment, parts_dir, reopen_merged,
                                          segment_paths)
 from batchmd.trajectory.writer import BackgroundWriter
@@ -155,7 +155,7 @@ def write_h5(path, data: dict, fields, index: dict | None = None) -> None:
             f.create_dataset(name, data=np.ascontiguousarray(array))
 
 
-class TrajectoryWriter(SnapshotCapture):
+class TrajectoryWriter(FileRecorder):
     """Write every system's frames every ``every`` of its steps to one store (a hook).
 
     Give it to a run as a hook (``run_frames(..., hooks=[traj])``, ``FusedStage(hooks=[traj])``)
@@ -197,10 +197,7 @@ class TrajectoryWriter(SnapshotCapture):
     def __init__(self, path, every: int = 10, fields=(), *, dt_fs=None, stages=None, flush_every: int = 10,
                  overwrite: bool = False, resume: bool = False, max_queue: int = 8, commit_bytes: int = 64 << 20,
                  commit_seconds: float | None = None) -> None:
-        from batchmd.trajectory.segments import remove_store, store_exists
-
         self.check_intervals(every, flush_every)
-        self.path = Path(path)
         self.fields = check_fields(fields)
         if stages is not None:
             dt_table = stage_timesteps(stages)
@@ -208,15 +205,9 @@ class TrajectoryWriter(SnapshotCapture):
             dt_table = [dt_fs]
         else:
             dt_table = list(dt_fs)
-        if store_exists(self.path) and not resume:
-            if not overwrite:
-                raise ValueError(f"trajectory store {self.path} exists: pass overwrite=True (--overwrite) to replace "
-                                 "it, or resume=True (--resume) to continue its run")
-            remove_store(self.path)
-        reopen_merged(self.path, "h5")  # resume=True on a merged store: continue it
+        self.path = self.open_path(path, "trajectory store", "h5", overwrite, resume)
         self._target = _H5Target(self.path, self.fields, dt_table)
         self.n_stages = len(stages) if stages is not None else None
-        parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         super().__init__(every, BackgroundWriter(self._target, max_queue, commit_bytes, commit_seconds), flush_every)
 
     def system_float(self, batch) -> torch.Tensor:
@@ -230,9 +221,6 @@ class TrajectoryWriter(SnapshotCapture):
             cols.append(stress.reshape(b, 9) if stress is not None
                         else torch.full((b, 9), float("nan"), dtype=batch.dtype, device=batch.device))
         return torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
-
-    def system_int(self, batch) -> torch.Tensor:
-        return torch.cat([super().system_int(batch), batch.pbc.reshape(batch.num_graphs, 3).long()], dim=1)
 
     def atom_float(self, batch) -> torch.Tensor:
         cols = [batch.positions]
@@ -248,14 +236,6 @@ class TrajectoryWriter(SnapshotCapture):
     def finalize(self) -> Path:
         """Merge the committed segments into ``path`` (after :meth:`close`); returns ``path``."""
         return finalize_store(self.path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        self.close()
-        if kind is None:
-            self.finalize()
 
 
 # --------------------------------------------------------------------- whole-store operations

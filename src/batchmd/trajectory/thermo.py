@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from batchmd.trajectory.capture import SnapshotCapture
+from batchmd.trajectory.capture import FileRecorder
 from batchmd.trajectory.segments import (atomic_write, discard_parts, next_segment, parts_dir, reopen_merged,
                                          segment_paths)
 from batchmd.trajectory.writer import BackgroundWriter
@@ -141,7 +141,7 @@ def _write(table, path) -> None:
     pq.write_table(table, path)
 
 
-class ThermoLogHook(SnapshotCapture):
+class ThermoLogHook(FileRecorder):
     """Log thermodynamic rows of every system every ``every`` of its steps to Parquet (a hook).
 
     Parameters
@@ -168,19 +168,10 @@ class ThermoLogHook(SnapshotCapture):
     def __init__(self, path, every: int = 10, stages=None, *, flush_every: int = 10, overwrite: bool = False,
                  resume: bool = False, max_queue: int = 8, commit_bytes: int = 16 << 20,
                  commit_seconds: float | None = None) -> None:
-        from batchmd.trajectory.segments import remove_store, store_exists
-
         self.check_intervals(every, flush_every)
-        self.path = Path(path)
-        if store_exists(self.path) and not resume:
-            if not overwrite:
-                raise ValueError(f"thermo log {self.path} exists: pass overwrite=True (--overwrite) to replace it, "
-                                 "or resume=True (--resume) to continue its run")
-            remove_store(self.path)
-        reopen_merged(self.path, "parquet")  # resume=True on a merged log: continue it
+        self.path = self.open_path(path, "thermo log", "parquet", overwrite, resume)
         self.stages = list(stages) if stages is not None else None
         self.n_stages = len(stages) if stages is not None else None
-        parts_dir(self.path).mkdir(parents=True, exist_ok=True)  # the store exists (empty) from the start
         dts, kinds = _stage_kinds(self.stages)
         self._device_conserved = [(k, s) for k, (s, kind) in enumerate(zip(self.stages or [], kinds))
                                   if kind == "device"]
@@ -208,20 +199,9 @@ class ThermoLogHook(SnapshotCapture):
         return torch.cat([torch.stack([energy, ke, system_dof(batch, record=False), fmax, conserved], dim=1),
                           batch.cell.reshape(b, 9), torch.stack([mass, trace], dim=1)], dim=1)
 
-    def system_int(self, batch) -> torch.Tensor:
-        return torch.cat([super().system_int(batch), batch.pbc.reshape(batch.num_graphs, 3).long()], dim=1)
-
     def finalize(self) -> Path:
         """Merge the parts into ``path`` (rows sorted by system_id, step, stage); returns ``path``."""
         return finalize_log(self.path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        self.close()
-        if kind is None:
-            self.finalize()
 
 
 def _read_parts(path):
