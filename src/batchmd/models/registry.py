@@ -21,6 +21,8 @@ spec                   model                                                    
 ``mace:PATH``          any MACE ``.model`` file (e.g. MACE-MP-0 downloaded          ``batchmd[mace]``
                        elsewhere)
 ``metatomic:PATH``     an exported metatomic model (``.pt``)                        ``batchmd[metatomic]``
+``torchsim:MOD:FACT``  any TorchSim ``ModelInterface`` returned by ``MOD.FACT()``     ``batchmd[torchsim]``
+                       (:mod:`batchmd.models.torchsim`; Python >= 3.12)
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -235,6 +237,18 @@ register_model("sevennet-0", lambda argument, **kw: _sevennet(None, **kw),
 register_model("sevennet:PATH", _sevennet, "a SevenNet checkpoint file or a pretrained name known to sevenn")
 register_model("mace:PATH", _mace, "a MACE .model file (e.g. MACE-MP-0 downloaded elsewhere)")
 register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (.pt)")
+
+
+def _torchsim(argument: str | None, *, device=None, dtype=None):
+    require_package("torch_sim", "torchsim", f"model 'torchsim:{argument}' (torch-sim-atomistic >= 0.6, Python >= 3.12)")
+    from batchmd.models.torchsim import load_torchsim_factory
+
+    return load_torchsim_factory(argument, device=device, dtype=dtype)
+
+
+register_model("torchsim:MODULE:FACTORY", _torchsim,
+               "any TorchSim ModelInterface built by a factory, e.g. "
+               "torchsim:torch_sim.models.lennard_jones:LennardJonesModel (batchmd.models.torchsim)")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):
