@@ -187,3 +187,25 @@ def test_mace_adapter_equals_batchmd_mace(ts, tmp_path):
     for s in (0, 4):
         alone = bridge(Batch.from_ase([frames[s]], dtype=torch.float64))
         assert torch.allclose(alone["forces"], out["forces"][ptr[s]:ptr[s + 1]], rtol=0, atol=1e-12)
+
+
+def test_sevennet_adapter_equals_batchmd_sevennet(ts):
+    """sevenn's own TorchSim adapter (sevenn >= 0.11, float32 only) with SevenNet-0 equals batchmd's SevenNet."""
+    sevenn = pytest.importorskip("sevenn")
+    if not importlib.util.find_spec("sevenn.torchsim"):
+        pytest.skip(f"sevenn {sevenn.__version__} has no TorchSim adapter (>= 0.11 has)")
+    from mlip_cases import mixed_structures
+    from sevenn.torchsim import SevenNetModel as SevenNetTorchSim
+
+    from batchmd.models.torchsim import TorchSimModel
+
+    frames = mixed_structures()[:2]  # Si and NaCl crystals (SevenNet-0 costs seconds per call on a CPU)
+    batch = Batch.from_ase(frames, dtype=torch.float32)
+    ref = load_model("sevennet-0")(batch)
+    bridge = TorchSimModel(SevenNetTorchSim("7net-0", device="cpu"))
+    assert len(bridge.supported_numbers) == 89 and bridge.cutoff == 5.0
+    out = bridge(batch)
+    assert out["forces"].dtype == torch.float32
+    assert (out["energy"] - ref["energy"]).abs().max() < 1e-4
+    assert (out["forces"] - ref["forces"]).abs().max() < 1e-4
+    assert (out["stress"] - ref["stress"]).abs().max() < 1e-5

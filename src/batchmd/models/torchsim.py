@@ -91,6 +91,17 @@ def _model_cutoff(ts_model) -> float | None:
     return None
 
 
+def _model_elements(ts_model):
+    """Atomic numbers a TorchSim adapter declares: MACE's ``z_table.zs``, SevenNet's ``type_map`` keys; else None."""
+    zs = getattr(getattr(ts_model, "z_table", None), "zs", None)
+    if zs is not None:
+        return zs
+    type_map = getattr(ts_model, "type_map", None)
+    if isinstance(type_map, dict) and type_map:
+        return type_map.keys()
+    return None
+
+
 @dataclass
 class _Group:
     """Systems evaluated together: one ``pbc`` pattern; a reusable SimState."""
@@ -115,7 +126,7 @@ class TorchSimModel(Model):
         ``r_max`` attribute, if any.
     supported_numbers : iterable of int, optional
         Elements the model covers (checked before a run); default: the model's
-        ``z_table.zs`` (MACE) if present, else any element.
+        ``z_table.zs`` (MACE) or ``type_map`` keys (SevenNet) if present, else any element.
     name : str, optional
         Name in messages and output metadata (default ``TorchSim(<class name>)``).
 
@@ -152,8 +163,7 @@ class TorchSimModel(Model):
         self.memory_scales_with = str(getattr(ts_model, "memory_scales_with", "n_atoms_x_density"))
         self.cutoff = float(cutoff) if cutoff is not None else _model_cutoff(ts_model)
         if supported_numbers is None:
-            zs = getattr(getattr(ts_model, "z_table", None), "zs", None)
-            supported_numbers = zs
+            supported_numbers = _model_elements(ts_model)
         self.supported_numbers = None if supported_numbers is None else frozenset(int(z) for z in supported_numbers)
         self._model_name = name or f"TorchSim({type(ts_model).__name__})"
         self._plan_key = None
