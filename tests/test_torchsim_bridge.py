@@ -143,7 +143,7 @@ def test_relax_and_nvt_equal_batchmd_lj(ts):
         assert np.abs(x.get_velocities() - y.get_velocities()).max() < 1e-8
 
 
-def test_registry_and_budget(ts):
+def test_registry_and_budget(ts, tmp_path):
     from batchmd.dynamics.budget import _edge_cutoff
     from batchmd.models.torchsim import TorchSimModel
 
@@ -157,6 +157,15 @@ def test_registry_and_budget(ts):
                        ("torchsim:torch.nn:Identity", "not a TorchSim ModelInterface")]:
         with pytest.raises(ValueError, match=match):
             load_model(bad)
+    factory = tmp_path / "my_models.py"
+    factory.write_text("from torch_sim.models.lennard_jones import LennardJonesModel\n"
+                       "def argon(device=None, dtype=None):\n"
+                       f"    return LennardJonesModel(sigma={SIGMA}, epsilon={EPSILON}, cutoff={CUTOFF}, "
+                       "device=device, dtype=dtype, compute_stress=True)\n")
+    argon = load_model(f"torchsim:{factory}:argon", dtype=torch.float64)
+    assert argon.cutoff == CUTOFF and argon.computes_stress
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(f"torchsim:{tmp_path / 'missing.py'}:argon")
     with pytest.raises(TypeError, match="ModelInterface"):
         TorchSimModel(torch.nn.Linear(2, 2))
     assert _edge_cutoff(model) == model.cutoff > 0  # n_atoms_x_density: edges within the cutoff count

@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -335,12 +337,16 @@ def load_torchsim_factory(argument: str, *, device=None, dtype=None) -> TorchSim
 
     ``factory`` is any callable attribute of the module (a ``ModelInterface`` subclass or a
     function) returning a ``ModelInterface``; it is called with ``device=`` and ``dtype=``
-    when given and when it accepts them (TorchSim's models do).
+    when given and when it accepts them (TorchSim's models do). The module may also be a
+    Python file, ``"/path/to/models.py:factory"`` (a few lines building e.g.
+    ``MaceTorchSimModel("mace.model", device=device, dtype=dtype)``).
 
     Raises
     ------
     MissingExtraError
         ``torch_sim`` is not installed.
+    FileNotFoundError
+        A ``.py`` file that does not exist.
     ValueError
         Malformed argument, a module that cannot be imported, a missing attribute, or a
         factory that does not return a ModelInterface (one line each).
@@ -352,7 +358,14 @@ def load_torchsim_factory(argument: str, *, device=None, dtype=None) -> TorchSim
         raise ValueError(f"batchmd: torchsim:{text} should be torchsim:package.module:factory "
                          "(e.g. torchsim:torch_sim.models.lennard_jones:LennardJonesModel)")
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise FileNotFoundError(f"batchmd: torchsim:{text}: file {module_name!r} not found")
+            spec = importlib.util.spec_from_file_location(f"batchmd_torchsim_{abs(hash(module_name))}", module_name)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"batchmd: torchsim:{text}: cannot import {module_name!r} ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from err
