@@ -16,7 +16,7 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
 from batchmd.data import Batch
-from batchmd.models import load_model
+from batchmd.models import UnsupportedSpeciesError, load_model
 from batchmd.models.lj import LennardJones
 from batchmd.models.registry import MissingExtraError
 
@@ -126,18 +126,18 @@ def test_relax_and_nvt_equal_batchmd_lj(ts):
     from batchmd.dynamics import NVTLangevin
     from batchmd.models.torchsim import TorchSimModel
 
-    frames = [a for a in _argon(seed=3, rattle=0.05) if a.pbc.all()] * 2
+    frames = [a for a in _argon(seed=3, n=3, rattle=0.05) if a.pbc.all()] * 2  # 4 + 32 atoms, twice
     bridge = TorchSimModel(_ts_lj())
     ours = LennardJones(sigma=SIGMA, epsilon=EPSILON, cutoff=CUTOFF, compute_stress=True)
-    a = relax(frames, bridge, fmax=0.01, max_steps=300, max_atoms=140)
-    b = relax(frames, ours, fmax=0.01, max_steps=300, max_atoms=140)
+    a = relax(frames, bridge, fmax=0.01, max_steps=300, max_atoms=40)
+    b = relax(frames, ours, fmax=0.01, max_steps=300, max_atoms=40)
     for x, y in zip(a, b):
         assert x.info["converged"] and x.info["n_steps"] == y.info["n_steps"]
         assert np.abs(x.positions - y.positions).max() < 1e-8
     runs = []
     for model in (bridge, ours):
         nvt = NVTLangevin(model, dt=2.0, temperature=80.0, friction=0.02, random_seed=5, n_steps=20)
-        runs.append(run_frames(frames, nvt, max_atoms=140, refill_frequency=5).frames)
+        runs.append(run_frames(frames, nvt, max_atoms=40, refill_frequency=5).frames)
     for x, y in zip(*runs):
         assert np.abs(x.positions - y.positions).max() < 1e-8
         assert np.abs(x.get_velocities() - y.get_velocities()).max() < 1e-8
@@ -196,6 +196,18 @@ def test_mace_adapter_equals_batchmd_mace(ts, tmp_path):
     for s in (0, 4):
         alone = bridge(Batch.from_ase([frames[s]], dtype=torch.float64))
         assert torch.allclose(alone["forces"], out["forces"][ptr[s]:ptr[s + 1]], rtol=0, atol=1e-12)
+    with pytest.raises(UnsupportedSpeciesError, match="Fe"):
+        bridge(Batch.from_ase([bulk("Fe", "bcc", a=2.87)], dtype=torch.float64))
+    # inflight FIRE on a padded live batch (EMPTY rows carry no element): batchmd's MACE's steps
+    from batchmd.ase import relax
+
+    start = [bulk("NaCl", "rocksalt", a=5.3), bulk("Si", "diamond", a=5.43)]
+    for k, atoms in enumerate(start):
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05, atoms.positions.shape)
+    a = relax(start, bridge, fmax=0.05, max_steps=40, max_atoms=4)
+    b = relax(start, load_model(f"mace:{path}"), fmax=0.05, max_steps=40, max_atoms=4)
+    for x, y in zip(a, b):
+        assert x.info["n_steps"] == y.info["n_steps"] and np.abs(x.positions - y.positions).max() < 1e-8
 
 
 def test_sevennet_adapter_equals_batchmd_sevennet(ts):

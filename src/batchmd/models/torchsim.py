@@ -170,7 +170,6 @@ class TorchSimModel(Model):
         self._model_name = name or f"TorchSim({type(ts_model).__name__})"
         self._plan_key = None
         self._groups: list[_Group] = []
-        self._checked = None
         # Optional phase timer (benchmarks/mlip_step_split.py): ``timer(phase)`` returns a
         # context manager; phases "convert" (batch -> SimState), "model", "outputs".
         self.timer = None
@@ -185,9 +184,8 @@ class TorchSimModel(Model):
         return info
 
     def systems_replaced(self, batch, systems: torch.Tensor) -> None:
-        """In-place refills wrote new systems: rebuild the states and re-check species."""
+        """In-place refills wrote new systems: rebuild the states (and re-check species)."""
         self._plan_key = None
-        self._checked = None
 
     def _phase(self, name: str):
         return self.timer(name) if self.timer is not None else contextlib.nullcontext()
@@ -247,6 +245,7 @@ class TorchSimModel(Model):
             local = torch.empty(batch.num_graphs, dtype=torch.long, device=batch.device)
             local[group.systems] = torch.arange(group.systems.shape[0], device=batch.device)
             system_idx = local.index_select(0, system_idx.index_select(0, group.atoms))
+        self.check_species(numbers)  # the evaluated atoms only (padding rows carry no element)
         group.state = self._ts.SimState(
             positions=pos, masses=masses.to(device=device, dtype=dtype), cell=cell,
             pbc=torch.tensor(group.pbc, dtype=torch.bool, device=device),
@@ -268,15 +267,13 @@ class TorchSimModel(Model):
         Raises
         ------
         UnsupportedSpeciesError
-            An element the model does not cover (when its coverage is known).
+            An evaluated system holds an element the model does not cover (when its coverage is
+            known; checked whenever the batch's layout changes).
         ValueError
             ``skip_finished`` without ``out``; the model returned outputs of the wrong shape.
         """
         if skip_finished and out is None:
             raise ValueError("batchmd: TorchSimModel(skip_finished=True) needs out= (the outputs kept for finished systems)")
-        if self._checked is not batch.atomic_numbers:
-            self.check_species(batch.atomic_numbers)
-            self._checked = batch.atomic_numbers
         b, n, dtype, device = batch.num_graphs, batch.num_nodes, batch.dtype, batch.device
         with self._phase("convert"):
             groups = self._plan(batch, skip_finished)
