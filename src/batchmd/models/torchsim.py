@@ -170,7 +170,7 @@ class TorchSimModel(Model):
         self._model_name = name or f"TorchSim({type(ts_model).__name__})"
         self._plan_key = None
         self._groups: list[_Group] = []
-        # Optional phase timer (benchmarks/mlip_step_split.py): ``timer(phase)`` returns a
+        # Optional phase timer (benchmarks/torchsim_bridge_overhead.py): ``timer(phase)`` returns a
         # context manager; phases "convert" (batch -> SimState), "model", "outputs".
         self.timer = None
 
