@@ -17,8 +17,8 @@ little before every call (as a dynamics step does). Phases of one bridge call
 - ``model``: the TorchSim model's forward (its neighbor list, network, forces and stress);
 - ``outputs``: zero-volume stress masking, dtype/device casts, writing into the outputs.
 
-``bridge share`` = (convert + outputs) / call (medians of interleaved calls, after 2 warm-up calls). ``direct`` times ``ts_model(state)`` on a state built
-beforehand, the cost without batchmd; ``first call`` is the convert phase when the layout is
+``bridge share`` = (convert + outputs) / call (medians of interleaved calls, after 2 warm-up
+calls). ``direct`` times ``ts_model(state)`` on a state built beforehand, the cost without batchmd; ``first call`` is the convert phase when the layout is
 new (SimState construction and validation). ``batchmd's own adapter``: the same batch through
 batchmd's MACE adapter (``load_model("mace:...")``, batchmd's edge list) / batchmd's Warp
 Lennard-Jones, for scale.

@@ -106,8 +106,8 @@ def test_status_rows_skipped_and_kept(ts):
     batch.positions[batch.ptr[1]:batch.ptr[2]] = float("nan")  # a failed system's positions may be anything
     out = model(batch)
     assert seen == [1]
-    assert torch.equal(out["energy"][0], full["energy"][0]) and torch.equal(out["energy"][1:], torch.zeros(2, 1,
-                                                                                                         dtype=torch.float64))
+    assert torch.equal(out["energy"][0], full["energy"][0])
+    assert torch.equal(out["energy"][1:], torch.zeros(2, 1, dtype=torch.float64))
     assert torch.equal(out["forces"][:batch.ptr[1]], full["forces"][:batch.ptr[1]])
     kept = {k: torch.full_like(v, 7.0) for k, v in full.items()}
     batch.positions.copy_(saved)
