@@ -22,7 +22,8 @@ it from measurements of the actual model:
   smallest size within 10% of the best rate seen (larger batches only lengthen each step,
   and in inflight runs delay every refill).
 
-Edges: when the model declares a ``cutoff`` (Å), each representative system's edges are
+Edges: when the model declares a ``cutoff`` (Å) (and not ``memory_scales_with = "n_atoms"``),
+each representative system's edges are
 counted with ASE's neighbor list (``ase.neighborlist.neighbor_list``, a well-kept
 implementation; probing is not a hot path), and the edge budget is the atom budget times
 the mean edges per atom of those systems, so that a batch that fills both budgets is
@@ -217,6 +218,15 @@ def _as_data_list(systems) -> list:
     return out
 
 
+def _edge_cutoff(model) -> float | None:
+    """The cutoff (Å) whose edges the budget counts: ``model.cutoff``, or None when the model
+    declares ``memory_scales_with = "n_atoms"`` (TorchSim's name for a memory that does not grow
+    with neighbors; :class:`~batchmd.models.torchsim.TorchSimModel` passes its model's on)."""
+    if getattr(model, "memory_scales_with", None) == "n_atoms":
+        return None
+    return getattr(model, "cutoff", None)
+
+
 def _count_edges(data, cutoff: float | None) -> int:
     """Directed edges (i, j, image) within ``cutoff`` Å, by ASE's neighbor list."""
     if not cutoff:
@@ -329,7 +339,7 @@ def probe_memory(model, systems, device, dtype: torch.dtype, cutoff: float | Non
     device = torch.device(device)
     measure = measure or _cuda_peak
     data = _as_data_list(systems)
-    cutoff = getattr(model, "cutoff", None) if cutoff is None else cutoff
+    cutoff = _edge_cutoff(model) if cutoff is None else cutoff
     sizes = [d.num_nodes for d in data]
     edges = [_count_edges(d, cutoff) for d in data]
     if free_bytes is None:
@@ -446,7 +456,7 @@ def choose_budget(model, systems, device=None, dtype: torch.dtype | None = None,
     device = torch.device(device) if device is not None else data[0].device
     dtype = dtype or data[0].dtype
     largest = max(d.num_nodes for d in data)
-    cutoff = getattr(model, "cutoff", None) if cutoff is None else cutoff
+    cutoff = _edge_cutoff(model) if cutoff is None else cutoff
     key = model_key(model, dtype, device)
     entry = _cache_get(key, cache)
     details: dict = {"key": key}

@@ -30,6 +30,8 @@ spec                   model                                                    
                        or ``orb:NAME=PATH``); batchmd never downloads it; the
                        plain names (``orb-v3-conservative-inf-omat``, ...) say
                        where to fetch the file
+``torchsim:MOD:FACT``  any TorchSim ``ModelInterface`` returned by ``MOD.FACT()``     ``batchmd[torchsim]``
+                       (:mod:`batchmd.models.torchsim`; Python >= 3.12)
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -268,6 +270,18 @@ for _name in ("orb-v3-conservative-20-omat", "orb-v3-conservative-inf-omat", "or
                    "the error gives the URL, then use orb:PATH")
 register_model("orb:PATH", _orb, "an ORB v3 conservative checkpoint file (orb-v3-conservative-*.ckpt, downloaded "
                "elsewhere), or orb:NAME=PATH")
+
+
+def _torchsim(argument: str | None, *, device=None, dtype=None):
+    require_package("torch_sim", "torchsim", f"model 'torchsim:{argument}' (torch-sim-atomistic >= 0.6, Python >= 3.12)")
+    from batchmd.models.torchsim import load_torchsim_factory
+
+    return load_torchsim_factory(argument, device=device, dtype=dtype)
+
+
+register_model("torchsim:MODULE:FACTORY", _torchsim,
+               "any TorchSim ModelInterface built by a factory, e.g. "
+               "torchsim:torch_sim.models.lennard_jones:LennardJonesModel (batchmd.models.torchsim)")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):
