@@ -281,8 +281,8 @@ class NEBForces(Model):
         padded = torch.full((b * max(lay.m_max, 1),), -torch.inf, dtype=dtype, device=dev)
         padded[lay.pad_index] = energy
         padded = padded.view(b, max(lay.m_max, 1))
-        emax, imax = padded.max(1)
-        imax = imax + 1
+        emax, flipped = padded.flip(1).max(1)  # last of equal maxima, as ASE's argsort(...)[-1]
+        imax = (padded.shape[1] - 1 - flipped) + 1
         is_max = lay.image_j == imax[band]
         # --- tangents, per method (ASE's get_tangent)
         up = (e_next > energy) & (energy > e_prev)
