@@ -42,6 +42,8 @@ __all__ = ["NEBForces", "METHODS", "method_code", "minimum_image"]
 #: NEB methods implemented, by code (the int32 system field ``neb_method``).
 METHODS = ("aseneb", "improvedtangent", "eb")
 _UNSUPPORTED = ("spline", "string")
+#: Image ``system_id`` = band ``system_id`` x stride + image index (1 .. n_moving).
+_IMAGE_ID_STRIDE = 100_000
 
 
 def method_code(method: str) -> int:
@@ -211,6 +213,9 @@ class NEBForces(Model):
                       "pbc": batch.pbc[lay.image_band].contiguous()}
             img = Batch(fields, {n: specs[n] for n in names}, lay.image_ptr, batch_idx=lay.row_image)
             img.set_field("status", torch.zeros(lay.num_images, dtype=torch.int32, device=batch.device), "system")
+            if batch.has_field("system_id"):  # a stable identity per image (per-system calculators key on it)
+                sid = batch["system_id"].reshape(-1).long()[lay.image_band] * _IMAGE_ID_STRIDE + lay.image_j
+                img.set_field("system_id", sid.reshape(-1, 1).contiguous(), "system")
             lay.batch = img
         elif img.positions is not batch.positions:
             img.set_field("positions", batch.positions)

@@ -11,6 +11,7 @@ Example
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -269,6 +270,7 @@ def run_bands(items: Sequence, model, *, n_images: int = 7, method: str = "impro
     """
     from batchmd.dynamics import FIRE, LBFGS, ConvergenceHook, FusedStage, SizeAwareSampler
     from batchmd.dynamics.guards import Guards
+    from batchmd.dynamics.stages import NoProgressWarning
 
     items = list(items)
     if optimizer not in ("fire", "lbfgs"):
@@ -337,7 +339,9 @@ def run_bands(items: Sequence, model, *, n_images: int = 7, method: str = "impro
                            refill_frequency=refill_frequency, device=device, dtype=dtype, compute_stress=False,
                            refill_in_place=True, guards=Guards(max_density=None, max_energy_drop=None))
         try:
-            fused.run(batch=None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoProgressWarning)  # bands given converged take no step
+                fused.run(batch=None)
         finally:
             if progress_hook is not None:
                 progress_hook.close()

@@ -35,6 +35,7 @@ def _relax(atoms, calc, fmax):
         FIRE(atoms, logfile=None).run(fmax=fmax, steps=2000)
     out = atoms.copy()
     out.calc = None
+    out.info.pop("adsorbate_info", None)  # a dict extxyz cannot store
     return out
 
 
