@@ -36,6 +36,7 @@ import itertools
 import torch
 
 from batchmd.models.base import Model
+from batchmd.runtime import torch_threads
 
 __all__ = ["NEBForces", "METHODS", "method_code", "minimum_image"]
 
@@ -56,7 +57,8 @@ def method_code(method: str) -> int:
     raise ValueError(f"batchmd.neb: unknown NEB method {method!r}; use one of {', '.join(METHODS)}")
 
 
-def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_system: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Minimum-image vectors, row by row (``ase.geometry.find_mic``).
 
     Parameters
@@ -64,33 +66,47 @@ def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> tor
     v : torch.Tensor
         ``[R, 3]`` displacement vectors, Å.
     cell : torch.Tensor
-        ``[R, 3, 3]`` the cell of each row's system (rows are cell vectors), Å.
+        ``[S, 3, 3]`` cells (rows are cell vectors), Å: one per system, or one per row when
+        ``row_system`` is None.
     pbc : torch.Tensor
-        ``[R, 3]`` bool periodic directions (a zero cell vector counts as non-periodic).
+        ``[S, 3]`` bool periodic directions (a zero cell vector counts as non-periodic).
+    row_system : torch.Tensor, optional
+        ``[R]`` the system of each row.
 
     Returns
     -------
     torch.Tensor
         ``[R, 3]``: ``v`` plus the lattice vector that makes it shortest (periodic
-        directions only; rows without periodicity are returned as given). Fractional
-        wrapping into [-1/2, 1/2) followed by a search over the 27 neighbouring shifts, so
-        skewed cells are handled (ASE: naive wrap, or a Minkowski-reduced search).
+        directions only; rows of systems without periodicity are returned as given).
+        Fractional wrapping into [-1/2, 1/2); for skewed cells, a search over the 27
+        neighbouring shifts follows (ASE: naive wrap when safe, else a Minkowski-reduced
+        search); the unshifted vector wins ties.
     """
-    periodic = pbc & (cell.abs().sum(-1) > 0)
+    if row_system is None:
+        row_system = torch.arange(v.shape[0], device=v.device)
+    periodic = pbc & (cell.abs().sum(-1) > 0)  # [S, 3]
     if not bool(periodic.any()):
         return v
-    full = cell.clone()
-    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand_as(full)
-    missing = ~(cell.abs().sum(-1, keepdim=True) > 0)
-    full = torch.where(missing, eye, full)  # complete the cell in non-periodic directions
-    frac = torch.linalg.solve(full.transpose(1, 2), v.unsqueeze(-1)).squeeze(-1)
-    frac = torch.where(periodic, frac - torch.floor(frac + 0.5), frac)
-    wrapped = torch.where(periodic.any(-1, keepdim=True), (frac.unsqueeze(1) @ full).squeeze(1), v)
-    shifts = torch.tensor([s for s in itertools.product((0, -1, 1), repeat=3)], dtype=v.dtype, device=v.device)
-    shifts = shifts.unsqueeze(0) * periodic.to(v.dtype).unsqueeze(1)  # [R, 27, 3], zero in open directions
-    cand = wrapped.unsqueeze(1) + shifts @ full  # [R, 27, 3]
-    best = (cand * cand).sum(-1).argmin(1)  # first minimum: the unshifted vector wins ties
-    return cand[torch.arange(v.shape[0], device=v.device), best]
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand_as(cell)
+    full = torch.where((cell.abs().sum(-1, keepdim=True) > 0), cell, eye)  # complete open directions
+    inv = torch.linalg.inv(full)  # [S, 3, 3]: frac = v @ inv
+    per_row = periodic[row_system]
+    frac = torch.bmm(v.unsqueeze(1), inv[row_system]).squeeze(1)
+    frac = torch.where(per_row, frac - torch.floor(frac + 0.5), frac)
+    wrapped = torch.bmm(frac.unsqueeze(1), full[row_system]).squeeze(1)
+    out = torch.where(per_row.any(-1, keepdim=True), wrapped, v)
+    off = full - torch.diag_embed(torch.diagonal(full, dim1=1, dim2=2))
+    skewed = (off.abs().amax((1, 2)) > 0) & periodic.any(-1)  # [S]
+    if bool(skewed.any()):
+        rows = skewed[row_system].nonzero().reshape(-1)
+        sys_r = row_system[rows]
+        shifts = torch.tensor([s for s in itertools.product((0, -1, 1), repeat=3)], dtype=v.dtype, device=v.device)
+        shifts = shifts.unsqueeze(0) * periodic[sys_r].to(v.dtype).unsqueeze(1)  # [r, 27, 3]
+        cand = out[rows].unsqueeze(1) + torch.bmm(shifts, full[sys_r])
+        best = (cand * cand).sum(-1).argmin(1)
+        out = out.clone()
+        out[rows] = cand[torch.arange(rows.shape[0], device=v.device), best]
+    return out
 
 
 class _Layout:
@@ -242,7 +258,9 @@ class NEBForces(Model):
             forces = torch.where(batch["fixed"].reshape(-1, 1), torch.zeros((), dtype=dtype, device=dev), true_forces)
         else:
             forces = true_forces
-        neb, emax = self._neb_forces(batch, lay, energy, forces)
+        # small per-row bookkeeping: on a CPU, OpenMP wake-ups cost more than they save (~30x here)
+        with torch_threads(1 if dev.type == "cpu" else None):
+            neb, emax = self._neb_forces(batch, lay, energy, forces)
         live_rows = live[lay.row_band].unsqueeze(-1)
         old_f = batch.forces if batch.forces is not None and batch.forces.shape == neb.shape else torch.zeros_like(neb)
         old_e = batch.energies.reshape(-1) if batch.energies is not None and batch.energies.numel() == b \
@@ -262,10 +280,8 @@ class NEBForces(Model):
         pos = batch.positions
         left = torch.where(lay.first_row.unsqueeze(-1), batch["neb_initial"], pos[lay.prev_row])
         right = torch.where(lay.last_row.unsqueeze(-1), batch["neb_final"], pos[lay.next_row])
-        cell = batch.cell[lay.row_band]
-        pbc = batch.pbc[lay.row_band]
-        t1 = minimum_image(pos - left, cell, pbc)  # spring1.t: image i-1 -> i
-        t2 = minimum_image(right - pos, cell, pbc)  # spring2.t: image i -> i+1
+        t1 = minimum_image(pos - left, batch.cell, batch.pbc, lay.row_band)  # spring1.t: image i-1 -> i
+        t2 = minimum_image(right - pos, batch.cell, batch.pbc, lay.row_band)  # spring2.t: image i -> i+1
 
         def image_sum(x):  # [N] -> [I]
             return torch.zeros(n_img, dtype=dtype, device=dev).index_add_(0, lay.row_image, x)
