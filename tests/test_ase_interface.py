@@ -147,3 +147,29 @@ def test_atoms_dataset_drops_loop_fields_and_stamps_input_index():
     assert not data.has_field("status") and not data.has_field("n_steps")
     assert data.has_field("temperature_target")
     assert AtomsDataset([atoms]).get_metadata(0) == (len(atoms), 0)
+
+
+def test_ase_calculator_model_per_system_calculators():
+    """per_system=True: one EMT per system_id (its neighbor list kept), same results as one shared EMT."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from batchmd.ase import relax
+
+    frames = []
+    for i, symbol in enumerate(["Cu", "Al", "Ni", "Au", "Cu"]):
+        atoms = bulk(symbol, "fcc", cubic=True)
+        atoms.rattle(0.05, seed=i)
+        frames.append(atoms)
+    shared = relax(frames, ASECalculatorModel(EMT(), compute_stress=True), fmax=0.02, max_atoms=8)
+    model = ASECalculatorModel(EMT(), compute_stress=True, per_system=True)
+    own = relax(frames, model, fmax=0.02, max_atoms=8)  # two systems live at a time: refills replace calculators
+    for a, b in zip(shared, own):
+        assert a.info["n_steps"] == b.info["n_steps"]
+        assert np.abs(a.positions - b.positions).max() < 1e-12
+        assert abs(a.get_potential_energy() - b.get_potential_energy()) < 1e-10
+    assert len(model._calculators) <= 2  # graduated systems' calculators are dropped
+    batch = Batch.from_ase(frames[:2], dtype=torch.float64)  # a bare batch (no system_id) works too
+    out = model(batch)
+    assert torch.isfinite(out["energy"]).all()

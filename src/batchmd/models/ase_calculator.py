@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -43,11 +44,20 @@ class ASECalculatorModel(Model):
     Parameters
     ----------
     calculator : ase.calculators.calculator.Calculator
-        The calculator; one object is reused for every system (it recomputes whenever the
-        positions, numbers, cell or pbc differ from its last call).
+        The calculator; by default one object is reused for every system (it recomputes
+        whenever the positions, numbers, cell or pbc differ from its last call).
     compute_stress : bool
         Also return ``"stress"`` [B,3,3] eV/Å^3 (ASE convention) for systems whose cell has
         non-zero volume (zeros for the others). Default False.
+    per_system : bool
+        Give every system (by ``system_id``) its own deep copy of ``calculator``, made when
+        the system first appears and dropped when it leaves the batch. Calculators that keep
+        state between calls (ASE's EMT keeps its neighbor list and updates it only when atoms
+        move more than its skin) then keep it per system instead of rebuilding it at every
+        call because the previous call was another system: with EMT this is ~3x faster for
+        relaxations and gives the same numbers. Needs a calculator that ``copy.deepcopy``
+        copies cheaply and independently (not one bound to an external process or file).
+        Default False.
 
     Attributes
     ----------
@@ -67,15 +77,39 @@ class ASECalculatorModel(Model):
     cutoff = None
     needs_neighbors = False
 
-    def __init__(self, calculator, compute_stress: bool = False) -> None:
+    def __init__(self, calculator, compute_stress: bool = False, per_system: bool = False) -> None:
         super().__init__()
         if not hasattr(calculator, "get_potential_energy") or not hasattr(calculator, "get_forces"):
             raise TypeError(f"ASECalculatorModel: {calculator!r} is not an ASE calculator")
         self.calculator = calculator
         self.computes_stress = bool(compute_stress)
+        self.per_system = bool(per_system)
+        self._calculators: dict[int, object] = {}  # system_id -> its own calculator (per_system)
 
     def extra_repr(self) -> str:
-        return f"calculator={type(self.calculator).__name__}, compute_stress={self.computes_stress}"
+        return (f"calculator={type(self.calculator).__name__}, compute_stress={self.computes_stress}, "
+                f"per_system={self.per_system}")
+
+    def _calculators_for(self, batch) -> list:
+        """The calculator of each system of ``batch`` (one shared, or one per ``system_id``)."""
+        if not self.per_system:
+            return [self.calculator] * batch.num_graphs
+        if batch.has_field("system_id"):
+            ids = batch["system_id"].reshape(-1).tolist()
+        else:  # a bare batch (no identities): one calculator per position, not kept between calls
+            ids = [None] * batch.num_graphs
+        calculators = []
+        for system_id in ids:
+            calculator = self._calculators.get(system_id) if system_id is not None else None
+            if calculator is None:
+                calculator = copy.deepcopy(self.calculator)
+                if system_id is not None:
+                    self._calculators[system_id] = calculator
+            calculators.append(calculator)
+        live = set(ids)
+        for system_id in [k for k in self._calculators if k not in live]:  # graduated systems
+            del self._calculators[system_id]
+        return calculators
 
     def _atoms(self, numbers, positions, cell, pbc) -> Atoms:
         return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
@@ -97,13 +131,14 @@ class ASECalculatorModel(Model):
         if batch.has_field("status"):
             status = batch["status"].reshape(-1).cpu().numpy()
             skip |= (status == int(FAILED)) | (status == int(EMPTY))
+        calculators = self._calculators_for(batch)
         for s in range(batch.num_graphs):
             lo, hi = ptr[s], ptr[s + 1]
             if skip[s] or not (np.isfinite(positions[lo:hi]).all() and np.isfinite(cells[s]).all()):
                 energies[s], forces[lo:hi], stress[s] = np.nan, np.nan, np.nan
                 continue
             atoms = self._atoms(numbers[lo:hi], positions[lo:hi], cells[s], pbcs[s])
-            atoms.calc = self.calculator
+            atoms.calc = calculators[s]
             try:
                 energies[s] = atoms.get_potential_energy()
                 forces[lo:hi] = atoms.get_forces()

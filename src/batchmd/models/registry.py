@@ -250,7 +250,8 @@ def _emt(argument: str | None, *, device=None, dtype=None):
 
     from batchmd.models.ase_calculator import ASECalculatorModel
 
-    model = ASECalculatorModel(EMT(), compute_stress=True)  # EMT has an analytic stress: cells and NPT work
+    # EMT has an analytic stress (cells and NPT work); one EMT per system keeps its neighbor list between steps
+    model = ASECalculatorModel(EMT(), compute_stress=True, per_system=True)
     model.supported_numbers = frozenset(atomic_numbers[sym] for sym in parameters)
     model._model_name = "emt"
     return model
