@@ -60,3 +60,4 @@ ax.set_xlabel("image")
 ax.set_ylabel("E - E(initial) (eV)")
 ax.legend(fontsize=8)
 fig.tight_layout()
+fig.savefig("neb.png", dpi=100)  # headless-safe; the gallery also shows the figure

@@ -240,3 +240,21 @@ def test_sevennet_vacancy_hop_equals_ase():
     assert np.abs(np.asarray(result.energies) - e).max() < 1e-3
     assert max(np.abs(a.positions - b.positions).max() for a, b in zip(ref, result.images)) < 1e-3
     assert math.isfinite(result.barrier_forward)
+
+
+@pytest.mark.parametrize("cell,pbc", [
+    (np.diag([5.0, 6.0, 7.0]), [1, 1, 1]),
+    (np.array([[5.0, 0, 0], [2.5, 4.3, 0], [1.0, 1.0, 6.0]]), [1, 1, 1]),  # skewed
+    (np.array([[5.0, 0, 0], [2.5, 4.3, 0], [0, 0, 20.0]]), [1, 1, 0]),  # slab
+    (np.zeros((3, 3)), [0, 0, 0]),  # cluster
+])
+def test_minimum_image_equals_ase_find_mic(cell, pbc):
+    from ase.geometry import find_mic
+
+    from batchmd.neb.forces import minimum_image
+
+    v = np.random.default_rng(0).normal(size=(300, 3)) * 4.0
+    ref, _ = find_mic(v, cell, pbc)
+    got = minimum_image(torch.tensor(v), torch.tensor(cell)[None], torch.tensor(pbc, dtype=torch.bool)[None],
+                        torch.zeros(300, dtype=torch.long)).numpy()
+    assert np.abs(ref - got).max() < 1e-12
