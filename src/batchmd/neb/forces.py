@@ -57,8 +57,8 @@ def method_code(method: str) -> int:
     raise ValueError(f"batchmd.neb: unknown NEB method {method!r}; use one of {', '.join(METHODS)}")
 
 
-def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_system: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_system: torch.Tensor | None = None,
+                  kinds: tuple[bool, bool] | None = None) -> torch.Tensor:
     """Minimum-image vectors, row by row (``ase.geometry.find_mic``).
 
     Parameters
@@ -72,6 +72,9 @@ def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_sy
         ``[S, 3]`` bool periodic directions (a zero cell vector counts as non-periodic).
     row_system : torch.Tensor, optional
         ``[R]`` the system of each row.
+    kinds : (bool, bool), optional
+        ``(any periodic system, any skewed periodic cell)`` when the caller knows them
+        (:func:`cell_kinds`; saves two host synchronisations per call on a GPU).
 
     Returns
     -------
@@ -85,7 +88,8 @@ def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_sy
     if row_system is None:
         row_system = torch.arange(v.shape[0], device=v.device)
     periodic = pbc & (cell.abs().sum(-1) > 0)  # [S, 3]
-    if not bool(periodic.any()):
+    any_periodic, any_skewed = cell_kinds(cell, pbc) if kinds is None else kinds
+    if not any_periodic:
         return v
     eye = torch.eye(3, dtype=v.dtype, device=v.device).expand_as(cell)
     full = torch.where((cell.abs().sum(-1, keepdim=True) > 0), cell, eye)  # complete open directions
@@ -95,9 +99,9 @@ def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_sy
     frac = torch.where(per_row, frac - torch.floor(frac + 0.5), frac)
     wrapped = torch.bmm(frac.unsqueeze(1), full[row_system]).squeeze(1)
     out = torch.where(per_row.any(-1, keepdim=True), wrapped, v)
-    off = full - torch.diag_embed(torch.diagonal(full, dim1=1, dim2=2))
-    skewed = (off.abs().amax((1, 2)) > 0) & periodic.any(-1)  # [S]
-    if bool(skewed.any()):
+    if any_skewed:
+        off = full - torch.diag_embed(torch.diagonal(full, dim1=1, dim2=2))
+        skewed = (off.abs().amax((1, 2)) > 0) & periodic.any(-1)  # [S]
         rows = skewed[row_system].nonzero().reshape(-1)
         sys_r = row_system[rows]
         shifts = torch.tensor([s for s in itertools.product((0, -1, 1), repeat=3)], dtype=v.dtype, device=v.device)
@@ -107,6 +111,15 @@ def minimum_image(v: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, row_sy
         out = out.clone()
         out[rows] = cand[torch.arange(rows.shape[0], device=v.device), best]
     return out
+
+
+def cell_kinds(cell: torch.Tensor, pbc: torch.Tensor) -> tuple[bool, bool]:
+    """``(any system periodic, any periodic system with a non-diagonal cell)`` (one host read)."""
+    periodic = pbc & (cell.abs().sum(-1) > 0)
+    off = cell - torch.diag_embed(torch.diagonal(cell, dim1=1, dim2=2))
+    skewed = (off.abs().amax((1, 2)) > 0) & periodic.any(-1)
+    flags = torch.stack([periodic.any(), skewed.any()]).tolist()
+    return bool(flags[0]), bool(flags[1])
 
 
 class _Layout:
@@ -150,6 +163,7 @@ class _Layout:
         self.m_max = max(n_moving) if n_moving else 0
         self.pad_index = self.image_band * max(self.m_max, 1) + (self.image_j - 1)
         self.batch = None  # the image Batch, built on first use
+        self.kinds = cell_kinds(batch.cell, batch.pbc)  # the cells are fixed during an NEB
 
 
 class NEBForces(Model):
@@ -280,8 +294,8 @@ class NEBForces(Model):
         pos = batch.positions
         left = torch.where(lay.first_row.unsqueeze(-1), batch["neb_initial"], pos[lay.prev_row])
         right = torch.where(lay.last_row.unsqueeze(-1), batch["neb_final"], pos[lay.next_row])
-        t1 = minimum_image(pos - left, batch.cell, batch.pbc, lay.row_band)  # spring1.t: image i-1 -> i
-        t2 = minimum_image(right - pos, batch.cell, batch.pbc, lay.row_band)  # spring2.t: image i -> i+1
+        t1 = minimum_image(pos - left, batch.cell, batch.pbc, lay.row_band, lay.kinds)  # spring1.t: image i-1 -> i
+        t2 = minimum_image(right - pos, batch.cell, batch.pbc, lay.row_band, lay.kinds)  # spring2.t: image i -> i+1
 
         def image_sum(x):  # [N] -> [I]
             return torch.zeros(n_img, dtype=dtype, device=dev).index_add_(0, lay.row_image, x)
