@@ -22,8 +22,9 @@ class BandResult:
         Its position in the input list.
     images : list of ase.Atoms
         Every image, endpoints included, at the final positions; each with a single-point
-        calculator holding its energy (eV) and unconstrained forces (eV/Å) (endpoints: as
-        evaluated once), and ``info["neb_band"]``, ``info["neb_image"]``.
+        calculator holding its energy (eV) and, for moving images, its unconstrained forces
+        (eV/Å) (endpoints: the energy evaluated once), and ``info["neb_band"]``,
+        ``info["neb_image"]``.
     energies : numpy.ndarray
         ``[n_images]`` image energies along the path, eV.
     status : str

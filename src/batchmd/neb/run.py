@@ -170,9 +170,7 @@ class _BandSink:
                     forces = f_img[lo + (j - 1) * n: lo + j * n]
                     if np.isfinite(energies[j]) and np.isfinite(forces).all():
                         atoms.calc = SinglePointCalculator(atoms, energy=energies[j], forces=forces.copy())
-                elif src.calc is not None and np.isfinite(energies[j]):
-                    atoms.calc = SinglePointCalculator(atoms, energy=energies[j], forces=src.calc.results.get("forces"))
-                elif np.isfinite(energies[j]):
+                elif np.isfinite(energies[j]):  # endpoints: the energy evaluated once, before the run
                     atoms.calc = SinglePointCalculator(atoms, energy=energies[j])
                 atoms.info["neb_band"] = str(band.band_id)
                 atoms.info["neb_image"] = j
@@ -259,6 +257,8 @@ def run_bands(items: Sequence, model, *, n_images: int = 7, method: str = "impro
         In input order. A band that does not converge (``out_of_steps``), whose endpoint
         energy is not finite or whose image evaluation fails (``failed``, with ``error``)
         is returned like the others; it never costs the other bands their results.
+        ``run_bands.last_stats`` holds the last run's :class:`~batchmd.dynamics.RunStats`
+        (steps, occupancy, refills).
 
     Raises
     ------
