@@ -47,8 +47,10 @@ for atoms in images:
 opt = FIRE(NEB(images, climb=True, method="improvedtangent"), logfile=None)
 opt.run(fmax=0.05, steps=300)
 ase_energies = np.array([a.get_potential_energy() for a in images])
-print(f"ASE: {opt.nsteps} steps; largest energy difference {np.abs(ase_energies - results[0].energies).max():.1e} eV, "
-      f"position difference {max(np.abs(a.positions - b.positions).max() for a, b in zip(images, results[0].images)):.1e} Å")
+d_energy = np.abs(ase_energies - results[0].energies).max()
+d_position = max(np.abs(a.positions - b.positions).max() for a, b in zip(images, results[0].images))
+print(f"ASE: {opt.nsteps} steps (batchmd: {results[0].n_steps}); largest differences {d_energy:.1e} eV, "
+      f"{d_position:.1e} Å")
 
 # %%
 # Energy profiles

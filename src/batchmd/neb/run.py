@@ -61,7 +61,8 @@ def prepare_bands(items: Sequence, *, n_images: int = 7, method: str = "improved
             band = Band(images=[a.copy() for a in band.images], k=band.k, climb=band.climb, method=band.method,
                         band_id=i if band.band_id is None else band.band_id, info=dict(band.info))
             if len(band.images) < 3:
-                raise ValueError(f"{where}: a band needs at least 3 images (endpoints included), got {len(band.images)}")
+                raise ValueError(f"{where}: a band needs at least 3 images (endpoints included), "
+                                 f"got {len(band.images)}")
             for j, atoms in enumerate(band.images[1:], start=1):
                 check_endpoints(band.images[0], atoms, f"{where} image {j}")
             method_code(band.method)
