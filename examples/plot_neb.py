@@ -2,7 +2,7 @@
 Reaction barriers: many nudged elastic bands in one batched run
 ===============================================================
 
-:func:`batchmd.neb.run_bands` optimizes many nudged elastic bands at once. Each band is
+:func:`batchmd.neb.run.run_bands` optimizes many nudged elastic bands at once. Each band is
 **one system of the live batch** (its moving images concatenated), whose forces are ASE's
 NEB forces, so batchmd's FIRE steps it exactly as ``ase.optimize.FIRE(NEB(images))`` does:
 same steps, same images. Bands graduate when converged and the next ones take their place.
