@@ -144,3 +144,14 @@ def test_ctrl_c_keeps_finished_bands_and_resume_completes(pairs, tmp_path, capsy
     _CALLS["left"] = 0  # complete: nothing recomputed
     assert main([*args, "-o", str(out), "--resume"]) == 0
     _CALLS["left"] = None
+
+
+def test_neb_help_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom batchmd.cli import main\ntry:\n    main(['neb', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch', 'warp', 'ase.io', 'scipy', 'numpy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    assert "--n-images" in done.stdout and "(default: 7)" in done.stdout
