@@ -1,5 +1,6 @@
 """The ``batchmd`` command: ``relax``, ``md``, ``pipeline``, ``demo``, ``shard``, ``campaign``, ``traj``,
-``plot`` and the property commands ``eos``, ``elastic``, ``phonons`` (:mod:`batchmd.cli.properties`).
+``plot``, the property commands ``eos``, ``elastic``, ``phonons`` (:mod:`batchmd.cli.properties`) and
+``neb`` (:mod:`batchmd.cli.neb`).
 
 Every user error (missing or unreadable file, bad frame, unknown option, bad model
 parameter, elements the model has no parameters for) prints one line,
@@ -37,7 +38,7 @@ __all__ = ["build_parser", "main"]
 #: (they import only the standard library at module level).
 COMMANDS = ("batchmd.cli.relax", "batchmd.cli.md", "batchmd.cli.pipeline", "batchmd.cli.demo",
             "batchmd.cli.shard", "batchmd.cli.campaign_cmds", "batchmd.cli.properties", "batchmd.cli.traj",
-            "batchmd.cli.plot")
+            "batchmd.cli.plot", "batchmd.cli.neb")
 
 
 class _Parser(argparse.ArgumentParser):
