@@ -21,6 +21,9 @@ spec                   model                                                    
 ``mace:PATH``          any MACE ``.model`` file (e.g. MACE-MP-0 downloaded          ``batchmd[mace]``
                        elsewhere)
 ``metatomic:PATH``     an exported metatomic model (``.pt``)                        ``batchmd[metatomic]``
+``fairchem:PATH``      a fairchem inference checkpoint (UMA, eSEN); ``PATH?task=``  ``batchmd[fairchem]``
+                       ``omat``/``omol``/... picks a UMA task
+``nequip:PATH``        a NequIP/Allegro packaged model (``.nequip.zip``)            ``batchmd[nequip]``
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -230,11 +233,30 @@ def _metatomic(argument: str | None, *, device=None, dtype=None):
     return MetatomicModel.from_file(argument, device=device, dtype=dtype)
 
 
+def _fairchem(argument: str | None, *, device=None, dtype=None):
+    require_package("fairchem", "fairchem", f"model 'fairchem:{argument}'")
+    from batchmd.models.mlip.fairchem import FAIRChemModel, parse_fairchem_spec
+
+    path, options = parse_fairchem_spec(argument)
+    return FAIRChemModel.from_file(path, task=options.get("task"), device=device, dtype=dtype)
+
+
+def _nequip(argument: str | None, *, device=None, dtype=None):
+    require_package("nequip", "nequip", f"model 'nequip:{argument}'")
+    from batchmd.models.mlip.nequip import NequIPModel
+
+    return NequIPModel.from_file(argument, device=device, dtype=dtype)
+
+
 register_model("sevennet-0", lambda argument, **kw: _sevennet(None, **kw),
                "SevenNet-0 (7net-0) universal potential, 89 elements; weights ship with the sevenn package")
 register_model("sevennet:PATH", _sevennet, "a SevenNet checkpoint file or a pretrained name known to sevenn")
 register_model("mace:PATH", _mace, "a MACE .model file (e.g. MACE-MP-0 downloaded elsewhere)")
 register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (.pt)")
+register_model("fairchem:PATH", _fairchem,
+               "a fairchem inference checkpoint (UMA, eSEN); PATH?task=omat|omol|... picks a UMA task")
+
+register_model("nequip:PATH", _nequip, "a NequIP/Allegro packaged model (.nequip.zip) or a saved module")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):
