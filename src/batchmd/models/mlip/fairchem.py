@@ -76,15 +76,19 @@ def parse_fairchem_spec(argument: str) -> tuple[str, dict[str, str]]:
 
 
 def _settings():
-    """fairchem inference settings for batchmd: unmerged MOLE, no compile, external graph, full precision."""
+    """fairchem inference settings for batchmd: unmerged MOLE, no compile, external graph, float64 buffers."""
     from fairchem.core.units.mlip_unit.api.inference import NAME_TO_INFERENCE_SETTING
 
-    settings = copy.deepcopy(NAME_TO_INFERENCE_SETTING["batch"])
+    settings = copy.deepcopy(NAME_TO_INFERENCE_SETTING["traineval"])
     settings.external_graph_gen = True
     settings.activation_checkpointing = False
     settings.merge_mole = False
     settings.compile = False
     settings.tf32 = False
+    # fairchem builds the non-persistent buffers (SO3 grid matrices, radial offsets, ...) in this
+    # dtype; built in float64 they are exact, and the network then follows the batch's dtype.
+    # (Built in float32 and cast to float64 they are off by 1e-7, which shows in energies.)
+    settings.base_precision_dtype = torch.float64
     return settings
 
 
@@ -129,6 +133,11 @@ class FAIRChemModel(GraphModel):
         if getattr(backbone, "otf_graph", False):
             raise ValueError("batchmd: the fairchem network builds its own graph (otf_graph=True); load it with "
                              "FAIRChemModel.from_file, which feeds batchmd's edge list")
+        if not getattr(predict_unit, "lazy_model_intialized", True):
+            # what MLIPPredictUnit does before its first prediction (the backend's inference
+            # preparation; MOLE stays unmerged, so no data is needed)
+            hydra.prepare_for_inference(None, predict_unit.inference_settings)
+            predict_unit.lazy_model_intialized = True
         # batchmd's GraphModel takes forces and stress by autograd: the heads only return energies.
         backbone.regress_config.forces = False
         backbone.regress_config.stress = False
