@@ -75,6 +75,7 @@ def test_batch_invariance_chunks_species(pair):
         model(Batch.from_ase([bulk("Fe", "bcc", a=2.87)], dtype=torch.float64))
 
 
+@pytest.mark.slow  # 15-50 s on the 2-core CPU; .ci/run-e3nn6 runs it
 def test_variable_cell_fire_takes_ase_step_count(pair):
     from ase.filters import FrechetCellFilter as AseFrechet
     from ase.optimize import FIRE as AseFIRE

@@ -197,12 +197,13 @@ class FAIRChemModel(GraphModel):
         device = graph.positions.device
         if value is None:
             return torch.full((graph.num_graphs,), default, dtype=torch.long, device=device)
-        value = value.reshape(-1)
+        value = value.reshape(-1).to(device)
         if value.is_floating_point():
+            value = torch.where(torch.isnan(value), torch.full_like(value, default), value)
             if not torch.equal(value, value.round()):
                 raise ValueError(f"batchmd: fairchem needs an integer {name} per system (atoms.info[{name!r}]), "
                                  f"got {value.tolist()}")
-        return value.long().to(device)
+        return value.long()
 
     def compute_energy(self, graph) -> torch.Tensor:
         """Per-system energies [B] (eV) of ``graph`` for the model's task."""
