@@ -23,6 +23,7 @@ spec                   model                                                    
 ``metatomic:PATH``     an exported metatomic model (``.pt``)                        ``batchmd[metatomic]``
 ``fairchem:PATH``      a fairchem inference checkpoint (UMA, eSEN); ``PATH?task=``  ``batchmd[fairchem]``
                        ``omat``/``omol``/... picks a UMA task
+``mattersim:PATH``     a MatterSim checkpoint (``.pth``; float32 network)            ``batchmd[mattersim]``
 ``nequip:PATH``        a NequIP/Allegro packaged model (``.nequip.zip``)            ``batchmd[nequip]``
 =====================  ==========================================================  ==================
 
@@ -241,6 +242,13 @@ def _fairchem(argument: str | None, *, device=None, dtype=None):
     return FAIRChemModel.from_file(path, task=options.get("task"), device=device, dtype=dtype)
 
 
+def _mattersim(argument: str | None, *, device=None, dtype=None):
+    require_package("mattersim", "mattersim", f"model 'mattersim:{argument}'")
+    from batchmd.models.mlip.mattersim import MatterSimModel
+
+    return MatterSimModel.from_file(argument, device=device, dtype=dtype)
+
+
 def _nequip(argument: str | None, *, device=None, dtype=None):
     require_package("nequip", "nequip", f"model 'nequip:{argument}'")
     from batchmd.models.mlip.nequip import NequIPModel
@@ -256,6 +264,7 @@ register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (
 register_model("fairchem:PATH", _fairchem,
                "a fairchem inference checkpoint (UMA, eSEN); PATH?task=omat|omol|... picks a UMA task")
 
+register_model("mattersim:PATH", _mattersim, "a MatterSim checkpoint (M3GNet potential, .pth)")
 register_model("nequip:PATH", _nequip, "a NequIP/Allegro packaged model (.nequip.zip) or a saved module")
 
 
