@@ -84,12 +84,12 @@ def test_variable_cell_fire_takes_ase_step_count(pair):
     start = bulk("NaCl", "rocksalt", a=5.5)
     start.positions += np.random.default_rng(4).normal(0.0, 0.05, start.positions.shape)
     first = model(Batch.from_ase([start], dtype=torch.float64))
-    fmax = float(first["forces"].norm(dim=1).max()) / 5  # the random network's forces are small
+    fmax = float(first["forces"].norm(dim=1).max()) / 2  # the random network's forces are small
     fire = FIRE(model, cell_filter=FrechetCellFilter(), convergence_hook=ConvergenceHook.from_forces(fmax))
-    out = fire.run(Batch.from_ase([start], dtype=torch.float64), n_steps=300)
+    out = fire.run(Batch.from_ase([start], dtype=torch.float64), n_steps=60)
     ref = start.copy()
     ref.calc = _calculator(reference)
     opt = AseFIRE(AseFrechet(ref), logfile=None)
-    opt.run(fmax=fmax, steps=300)
+    opt.run(fmax=fmax, steps=60)
     assert bool(out["converged"][0]) and int(out["n_steps"][0]) == opt.nsteps > 5
     assert np.abs(out.positions.numpy() - ref.positions).max() < 1e-4  # float32 network
