@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("mattersim")
 
-from ase.build import bulk  # noqa: E402
 from mlip_cases import compare_with_calculator, mixed_structures  # noqa: E402
 
 from batchmd.data import Batch  # noqa: E402
-from batchmd.dynamics import FIRE, ConvergenceHook  # noqa: E402
-from batchmd.dynamics.cell_filter import FrechetCellFilter  # noqa: E402
 from batchmd.models import load_model  # noqa: E402
 from batchmd.models.mlip.mattersim import MatterSimModel, random_mattersim, three_body_pairs  # noqa: E402
 
@@ -74,22 +70,3 @@ def test_batch_invariance_chunks_and_errors(pair, tmp_path):
     with pytest.raises(FileNotFoundError):
         load_model(f"mattersim:{tmp_path / 'missing.pth'}")
 
-
-@pytest.mark.slow  # .ci/run-e3nn6 runs it
-def test_variable_cell_fire_takes_ase_step_count(pair):
-    from ase.filters import FrechetCellFilter as AseFrechet
-    from ase.optimize import FIRE as AseFIRE
-
-    model, reference = pair
-    start = bulk("NaCl", "rocksalt", a=5.5)
-    start.positions += np.random.default_rng(4).normal(0.0, 0.05, start.positions.shape)
-    first = model(Batch.from_ase([start], dtype=torch.float64))
-    fmax = float(first["forces"].norm(dim=1).max()) / 2  # the random network's forces are small
-    fire = FIRE(model, cell_filter=FrechetCellFilter(), convergence_hook=ConvergenceHook.from_forces(fmax))
-    out = fire.run(Batch.from_ase([start], dtype=torch.float64), n_steps=60)
-    ref = start.copy()
-    ref.calc = _calculator(reference)
-    opt = AseFIRE(AseFrechet(ref), logfile=None)
-    opt.run(fmax=fmax, steps=60)
-    assert bool(out["converged"][0]) and int(out["n_steps"][0]) == opt.nsteps > 5
-    assert np.abs(out.positions.numpy() - ref.positions).max() < 1e-4  # float32 network
