@@ -29,8 +29,8 @@ whenever no atom has more than that many neighbours within the cutoff (true for 
 condensed matter at 6 Å). Energies are ``denorm(head output)`` plus the element references,
 as ``MLIPPredictUnit.predict``; forces and stress come from batchmd's autograd pass
 (:class:`~batchmd.models.mlip.base.GraphModel`), equal to ``FAIRChemCalculator`` to
-round-off (tests/test_mlip_fairchem.py). The MOLE experts stay unmerged (fairchem's
-``batch`` mode), so systems of any composition share one call. Isolated single atoms: fairchem's
+round-off (tests/test_mlip_fairchem.py). The MOLE experts stay unmerged (fairchem's ``traineval``/``batch``
+modes), so systems of any composition share one call. Isolated single atoms: fairchem's
 calculator returns tabulated atomic energies for them; batchmd evaluates the network.
 
 Example
