@@ -58,7 +58,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print("| model | B | atoms | step ms | neighbors | graph | model | loop | outside network | ASE one at a time ms | speed-up |")
+    print("| model | B | atoms | step ms | neighbors | graph | model | loop | outside network "
+          "| ASE one at a time ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
