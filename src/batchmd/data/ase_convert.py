@@ -152,7 +152,9 @@ def atoms_to_kwargs(atoms: Atoms, ignore_constraints: bool = False) -> tuple[dic
         scalar = _info_scalar(value)
         if key in ("fix_com", TEMPERATURE_KEY, PRESSURE_KEY):
             continue  # read by _constraints / info_targets
-        if key == "system_id" and isinstance(scalar, int) and not isinstance(scalar, bool):
+        if key in ("charge", "spin") and isinstance(scalar, (int, float)) and not isinstance(scalar, bool):
+            kwargs[key] = np.array(float(scalar))  # known system fields (see batchmd.data.fields)
+        elif key == "system_id" and isinstance(scalar, int) and not isinstance(scalar, bool):
             kwargs["system_id"] = np.array([[scalar]], dtype=np.int64)
         elif scalar is not None and key not in KNOWN_FIELDS and str(key).isidentifier():
             system_props[key] = scalar
@@ -211,6 +213,11 @@ def data_to_atoms(data) -> Atoms:
         info["system_id"] = int(data.system_id.reshape(()).item())
     from ase.units import GPa
 
+    for name in ("charge", "spin"):
+        value = data[name] if data.has_field(name) else None
+        if value is not None and bool(torch.isfinite(value).all()):
+            number = float(value.reshape(()).item())
+            info[name] = int(number) if number.is_integer() else number
     for name, key, unit in (("target_temperature", TEMPERATURE_KEY, 1.0), ("target_pressure", PRESSURE_KEY, GPa)):
         value = data[name] if data.has_field(name) else None
         if value is not None and bool(torch.isfinite(value).all()):

@@ -90,6 +90,10 @@ class AtomicData(FieldStore):
     target_pressure : float, optional
         The system's own external pressure, eV/Å^3: replaces the pressure of every barostat
         and cell filter the system meets. From ``atoms.info["pressure_GPa"]`` (x ``ase.units.GPa``).
+    charge, spin : float, optional
+        Total charge (e) and spin multiplicity of the system, for models that take them (fairchem's
+        UMA). From ``atoms.info["charge"]`` / ``atoms.info["spin"]``; absent (NaN in a batch): the
+        model's default.
     dtype : torch.dtype, optional
         float32 or float64 for every floating field.
     device : torch.device or str, optional
@@ -128,6 +132,8 @@ class AtomicData(FieldStore):
         fix_com: Any = None,
         target_temperature: Any = None,
         target_pressure: Any = None,
+        charge: Any = None,
+        spin: Any = None,
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -171,7 +177,8 @@ class AtomicData(FieldStore):
         self._set("pbc", pbc, dtype)
         optional = {"velocities": velocities, "forces": forces, "energies": energies, "stress": stress,
                     "system_id": system_id, "edge_index": edge_index, "fixed": fixed, "fix_com": fix_com,
-                    "target_temperature": target_temperature, "target_pressure": target_pressure}
+                    "target_temperature": target_temperature, "target_pressure": target_pressure,
+                    "charge": charge, "spin": spin}
         for name, value in optional.items():
             if value is not None:
                 self._set(name, _as_tensor(name, value, device), dtype)

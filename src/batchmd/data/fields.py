@@ -103,6 +103,10 @@ KNOWN_FIELDS: dict[str, FieldSpec] = {
     # they replace the stage's temperature / pressure for this system; NaN (absent): the stage's.
     "target_temperature": FieldSpec("system", "float", (), single_shape=(), unit="K", missing=float("nan")),
     "target_pressure": FieldSpec("system", "float", (), single_shape=(), unit="eV/Å^3", missing=float("nan")),
+    # Total charge and spin multiplicity (atoms.info "charge" / "spin", as fairchem's calculator reads
+    # them; models that take them, e.g. UMA's omol task): NaN (absent) means the model's default.
+    "charge": FieldSpec("system", "float", (), single_shape=(), unit="e", missing=float("nan")),
+    "spin": FieldSpec("system", "float", (), single_shape=(), unit="multiplicity 2S+1", missing=float("nan")),
 }
 """Registry of the fields every layer may rely on (see ``docs/design_contracts.md``)."""
 

@@ -32,6 +32,10 @@ spec                   model                                                    
                        where to fetch the file
 ``torchsim:MOD:FACT``  any TorchSim ``ModelInterface`` returned by ``MOD.FACT()``     ``batchmd[torchsim]``
                        (:mod:`batchmd.models.torchsim`; Python >= 3.12)
+``fairchem:PATH``      a fairchem inference checkpoint (UMA, eSEN); ``PATH?task=``  ``batchmd[fairchem]``
+                       ``omat``/``omol``/... picks a UMA task
+``mattersim:PATH``     a MatterSim checkpoint (``.pth``; float32 network)            ``batchmd[mattersim]``
+``nequip:PATH``        a NequIP/Allegro packaged model (``.nequip.zip``)            ``batchmd[nequip]``
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -253,6 +257,26 @@ def _orb(argument: str | None, *, device=None, dtype=None):
     from batchmd.models.mlip.orb import ORBModel
 
     return ORBModel.from_file(argument, device=device, dtype=dtype)
+def _fairchem(argument: str | None, *, device=None, dtype=None):
+    require_package("fairchem", "fairchem", f"model 'fairchem:{argument}'")
+    from batchmd.models.mlip.fairchem import FAIRChemModel, parse_fairchem_spec
+
+    path, options = parse_fairchem_spec(argument)
+    return FAIRChemModel.from_file(path, task=options.get("task"), device=device, dtype=dtype)
+
+
+def _mattersim(argument: str | None, *, device=None, dtype=None):
+    require_package("mattersim", "mattersim", f"model 'mattersim:{argument}'")
+    from batchmd.models.mlip.mattersim import MatterSimModel
+
+    return MatterSimModel.from_file(argument, device=device, dtype=dtype)
+
+
+def _nequip(argument: str | None, *, device=None, dtype=None):
+    require_package("nequip", "nequip", f"model 'nequip:{argument}'")
+    from batchmd.models.mlip.nequip import NequIPModel
+
+    return NequIPModel.from_file(argument, device=device, dtype=dtype)
 
 
 register_model("sevennet-0", lambda argument, **kw: _sevennet(None, **kw),
@@ -282,6 +306,11 @@ def _torchsim(argument: str | None, *, device=None, dtype=None):
 register_model("torchsim:MODULE:FACTORY", _torchsim,
                "any TorchSim ModelInterface built by a factory, e.g. "
                "torchsim:torch_sim.models.lennard_jones:LennardJonesModel (batchmd.models.torchsim)")
+register_model("fairchem:PATH", _fairchem,
+               "a fairchem inference checkpoint (UMA, eSEN); PATH?task=omat|omol|... picks a UMA task")
+
+register_model("mattersim:PATH", _mattersim, "a MatterSim checkpoint (M3GNet potential, .pth)")
+register_model("nequip:PATH", _nequip, "a NequIP/Allegro packaged model (.nequip.zip) or a saved module")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):

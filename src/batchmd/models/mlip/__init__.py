@@ -7,6 +7,9 @@
 - :mod:`batchmd.models.mlip.metatomic`: models exported to metatomic.
 - :mod:`batchmd.models.mlip.chgnet`: CHGNet (0.3.0, 0.2.0, r2scan ship in the ``chgnet`` package).
 - :mod:`batchmd.models.mlip.orb`: ORB v3 conservative models from local ``.ckpt`` files.
+- :mod:`batchmd.models.mlip.fairchem`: fairchem's UMA (tasks, charge, spin) and eSEN checkpoints.
+- :mod:`batchmd.models.mlip.mattersim`: MatterSim's M3GNet (three-body lists built in torch).
+- :mod:`batchmd.models.mlip.nequip`: NequIP and Allegro (nequip >= 0.19).
 
 Load them by name with :func:`batchmd.models.registry.load_model`. Nothing here imports an MLIP
 package until a model is built.

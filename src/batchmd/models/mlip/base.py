@@ -38,6 +38,9 @@ A :class:`Graph` with (``N`` atoms, ``B`` systems, ``E`` edges of the chunk; ind
 ``shifts``             [E, 3] float, Å       ``unit_shifts @ cell[s]``, differentiable
 ``edge_vectors``       [E, 3] float, Å       ``x_j - x_i + shifts``, differentiable (computed on first access)
 ``num_graphs``         int                   ``B``
+``system_fields``      dict of [B] tensors   the batch's system fields named in the adapter's
+                                             ``system_inputs`` (e.g. ``charge``, ``spin``), None
+                                             where the batch has no such field
 =====================  ====================  ===================================================
 
 It returns energies [B] (eV), built from those tensors so gradients flow. That is the whole
@@ -102,6 +105,7 @@ class Graph:
     unit_shifts: torch.Tensor
     shifts: torch.Tensor
     num_graphs: int
+    system_fields: dict = field(default_factory=dict)
     _edge_vectors: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -139,6 +143,9 @@ class GraphModel(Model):
 
     needs_neighbors = True
     torch_compute = True
+    #: Names of per-system batch fields the adapter reads (``graph.system_fields``), e.g.
+    #: ``("charge", "spin")`` from ``atoms.info`` (fairchem's UMA).
+    system_inputs: tuple[str, ...] = ()
 
     def __init__(self, module: torch.nn.Module, cutoff: float, supported_numbers=None, skin: float = 1.0,
                  compute_stress: bool = True, chunk_atoms: int | None = None, device=None, dtype=None,
@@ -225,9 +232,10 @@ class GraphModel(Model):
         with self._phase("neighbors"):
             edges = self.neighbors.update(batch)
         chunks = self._chunks(batch)
+        fields = {name: (batch[name] if name in batch else None) for name in self.system_inputs}
         if len(chunks) == 1:
             return self._evaluate(batch.positions, batch.cell, batch.pbc, batch.atomic_numbers, batch.batch_idx,
-                                  batch.ptr, edges)
+                                  batch.ptr, edges, fields)
         ptr = batch.ptr.tolist()
         parts = []
         for a, b in chunks:
@@ -235,13 +243,15 @@ class GraphModel(Model):
             sub = edges.select_systems(a, b, ptr)
             parts.append(self._evaluate(batch.positions[lo:hi], batch.cell[a:b], batch.pbc[a:b],
                                         batch.atomic_numbers[lo:hi], batch.batch_idx[lo:hi] - a,
-                                        batch.ptr[a:b + 1] - lo, sub))
+                                        batch.ptr[a:b + 1] - lo, sub,
+                                        {k: (v[a:b] if v is not None else None) for k, v in fields.items()}))
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _phase(self, name: str):
         return self.timer(name) if self.timer is not None else contextlib.nullcontext()
 
-    def _evaluate(self, positions, cell, pbc, numbers, batch_idx, ptr, edges: Edges) -> dict[str, torch.Tensor]:
+    def _evaluate(self, positions, cell, pbc, numbers, batch_idx, ptr, edges: Edges,
+                  fields: dict | None = None) -> dict[str, torch.Tensor]:
         b = cell.shape[0]
         dtype, device = positions.dtype, positions.device
         batch_idx = batch_idx.long()
@@ -262,7 +272,7 @@ class GraphModel(Model):
             shifts = edges.shifts(cell_, batch_idx)
             graph = Graph(positions=pos_, cell=cell_, pbc=pbc, atomic_numbers=numbers.long(), batch=batch_idx,
                           ptr=ptr.long(), edge_index=edges.edge_index, unit_shifts=edges.unit_shifts, shifts=shifts,
-                          num_graphs=b)
+                          num_graphs=b, system_fields=fields or {})
             phase.__exit__(None, None, None)
             with self._phase("forward"):
                 energy = self.compute_energy(graph).reshape(-1)
