@@ -21,6 +21,9 @@ spec                   model                                                    
 ``mace:PATH``          any MACE ``.model`` file (e.g. MACE-MP-0 downloaded          ``batchmd[mace]``
                        elsewhere)
 ``metatomic:PATH``     an exported metatomic model (``.pt``)                        ``batchmd[metatomic]``
+``matgl:DIR``          a saved matgl TensorNet/M3GNet potential (directory, or a    ``batchmd[matgl]``
+                       pretrained name already in matgl's cache); ``tensornet:DIR``
+                       and ``m3gnet:DIR`` also check the architecture
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -235,6 +238,24 @@ register_model("sevennet-0", lambda argument, **kw: _sevennet(None, **kw),
 register_model("sevennet:PATH", _sevennet, "a SevenNet checkpoint file or a pretrained name known to sevenn")
 register_model("mace:PATH", _mace, "a MACE .model file (e.g. MACE-MP-0 downloaded elsewhere)")
 register_model("metatomic:PATH", _metatomic, "an exported metatomic model file (.pt)")
+
+
+def _matgl(architecture: str | None):
+    def factory(argument: str | None, *, device=None, dtype=None):
+        prefix = (architecture or "matgl").lower()
+        require_package("matgl", "matgl", f"model '{prefix}:{argument}'")
+        from batchmd.models.mlip.matgl import MatGLModel
+
+        return MatGLModel.from_path(argument, architecture=architecture, device=device, dtype=dtype)
+
+    return factory
+
+
+register_model("matgl:DIR", _matgl(None),
+               "a saved matgl potential (TensorNet or M3GNet): a directory, or a pretrained name already in "
+               "matgl's cache (never downloaded)")
+register_model("tensornet:DIR", _matgl("TensorNet"), "a saved matgl TensorNet potential (as matgl:DIR)")
+register_model("m3gnet:DIR", _matgl("M3GNet"), "a saved matgl M3GNet potential (as matgl:DIR)")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):
