@@ -24,6 +24,10 @@ spec                   model                                                    
 ``matgl:DIR``          a saved matgl TensorNet/M3GNet potential (directory, or a    ``batchmd[matgl]``
                        pretrained name already in matgl's cache); ``tensornet:DIR``
                        and ``m3gnet:DIR`` also check the architecture
+``pet:PATH``           a PET model (PET-MAD, ...): exported ``.pt`` or metatrain    ``batchmd[pet]``
+                       ``.ckpt``
+``upet:NAME``          a UPET model by name (``upet:pet-mad-s``) whose checkpoint   ``batchmd[pet]``
+                       is already in the local Hugging Face cache
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -256,6 +260,23 @@ register_model("matgl:DIR", _matgl(None),
                "matgl's cache (never downloaded)")
 register_model("tensornet:DIR", _matgl("TensorNet"), "a saved matgl TensorNet potential (as matgl:DIR)")
 register_model("m3gnet:DIR", _matgl("M3GNet"), "a saved matgl M3GNet potential (as matgl:DIR)")
+
+
+def _pet(upet_name: bool):
+    def factory(argument: str | None, *, device=None, dtype=None):
+        require_package("metatomic", "pet", f"model '{'upet' if upet_name else 'pet'}:{argument}'")
+        from batchmd.models.mlip.pet import PETModel
+
+        return PETModel.from_spec(argument, upet_name=upet_name, device=device, dtype=dtype)
+
+    return factory
+
+
+register_model("pet:PATH", _pet(False),
+               "a PET model (PET-MAD, PET-OMat, ...): an exported metatomic .pt file or a metatrain .ckpt checkpoint")
+register_model("upet:NAME", _pet(True),
+               "a UPET model by name (e.g. upet:pet-mad-s), if its checkpoint is in the local Hugging Face cache "
+               "(never downloaded)")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):

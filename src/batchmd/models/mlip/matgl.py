@@ -196,6 +196,7 @@ class MatGLModel(GraphModel):
                 line_graph = self._compute.create_line_graph_torch(graph.edge_index, dist, vec,
                                                                    graph.positions.shape[0], self.threebody_cutoff)
         energy = net(g=g, state_attr=None, l_g=line_graph).reshape(-1)
+        net.feature_dict = {}  # matgl keeps every layer's features (and their autograd graph) until the next call
         energy = potential.data_std * energy + potential.data_mean
         if potential.element_refs is not None:
             offset = potential.element_refs.property_offset.to(energy.dtype)[node_type]
