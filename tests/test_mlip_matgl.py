@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("matgl")
+from batchmd.models.mlip.matgl import import_matgl, random_matgl  # noqa: E402
+from batchmd.models.registry import MissingExtraError  # noqa: E402
+
+try:  # never pytest.importorskip("matgl"): batchmd imports metatensor.torch before matgl's torch_geometric
+    import_matgl()
+except MissingExtraError:
+    pytest.skip("matgl is not installed", allow_module_level=True)
 
 from ase.build import bulk  # noqa: E402
 from ase.filters import FrechetCellFilter as AseFrechet  # noqa: E402
@@ -23,7 +29,6 @@ from mlip_cases import compare_with_calculator, mixed_structures  # noqa: E402
 
 from batchmd.data import Batch  # noqa: E402
 from batchmd.models import UnsupportedSpeciesError, load_model  # noqa: E402
-from batchmd.models.mlip.matgl import random_matgl  # noqa: E402
 
 ARCHS = ["TensorNet", "M3GNet"]
 TOL = {torch.float64: (1e-10, 1e-10, 1e-11), torch.float32: (2e-5, 2e-5, 2e-6)}  # energy eV, forces eV/Å, stress eV/Å^3

@@ -61,8 +61,24 @@ _ARCHITECTURES = ("TensorNet", "M3GNet")
 
 
 def import_matgl():
-    """Import ``matgl`` quietly (it logs and warns at import); raises MissingExtraError if absent."""
+    """Import ``matgl`` quietly (it logs and warns at import); raises MissingExtraError if absent.
+
+    Imports ``metatensor.torch`` first when it is installed: once ``torch_geometric`` (which matgl
+    imports) is loaded, metatensor-torch 0.10's TorchScript operations no longer compile
+    (``RuntimeError: Arguments for call are not valid ... index_select``), which would break the
+    metatomic and PET models of the same process; in the other order both work.
+    """
     require_package("matgl", "matgl", "matgl models (TensorNet, M3GNet)")
+    import importlib.util
+    import sys
+
+    if "torch_geometric" not in sys.modules and importlib.util.find_spec("metatensor") is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import metatensor.torch  # noqa: F401
+            except ImportError:  # metatensor-core without metatensor-torch
+                pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import matgl

@@ -24,6 +24,7 @@ Example
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import torch
@@ -38,10 +39,16 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 def _import():
     require_package("metatomic", "metatomic", "metatomic models")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import metatensor.torch as mts
-        import metatomic.torch as mta
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import metatensor.torch as mts
+            import metatomic.torch as mta
+    except RuntimeError as err:  # TorchScript compilation of metatensor's operations
+        if "torch_geometric" in sys.modules:
+            raise ImportError("batchmd: metatensor-torch cannot be imported after torch_geometric (imported by "
+                              "matgl): load metatomic/PET models, or import metatensor.torch, before matgl") from err
+        raise
     return mts, mta
 
 
