@@ -27,6 +27,14 @@ from batchmd.models.mlip.pet import PETModel, random_pet  # noqa: E402
 TOL = {torch.float64: (1e-10, 1e-10, 1e-11), torch.float32: (5e-5, 2e-5, 2e-6)}  # energy eV, forces eV/Å, stress eV/Å^3
 
 
+@pytest.fixture(autouse=True)
+def _plain_torchscript():
+    """TorchScript without its profiling-guided optimisation: the first calls of an exported model
+    (each new structure size) are then 2-3x cheaper, which is all these short tests make."""
+    with torch.jit.optimized_execution(False):
+        yield
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """{dtype: path} of the same random PET exported in float64 and float32."""
