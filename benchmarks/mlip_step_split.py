@@ -146,7 +146,7 @@ def batchmd_step(model, frames, dtype, steps: int, chunk_atoms=None):
     wall = (time.perf_counter() - t0) / steps
     model.timer = None
     phases = {k: v / steps for k, v in timer.totals.items()}
-    inner = phases.get("line_graph", 0.0)  # M3GNet's three-body list: built inside compute_energy, counted as graph
+    inner = phases.get("graph_inner", 0.0)  # graph work inside compute_energy (M3GNet line graph, metatomic Systems)
     split = {
         "neighbors": phases.get("neighbors", 0.0),
         "graph": phases.get("graph", 0.0) + inner,

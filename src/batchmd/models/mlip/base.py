@@ -157,7 +157,8 @@ class GraphModel(Model):
         self._placed: tuple | None = None
         self._checked = None
         # Optional phase timer (benchmarks/mlip_step_split.py): a callable ``timer(phase)``
-        # returning a context manager, phases "neighbors", "graph", "forward", "backward".
+        # returning a context manager, phases "neighbors", "graph", "forward", "backward" (and "graph_inner":
+        # graph assembly an adapter does inside compute_energy, nested in "forward").
         self.timer = None
         self.module.eval()
         for p in self.module.parameters():

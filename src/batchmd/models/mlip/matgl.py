@@ -206,7 +206,7 @@ class MatGLModel(GraphModel):
         g = _Graph(node_type, graph.positions, graph.edge_index, graph.shifts, graph.batch, b)
         line_graph = None
         if self.threebody_cutoff is not None:
-            with torch.no_grad(), self._phase("line_graph"):  # timed apart (benchmarks/mlip_step_split.py)
+            with torch.no_grad(), self._phase("graph_inner"):  # timed apart (benchmarks/mlip_step_split.py)
                 vec, dist = self._compute.compute_pair_vector_and_distance(graph.positions, graph.edge_index,
                                                                             graph.shifts)
                 line_graph = self._compute.create_line_graph_torch(graph.edge_index, dist, vec,
