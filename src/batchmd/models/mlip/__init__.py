@@ -5,6 +5,8 @@
 - :mod:`batchmd.models.mlip.sevennet`: SevenNet (SevenNet-0 ships in the ``sevenn`` package).
 - :mod:`batchmd.models.mlip.mace`: MACE from any ``.model`` file.
 - :mod:`batchmd.models.mlip.metatomic`: models exported to metatomic.
+- :mod:`batchmd.models.mlip.matgl`: matgl's TensorNet and M3GNet potentials.
+- :mod:`batchmd.models.mlip.pet`: PET models (upet: PET-MAD, ...) through metatomic.
 
 Load them by name with :func:`batchmd.models.registry.load_model`. Nothing here imports an MLIP
 package until a model is built.
