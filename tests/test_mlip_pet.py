@@ -77,6 +77,22 @@ def test_float32_checkpoint_runs_in_float64_on_request(exported):
     assert torch.allclose(out["forces"], ref["forces"], atol=1e-10, rtol=0)
 
 
+def test_checkpoints_by_path_and_by_cached_name(exported, tmp_path, monkeypatch):
+    """pet:X.ckpt and upet:NAME (a checkpoint in the local Hugging Face cache) export the checkpoint locally."""
+    import huggingface_hub.constants
+
+    models = tmp_path / "models--lab-cosmo--upet" / "snapshots" / "abc123" / "models"
+    models.mkdir(parents=True)
+    for version in ("1.0.0", "1.2.0"):
+        random_pet(str(models / f"pet-test-s-v{version}.ckpt"), width=8, seed=int(version[2]))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    by_name = load_model("upet:pet-test-s", dtype=torch.float64)
+    assert by_name.model_info()["model_file"].endswith("pet-test-s-v1.2.0.ckpt")  # the newest version
+    by_path = load_model(f"pet:{models / 'pet-test-s-v1.2.0.ckpt'}", dtype=torch.float64)
+    batch = Batch.from_ase(mixed_structures()[:3], dtype=torch.float64)
+    assert torch.equal(by_name(batch)["energy"], by_path(batch)["energy"])
+
+
 def test_batch_invariance_and_chunks(exported):
     model = load_model(f"pet:{exported[torch.float64]}")
     frames = mixed_structures(seed=1)

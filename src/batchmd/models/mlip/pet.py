@@ -213,7 +213,8 @@ def random_pet(path: str, atomic_types=(1, 8, 11, 14, 17, 29), cutoff: float = 4
     Returns
     -------
     str
-        ``path`` (an exported metatomic model, loadable with ``load_model("pet:PATH")``).
+        ``path``: an exported metatomic model, or a metatrain checkpoint when ``path`` ends with
+        ``.ckpt``; either loads with ``load_model("pet:PATH")``.
     """
     require_package("metatrain", "pet", "random_pet")
     import copy
@@ -239,5 +240,8 @@ def random_pet(path: str, atomic_types=(1, 8, 11, 14, 17, 29), cutoff: float = 4
         info = DatasetInfo(length_unit="Angstrom", atomic_types=sorted(int(z) for z in atomic_types), targets=targets)
         torch.manual_seed(seed)
         model = import_architecture("pet").__model__(hypers, info).to(dtype)
-        model.export(metadata=ModelMetadata(name="random PET (batchmd tests)")).save(str(path))
+        if str(path).endswith(".ckpt"):  # a metatrain checkpoint, as upet publishes its models
+            torch.save(model.get_checkpoint(), str(path))
+        else:
+            model.export(metadata=ModelMetadata(name="random PET (batchmd tests)")).save(str(path))
     return str(path)
