@@ -137,6 +137,18 @@ def test_species_names_and_errors(saved, tmp_path):
         load_model(f"matgl:{tmp_path}")
 
 
+def test_listed_and_missing_package_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from batchmd.models import available_models
+
+    assert {"matgl:DIR", "tensornet:DIR", "m3gnet:DIR"} <= set(available_models())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matgl" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'batchmd\[matgl\]'"):
+        load_model("tensornet:/models/x")
+
+
 def _ase_fire_with_cell(atoms, calc, fmax, steps, pressure=0.0):
     """ASE's FIRE on FrechetCellFilter with one force call per step (ASE's ``run`` semantics)."""
     atoms = atoms.copy()

@@ -119,6 +119,17 @@ def test_names_species_and_errors(exported, tmp_path):
         load_model("upet:pet-nothing-s")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_model(f"pet:{tmp_path / 'missing.pt'}")
+    from batchmd.models import available_models
+    from batchmd.models.registry import MissingExtraError
+
+    assert {"pet:PATH", "upet:NAME"} <= set(available_models())
+    import importlib.util
+
+    real = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "metatomic" else real(name, *a))
+        with pytest.raises(MissingExtraError, match=r"pip install 'batchmd\[pet\]'"):
+            load_model("pet:/models/x.pt")
     energy_only = random_pet(str(tmp_path / "energy_only.pt"), non_conservative=False, width=8)
     with pytest.raises(ValueError, match="no non-conservative force and stress outputs"):
         PETModel.from_spec(energy_only, non_conservative=True)
