@@ -6,8 +6,9 @@ Run: ``python -m benchmarks.mlip_step_split`` (writes ``benchmarks/mlip_step_spl
 chunking); ``BENCH_DEVICE=cuda`` runs it on a GPU (device synchronised around each phase).
 
 Workload: rattled 8-atom cubic silicon cells (SevenNet-0) / rattled 8-atom rocksalt NaCl cells
-(a small random-weight MACE, ``batchmd.models.mlip.mace.random_mace``), ``B`` structures per
-batch, FIRE steps through ``FusedStage`` (the path every run takes). ``--models chgnet``: CHGNet
+(a small random-weight MACE, ``batchmd.models.mlip.mace.random_mace``; small random-weight
+TensorNet / M3GNet, ``--models tensornet,m3gnet``, and PET, ``pet`` / ``pet-nc``, see
+:func:`build_matgl_pet`), ``B`` structures per batch, FIRE steps through ``FusedStage`` (the path every run takes). ``--models chgnet``: CHGNet
 0.3.0 (shipped weights) on the silicon cells; ``--models orb``: the orb-v3-conservative
 architecture (k = 20 neighbours, random weights, ``orb_models.forcefield.pretrained``) on the
 NaCl cells. Phases:
@@ -103,6 +104,8 @@ def build(name: str, dtype, tmp: str):
         from sevenn.calculator import SevenNetCalculator
 
         return model, "si", lambda: SevenNetCalculator("7net-0", device=DEVICE)
+    if name in ("tensornet", "m3gnet", "pet", "pet-nc"):
+        return build_matgl_pet(name, dtype, tmp)
     from mace.calculators import MACECalculator
 
     from batchmd.models.mlip.mace import random_mace
@@ -112,6 +115,39 @@ def build(name: str, dtype, tmp: str):
     label = "float64" if dtype == torch.float64 else "float32"
     return (load_model(f"mace:{path}", dtype=dtype), "nacl",
             lambda: MACECalculator(model_paths=path, device=DEVICE, default_dtype=label))
+
+
+def build_matgl_pet(name: str, dtype, tmp: str):
+    """Small random-weight TensorNet / M3GNet (matgl) and PET (upet's architecture) on NaCl cells.
+
+    ASE references: ``matgl.ext.ase.PESCalculator`` (stress in eV/Å^3) and
+    ``metatomic_ase.MetatomicCalculator`` (what ``upet``'s ``UPETCalculator`` wraps). ``pet-nc``:
+    PET with its non-conservative force and stress heads (one forward, no backward).
+    """
+    from batchmd.models import load_model
+
+    if name in ("tensornet", "m3gnet"):
+        import logging
+
+        from matgl.ext.ase import PESCalculator
+
+        from batchmd.models.mlip.matgl import random_matgl
+
+        logging.getLogger("matgl").setLevel(logging.ERROR)
+        arch = "TensorNet" if name == "tensornet" else "M3GNet"
+        path = os.path.join(tmp, name)
+        random_matgl(arch, element_types=("Na", "Cl"), units=32, nblocks=2, seed=1, dtype=dtype).save(path)
+        model = load_model(f"matgl:{path}", dtype=dtype)
+        return model, "nacl", lambda: PESCalculator(random_matgl(arch, element_types=("Na", "Cl"), units=32,
+                                                                 nblocks=2, seed=1, dtype=dtype), stress_unit="eV/A3")
+    import metatomic_ase
+
+    from batchmd.models.mlip.pet import PETModel, random_pet
+
+    path = random_pet(os.path.join(tmp, "bench_pet.pt"), atomic_types=(11, 17), width=32, dtype=dtype)
+    nc = name == "pet-nc"
+    return (PETModel.from_spec(path, non_conservative=nc), "nacl",
+            lambda: metatomic_ase.MetatomicCalculator(path, device=DEVICE, non_conservative=nc))
 
 
 def batchmd_step(model, frames, dtype, steps: int, chunk_atoms=None):
@@ -154,8 +190,7 @@ def ase_step(make_calc, frames, steps: int):
     for _ in range(steps):
         for atoms in copies:
             atoms.positions += rng.normal(0.0, 1e-4, atoms.positions.shape)
-            atoms.get_forces()
-            atoms.get_stress()
+            calc.calculate(atoms, ["energy", "forces", "stress"], ["positions"])  # one evaluation for all three
     return (time.perf_counter() - t0) / steps
 
 

@@ -36,6 +36,13 @@ spec                   model                                                    
                        ``omat``/``omol``/... picks a UMA task
 ``mattersim:PATH``     a MatterSim checkpoint (``.pth``; float32 network)            ``batchmd[mattersim]``
 ``nequip:PATH``        a NequIP/Allegro packaged model (``.nequip.zip``)            ``batchmd[nequip]``
+``matgl:DIR``          a saved matgl TensorNet/M3GNet potential (directory, or a    ``batchmd[matgl]``
+                       pretrained name already in matgl's cache); ``tensornet:DIR``
+                       and ``m3gnet:DIR`` also check the architecture
+``pet:PATH``           a PET model (PET-MAD, ...): exported ``.pt`` or metatrain    ``batchmd[pet]``
+                       ``.ckpt``
+``upet:NAME``          a UPET model by name (``upet:pet-mad-s``) whose checkpoint   ``batchmd[pet]``
+                       is already in the local Hugging Face cache
 =====================  ==========================================================  ==================
 
 Other parts of batchmd (the CLI's Lennard-Jones presets, EMT) and users add their own with
@@ -311,6 +318,41 @@ register_model("fairchem:PATH", _fairchem,
 
 register_model("mattersim:PATH", _mattersim, "a MatterSim checkpoint (M3GNet potential, .pth)")
 register_model("nequip:PATH", _nequip, "a NequIP/Allegro packaged model (.nequip.zip) or a saved module")
+
+
+def _matgl(architecture: str | None):
+    def factory(argument: str | None, *, device=None, dtype=None):
+        prefix = (architecture or "matgl").lower()
+        require_package("matgl", "matgl", f"model '{prefix}:{argument}'")
+        from batchmd.models.mlip.matgl import MatGLModel
+
+        return MatGLModel.from_path(argument, architecture=architecture, device=device, dtype=dtype)
+
+    return factory
+
+
+register_model("matgl:DIR", _matgl(None),
+               "a saved matgl potential (TensorNet or M3GNet): a directory, or a pretrained name already in "
+               "matgl's cache (never downloaded)")
+register_model("tensornet:DIR", _matgl("TensorNet"), "a saved matgl TensorNet potential (as matgl:DIR)")
+register_model("m3gnet:DIR", _matgl("M3GNet"), "a saved matgl M3GNet potential (as matgl:DIR)")
+
+
+def _pet(upet_name: bool):
+    def factory(argument: str | None, *, device=None, dtype=None):
+        require_package("metatomic", "pet", f"model '{'upet' if upet_name else 'pet'}:{argument}'")
+        from batchmd.models.mlip.pet import PETModel
+
+        return PETModel.from_spec(argument, upet_name=upet_name, device=device, dtype=dtype)
+
+    return factory
+
+
+register_model("pet:PATH", _pet(False),
+               "a PET model (PET-MAD, PET-OMat, ...): an exported metatomic .pt file or a metatrain .ckpt checkpoint")
+register_model("upet:NAME", _pet(True),
+               "a UPET model by name (e.g. upet:pet-mad-s), if its checkpoint is in the local Hugging Face cache "
+               "(never downloaded)")
 
 
 def _lennard_jones(argument: str | None, *, device=None, dtype=None):

@@ -10,6 +10,8 @@
 - :mod:`batchmd.models.mlip.fairchem`: fairchem's UMA (tasks, charge, spin) and eSEN checkpoints.
 - :mod:`batchmd.models.mlip.mattersim`: MatterSim's M3GNet (three-body lists built in torch).
 - :mod:`batchmd.models.mlip.nequip`: NequIP and Allegro (nequip >= 0.19).
+- :mod:`batchmd.models.mlip.matgl`: matgl's TensorNet and M3GNet potentials.
+- :mod:`batchmd.models.mlip.pet`: PET models (upet: PET-MAD, ...) through metatomic.
 
 Load them by name with :func:`batchmd.models.registry.load_model`. Nothing here imports an MLIP
 package until a model is built.

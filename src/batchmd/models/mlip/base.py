@@ -165,7 +165,8 @@ class GraphModel(Model):
         self._checked = None
         # Optional phase timer (benchmarks/mlip_step_split.py): a callable ``timer(phase)``
         # returning a context manager, phases "neighbors", "graph", "forward", "backward", and
-        # "adapter" (inside "forward": an adapter's own index building, e.g. CHGNet's bond graph).
+        # "adapter" (inside "forward": an adapter's own graph assembly, e.g. CHGNet's bond graph,
+        # M3GNet's line graph, metatomic's per-structure Systems).
         self.timer = None
         self.module.eval()
         for p in self.module.parameters():

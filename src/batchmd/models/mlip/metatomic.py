@@ -24,6 +24,7 @@ Example
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import torch
@@ -38,10 +39,16 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 def _import():
     require_package("metatomic", "metatomic", "metatomic models")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import metatensor.torch as mts
-        import metatomic.torch as mta
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import metatensor.torch as mts
+            import metatomic.torch as mta
+    except RuntimeError as err:  # TorchScript compilation of metatensor's operations
+        if "torch_geometric" in sys.modules:
+            raise ImportError("batchmd: metatensor-torch cannot be imported after torch_geometric (imported by "
+                              "matgl): load metatomic/PET models, or import metatensor.torch, before matgl") from err
+        raise
     return mts, mta
 
 
@@ -123,10 +130,10 @@ class MetatomicModel(GraphModel):
             self.module.to(device=device)
             self._placed = (device, None)
 
-    def compute_energy(self, graph) -> torch.Tensor:
-        """Per-system energies [B] (eV): one metatomic ``System`` per structure with the requested lists."""
+    def systems(self, graph) -> list:
+        """One metatomic ``System`` per structure of ``graph``, in the model's dtype, with the requested lists."""
         mts, mta = self._mts, self._mta
-        dtype, out_dtype = self.model_dtype, graph.positions.dtype
+        dtype = self.model_dtype
         device = graph.positions.device
         positions = graph.positions.to(dtype)
         cell = graph.cell.to(dtype) * graph.pbc.to(dtype)[:, :, None]  # metatomic: zero vectors where not periodic
@@ -139,33 +146,41 @@ class MetatomicModel(GraphModel):
         types = graph.atomic_numbers.to(torch.int32)
         xyz = mts.Labels("xyz", torch.tensor([[0], [1], [2]], device=device))
         distance = mts.Labels("distance", torch.tensor([[0]], device=device))
-        masks = []
+        b = graph.num_graphs
+        per_list = []  # for each requested list: (samples, vectors) split by system (edges are grouped by system)
         for options, rc in zip(self._requests, self._cutoffs):
             keep = lengths < rc
             if not options.full_list:
                 keep = keep & ((i < j) | ((i == j) & _lex_positive(graph.unit_shifts)))
-            masks.append(keep)
+            sel = torch.nonzero(keep).reshape(-1)
+            first = graph.ptr[edge_system[sel]]
+            samples = torch.cat([(i[sel] - first).to(torch.int32)[:, None], (j[sel] - first).to(torch.int32)[:, None],
+                                 shifts[sel]], dim=1)
+            counts = torch.bincount(edge_system[sel], minlength=b).tolist()
+            per_list.append((samples.split(counts), vectors[sel].reshape(-1, 3, 1).split(counts)))
         systems = []
-        for s in range(graph.num_graphs):
-            lo = ptr[s]
+        for s in range(b):
             system = mta.System(types=types[ptr[s]:ptr[s + 1]], positions=positions[ptr[s]:ptr[s + 1]],
                                 cell=cell[s], pbc=graph.pbc[s])
-            in_system = edge_system == s
-            for options, keep in zip(self._requests, masks):
-                sel = torch.nonzero(keep & in_system).reshape(-1)
-                samples = torch.cat([(i[sel] - lo).to(torch.int32)[:, None], (j[sel] - lo).to(torch.int32)[:, None],
-                                     shifts[sel]], dim=1)
+            for options, (samples, values) in zip(self._requests, per_list):
                 block = mts.TensorBlock(
-                    values=vectors[sel].reshape(-1, 3, 1),
+                    values=values[s],
                     samples=mts.Labels(["first_atom", "second_atom", "cell_shift_a", "cell_shift_b", "cell_shift_c"],
-                                       samples, assume_unique=True),
+                                       samples[s], assume_unique=True),
                     components=[xyz], properties=distance)
                 system.add_neighbor_list(options, block)
             systems.append(system)
+        return systems
+
+    def compute_energy(self, graph) -> torch.Tensor:
+        """Per-system energies [B] (eV): one metatomic ``System`` per structure with the requested lists."""
+        mta = self._mta
         options = mta.ModelEvaluationOptions(
             length_unit="angstrom",
             outputs={self.energy_key: mta.ModelOutput(quantity="energy", unit="eV", per_atom=False)})
+        with self._phase("adapter"):  # timed apart from the network (benchmarks/mlip_step_split.py)
+            systems = self.systems(graph)
         result = self.module(systems, options, check_consistency=False)[self.energy_key].block()
         order = result.samples.column("system").to(torch.long)
-        energy = torch.zeros(graph.num_graphs, dtype=dtype, device=device).index_add(0, order, result.values.reshape(-1))
-        return energy.to(out_dtype)
+        energy = torch.zeros(graph.num_graphs, dtype=self.model_dtype, device=graph.positions.device)
+        return energy.index_add(0, order, result.values.reshape(-1)).to(graph.positions.dtype)
