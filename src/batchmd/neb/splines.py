@@ -16,8 +16,10 @@ identity preconditioner; Makri, Ortner and Kermode, J. Chem. Phys. 150, 094109 (
 
 This module calls ASE's own code for all of it: one ``PreconImages(None, images)`` per band
 (kept across calls, so its spline cache -- refit only when ``s`` or the positions moved by
-1e-6 or more -- behaves as in ASE), ``get_tangent``, ``get_spring_force`` and
-``spline_fit``. It runs per band on the host (a Python loop over the spline/string bands
+1e-6 or more -- behaves as in ASE), its ``spline`` / ``spline_fit`` and its per-image
+identity preconditioners' ``norm`` / ``vdot`` (128-bit sums, as ASE), with the arithmetic of
+``PreconImages.get_tangent`` / ``get_spring_force`` evaluated for all images of a band from
+one spline lookup. It runs per band on the host (a Python loop over the spline/string bands
 of the batch, one device-to-host copy of their positions per call); the other methods stay
 fully vectorised.
 
@@ -126,11 +128,20 @@ class SplineBands:
             for j in range(m):
                 pre.images[j + 1].positions[:] = pos[j]
             k = float(k_all[s])
+            # PreconImages.get_tangent / get_spring_force for every image at once: one spline (cache) lookup
+            # per band instead of one per image; the same arithmetic, image by image
+            fit = pre.spline
+            knots = fit.s[1:-1]
+            d1 = fit.dx_ds(knots)
+            d2 = fit.d2x_ds2(knots) if lay.methods[s] == SPLINE else None
+            k_eff = 0.5 * (k + k) / ((m + 2) ** 2)
             for j in range(1, m + 1):
-                t = pre.get_tangent(j)
+                precon = pre.precon[j]
+                t = d1[j - 1].copy()
+                t /= precon.norm(t)
                 r = slice(lo + (j - 1) * n, lo + j * n)
-                tau[r] = t
-                if lay.methods[s] == SPLINE:
-                    eta[r] = pre.get_spring_force(j, k, k, t)
+                tau[r] = t.reshape(-1, 3)
+                if d2 is not None:
+                    eta[r] = (k_eff * precon.vdot(d2[j - 1].reshape(-1, 3), t.reshape(-1, 3)) * t).reshape(-1, 3)
         return (torch.as_tensor(tau, dtype=pos_all.dtype, device=pos_all.device),
                 torch.as_tensor(eta, dtype=pos_all.dtype, device=pos_all.device))
