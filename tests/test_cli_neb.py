@@ -71,6 +71,21 @@ def test_two_files_and_python_api_agree(pairs, tmp_path):
     assert abs(float(row["barrier_forward_eV"]) - ref.barrier_forward) < 1e-9
 
 
+def test_string_method_from_the_cli_equals_the_python_api(pairs, tmp_path):
+    from batchmd.neb import run_bands
+
+    ini, fin = tmp_path / "ini.extxyz", tmp_path / "fin.extxyz"
+    ase.io.write(ini, pairs[0][0])
+    ase.io.write(fin, pairs[0][1])
+    out = tmp_path / "string.json"
+    assert main(["neb", str(ini), str(fin), "-o", str(out), "--model", "emt", "--n-images", "5", "--method",
+                 "string", "-q", "--no-plot"]) == 0
+    row = json.loads(out.read_text())[0]
+    ref = run_bands([pairs[0]], load_model("emt"), n_images=5, method="string")[0]
+    assert row["status"] == "converged" and row["n_steps"] == ref.n_steps == 75
+    assert abs(row["barrier_forward_eV"] - ref.barrier_forward) < 1e-9
+
+
 def test_errors_are_one_line_and_rc_2(pairs, tmp_path, capsys):
     ini, fin = pairs[0]
     bad = tmp_path / "bad.extxyz"

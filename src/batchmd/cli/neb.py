@@ -59,8 +59,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-plot", action="store_true", help="write no plots")
     group = parser.add_argument_group("neb")
     group.add_argument("--n-images", type=int, default=7, help="images per band from a pair, endpoints included")
-    group.add_argument("--method", default="improvedtangent", choices=("improvedtangent", "aseneb", "eb"),
-                       help="ase.mep.NEB method")
+    group.add_argument("--method", default="improvedtangent",
+                       choices=("improvedtangent", "aseneb", "eb", "spline", "string"),
+                       help="ase.mep.NEB method (spline, string: ASE's, without preconditioning)")
     group.add_argument("--climb", action="store_true", help="climbing image")
     group.add_argument("--k", type=float, default=0.1, help="spring constant, eV/Å^2")
     group.add_argument("--interpolation", default="linear", choices=("linear", "idpp"),

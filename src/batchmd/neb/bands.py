@@ -11,6 +11,7 @@ turns the band system back into image systems to evaluate the potential.
 Endpoint data and per-band parameters travel with the band system as fields
 (:func:`band_data`): atom fields ``neb_initial`` / ``neb_final`` (each row: the endpoint
 positions of its atom), ``neb_image_energy`` / ``neb_true_forces`` (written by the model),
+``neb_last_positions`` (the positions at the band's last evaluation, for ``string``),
 system fields ``neb_n_moving``, ``neb_k``, ``neb_climb``, ``neb_method``, ``neb_e_initial``,
 ``neb_e_final``, ``neb_eqlength``, ``input_index``.
 
@@ -44,7 +45,8 @@ class Band:
     climb : bool
         Climbing image (ASE's ``climb``).
     method : str
-        ``"aseneb"``, ``"improvedtangent"`` (ASE's default) or ``"eb"``.
+        ``"aseneb"``, ``"improvedtangent"`` (ASE's default), ``"eb"``, ``"spline"`` or
+        ``"string"`` (ASE's methods, without preconditioning).
     band_id : object
         The band's name in results (default: its position in the input).
     """
@@ -186,6 +188,8 @@ def band_data(band: Band, e_initial: float, e_final: float, index: int, dtype=to
     data.add_node_property("neb_final", torch.tensor(np.tile(last, (n_moving, 1)), dtype=dtype))
     data.add_node_property("neb_image_energy", torch.full((data.num_nodes, 1), float("nan"), dtype=dtype))
     data.add_node_property("neb_true_forces", torch.full((data.num_nodes, 3), float("nan"), dtype=dtype))
+    # the positions at the last evaluation (string method: re-equispace only after a step)
+    data.add_node_property("neb_last_positions", data.positions.clone())
     eq = float(np.linalg.norm(last - first)) / (len(images) - 1)  # ASE's eqlength: no minimum image
     for name, value, kind in (("neb_n_moving", n_moving, torch.int32), ("neb_k", float(band.k), dtype),
                               ("neb_climb", int(bool(band.climb)), torch.int32),

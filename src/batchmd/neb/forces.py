@@ -12,7 +12,9 @@ nudged elastic band, concatenated (``n_moving x N`` atoms, image by image; see
    computes the NEB force of every image as ``ase.mep.NEB.get_forces`` does for the band's
    method (``aseneb``, ``improvedtangent``, ``eb``), spring constant ``k`` and climbing
    image -- vectorised in torch over all bands (per-row and per-image index tensors, no
-   Python loop over bands);
+   Python loop over bands); ``spline`` and ``string`` bands take their tangents (and
+   ``spline`` its spring force) from ASE's own spline code per band on the host, and
+   string bands are re-equispaced after each step (:mod:`batchmd.neb.splines`);
 3. it returns the NEB forces as the band system's forces and the band's highest interior
    image energy (ASE's ``NEB.get_potential_energy()``) as its energy, so any batchmd
    optimizer (FIRE, LBFGS) optimizes a band exactly as ASE's optimizer optimizes an
@@ -36,24 +38,21 @@ import itertools
 import torch
 
 from batchmd.models.base import Model
+from batchmd.neb.splines import SplineBands
 from batchmd.runtime import torch_threads
 
 __all__ = ["NEBForces", "METHODS", "method_code", "minimum_image"]
 
 #: NEB methods implemented, by code (the int32 system field ``neb_method``).
-METHODS = ("aseneb", "improvedtangent", "eb")
-_UNSUPPORTED = ("spline", "string")
+METHODS = ("aseneb", "improvedtangent", "eb", "spline", "string")
 #: Image ``system_id`` = band ``system_id`` x stride + image index (1 .. n_moving).
 _IMAGE_ID_STRIDE = 100_000
 
 
 def method_code(method: str) -> int:
-    """The int code of an NEB method name (``ValueError`` for an unknown or unsupported one)."""
-    if method in METHODS:
+    """The int code of an NEB method name (``ValueError`` for an unknown one)."""
+    if isinstance(method, str) and method in METHODS:
         return METHODS.index(method)
-    if method in _UNSUPPORTED:
-        raise ValueError(f"batchmd.neb: method {method!r} (ASE's spline/string NEB) is not supported; "
-                         f"use one of {', '.join(METHODS)}")
     raise ValueError(f"batchmd.neb: unknown NEB method {method!r}; use one of {', '.join(METHODS)}")
 
 
@@ -164,6 +163,14 @@ class _Layout:
         self.pad_index = self.image_band * max(self.m_max, 1) + (self.image_j - 1)
         self.batch = None  # the image Batch, built on first use
         self.kinds = cell_kinds(batch.cell, batch.pbc)  # the cells are fixed during an NEB
+        # spline/string bands (host-side, batchmd.neb.splines): their rows, methods and cache keys
+        self.n_moving = n_moving
+        self.band_rows = [(ptr[s], ptr[s + 1]) for s in range(b)]
+        self.methods = batch["neb_method"].reshape(-1).tolist()
+        keys = batch["input_index"].reshape(-1).tolist() if batch.has_field("input_index") else list(range(b))
+        self.band_keys = keys
+        self.spline_bands = [s for s in range(b) if self.methods[s] in (3, 4) and n_moving[s] > 0]
+        self.string_bands = [s for s in self.spline_bands if self.methods[s] == 4]
 
 
 class NEBForces(Model):
@@ -206,6 +213,7 @@ class NEBForces(Model):
         self.supported_numbers = getattr(inner, "supported_numbers", None)
         self._layout = None
         self._fixed_cache = {}
+        self._splines = SplineBands()
 
     @property
     def model_name(self) -> str:
@@ -228,6 +236,7 @@ class NEBForces(Model):
         lay = self._layout
         if lay is None or lay.ptr_ref is not batch.ptr or lay.row_band.shape[0] != batch.num_nodes:
             lay = self._layout = _Layout(batch)
+            self._splines.prune(lay.band_keys[s] for s in lay.spline_bands)
         return lay
 
     def _image_batch(self, batch, lay: _Layout):
@@ -262,6 +271,8 @@ class NEBForces(Model):
             live = (band_status == int(SystemStatus.ACTIVE)) | (band_status == int(SystemStatus.PENDING))
         else:
             live = torch.ones(b, dtype=torch.bool, device=dev)
+        if lay.string_bands:  # ASE's NEB.set_positions -> StringMethod.adjust_positions after a step
+            self._splines.adjust(batch, lay, live)
         img = self._image_batch(batch, lay)
         img["status"].copy_(torch.where(live[lay.image_band], int(SystemStatus.ACTIVE),
                                         int(SystemStatus.EMPTY)).to(torch.int32))
@@ -274,7 +285,7 @@ class NEBForces(Model):
             forces = true_forces
         # small per-row bookkeeping: on a CPU, OpenMP wake-ups cost more than they save (~30x here)
         with torch_threads(1 if dev.type == "cpu" else None):
-            neb, emax = self._neb_forces(batch, lay, energy, forces)
+            neb, emax = self._neb_forces(batch, lay, energy, forces, live)
         live_rows = live[lay.row_band].unsqueeze(-1)
         old_f = batch.forces if batch.forces is not None and batch.forces.shape == neb.shape else torch.zeros_like(neb)
         old_e = batch.energies.reshape(-1) if batch.energies is not None and batch.energies.numel() == b \
@@ -287,7 +298,7 @@ class NEBForces(Model):
                 batch[name].copy_(torch.where(live_rows, value, batch[name]))
         return {"energy": emax.reshape(b, 1), "forces": neb}
 
-    def _neb_forces(self, batch, lay: _Layout, energy: torch.Tensor, forces: torch.Tensor):
+    def _neb_forces(self, batch, lay: _Layout, energy: torch.Tensor, forces: torch.Tensor, live: torch.Tensor):
         """NEB forces [N, 3] and the highest interior energy [B] (``ase.mep.neb.BaseNEB.get_forces``)."""
         dtype, dev = batch.dtype, batch.device
         b, n_img = batch.num_graphs, lay.num_images
@@ -359,6 +370,12 @@ class NEBForces(Model):
         springs = torch.where(per_row(near), (f1 + f2) * per_row(scale), f1 + f2)
         f_eb = forces - per_row(ftan) * tau + springs
         neb = torch.where(per_row(is_ase), f_ase, torch.where(per_row(is_it), f_it, f_eb))
+        if lay.spline_bands:  # spline / string: tangent from the band's cubic spline (host, batchmd.neb.splines)
+            is_spl = per_row(method >= 3)
+            tau_s, eta = self._splines.tangents(batch, lay, live)
+            tau = torch.where(is_spl, tau_s, tau)
+            ftan = torch.where(method >= 3, image_sum((forces * tau_s).sum(-1)), ftan)
+            neb = torch.where(is_spl, forces - per_row(ftan) * tau_s + eta, neb)
         # --- climbing image: full force, tangential component inverted
         climbing = climb & is_max
         c_ase = forces - per_row(2 * ftan / mag_or_one) * tau

@@ -225,7 +225,8 @@ def run_bands(items: Sequence, model, *, n_images: int = 7, method: str = "impro
     n_images : int
         Images per band from a pair, endpoints included (>= 3). Default 7.
     method : str
-        ``"improvedtangent"`` (ASE's default), ``"aseneb"`` or ``"eb"``.
+        ``"improvedtangent"`` (ASE's default), ``"aseneb"``, ``"eb"``, ``"spline"`` or
+        ``"string"`` (ASE's methods; ``spline``/``string`` without preconditioning).
     climb : bool
         Climbing image.
     k : float
@@ -265,8 +266,8 @@ def run_bands(items: Sequence, model, *, n_images: int = 7, method: str = "impro
     ------
     ValueError
         Before anything runs, naming the first bad band: endpoints with different atom
-        counts, elements, order, pbc or cells, fewer than 3 images, an unknown or
-        unsupported method (ASE's ``spline`` / ``string``), a bad ``k``, ``fmax``,
+        counts, elements, order, pbc or cells, fewer than 3 images, an unknown
+        method, a bad ``k``, ``fmax``,
         ``max_steps`` or ``optimizer``; elements the model has no parameters for.
     """
     from batchmd.dynamics import FIRE, LBFGS, ConvergenceHook, FusedStage, SizeAwareSampler
