@@ -154,6 +154,10 @@ class CampaignConfig:
     def from_dict(cls, data: dict, **overrides) -> "CampaignConfig":
         """Build from a dict; ``overrides`` (not None) replace keys. Unknown keys are an error."""
         merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        if "refill_every" in merged:  # the pipeline file's and the CLI's name (--refill-every) for the same setting
+            if "refill_frequency" in merged:
+                raise SpecError("campaign config: give refill_every or refill_frequency, not both (the same setting)")
+            merged["refill_frequency"] = merged.pop("refill_every")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(merged) - names)
         if unknown:

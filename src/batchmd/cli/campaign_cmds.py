@@ -47,9 +47,10 @@ def add_parser(subparsers) -> None:
     status = sub.add_parser("status", help="print a campaign's progress")
     status.add_argument("outdir")
     status.set_defaults(command=_status)
-    export = sub.add_parser("export", help="write a campaign's results as extxyz, sorted by input index")
+    export = sub.add_parser("export", help="write a campaign's results (as relax writes them), sorted by input index")
     export.add_argument("outdir")
-    export.add_argument("-o", "--output", required=True, help="output file (.extxyz)")
+    export.add_argument("-o", "--output", required=True,
+                        help="output file; format from the extension (.extxyz, .traj, .json, ...)")
     export.add_argument("--require-complete", action="store_true", help="fail unless every structure has a result")
     export.set_defaults(command=_export)
     parser.set_defaults(command=lambda args: _usage(parser))
@@ -136,16 +137,29 @@ def _status(args) -> int:
 
 
 def _export(args) -> int:
-    import ase.io
-
+    """Write the committed results like a ``batchmd relax`` output: same info keys, status words,
+    portable info (:func:`batchmd.data.info_io.write_frames`), format from the extension, atomic."""
     from batchmd.campaign import ExactlyOnceError, read_results
-    from batchmd.cli.common import CLIError
+    from batchmd.campaign.layout import CampaignLayout
+    from batchmd.cli.common import CLIError, output_writer
 
+    output_writer(args.output)  # a bad extension or directory: refused before anything is read
+    if not os.path.isfile(CampaignLayout(args.outdir).contract):
+        raise CLIError(f"{args.outdir}: not a campaign output directory (no campaign.json): give the OUTDIR of "
+                       "`batchmd campaign run` (a dataset from `batchmd shard` is its input, not its output)")
     try:
         frames = read_results(args.outdir, as_atoms=True, require_complete=args.require_complete)
     except (ExactlyOnceError, FileNotFoundError) as error:
         raise CLIError(str(error)) from error
-    ase.io.write(args.output, frames, format="extxyz")
+    writer = output_writer(args.output, len(frames))
+    staging = f"{os.path.join(os.path.dirname(os.path.abspath(args.output)), '.' + os.path.basename(args.output))}.tmp"
+    try:
+        writer(frames, staging)
+    except Exception as error:
+        if os.path.exists(staging):
+            os.unlink(staging)
+        raise CLIError(f"{args.output}: cannot write it as {writer.format} ({str(error).splitlines()[0]})") from error
+    os.replace(staging, args.output)
     print(f"wrote {len(frames)} structures to {args.output}")
     return 0
 

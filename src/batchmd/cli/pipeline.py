@@ -2,7 +2,8 @@
 
 Schema (every key is checked; an unknown one is an error naming it)::
 
-    input = "structures.extxyz"        # any file ASE reads; relative to the config file
+    input = "structures.extxyz"        # any file ASE reads; relative to the config file; or a list
+                                       # of files, folders and globs: ["a.cif", "structures/", "data/*.xyz"]
     output = "relaxed_then_nvt.extxyz" # format from the extension; relative to the config file (or -o)
     device = "cuda"                    # optional: cpu | cuda (default: cuda when available)
     dtype = "float64"                  # optional: float32 | float64 (default: float32 for MLIPs, else float64)

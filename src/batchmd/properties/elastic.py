@@ -223,8 +223,9 @@ class ElasticResult:
         """Flat columns, units in the names: ``index``, ``formula``, ``ok``, ``error``,
         ``C11_GPa`` ... ``C66_GPa`` (the 21 entries ``i <= j`` of ``C_sym``), ``K_V_GPa`` ...
         ``G_VRH_GPa``, ``C_asym_GPa`` (largest ``|C - C^T| / 2``), ``fit_rms_GPa`` (largest
-        residual), ``min_eig_GPa``, ``stable``, ``relax_ions``, ``n_variants``,
-        ``max_steps_taken``. NaN values for a failed result."""
+        residual), ``min_eig_GPa``, ``residual_stress_GPa`` (largest ``|stress0|``: the reference's
+        own stress; large values mean a pre-stressed input, relax it first), ``stable``,
+        ``relax_ions``, ``n_variants``, ``max_steps_taken``. NaN values for a failed result."""
         row = {"index": self.index, "formula": self.formula, "ok": self.ok, "error": self.error}
         for i in range(6):
             for j in range(i, 6):
@@ -235,6 +236,9 @@ class ElasticResult:
         row["C_asym_GPa"] = float(np.abs(self.C - self.C.T).max() / 2) if finite else math.nan
         row["fit_rms_GPa"] = float(np.max(self.fit_rms)) if finite else math.nan
         row["min_eig_GPa"] = float(np.linalg.eigvalsh(self.C_sym).min()) if finite else math.nan
+        stress0 = np.asarray(self.stress0, dtype=np.float64)
+        # a large residual stress means a pre-stressed reference: C is then the stiffness of that strained state
+        row["residual_stress_GPa"] = float(np.abs(stress0).max()) if np.all(np.isfinite(stress0)) else math.nan
         row["stable"] = self.stable if finite else None
         row["relax_ions"] = self.relax_ions
         row["n_variants"] = len(self.variants)
