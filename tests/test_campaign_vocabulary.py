@@ -108,6 +108,22 @@ def assert_same_frames(cli, campaign, bitwise: bool) -> None:
             assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
 
 
+def assert_same_info(cli, campaign) -> None:
+    """Every output path writes the same info keys: the campaign's frames carry exactly the
+    CLI's keys (no exceptions), with equal values: floats to 1e-7 relative, as ``fmax_atoms``
+    of the CLI comes from forces its extxyz staging file rounded to 8 decimals."""
+    for a, b in zip(cli, campaign):
+        theirs = dict(b.info)
+        assert set(theirs) == set(a.info), (sorted(set(a.info) - set(theirs)), sorted(set(theirs) - set(a.info)))
+        for key, value in a.info.items():
+            if isinstance(value, str) and not isinstance(theirs[key], str):  # extxyz reads "10.95" as a number
+                value = type(theirs[key])(value)
+            if isinstance(value, float):
+                assert theirs[key] == pytest.approx(value, rel=1e-7, abs=1e-12, nan_ok=True), key
+            else:
+                assert theirs[key] == value, key
+
+
 # ----------------------------------------------------------------------------- one vocabulary
 def test_campaign_config_takes_registry_models_and_pipeline_stage_keys():
     stages = [{"method": "fire", "fmax": 0.02, "max_steps": 50, "cell": "full", "pressure": 1.0},
@@ -208,6 +224,11 @@ def test_pipeline_file_as_a_campaign_equals_the_cli_frame_for_frame(tmp_path, ca
     two = read_results(tmp_path / "two", as_atoms=True, require_complete=True)
     assert_same_frames(cli, one, bitwise=True)
     assert_same_frames(cli, two, bitwise=True)
+    assert main(["campaign", "export", str(tmp_path / "one"), "-o", str(tmp_path / "camp.extxyz")]) == 0
+    assert_same_info(cli, ase.io.read(tmp_path / "camp.extxyz", ":"))
+    assert_same_info(cli, two)
+    assert {"stage0_target_pressure_GPa", "stage1_target_temperature_K", "stage1_target_pressure_GPa",
+            "lj_sigma"} <= set(cli[0].info)
     for i, atoms in enumerate(cli):
         assert atoms.get_volume() != pytest.approx(frames[i].get_volume(), rel=1e-4)  # the cell moved
     # the per-frame targets were used: a frame at 60 K ends much colder than the others at 300 K

@@ -20,7 +20,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from batchmd.dynamics.base import stage_method
 
-__all__ = ["RESULT_KEYS", "results_to_atoms"]
+__all__ = ["RESULT_KEYS", "record_stage_targets", "results_to_atoms", "stage_targets"]
 
 #: ``atoms.info`` keys written on every result frame (plus the per-stage ``stage{k}_*`` keys
 #: of :mod:`batchmd.dynamics.stage_results`).
@@ -65,24 +65,57 @@ def _stage_targets(stage):
     return temperature, pressure
 
 
-def _record_stage_info(atoms, frame_info: dict, stages) -> None:
-    """``stage{k}_method`` and the targets each stage used for this frame (see :func:`results_to_atoms`)."""
+def stage_targets(stages) -> list[dict]:
+    """Per stage, what :func:`record_stage_targets` needs, as JSON-serialisable dicts.
+
+    ``method`` (:func:`stage_method`), ``temperature_K`` / ``pressure_GPa`` (the stage's own
+    scalar targets, K / GPa, None without one) and ``takes_temperature`` / ``takes_pressure``
+    (whether a frame's own target replaces them). A campaign keeps this list in its contract
+    so its exported frames carry the same ``stage{k}_target_*`` keys as the CLI's.
+    """
     from ase.units import GPa
 
-    own_t, own_p = frame_info.get("temperature_K"), frame_info.get("pressure_GPa")
-    for k, stage in enumerate(stages):
-        atoms.info[f"stage{k}_method"] = stage_method(stage)
-        if atoms.info.get(f"stage{k}_status") == "skipped":
-            continue  # the system never entered this stage: it ran at nothing
+    out = []
+    for stage in stages:
         temperature, pressure = _stage_targets(stage)
-        if temperature is not None or (own_t is not None and getattr(stage, "velocity_policy", None)):
-            value = own_t if own_t is not None else temperature
+        numeric = (int, float, np.floating, np.integer)
+        out.append({
+            "method": stage_method(stage),
+            "temperature_K": float(temperature) if isinstance(temperature, numeric) else None,
+            "takes_temperature": temperature is not None or bool(getattr(stage, "velocity_policy", None)),
+            "pressure_GPa": float(pressure / GPa) if isinstance(pressure, (int, float)) else None,
+            "takes_pressure": pressure is not None,
+        })
+    return out
+
+
+def record_stage_targets(info: dict, frame_info: dict, targets: Sequence[dict]) -> None:
+    """``stage{k}_target_temperature_K`` / ``stage{k}_target_pressure_GPa`` into ``info``.
+
+    ``targets`` from :func:`stage_targets`; ``frame_info`` holds the frame's own
+    ``temperature_K`` / ``pressure_GPa`` (they replace the stage's). Stages the system
+    skipped (``info["stage{k}_status"] == "skipped"``) get none.
+    """
+    own_t, own_p = frame_info.get("temperature_K"), frame_info.get("pressure_GPa")
+    for k, target in enumerate(targets):
+        if info.get(f"stage{k}_status") == "skipped":
+            continue  # the system never entered this stage: it ran at nothing
+        if target["takes_temperature"]:
+            value = own_t if own_t is not None else target["temperature_K"]
             if isinstance(value, (int, float, np.floating, np.integer)):
-                atoms.info[f"stage{k}_target_temperature_K"] = float(value)
-        if pressure is not None:
-            value = own_p if own_p is not None else (pressure / GPa if isinstance(pressure, (int, float)) else None)
+                info[f"stage{k}_target_temperature_K"] = float(value)
+        if target["takes_pressure"]:
+            value = own_p if own_p is not None else target["pressure_GPa"]
             if value is not None:
-                atoms.info[f"stage{k}_target_pressure_GPa"] = float(value)
+                info[f"stage{k}_target_pressure_GPa"] = float(value)
+
+
+def _record_stage_info(atoms, frame_info: dict, stages) -> None:
+    """``stage{k}_method`` and the targets each stage used for this frame (see :func:`results_to_atoms`)."""
+    targets = stage_targets(stages)
+    for k, target in enumerate(targets):
+        atoms.info[f"stage{k}_method"] = target["method"]
+    record_stage_targets(atoms.info, frame_info, targets)
 
 
 def results_to_atoms(result_frames: Sequence[Atoms], inputs: Sequence[Atoms], stages=None) -> list[Atoms]:

@@ -6,7 +6,9 @@ A contract is a JSON dict::
      "physics": {"model": {...}, "stages": [...], "dtype": "float64", "seed": 0},
      "model_identity": {"class": "batchmd.models.lj.LennardJones",
                         "params_sha256": "...", "attributes": {"sigma": 3.405, ...}},
-     "code_version": "batchmd 0.1.0"}
+     "code_version": "batchmd 0.1.0",
+     "model_info": {"model": "lj", "lj_sigma": "3.405", ...},
+     "stage_targets": [{"method": "fire", "temperature_K": None, ...}, ...]}
 
 Rank 0 writes it to ``campaign.json`` at the first start; every later start (every rank)
 compares its own contract with it and refuses to run if the manifest version, the physics
@@ -73,15 +75,29 @@ def code_version() -> str:
     return f"batchmd {batchmd.__version__}"
 
 
-def build_contract(config, manifest, model) -> dict:
-    """The contract of running ``config`` with ``model`` over ``manifest``."""
-    return {
+def build_contract(config, manifest, model, stages=None) -> dict:
+    """The contract of running ``config`` with ``model`` (and its built ``stages``) over ``manifest``.
+
+    Besides the checked entries it records, for exported frames, the ``model_info`` keys
+    (:func:`batchmd.workflows.models.model_info`, e.g. ``lj_sigma``) and each stage's
+    ``stage_targets`` (:func:`batchmd.ase_results.stage_targets`), so a campaign's frames
+    carry the CLI's info keys. Both follow from the checked entries and are not compared.
+    """
+    from batchmd.workflows.models import model_info
+
+    contract = {
         "manifest_version": manifest.version,
         "num_structures": manifest.num_structures,
         "physics": config.physics(),
         "model_identity": model_identity(model),
         "code_version": code_version(),
+        "model_info": model_info(model, str((config.model or {}).get("name", "lj"))),
     }
+    if stages is not None:
+        from batchmd.ase_results import stage_targets
+
+        contract["stage_targets"] = stage_targets(stages)
+    return contract
 
 
 def compare_contracts(recorded: dict, current: dict) -> list[str]:

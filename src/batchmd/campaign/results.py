@@ -192,17 +192,28 @@ def _status_info(info: dict, code: int, converged: bool, stage_json) -> None:
 
 
 def _cli_labels(frames, layout: CampaignLayout) -> None:
-    """The labels a CLI output carries: ``model`` (its name), ``stage{k}_method`` (from the
-    contract's stages) and ``fmax_atoms`` (largest atomic force norm, constraints applied, eV/Å)."""
+    """The labels a CLI output carries: the model's keys (``model`` and its parameters, e.g.
+    ``lj_sigma``), ``stage{k}_method`` (from the contract's stages), the targets each stage ran
+    at (``stage{k}_target_temperature_K`` / ``stage{k}_target_pressure_GPa``, see
+    :func:`batchmd.ase_results.record_stage_targets`) and ``fmax_atoms`` (largest atomic force
+    norm, constraints applied, eV/Å). Campaigns started before the contract recorded
+    ``model_info`` / ``stage_targets`` get the model's name and no targets."""
+    from batchmd.ase_results import record_stage_targets
+
     try:
-        physics = read_json(layout.contract).get("physics", {})
+        contract = read_json(layout.contract)
     except (OSError, CorruptFileError):
-        physics = {}
+        contract = {}
+    physics = contract.get("physics", {})
     model = (physics.get("model") or {}).get("name")
+    model_info = contract.get("model_info") or ({"model": str(model)} if model is not None else {})
+    targets = contract.get("stage_targets")
     methods = [stage.get("method") for stage in physics.get("stages") or [] if isinstance(stage, dict)]
     for atoms in frames:
-        if model is not None:
-            atoms.info.setdefault("model", str(model))
+        if targets is not None:
+            record_stage_targets(atoms.info, atoms.info, targets)
+        for key, value in model_info.items():
+            atoms.info[key] = str(value)  # as the CLI: the model that ran, over an input's own
         for k, method in enumerate(methods):
             if method is not None:
                 atoms.info[f"stage{k}_method"] = str(method)
@@ -294,7 +305,8 @@ def read_results(outdir, as_atoms: bool = False, verify: bool = True, require_co
         Return ``list[ase.Atoms]`` (energy, forces, stress in a single-point calculator;
         ``info`` holds ``system_id``, ``input_index``, ``source_file``, ``source_index``,
         ``status`` (the CLI's word), ``converged``, ``n_steps``, ``fmax``, the per-stage
-        ``stage{k}_*`` keys and the input's own ``info``) instead of a
+        ``stage{k}_*`` keys (targets included), the model's keys (``model``, ``lj_sigma``, ...),
+        ``fmax_atoms`` and the input's own ``info``: the keys of the CLI's output frames) instead of a
         :class:`~batchmd.data.Batch` (float ``dtype``; system fields ``system_id``,
         ``input_index``, ``status`` (code), ``converged``, ``n_steps``, ``fmax``,
         ``source_index``).

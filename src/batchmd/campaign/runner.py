@@ -287,8 +287,9 @@ def _run(config, ctx: RankContext, hooks: list) -> CampaignReport:
     manifest = Manifest.load(config.manifest)
     numbers = dataset_elements(manifest) if needs_elements(config.model) else None
     model = build_model(config.model, device=ctx.device, dtype=config.torch_dtype, numbers=numbers)
-    check_admission(manifest, None, build_stages(config.stages, model))  # every rank, before anything is written
-    contract = build_contract(config, manifest, model)
+    built = build_stages(config.stages, model)
+    check_admission(manifest, None, built)  # every rank, before anything is written
+    contract = build_contract(config, manifest, model, built)
     attempt = _start(config, ctx, layout, contract)
     ctx.barrier()
     started = time.perf_counter()

@@ -26,7 +26,7 @@ from batchmd.cli.errors import CLIError
 
 __all__ = ["add_model_arguments", "build_model", "model_text", "neighbor_capacity"]
 
-from batchmd.workflows.models import neighbor_capacity  # noqa: E402  (moved there; kept importable here)
+from batchmd.workflows.models import model_info, neighbor_capacity  # noqa: E402  (moved there; kept importable here)
 
 #: Built-in models and the elements they cover, for the "models covering ..." hint.
 
@@ -108,13 +108,6 @@ def build_model(name: str, frames=None, *, sigma=None, epsilon=None, cutoff=None
         except UnsupportedSpeciesError as error:
             raise species_error(name, error.unsupported, getattr(model, "supported_numbers", None), frames) from error
     return model
-
-
-def model_info(model, name: str) -> dict:
-    """``atoms.info`` entries identifying ``model`` (its ``model_info()``, or at least its name)."""
-    info = dict(model.model_info()) if hasattr(model, "model_info") else {}
-    info.setdefault("model", name)
-    return {key: str(value) for key, value in info.items()}
 
 
 def model_text(info: dict) -> str:

@@ -30,7 +30,7 @@ import math
 from batchmd.workflows.errors import SpecError
 
 __all__ = ["LJ_KEYS", "MLIP_PREFIXES", "SpeciesError", "build_model", "check_model_spec", "default_dtype_name",
-           "neighbor_capacity"]
+           "model_info", "neighbor_capacity"]
 
 #: Keys of a model spec besides ``name`` (Lennard-Jones only): sigma Å, epsilon eV, cutoff Å.
 LJ_KEYS = ("sigma", "epsilon", "cutoff")
@@ -105,6 +105,17 @@ def check_model_spec(spec: dict, where: str | None = None) -> dict:
         except ValueError as error:
             raise SpecError(f"{'' if where is None else where + ': '}{str(error).removeprefix('batchmd: ')}") from None
     return {"name": name, **params}
+
+
+def model_info(model, name: str) -> dict:
+    """``atoms.info`` entries identifying ``model``: its ``model_info()`` (e.g. ``lj_sigma``,
+    ``lj_epsilon``, ``lj_cutoff`` for Lennard-Jones), or at least ``model`` (its name); values as text.
+
+    Every output path writes these (the CLI's result files, a campaign's exported frames).
+    """
+    info = dict(model.model_info()) if hasattr(model, "model_info") else {}
+    info.setdefault("model", name)
+    return {key: str(value) for key, value in info.items()}
 
 
 def neighbor_capacity(frames, cutoff: float, skin: float = 1.0) -> int:
