@@ -164,9 +164,9 @@ class PETModel(MetatomicModel):
         model._info = {"file": os.path.abspath(path), "sha256": file_sha256(path)}
         return model
 
-    def _evaluate(self, positions, cell, pbc, numbers, batch_idx, ptr, edges):
+    def _evaluate(self, positions, cell, pbc, numbers, batch_idx, ptr, edges, fields=None):
         if not self.non_conservative:
-            return super()._evaluate(positions, cell, pbc, numbers, batch_idx, ptr, edges)
+            return super()._evaluate(positions, cell, pbc, numbers, batch_idx, ptr, edges, fields)
         mta = self._mta
         b, out_dtype = cell.shape[0], positions.dtype
         batch_idx = batch_idx.long()
