@@ -135,7 +135,10 @@ def test_names_species_and_errors(exported, tmp_path):
         PETModel.from_spec(energy_only, non_conservative=True)
 
 
-@pytest.mark.slow  # UNVERIFIED: killed after 20 min on the loaded 2-core machine (load ~10); run it on an idle one
+@pytest.mark.slow
+@pytest.mark.skip(reason="ill-posed with random weights: under ASE's FrechetCellFilter reference the random PET "
+                  "drives the cell towards collapse, neighbour counts explode and the reference reached 23 GB "
+                  "(OOM-killed, 2026-12-07); needs real PET-MAD weights or a bounded model")
 def test_fire_variable_cell_takes_ase_steps(exported):
     from batchmd.ase import relax
 
